@@ -1,0 +1,77 @@
+"""`pancreas-dints` command line: argument parsing only; each sub-command lives in its own module here.
+
+A sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int`` (an exit
+code from :mod:`PancreasDiNTSLib.errors`). Also runnable as ``python -m PancreasDiNTSLib.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, PancreasDiNTSError
+
+# sub-command name -> module under PancreasDiNTSLib.cli
+COMMANDS = {
+    "segment": "segment",
+    "download": "download",
+    "make-phantoms": "make_phantoms",
+    "prepare-datalist": "prepare_datalist",
+    "train": "train",
+    "evaluate": "evaluate",
+    "search": "search",
+    "export": "export",
+    "benchmark": "benchmark",
+    "demo": "demo",
+}
+
+
+def _available() -> dict[str, str]:
+    return {name: mod for name, mod in COMMANDS.items() if importlib.util.find_spec(f"{__name__}.{mod}")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pancreas-dints",
+        description="Pancreas and pancreatic tumour segmentation in CT with MONAI DiNTS.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in _available().items():
+        module = importlib.import_module(f"{__name__}.{mod}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter out of the user's terminal and the JSON progress stream."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("monai", "ignite", "torch", "highdicom", "pydicom", "nibabel", "PIL"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pancreas-dints`` console script."""
+    quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args._run(args) or 0)
+    except PancreasDiNTSError as exc:
+        print(f"pancreas-dints {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"pancreas-dints {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,7 @@
+"""``python -m PancreasDiNTSLib.cli``: the same as the ``pancreas-dints`` console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
