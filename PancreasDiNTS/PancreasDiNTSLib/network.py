@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -36,14 +38,16 @@ def build_dints(spec: NetworkSpec, arch: dict[str, Any]) -> torch.nn.Module:
     from monai.networks.nets import DiNTS, TopologyInstance
 
     check_arch(spec, arch)
-    space = TopologyInstance(
-        arch_code=[np.asarray(arch["arch_code_a"]), np.asarray(arch["arch_code_c"]).astype(np.int64)],
-        channel_mul=spec.channel_mul,
-        num_blocks=spec.num_blocks,
-        num_depths=spec.num_depths,
-        use_downsample=spec.use_downsample,
-        device="cpu",
-    )
+    # MONAI's TopologyConstruction prints a notice to stdout; keep stdout clean for JSON progress.
+    with contextlib.redirect_stdout(sys.stderr):
+        space = TopologyInstance(
+            arch_code=[np.asarray(arch["arch_code_a"]), np.asarray(arch["arch_code_c"]).astype(np.int64)],
+            channel_mul=spec.channel_mul,
+            num_blocks=spec.num_blocks,
+            num_depths=spec.num_depths,
+            use_downsample=spec.use_downsample,
+            device="cpu",
+        )
     return DiNTS(
         dints_space=space,
         in_channels=spec.in_channels,
@@ -58,7 +62,8 @@ def random_arch(num_blocks: int = 12, num_depths: int = 4, seed: int = 0) -> dic
     from monai.networks.nets import TopologySearch
 
     torch.manual_seed(seed)
-    space = TopologySearch(channel_mul=0.25, num_blocks=num_blocks, num_depths=num_depths, device="cpu")
+    with contextlib.redirect_stdout(sys.stderr):
+        space = TopologySearch(channel_mul=0.0625, num_blocks=num_blocks, num_depths=num_depths, device="cpu")
     with torch.no_grad():
         space.log_alpha_a.normal_(0, 1)
         space.log_alpha_c.normal_(0, 1)

@@ -1,0 +1,51 @@
+"""`pancreas-dints segment`: segment CT images or DICOM series into OUTDIR/<case>/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import EXIT_CASE_FAILED, EXIT_OK
+from ..progress import MODES
+from ..writers import FORMATS
+
+HELP = "segment pancreas and pancreatic tumour in CT images (NIfTI, NRRD, MetaImage, DICOM folders)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, DICOM series folders, folders of images, or globs (quote them)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="results go to OUTDIR/<case>/")
+    p.add_argument("--model", required=True, metavar="BUNDLE_DIR",
+                   help="MONAI bundle folder (configs/inference.yaml, models/model.pt, models/search_code_*.pt)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--format", default="nifti,seg.nrrd", dest="formats",
+                   help=f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM inputs); "
+                        "default nifti,seg.nrrd")
+    p.add_argument("--progress", default="auto", choices=MODES,
+                   help="bar (terminal), json (one JSON object per line on stdout), none; auto = bar on a terminal")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
+    p.add_argument("--allow-non-ct", action="store_true",
+                   help="segment images whose intensities do not look like CT Hounsfield units (with a warning)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call (default: bundle's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..segment import run_segment
+
+    # Under torchrun each process takes every WORLD_SIZE-th case; no process group is needed for that.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    summary = run_segment(
+        args.inputs, args.output, args.model, device=args.device, formats=args.formats, progress=args.progress,
+        overwrite=args.overwrite, allow_non_ct=args.allow_non_ct, sw_batch_size=args.sw_batch_size,
+        rank=rank, world_size=world,
+    )
+    if args.progress != "json":
+        for r in summary.results:
+            extra = ", ".join(f"{k} {v:.1f} mL" for k, v in r.volumes_ml.items()) if r.status == "ok" else r.message
+            print(f"{r.status:>7}  {r.case}: {extra}", file=sys.stderr)
+        d = summary.as_dict()
+        print(f"{d['succeeded']} succeeded, {d['skipped']} skipped, {d['failed']} failed; results in {args.output}",
+              file=sys.stderr)
+    return EXIT_OK if summary.ok else EXIT_CASE_FAILED

@@ -1,0 +1,277 @@
+"""Reading CT images (NIfTI, NRRD, MetaImage, DICOM series) into MONAI MetaTensors, with validation.
+
+NIfTI is read with MONAI's ``NibabelReader`` exactly as the bundle's ``LoadImaged`` does, so preprocessing starts
+from the same array and affine. NRRD, MetaImage and DICOM are read with SimpleITK; their LPS geometry becomes the
+RAS affine MONAI uses. Every problem with an input becomes an :class:`InputError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# A CT in Hounsfield units has air near -1000; the bulk of a body CT lies between -1024 and +3000.
+CT_MIN_LOW = -500.0
+CT_RANGE = (-4000.0, 40000.0)
+
+
+@dataclass
+class LoadedImage:
+    """One input case: the channel-first MetaTensor plus what the writers need to reproduce its geometry."""
+
+    name: str
+    path: Path
+    fmt: str  # "nifti", "nrrd", "mha", "dicom"
+    image: Any  # monai.data.MetaTensor, shape (1, X, Y, Z), affine in RAS
+    affine_ras: np.ndarray
+    spacing: tuple[float, float, float]
+    dicom_files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine_ras[:3, :3]))) / 1000.0
+
+
+def case_name(path: Path) -> str:
+    """Case name from a file or folder name, without image suffixes (``ct1.nii.gz`` -> ``ct1``)."""
+    name = path.name
+    for suffix in (".nii.gz",) + tuple(s for s in IMAGE_SUFFIXES if s != ".nii.gz") + (".seg.nrrd",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(is_dicom_file(p) for p in list(path.iterdir())[:50] if p.is_file())
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, DICOM folders, folders of images and globs -> a sorted list of cases (files or DICOM folders).
+
+    Raises InputError for an argument that matches nothing.
+    """
+    found: list[Path] = []
+    for arg in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(arg))] if any(c in arg for c in "*?[") else [Path(arg)]
+        if not matches or not matches[0].exists():
+            raise InputError(f"{arg}: no such file or folder")
+        for p in matches:
+            if p.is_dir():
+                if _is_dicom_folder(p):
+                    found.append(p)
+                    continue
+                inner = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(IMAGE_SUFFIXES))
+                subdirs = sorted(q for q in p.iterdir() if q.is_dir() and _is_dicom_folder(q))
+                if not inner and not subdirs:
+                    raise InputError(f"{p}: folder holds no NIfTI/NRRD/MetaImage files and no DICOM series")
+                found.extend(inner + subdirs)
+            else:
+                found.append(p)
+    unique: list[Path] = []
+    for p in found:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+
+
+def _read_nifti(path: Path):
+    from monai.transforms import LoadImage
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if path.name.lower().endswith(".gz") and head[:2] != b"\x1f\x8b":
+        raise InputError(f"{path}: named .nii.gz but not gzip-compressed; is it really a NIfTI image?")
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                fh.read(348)
+        img = LoadImage(reader="NibabelReader", image_only=True)(str(path))
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise InputError(f"{path}: cannot be read as NIfTI ({_first_line(exc)}); the file may be truncated") from None
+    return img
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _sitk_to_metatensor(sitk_image, path: Path):
+    """A SimpleITK image -> MetaTensor (X, Y, Z) with a RAS affine, as MONAI's ITK reader lays it out."""
+    import SimpleITK as sitk
+    from monai.data import MetaTensor
+
+    dim = sitk_image.GetDimension()
+    arr = sitk.GetArrayFromImage(sitk_image)  # (Z, Y, X)
+    if sitk_image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: has {sitk_image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a CT has one")
+    if dim != 3:
+        raise InputError(f"{path}: is a {dim}D image; a 3D CT volume is needed")
+    data = np.ascontiguousarray(arr.transpose(2, 1, 0)).astype(np.float32)
+    direction = np.array(sitk_image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.array(sitk_image.GetSpacing(), dtype=np.float64)
+    origin = np.array(sitk_image.GetOrigin(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]
+    lps[:3, 3] = origin
+    ras = LPS_TO_RAS @ lps
+    meta = {
+        "affine": ras.copy(),
+        "original_affine": ras.copy(),
+        "spatial_shape": np.array(data.shape),
+        "original_channel_dim": float("nan"),
+        "filename_or_obj": str(path),
+        "space": "RAS",
+    }
+    return MetaTensor(data, affine=ras, meta=meta)
+
+
+def _read_itk(path: Path):
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot be read as an image ({_first_line(exc)})") from None
+    return _sitk_to_metatensor(img, path)
+
+
+def _read_dicom(folder: Path):
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: no DICOM series found")
+    if len(series) > 1:
+        # Several series in one folder: take the one with most slices, tell the user.
+        best = max(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
+    else:
+        best = series[0]
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), best))
+    if len(files) < 2:
+        raise InputError(f"{folder}: the DICOM series has {len(files)} slice(s); a 3D CT series is needed")
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{folder}: DICOM series cannot be read ({_first_line(exc)})") from None
+    import pydicom
+
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    modality = str(getattr(ds, "Modality", ""))
+    if modality and modality != "CT":
+        raise InputError(f"{folder}: DICOM modality is {modality}, not CT; the model segments CT only")
+    tensor = _sitk_to_metatensor(img, folder)
+    return tensor, [Path(f) for f in files], (len(series) > 1)
+
+
+def check_ct(data: np.ndarray, path: Path, allow_non_ct: bool = False) -> list[str]:
+    """Refuse NaNs, empty or flat images and, unless ``allow_non_ct``, intensities that are not CT HU."""
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: contains NaN or infinite voxels; fix or re-export the image")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise InputError(f"{path}: every voxel has the value {lo}; the image is empty")
+    sample = data.ravel()[:: max(1, data.size // 2_000_000)]
+    p1 = float(np.percentile(sample, 1))
+    problems = []
+    if lo < CT_RANGE[0] or hi > CT_RANGE[1]:
+        problems.append(f"values {lo:.0f}..{hi:.0f} exceed the CT range")
+    if p1 > CT_MIN_LOW and lo > -200:
+        problems.append(f"no air-like values (minimum {lo:.0f}, 1st percentile {p1:.0f}; CT air is about -1000 HU)")
+    if not problems:
+        return []
+    message = (f"{path}: does not look like a CT in Hounsfield units: {'; '.join(problems)}. "
+               "Convert it to HU (apply rescale slope/intercept) or pass --allow-non-ct to segment anyway")
+    if allow_non_ct:
+        return [message.split(": ", 1)[1]]
+    raise InputError(message)
+
+
+def read_image(path: str | Path, allow_non_ct: bool = False) -> LoadedImage:
+    """Read one case (image file or DICOM series folder) and validate it as a 3D CT."""
+    path = Path(path)
+    _check_file(path)
+    warnings: list[str] = []
+    dicom_files: list[Path] = []
+    lower = path.name.lower()
+    if path.is_dir():
+        image, dicom_files, several = _read_dicom(path)
+        fmt = "dicom"
+        if several:
+            warnings.append("several DICOM series in the folder; the one with most slices was used")
+    elif lower.endswith(NIFTI_SUFFIXES):
+        image = _read_nifti(path)
+        fmt = "nifti"
+    elif lower.endswith(ITK_SUFFIXES):
+        image = _read_itk(path)
+        fmt = "mha" if lower.endswith((".mha", ".mhd")) else "nrrd"
+    elif is_dicom_file(path):
+        image, dicom_files, several = _read_dicom(path.parent)
+        fmt = "dicom"
+        path = path.parent
+    else:
+        raise InputError(f"{path}: unsupported file type; give .nii/.nii.gz, .nrrd/.nhdr, .mha/.mhd or a DICOM folder")
+
+    # Channel-first with the bundle's EnsureChannelFirst; reject 2D and true 4D images.
+    shape = tuple(image.shape)
+    if len(shape) == 4 and shape[-1] == 1:
+        image = image[..., 0]
+        shape = tuple(image.shape)
+    if len(shape) != 3:
+        raise InputError(f"{path}: image has shape {shape}; a single 3D CT volume is needed (not 2D or 4D)")
+    if min(shape) < 2:
+        raise InputError(f"{path}: image has shape {shape}, a single slice; a 3D CT volume is needed")
+    from monai.transforms import EnsureChannelFirst
+
+    image = EnsureChannelFirst()(image)
+    data = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
+    warnings += check_ct(data, path, allow_non_ct)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return LoadedImage(
+        name=case_name(path),
+        path=path,
+        fmt=fmt,
+        image=image,
+        affine_ras=affine,
+        spacing=spacing,  # type: ignore[arg-type]
+        dicom_files=dicom_files,
+        warnings=warnings,
+    )

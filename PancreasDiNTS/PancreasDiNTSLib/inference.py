@@ -1,0 +1,187 @@
+"""The exact inference path: the bundle's preprocessing, sliding window, softmax, inversion and argmax.
+
+It uses the same MONAI transforms and inferer the released ``configs/inference.yaml`` builds, with settings read
+from the bundle as data, so on the same input and weights the labels equal ``python -m monai.bundle run``.
+Device policy: ``auto`` picks CUDA when present; fp16 autocast on CUDA as the bundle (``evaluator#amp``); on GPU
+out-of-memory the sliding-window batch is halved, then stitching moves to the CPU, then a clear error says to use
+``--device cpu``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bundle import Bundle, InferenceSpec
+from .errors import DeviceError
+
+WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/``cpu``/``cuda``/``cuda:N`` -> a usable torch.device, or DeviceError saying why not."""
+    name = str(device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: no CUDA GPU is available to PyTorch here "
+                              f"(torch {torch.__version__}); use --device cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise DeviceError(f"--device {name}: not a device name; use cuda or cuda:N") from None
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        return torch.device("cuda", index)
+    raise DeviceError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
+
+
+def build_preprocessing(spec: InferenceSpec, key: str = "image"):
+    """The bundle's invertible preprocessing after loading: orientation, spacing, intensity window."""
+    from monai.transforms import Compose, EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
+
+    return Compose([
+        Orientationd(keys=key, axcodes=spec.axcodes),
+        Spacingd(keys=key, pixdim=spec.pixdim, mode=spec.spacing_mode, align_corners=spec.spacing_align_corners),
+        ScaleIntensityRanged(keys=key, a_min=spec.a_min, a_max=spec.a_max, b_min=spec.b_min, b_max=spec.b_max,
+                             clip=spec.clip),
+        EnsureTyped(keys=key),
+    ])
+
+
+def count_windows(spatial_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """Number of sliding windows MONAI runs for an image of ``spatial_shape`` (after its padding to roi)."""
+    from monai.inferers.utils import _get_scan_interval
+    from monai.data.utils import dense_patch_slices
+
+    padded = tuple(max(s, r) for s, r in zip(spatial_shape, roi))
+    interval = _get_scan_interval(padded, roi, len(roi), (overlap,) * len(roi))
+    return len(dense_patch_slices(padded, roi, interval))
+
+
+class _CountingPredictor(torch.nn.Module):
+    """Wraps the network to report windows done to a callback."""
+
+    def __init__(self, net: torch.nn.Module, total: int, callback: WindowCallback | None) -> None:
+        super().__init__()
+        self.net = net
+        self.total = total
+        self.done = 0
+        self.callback = callback
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        self.done += int(x.shape[0])
+        if self.callback is not None:
+            self.callback(min(self.done, self.total), self.total)
+        return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Segmenter:
+    """Runs one bundle on one device; ``predict`` maps a loaded CT to labels on the CT's own grid."""
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", sw_batch_size: int | None = None,
+                 amp: bool | None = None) -> None:
+        self.bundle = bundle
+        self.spec = bundle.inference
+        self.device = resolve_device(device)
+        self.sw_batch_size = int(sw_batch_size or self.spec.sw_batch_size)
+        self.amp = (self.spec.amp if amp is None else amp) and self.device.type == "cuda"
+        self.preprocessing = build_preprocessing(self.spec)
+        self.network = bundle.build_network(self.device)
+        self.timings: dict[str, float] = {}
+
+    def preprocess(self, image: Any) -> Any:
+        """Loaded MetaTensor (1, X, Y, Z) -> the network's input grid (orientation, spacing, window)."""
+        return self.preprocessing({"image": image})["image"]
+
+    def _inferer(self, sw_batch: int, stitch_device: torch.device | None):
+        from monai.inferers import SlidingWindowInferer
+
+        return SlidingWindowInferer(
+            roi_size=self.spec.roi_size,
+            sw_batch_size=sw_batch,
+            overlap=self.spec.overlap,
+            mode=self.spec.blend_mode,
+            device=stitch_device,
+        )
+
+    def infer(self, pre: Any, on_window: WindowCallback | None = None) -> Any:
+        """Sliding-window logits (1, C, ...) for a preprocessed image; OOM policy on CUDA."""
+        total = count_windows(tuple(pre.shape[1:]), self.spec.roi_size, self.spec.overlap)
+        inputs = pre.unsqueeze(0).to(self.device)
+        sw_batch = self.sw_batch_size
+        stitch_device: torch.device | None = None
+        while True:
+            predictor = _CountingPredictor(self.network, total, on_window)
+            try:
+                with torch.no_grad():
+                    if self.amp:
+                        with torch.autocast("cuda", dtype=torch.float16):
+                            return self._inferer(sw_batch, stitch_device)(inputs, predictor)
+                    return self._inferer(sw_batch, stitch_device)(inputs, predictor)
+            except RuntimeError as exc:
+                if self.device.type != "cuda" or not _is_oom(exc):
+                    raise
+                torch.cuda.empty_cache()
+                if sw_batch > 1:
+                    sw_batch = max(1, sw_batch // 2)
+                elif stitch_device is None:
+                    stitch_device = torch.device("cpu")
+                else:
+                    raise DeviceError(
+                        f"GPU {self.device} ran out of memory even with one window at a time; "
+                        "use --device cpu (slower) or free GPU memory"
+                    ) from None
+
+    def postprocess(self, logits: Any, pre: Any) -> np.ndarray:
+        """Softmax, invert to the input grid (bilinear on probabilities, as the bundle), argmax -> uint8."""
+        from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
+
+        post = Compose([
+            Activationsd(keys="pred", softmax=self.spec.softmax),
+            Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", meta_key_postfix="meta_dict",
+                    nearest_interp=self.spec.invert_nearest, to_tensor=True),
+            AsDiscreted(keys="pred", argmax=True),
+        ])
+        out = post({"image": pre, "pred": logits[0]})["pred"]
+        return np.asarray(out.detach().cpu().numpy()[0]).astype(np.uint8)
+
+    def predict(self, image: Any, on_stage: Callable[[str, float, str], None] | None = None) -> np.ndarray:
+        """Labels (uint8, 0/1/2) on the grid of ``image`` (a channel-first MetaTensor from imaging.read_image)."""
+        def stage(name: str, part: float, message: str = "") -> None:
+            if on_stage is not None:
+                on_stage(name, part, message)
+
+        self.timings = {}
+        t0 = time.perf_counter()
+        stage("preprocess", 0.05, "resampling to the model's grid")
+        pre = self.preprocess(image)
+        t1 = time.perf_counter()
+        self.timings["preprocess"] = t1 - t0
+
+        def on_window(done: int, total: int) -> None:
+            stage("infer", 0.1 + 0.8 * done / max(1, total), f"window {done}/{total}")
+
+        logits = self.infer(pre, on_window)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t2 = time.perf_counter()
+        self.timings["infer"] = t2 - t1
+        stage("postprocess", 0.92, "inverting to the input grid")
+        labels = self.postprocess(logits, pre)
+        self.timings["postprocess"] = time.perf_counter() - t2
+        return labels

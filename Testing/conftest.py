@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to ../shared material and small random-weight bundles built from the reference configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PANCREAS_DINTS_SHARED", REPO.parent / "shared"))
+REFERENCE_BUNDLE = SHARED / "reference" / "pancreas_ct_dints_segmentation"
+EXAMPLE_CT_SM = SHARED / "data" / "example_ct_sm.nii.gz"
+EXAMPLE_CT = SHARED / "data" / "example_ct.nii.gz"
+
+# Small enough to run on 2 CPU cores in seconds, built from the released configs (same keys, `$` expressions).
+TINY_CHANNEL_MUL = 0.0625
+TINY_NUM_BLOCKS = 4
+
+
+def require(path: Path) -> Path:
+    """Skip (with the reason) when a shared file is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is not present (tests read real data from ../shared; see Testing/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_ct_sm() -> Path:
+    return require(EXAMPLE_CT_SM)
+
+
+@pytest.fixture(scope="session")
+def reference_bundle() -> Path:
+    return require(REFERENCE_BUNDLE)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, reference_bundle) -> Path:
+    """A random-weight bundle from the released configs (channel_mul 0.0625, 4 blocks)."""
+    from PancreasDiNTSLib.random_bundle import make_random_bundle
+
+    dest = tmp_path_factory.mktemp("bundles") / "tiny"
+    return make_random_bundle(reference_bundle, dest, channel_mul=TINY_CHANNEL_MUL, num_blocks=TINY_NUM_BLOCKS, seed=3)
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict[str, str]:
+    """Environment for running the CLI as a real subprocess (`python -m PancreasDiNTSLib.cli`)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "PancreasDiNTS") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+PYTHON = sys.executable
