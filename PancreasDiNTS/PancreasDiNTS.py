@@ -1,0 +1,741 @@
+"""Pancreas DiNTS: segment the pancreas and pancreatic tumours in a CT volume with one click.
+
+This module is an adapter between Slicer and the engine (PancreasDiNTSLib). It never runs torch in Slicer's
+process: the input volume goes to a temporary file, ``PythonSlicer -m PancreasDiNTSLib.cli segment`` runs in a
+background process, its JSON progress lines drive the GUI, and the resulting ``.seg.nrrd`` is loaded back into a
+segmentation node with the engine's names, colours and terminology.
+"""
+
+import importlib.util
+import inspect
+import logging
+import shutil
+from pathlib import Path
+
+import ctk
+import qt
+import slicer
+import vtk
+from PancreasDiNTSLib import background, terminology
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = Path(__file__).resolve().parent
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
+# Packages Slicer ships (or PyTorchUtils manages): never let pip replace them.
+SLICER_MANAGED_PACKAGES = ["torch", "torchvision", "numpy", "scipy", "SimpleITK", "pydicom", "requests", "vtk"]
+TORCH_REQUIREMENT = ">=2.4"
+
+
+#
+# PancreasDiNTS
+#
+
+
+class PancreasDiNTS(ScriptedLoadableModule):
+    """Module description shown in Slicer's module panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Pancreas DiNTS"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["PancreasDiNTS developers"]
+        self.parent.helpText = (
+            "Automatic segmentation of the pancreas and pancreatic tumours in abdominal CT with the MONAI DiNTS "
+            "network (trained on the Medical Segmentation Decathlon Task07). Select a CT volume and a model, "
+            "then click <b>Segment</b>. Computation runs in a separate process and can be cancelled. "
+            "This is a research tool, not a medical device."
+        )
+        self.parent.acknowledgementText = (
+            "Built on MONAI (DiNTS: Differentiable Neural Network Topology Search, He et al., CVPR 2021) and the "
+            "MONAI Model Zoo bundle pancreas_ct_dints_segmentation (Apache-2.0)."
+        )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class PancreasDiNTSParameterNode:
+    """Everything the widget shows, stored in the scene.
+
+    inputVolume - the CT to segment.
+    outputSegmentation - the segmentation to update (None: a new one is created).
+    useLocalModel - use localModelPath instead of the official model.
+    localModelPath - a bundle folder or an exported model file.
+    device - "auto", "cpu" or "cuda:N".
+    show3D - show the result as surfaces in the 3D view.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    useLocalModel: bool = False
+    localModelPath: Path
+    device: str = "auto"
+    show3D: bool = True
+
+
+#
+# Background engine process (also used by PancreasDiNTSTrain)
+#
+
+
+def _hasNonBlockingLaunch():
+    """True on Slicer >= 5.12, whose launchConsoleProcess can stream output through callbacks."""
+    return "blocking" in inspect.signature(slicer.util.launchConsoleProcess).parameters
+
+
+class EngineProcess:
+    """One engine command running outside Slicer's Python, its output parsed into progress events.
+
+    eventCallback(event) receives each :class:`PancreasDiNTSLib.background.Event`; finishedCallback(process)
+    is called once, in the main thread, after the process ended (read ``returncode``, ``cancelled``, ``parser``).
+    """
+
+    POLL_INTERVAL_MSEC = 200
+
+    def __init__(self, command, eventCallback=None, finishedCallback=None):
+        self.command = [str(arg) for arg in command]
+        self.eventCallback = eventCallback
+        self.finishedCallback = finishedCallback
+        self.parser = background.ProgressParser()
+        self.proc = None
+        self.returncode = None
+        self.cancelled = False
+        self._pump = None
+        self._timer = None
+
+    @property
+    def running(self):
+        return self.proc is not None and self.returncode is None
+
+    def start(self, waitForCompletion=True):
+        """Start the process; with waitForCompletion, return only after it ended."""
+        logging.info("PancreasDiNTS: running " + " ".join(self.command))
+        environment = background.engine_environment(slicer.util.startupEnvironment().get("PYTHONPATH"))
+        if waitForCompletion:
+            self.proc = slicer.util.launchConsoleProcess(self.command, updateEnvironment=environment)
+            self._finish(background.follow(self.proc, self._onLine))
+        elif _hasNonBlockingLaunch():
+            self.proc = slicer.util.launchConsoleProcess(
+                self.command, updateEnvironment=environment, blocking=False,
+                logCallback=self._onLine, completedCallback=self._finish)
+        else:  # Slicer 5.10: read on a thread, poll from a timer so the GUI stays responsive
+            self.proc = slicer.util.launchConsoleProcess(self.command, updateEnvironment=environment)
+            self._pump = background.LinePump(self.proc.stdout)
+            self._timer = qt.QTimer()
+            self._timer.setInterval(self.POLL_INTERVAL_MSEC)
+            self._timer.connect("timeout()", self._poll)
+            self._timer.start()
+        return self
+
+    def cancel(self):
+        """Kill the whole process tree (PythonSlicer is a launcher: killing it alone leaves the work running)."""
+        if self.running:
+            self.cancelled = True
+            background.kill_process_tree(self.proc.pid)
+
+    def _poll(self):
+        for line in self._pump.drain():
+            self._onLine(line)
+        if self._pump.ended and self.proc.poll() is not None:
+            self._timer.stop()
+            self._finish(self.proc.returncode)
+
+    def _onLine(self, line):
+        event = self.parser.feed(line)
+        if event.kind == "log" and event.line:
+            logging.info(event.line)
+        if self.eventCallback:
+            self.eventCallback(event)
+
+    def _finish(self, returncode):
+        if self.returncode is not None:
+            return
+        self.returncode = returncode
+        if self.finishedCallback:
+            self.finishedCallback(self)
+
+
+class SegmentationResult:
+    """Outcome of one Segment run."""
+
+    def __init__(self, success, message="", segmentationNode=None, volumes=None, log="", cancelled=False):
+        self.success = success
+        self.message = message
+        self.segmentationNode = segmentationNode
+        self.volumes = volumes or {}
+        self.log = log
+        self.cancelled = cancelled
+
+
+#
+# PancreasDiNTSWidget
+#
+
+
+class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._lastVolumes = {}
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PancreasDiNTS.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = PancreasDiNTSLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # A model is a bundle folder or an exported model file.
+        self.ui.localModelPathLineEdit.filters = (
+            ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.NoDotAndDotDot
+            | ctk.ctkPathLineEdit.Readable)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
+        self.ui.openCacheFolderButton.connect("clicked(bool)", self.onOpenCacheFolder)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
+        self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+
+        self._setDevices(background.DEFAULT_DEVICES)
+        self.initializeParameterNode()
+        self.updateGUI()
+
+    def cleanup(self):
+        """Called when the application closes and the module widget is destroyed."""
+        self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+
+    def onSceneStartClose(self, caller, event):
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    # --- GUI state
+
+    def updateGUI(self, caller=None, event=None):
+        """Enable what can be used now; Segment becomes Cancel while the engine runs."""
+        p = self._parameterNode
+        running = self.logic.isRunning()
+        self.ui.applyButton.text = "Cancel" if running else "Segment"
+        self.ui.applyButton.toolTip = ("Stop the computation" if running
+                                       else "Segment the pancreas and pancreatic tumours in the input CT")
+        self.ui.inputsCollapsibleButton.enabled = not running
+        modelFolder = self.logic.officialModelFolder()
+        self.ui.officialModelStatusLabel.text = (
+            f"Official model: {modelFolder}" if modelFolder else "Official model: not downloaded yet")
+        self.ui.downloadModelButton.enabled = not running and not (p and p.useLocalModel)
+        self.ui.localModelPathLineEdit.enabled = bool(p and p.useLocalModel)
+        canApply = bool(p and p.inputVolume) and (running or bool(self.currentModel()))
+        self.ui.applyButton.enabled = canApply
+        segmentation = p.outputSegmentation if p else None
+        self.ui.editInSegmentEditorButton.enabled = bool(segmentation) and not running
+        self.ui.show3DCheckBox.enabled = bool(segmentation)
+
+    def currentModel(self):
+        """The model path the user chose, or None."""
+        p = self._parameterNode
+        if not p:
+            return None
+        if p.useLocalModel:
+            path = str(p.localModelPath or "")
+            return path if path not in ("", ".") else None
+        folder = self.logic.officialModelFolder()
+        return str(folder) if folder else None
+
+    def _setDevices(self, devices):
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for device, label in devices:
+            combo.addItem(label, device)
+        current = self._parameterNode.device if self._parameterNode else "auto"
+        index = combo.findData(current)
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        combo.blockSignals(wasBlocked)
+
+    # --- Actions
+
+    def onApplyButton(self):
+        if self.logic.isRunning():
+            self.logic.cancel()
+            self.ui.statusLabel.text = "Cancelling..."
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
+            if not self.logic.setupPythonRequirements(askConfirmation=True):
+                return
+            p = self._parameterNode
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self.ui.resultLabel.text = ""
+            self.ui.statusLabel.text = "Starting..."
+            self.logic.process(p.inputVolume, p.outputSegmentation, self.currentModel(), p.device,
+                               waitForCompletion=False, eventCallback=self.onEngineEvent,
+                               completedCallback=self.onProcessingCompleted)
+        self.updateGUI()
+
+    def onEngineEvent(self, event):
+        if event.kind == "log":
+            self.ui.logTextEdit.appendPlainText(event.line)
+            return
+        if event.fraction is not None:
+            self.ui.progressBar.value = int(round(100 * event.fraction))
+        if event.kind == "progress":
+            self.ui.statusLabel.text = self.logic.lastStatus()
+
+    def onProcessingCompleted(self, result):
+        self.updateGUI()
+        if result.cancelled:
+            self.ui.statusLabel.text = "Cancelled."
+            self.ui.progressBar.value = 0
+            return
+        if not result.success:
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(f"Segmentation failed: {result.message}", detailedText=result.log)
+            return
+        self.ui.progressBar.value = 100
+        self.ui.statusLabel.text = "Done."
+        self._parameterNode.outputSegmentation = result.segmentationNode
+        self.ui.resultLabel.text = background.format_volumes(result.volumes) or "No volumes reported."
+        self.logic.setShow3D(result.segmentationNode, self._parameterNode.show3D)
+        self.updateGUI()
+
+    def onShow3DToggled(self, show):
+        if self._parameterNode and self._parameterNode.outputSegmentation:
+            self.logic.setShow3D(self._parameterNode.outputSegmentation, show)
+
+    def onEditInSegmentEditor(self):
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Failed to open the Segment Editor."):
+            self.logic.editInSegmentEditor(p.outputSegmentation, p.inputVolume)
+
+    def onDeviceChanged(self, index):
+        if self._parameterNode:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def onRefreshDevices(self):
+        with slicer.util.tryWithErrorDisplay("Failed to list the compute devices.", waitCursor=True):
+            self._setDevices(self.logic.listDevices())
+
+    def onDownloadModel(self):
+        if self.logic.isRunning():
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to download the model.", waitCursor=False):
+            if not self.logic.setupPythonRequirements(askConfirmation=True):
+                return
+            self.ui.logTextEdit.clear()
+            self.ui.statusLabel.text = "Downloading the official model..."
+            self.logic.downloadOfficialModel(waitForCompletion=False, eventCallback=self.onEngineEvent,
+                                             completedCallback=self.onDownloadCompleted)
+        self.updateGUI()
+
+    def onDownloadCompleted(self, process):
+        self.updateGUI()
+        if process.cancelled:
+            self.ui.statusLabel.text = "Download cancelled."
+        elif process.returncode != 0:
+            self.ui.statusLabel.text = "Download failed."
+            slicer.util.errorDisplay(f"Model download failed: {process.parser.error_message(process.returncode)}",
+                                     detailedText="\n".join(process.parser.log))
+        else:
+            self.ui.statusLabel.text = "Official model ready."
+
+    def onOpenCacheFolder(self):
+        folder = self.logic.modelCacheFolder()
+        folder.mkdir(parents=True, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onInstallDependencies(self):
+        with slicer.util.tryWithErrorDisplay("Failed to install the Python packages.", waitCursor=True):
+            if self.logic.setupPythonRequirements(askConfirmation=True):
+                slicer.util.infoDisplay("The Python packages Pancreas DiNTS needs are installed.")
+
+
+#
+# PancreasDiNTSLogic
+#
+
+
+class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
+    """Runs the engine on a volume node and imports the result. Can be used without the GUI widget::
+
+        logic = PancreasDiNTSLogic()
+        logic.setupPythonRequirements()
+        result = logic.process(volumeNode, None, "/path/to/model", "auto")
+        print(result.segmentationNode.GetName(), result.volumes)
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._task = None
+
+    def getParameterNode(self):
+        return PancreasDiNTSParameterNode(super().getParameterNode())
+
+    # --- Dependencies
+
+    def setupPythonRequirements(self, askConfirmation=True):
+        """Make sure torch (through the PyTorch extension) and the engine's packages are installed.
+
+        Returns False when the user declined. Packages Slicer ships are never replaced.
+        """
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as exc:
+            raise RuntimeError("Pancreas DiNTS needs the PyTorch extension: install 'PyTorch' from the "
+                               "Extensions Manager, restart Slicer, then try again.") from exc
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                return False
+
+        if _hasPackagingModule():  # Slicer >= 5.12: checks, asks, installs with progress, offers a restart
+            import slicer.packaging
+
+            slicer.packaging.pip_ensure(
+                slicer.packaging.load_requirements(REQUIREMENTS_FILE), skip_packages=SLICER_MANAGED_PACKAGES,
+                prompt_install=askConfirmation, requester="PancreasDiNTS")
+            return not background.missing_requirements(background.read_requirements(REQUIREMENTS_FILE))
+
+        missing = background.missing_requirements(background.read_requirements(REQUIREMENTS_FILE))
+        if not missing:
+            return True
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                "Pancreas DiNTS needs these Python packages, which will be downloaded and installed now:\n\n"
+                + "\n".join(missing), windowTitle="Install Python packages"):
+            return False
+        upgraded = [req for req in missing if background.requirement_installed(req)]
+        slicer.util.pip_install(" ".join(missing))
+        # The engine runs in a new process and sees new packages at once; Slicer itself only after a restart.
+        if upgraded and slicer.util.confirmYesNoDisplay(
+                "Some packages were upgraded. Restart Slicer now so that it uses the new versions too?"):
+            slicer.util.restart()
+        return True
+
+    # --- Models and devices
+
+    def modelCacheFolder(self):
+        """Where ``download`` stores the official model."""
+        return background.model_cache_folder()
+
+    def officialModelFolder(self):
+        """The downloaded official model folder, or None when it is not there yet."""
+        return background.official_model_folder()
+
+    def downloadOfficialModel(self, waitForCompletion=True, eventCallback=None, completedCallback=None):
+        """Download the official model into the cache folder in a background process (blocking: raise on failure)."""
+        command = background.download_command(background.python_executable(), dest=self.modelCacheFolder())
+        task = self._start(command, waitForCompletion, eventCallback, completedCallback)
+        if waitForCompletion and task.returncode != 0:
+            raise RuntimeError(task.parser.error_message(task.returncode))
+        return task
+
+    def listDevices(self):
+        """(device, label) pairs, asked from a separate process so that torch is not imported in Slicer."""
+        task = EngineProcess(background.devices_command(background.python_executable()))
+        task.start(waitForCompletion=True)
+        return background.parse_devices("\n".join(task.parser.log))
+
+    # --- Running
+
+    def isRunning(self):
+        return self._task is not None and self._task.running
+
+    def lastStatus(self):
+        return self._task.parser.status if self._task else ""
+
+    def cancel(self):
+        if self._task is not None:
+            self._task.cancel()
+
+    def _start(self, command, waitForCompletion, eventCallback, finishedCallback):
+        if self.isRunning():
+            raise RuntimeError("The engine is already running; wait for it or cancel it first.")
+        self._task = EngineProcess(command, eventCallback, finishedCallback)
+        return self._task.start(waitForCompletion)
+
+    def process(self, inputVolume, outputSegmentation, model, device="auto", waitForCompletion=True,
+                eventCallback=None, completedCallback=None):
+        """Segment ``inputVolume`` with ``model`` on ``device``. Can be used without GUI widget.
+
+        outputSegmentation: an existing segmentation whose "Pancreas" and "Pancreatic tumor" segments are
+        replaced (other segments are kept), or None to create a new one. With waitForCompletion the result is
+        returned and a failure raises RuntimeError with the engine's one-line message; otherwise the call
+        returns at once and completedCallback(SegmentationResult) is called from the main thread.
+        The scene is left unchanged when the run fails or is cancelled.
+        """
+        if not inputVolume:
+            raise ValueError("Select an input CT volume.")
+        if not model:
+            raise ValueError("Select a model: download the official model or choose a local model folder.")
+        if not Path(model).exists():
+            raise ValueError(f"Model not found: {model}. Choose a bundle folder or an exported model file.")
+
+        workDir = Path(slicer.util.tempDirectory("PancreasDiNTS"))
+        inputPath = workDir / "input.nrrd"
+        outputDir = workDir / "output"
+        # exportNode writes the volume with its geometry and leaves the node's own storage untouched.
+        slicer.util.exportNode(inputVolume, str(inputPath), {"useCompression": 0})
+        if not inputPath.is_file():
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise RuntimeError(f"Could not write the input volume to {inputPath}.")
+        command = background.segment_command(background.python_executable(), inputPath, outputDir, model, device)
+        results = []
+
+        def onFinished(task):
+            results.append(self._collectResult(task, outputDir, inputVolume, outputSegmentation))
+            shutil.rmtree(workDir, ignore_errors=True)
+            if completedCallback:
+                completedCallback(results[0])
+
+        try:
+            self._start(command, waitForCompletion, eventCallback, onFinished)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        if not waitForCompletion:
+            return None
+        result = results[0]
+        if not result.success:
+            raise RuntimeError(result.message if not result.cancelled else "Cancelled.")
+        return result
+
+    def _collectResult(self, task, outputDir, inputVolume, outputSegmentation):
+        log = "\n".join(task.parser.log)
+        if task.cancelled:
+            return SegmentationResult(False, "Cancelled.", log=log, cancelled=True)
+        if task.returncode != 0:
+            return SegmentationResult(False, task.parser.error_message(task.returncode), log=log)
+        try:
+            folder = background.case_folder(outputDir)
+            segmentationNode = self.importSegmentation(background.seg_nrrd_path(folder), inputVolume,
+                                                       outputSegmentation)
+            volumes = background.volumes_ml(background.read_report(folder))
+        except Exception as exc:
+            logging.exception("PancreasDiNTS: importing the result failed")
+            return SegmentationResult(False, str(exc), log=log)
+        return SegmentationResult(True, "", segmentationNode, volumes, log)
+
+    # --- Results
+
+    def importSegmentation(self, segmentationFile, inputVolume, outputSegmentation=None):
+        """Load the engine's .seg.nrrd into outputSegmentation (or a new node), replacing only our segments."""
+        loadedNode = slicer.util.loadSegmentation(str(segmentationFile))
+        if not loadedNode:
+            raise RuntimeError(f"{segmentationFile}: Slicer could not read the segmentation file.")
+        createdNode = None
+        try:
+            source = loadedNode.GetSegmentation()
+            sourceIds = {}
+            for info in terminology.SEGMENTS:
+                segmentId = source.GetSegmentIdBySegmentName(info.name)
+                if not segmentId:
+                    raise RuntimeError(f"{segmentationFile}: no segment named {info.name!r}.")
+                sourceIds[info.name] = segmentId
+            if not outputSegmentation:
+                name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} pancreas")
+                outputSegmentation = createdNode = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", name)
+                outputSegmentation.CreateDefaultDisplayNodes()
+            target = outputSegmentation.GetSegmentation()
+            for info in terminology.SEGMENTS:
+                oldId = target.GetSegmentIdBySegmentName(info.name)
+                if oldId:
+                    target.RemoveSegment(oldId)
+                if not target.CopySegmentFromSegmentation(source, sourceIds[info.name], False):
+                    raise RuntimeError(f"Could not copy segment {info.name!r} into {outputSegmentation.GetName()}.")
+                segment = target.GetSegment(target.GetSegmentIdBySegmentName(info.name))
+                segment.SetColor(*info.color_float)
+                segment.SetTag(segment.GetTerminologyEntryTagName(), info.terminology_entry())
+            outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+            outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+            if createdNode:
+                self._placeUnderStudy(outputSegmentation, inputVolume)
+        except Exception:
+            if createdNode:
+                slicer.mrmlScene.RemoveNode(createdNode)
+            raise
+        finally:
+            slicer.mrmlScene.RemoveNode(loadedNode)
+        return outputSegmentation
+
+    @staticmethod
+    def _placeUnderStudy(segmentationNode, volumeNode):
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
+        shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), studyItem)
+
+    @staticmethod
+    def setShow3D(segmentationNode, show):
+        """Show or hide the segments as surfaces in 3D views."""
+        if not segmentationNode:
+            return
+        if show:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        else:
+            segmentationNode.RemoveClosedSurfaceRepresentation()
+
+    @staticmethod
+    def editInSegmentEditor(segmentationNode, volumeNode):
+        """Open the Segment Editor with this segmentation and source volume selected."""
+        if not segmentationNode:
+            raise ValueError("There is no segmentation to edit yet.")
+        slicer.util.selectModule("SegmentEditor")
+        editorWidget = slicer.util.getModuleWidget("SegmentEditor")
+        editorWidget.editor.setSegmentationNode(segmentationNode)
+        if volumeNode:
+            editorWidget.editor.setSourceVolumeNode(volumeNode)
+
+
+def _hasPackagingModule():
+    """True on Slicer >= 5.12 (slicer.packaging: pip_ensure, load_requirements)."""
+    return importlib.util.find_spec("slicer.packaging") is not None
+
+
+#
+# PancreasDiNTSTest
+#
+
+
+class PancreasDiNTSTest(ScriptedLoadableModuleTest):
+    """Self-test run inside Slicer (Reload and Test, or ctest py_PancreasDiNTS).
+
+    Makes a phantom CT with the engine, trains a tiny model on the spot (or uses the demo model when it is
+    installed), segments the phantom through the logic exactly as the Segment button does, and checks the two
+    segments, their terminology and the reported volumes; then checks that a bad model leaves the scene unchanged.
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PancreasDiNTS_segmentPhantom()
+        self.setUp()
+        self.test_PancreasDiNTS_badModelLeavesSceneUnchanged()
+
+    def _workFolder(self):
+        return Path(slicer.util.tempDirectory("PancreasDiNTSTest"))
+
+    def _engine(self, command):
+        task = EngineProcess(command)
+        task.start(waitForCompletion=True)
+        self.assertEqual(task.returncode, 0, task.parser.error_message(task.returncode))
+        return task
+
+    def _phantomAndModel(self, work):
+        """A phantom CT file and a model folder made by the engine (demo model when installed)."""
+        python = background.python_executable()
+        self._engine(background.make_phantoms_command(python, work / "data", count=3, seed=11))
+        images = sorted((work / "data" / "imagesTr").glob("*.nii.gz"))
+        self.assertTrue(images, "the engine made no phantom")
+        demo = background.demo_model_folder()
+        if demo:
+            return images[0], demo
+        self._engine(background.prepare_datalist_command(python, work / "data", work / "datalist.json"))
+        self._engine(background.train_command(python, work / "datalist.json", work / "model", preset="tiny",
+                                              device="cpu"))
+        return images[0], work / "model"
+
+    def test_PancreasDiNTS_segmentPhantom(self):
+        self.delayDisplay("Preparing the engine (may install packages)")
+        logic = PancreasDiNTSLogic()
+        self.assertTrue(logic.setupPythonRequirements(askConfirmation=False))
+        work = self._workFolder()
+        imagePath, model = self._phantomAndModel(work)
+        volumeNode = slicer.util.loadVolume(str(imagePath))
+
+        # An existing segmentation with an unrelated segment: it must survive, ours must be added once.
+        existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "existing")
+        existing.GetSegmentation().AddEmptySegment("liver", "Liver")
+        for _run in range(2):
+            self.delayDisplay("Segmenting the phantom")
+            result = logic.process(volumeNode, existing, str(model), "cpu", waitForCompletion=True)
+        self.assertTrue(result.success)
+        segmentation = result.segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1 + len(terminology.SEGMENTS))
+        self.assertTrue(segmentation.GetSegmentIdBySegmentName("Liver"))
+        for info in terminology.SEGMENTS:
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(info.name))
+            self.assertIsNotNone(segment, info.name)
+            tag = vtk.mutable("")
+            segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+            self.assertEqual(str(tag), info.terminology_entry())
+            self.assertIn(info.name, result.volumes)
+            self.assertGreaterEqual(result.volumes[info.name], 0.0)
+
+        # A new segmentation is created and placed next to the input in the subject hierarchy.
+        newResult = logic.process(volumeNode, None, str(model), "cpu")
+        self.assertNotEqual(newResult.segmentationNode.GetID(), existing.GetID())
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(newResult.segmentationNode)),
+                         shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode)))
+        self.delayDisplay("Segmentation test passed")
+
+    def test_PancreasDiNTS_badModelLeavesSceneUnchanged(self):
+        work = self._workFolder()
+        python = background.python_executable()
+        self._engine(background.make_phantoms_command(python, work / "data", count=1, seed=3))
+        volumeNode = slicer.util.loadVolume(str(sorted((work / "data" / "imagesTr").glob("*.nii.gz"))[0]))
+        badModel = work / "not_a_model"
+        badModel.mkdir()
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(RuntimeError) as context:
+            PancreasDiNTSLogic().process(volumeNode, None, str(badModel), "cpu")
+        self.assertIn("not_a_model", str(context.exception))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.delayDisplay("Bad-model test passed")
+
