@@ -1,0 +1,353 @@
+"""A static, unrolled forward of a searched DiNTS topology (same weights, same outputs, no host syncs).
+
+MONAI's ``DiNTS``/``TopologyInstance`` decide at every forward which paths run by testing the arch codes, which
+are tensors (on CUDA: one GPU->CPU sync per path, 120 per forward for the released 12x4 space), and create a
+host scalar ``torch.tensor(0.0)`` per block (CUDA-graph capture fails on it). :class:`FastDiNTS` reads the arch
+codes once, at construction, into Python ints/bools and keeps a fixed plan of module calls. It reuses MONAI's
+own sub-modules under the same attribute names, so its ``state_dict`` has exactly the keys of the MONAI network
+(a MONAI state dict loads with ``strict=True``), and it computes the same function:
+
+* the per-path cell ``preprocess -> op`` is called piece by piece (``conv``/``norm`` modules of MONAI's blocks);
+* the ReLU that starts every cell reading a node at its own resolution (same-resolution conv ops and the
+  stride-2 down paths) is computed once per node and block instead of once per path (ReLU is elementwise, so
+  the result is bit-identical);
+* ``0.0 + x`` (MixedOp) and ``tensor(0.0) + x`` (TopologyInstance) are dropped: they return ``x`` exactly;
+* the sum of the paths entering a node keeps MONAI's path order, so float rounding is the same;
+* work whose result is never used is not done: stems of input nodes no block-0 path reads, cells whose output
+  node nothing downstream reads, and the stem's trilinear resize by a factor of exactly 1 (an identity);
+* a node MONAI feeds with ``zeros_like`` (``node_a[0][d] == 0`` while a path reads it) still gets zeros.
+
+There are no tensor-valued conditions, no tensor creation from host data and no ``.item()`` in ``forward``,
+so the module can be captured in a CUDA graph (:class:`CudaGraphForward`) or compiled with ``torch.compile``
+without graph breaks. Use :func:`make_fast` on a built MONAI network (parameters are shared, not copied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FastDiNTS", "make_fast", "CudaGraphForward", "compile_fast"]
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class _CellStep:
+    """One active path of one block: read node ``src``, add the result into node ``dst``."""
+
+    key: str  # cell_tree key, e.g. "(3, 4)"
+    src: int
+    dst: int
+    pre: str  # "identity" | "align" | "down" | "up"
+    op: str  # "skip" | "conv" | "p3d"
+
+
+@dataclass
+class _Plan:
+    stems: list[tuple[int, bool]] = field(default_factory=list)  # (depth, feed zeros instead of the stem)
+    stem_identity_resize: list[bool] = field(default_factory=list)  # per depth: first stem layer is x1 resize
+    blocks: list[tuple[tuple[int, ...], tuple[_CellStep, ...]]] = field(default_factory=list)  # (relu nodes, cells)
+    head: list[tuple[int, bool]] = field(default_factory=list)  # (res, add the node's output) deepest first
+    skipped_cells: list[str] = field(default_factory=list)
+
+
+def _bool(v: Any) -> bool:
+    return bool(float(v))
+
+
+def _as_rows(codes: Any) -> list[list[float]]:
+    if isinstance(codes, torch.Tensor):
+        codes = codes.detach().cpu().tolist()
+    else:
+        codes = [list(map(float, row)) for row in codes]
+    return [[float(v) for v in row] for row in codes]
+
+
+def _check_block(module: nn.Module, what: str) -> None:
+    """Refuse networks built with a non-default activation/normalisation (the plan assumes ReLU/InstanceNorm)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.ReLU) and sub.inplace:
+            raise ValueError(f"{what}.{name}: in-place ReLU is not supported by FastDiNTS")
+        if any(k in type(sub).__name__ for k in ("PReLU", "LeakyReLU", "BatchNorm", "GroupNorm", "LayerNorm")):
+            raise ValueError(f"{what}.{name}: {type(sub).__name__} is not supported (DiNTS defaults only)")
+        if isinstance(sub, nn.InstanceNorm3d) and sub.track_running_stats:
+            raise ValueError(f"{what}.{name}: InstanceNorm with running stats is not supported")
+
+
+def _op_kind(cell: nn.Module, key: str) -> str:
+    ops = cell.op.ops
+    if len(ops) != 1:
+        raise ValueError(f"cell {key}: {len(ops)} operations; a searched TopologyInstance has exactly one per path")
+    op = ops[0]
+    if isinstance(op, nn.Identity):
+        return "skip"
+    names = dict(op.named_children())
+    if set(names) == {"acti", "conv", "norm"}:
+        return "conv"
+    if set(names) == {"acti", "conv", "conv_1", "norm"}:
+        return "p3d"
+    raise ValueError(f"cell {key}: unknown operation {type(op).__name__}")
+
+
+def _pre_kind(cell: nn.Module, key: str) -> str:
+    pre = cell.preprocess
+    if isinstance(pre, nn.Identity):
+        return "identity"
+    names = dict(pre.named_children())
+    if set(names) == {"up", "acti", "conv", "norm"}:
+        return "up"
+    if set(names) == {"act", "conv_1", "conv_2", "norm"}:
+        return "down"
+    if set(names) == {"acti", "conv", "norm"}:
+        return "align"
+    raise ValueError(f"cell {key}: unknown preprocess {type(pre).__name__}")
+
+
+def _build_plan(net: nn.Module) -> _Plan:
+    space = net.dints_space
+    num_blocks, num_depths = int(space.num_blocks), int(space.num_depths)
+    if type(space).__name__ != "TopologyInstance":
+        raise ValueError(f"FastDiNTS needs a DiNTS built on a TopologyInstance, not {type(space).__name__}")
+    if int(getattr(net, "_spatial_dims", 3)) != 3:
+        raise ValueError("FastDiNTS supports 3D DiNTS only")
+    arch_a = _as_rows(space.arch_code_a)
+    node_a = _as_rows(net.node_a)
+    to_in, to_out = list(space.arch_code2in), list(space.arch_code2out)
+    n_paths = len(to_out)
+
+    # 1) Walk forward as MONAI does, recording which nodes hold a tensor (True) or MONAI's scalar 0.0 (False).
+    holds = [True] * num_depths  # the stems always give tensors (real or zeros_like)
+    blocks_all: list[list[_CellStep]] = []
+    for b in range(num_blocks):
+        steps: list[_CellStep] = []
+        new_holds = [False] * num_depths
+        for p in range(n_paths):
+            if not _bool(arch_a[b][p]):
+                continue
+            key = str((b, p))
+            cell = space.cell_tree[key]
+            step = _CellStep(key, to_in[p], to_out[p], _pre_kind(cell, key), _op_kind(cell, key))
+            if not holds[step.src]:
+                if step.pre == "identity" and step.op == "skip":
+                    continue  # MONAI: scalar 0.0 through identity+skip stays 0.0 and adds nothing
+                raise ValueError(
+                    f"arch codes: path {p} of block {b} reads node {step.src}, which no path of block {b - 1} "
+                    "writes (MONAI's forward would apply a convolution to a scalar); the arch file is inconsistent"
+                )
+            steps.append(step)
+            new_holds[step.dst] = True
+        blocks_all.append(steps)
+        holds = new_holds
+
+    # 2) The head: MONAI starts at the deepest node flagged in the last row of node_a, then adds every
+    #    shallower node's output (a tensor, or MONAI's scalar 0.0, which adds nothing).
+    last = node_a[num_blocks]
+    start = next((r for r in range(num_depths - 1, -1, -1) if _bool(last[r])), None)
+    if start is None:
+        raise ValueError("arch codes: node_a's last row has no active node; the network has no output")
+    if not holds[start]:
+        raise ValueError(f"arch codes: node_a marks output node {start} active but no path of the last block writes it")
+    head = [(start, True)] + [(r, holds[r]) for r in range(start - 1, -1, -1)]
+
+    # 3) Liveness, backwards: drop cells whose destination nothing reads.
+    live = [False] * num_depths
+    for r, used in head:
+        live[r] = used
+    plan = _Plan(head=head)
+    kept_blocks: list[tuple[tuple[int, ...], tuple[_CellStep, ...]]] = []
+    for b in range(num_blocks - 1, -1, -1):
+        kept = [s for s in blocks_all[b] if live[s.dst]]
+        plan.skipped_cells.extend(s.key for s in blocks_all[b] if not live[s.dst])
+        live = [False] * num_depths
+        for s in kept:
+            live[s.src] = True
+        relu_nodes = tuple(sorted({s.src for s in kept if s.pre in ("down", "align") or (
+            s.pre == "identity" and s.op != "skip")}))
+        kept_blocks.append((relu_nodes, tuple(kept)))
+    plan.blocks = kept_blocks[::-1]
+    plan.stems = [(d, not _bool(node_a[0][d])) for d in range(num_depths) if live[d]]
+    for d in range(num_depths):
+        first = net.stem_down[str(d)].mod[0]
+        plan.stem_identity_resize.append(isinstance(first, nn.Upsample) and _is_identity_resize(first))
+    return plan
+
+
+def _is_identity_resize(up: nn.Upsample) -> bool:
+    sf = up.scale_factor
+    factors = sf if isinstance(sf, tuple) else (sf,)
+    return up.size is None and all(f is not None and float(f) == 1.0 for f in factors) and bool(up.align_corners)
+
+
+# ---------------------------------------------------------------------------------------------- module
+
+
+class _Space(nn.Module):
+    """Holds MONAI's ``cell_tree`` under the name ``dints_space`` so parameter names stay the same."""
+
+    def __init__(self, cell_tree: nn.ModuleDict) -> None:
+        super().__init__()
+        self.cell_tree = cell_tree
+
+
+def _norm(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # The same call nn.InstanceNorm3d.forward makes (minus its Python-side shape checks).
+    return F.instance_norm(x, None, None, mod.weight, mod.bias, True, mod.momentum or 0.0, mod.eps)
+
+
+class FastDiNTS(nn.Module):
+    """DiNTS inference with the topology baked in; same parameters and parameter names as the MONAI network."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        for part in ("stem_down", "stem_up", "stem_finals"):
+            _check_block(getattr(net, part), part)
+        _check_block(net.dints_space.cell_tree, "dints_space.cell_tree")
+        self.plan = _build_plan(net)
+        self.num_depths = int(net.num_depths)
+        self.filter_nums = list(net.filter_nums)
+        # registration order as in MONAI's DiNTS, so state_dict keys come in the same order
+        self.dints_space = _Space(net.dints_space.cell_tree)
+        self.stem_down = net.stem_down
+        self.stem_up = net.stem_up
+        self.stem_finals = net.stem_finals
+        cells = self.dints_space.cell_tree
+        # Python lists of (module, kind) resolved once, so forward does no string look-ups.
+        self._stems = [
+            (d, zero, list(self.stem_down[str(d)].mod)[1 if self.plan.stem_identity_resize[d] else 0:])
+            for d, zero in self.plan.stems
+        ]
+        self._blocks = [
+            (relu_nodes, [(s, cells[s.key].preprocess, cells[s.key].op.ops[0]) for s in steps])
+            for relu_nodes, steps in self.plan.blocks
+        ]
+        self._head = [(r, add, self.stem_up[str(r)]) for r, add in self.plan.head]
+
+    # -- pieces of a cell ---------------------------------------------------------------------------
+    @staticmethod
+    def _preprocess(kind: str, pre: nn.Module, x: torch.Tensor, rx: torch.Tensor | None) -> torch.Tensor:
+        if kind == "identity":
+            return x
+        if kind == "down":  # FactorizedReduceBlock: act -> two stride-2 1x1x1 convs (offset 0 and 1) -> cat -> norm
+            assert rx is not None
+            y = torch.cat([pre.conv_1(rx), pre.conv_2(rx[:, :, 1:, 1:, 1:])], dim=1)
+            return _norm(pre.norm, y)
+        if kind == "up":  # FactorizedIncreaseBlock: trilinear x2 -> act -> 1x1x1 conv -> norm
+            return _norm(pre.norm, pre.conv(torch.relu(pre.up(x))))
+        # align: ActiConvNormBlock
+        return _norm(pre.norm, pre.conv(torch.relu(x) if rx is None else rx))
+
+    @staticmethod
+    def _op(kind: str, op: nn.Module, x: torch.Tensor, rx: torch.Tensor | None) -> torch.Tensor:
+        if kind == "skip":
+            return x
+        r = torch.relu(x) if rx is None else rx
+        if kind == "conv":
+            return _norm(op.norm, op.conv(r))
+        return _norm(op.norm, op.conv_1(op.conv(r)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(x, "as_tensor"):  # a MetaTensor: compute on the plain tensor (MONAI's inferer does the same)
+            x = x.as_tensor()
+        feats: list[torch.Tensor | None] = [None] * self.num_depths
+        for d, zero, layers in self._stems:
+            y = x
+            for layer in layers:
+                y = layer(y)
+            feats[d] = torch.zeros_like(y) if zero else y
+
+        for relu_nodes, steps in self._blocks:
+            relus: dict[int, torch.Tensor] = {}
+            for k in relu_nodes:
+                relus[k] = torch.relu(feats[k])
+            out: list[torch.Tensor | None] = [None] * self.num_depths
+            for step, pre, op in steps:
+                src = feats[step.src]
+                rx_pre = relus.get(step.src) if step.pre in ("down", "align") else None
+                y = self._preprocess(step.pre, pre, src, rx_pre)
+                rx_op = relus.get(step.src) if step.pre == "identity" else None
+                y = self._op(step.op, op, y, rx_op)
+                prev = out[step.dst]
+                out[step.dst] = y if prev is None else prev + y  # MONAI's path order: same rounding
+            feats = out
+
+        temp: torch.Tensor | None = None
+        for r, add, stem in self._head:
+            if temp is None:
+                temp = stem(feats[r])
+            elif add:
+                temp = stem(feats[r] + temp)
+            else:
+                temp = stem(temp)
+        return self.stem_finals(temp)
+
+    def describe(self) -> dict[str, Any]:
+        """The baked-in plan in words (for logs and tests)."""
+        return {
+            "cells_run": sum(len(s) for _, s in self._blocks),
+            "cells_skipped": list(self.plan.skipped_cells),
+            "stems_run": [d for d, zero, _ in self._stems if not zero],
+            "stems_zero": [d for d, zero, _ in self._stems if zero],
+            "head": [(r, add) for r, add, _ in self._head],
+        }
+
+
+def make_fast(net: nn.Module) -> FastDiNTS:
+    """A :class:`FastDiNTS` sharing ``net``'s parameters (same device/dtype/mode as ``net``)."""
+    fast = FastDiNTS(net)
+    fast.train(net.training)
+    return fast
+
+
+def compile_fast(model: nn.Module, mode: str | None = "max-autotune-no-cudagraphs", dynamic: bool = False) -> Any:
+    """``torch.compile`` of the static graph (fixed window shape: ``dynamic=False``)."""
+    return torch.compile(model, mode=mode, dynamic=dynamic, fullgraph=True)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+
+
+class CudaGraphForward:
+    """Replays a CUDA graph of ``model`` for a fixed input shape; smaller batches are padded with zeros.
+
+    ``__call__`` returns a view of the static output buffer, valid until the next call: consume (e.g. stitch)
+    it before calling again, or clone it. Autocast (``amp``) is applied inside the captured region.
+    """
+
+    def __init__(self, model: nn.Module, batch_shape: tuple[int, ...], device: torch.device | str = "cuda",
+                 dtype: torch.dtype = torch.float32, amp: bool = True, warmup: int = 2) -> None:
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError("CudaGraphForward needs a CUDA device")
+        self.model = model
+        self.amp = amp
+        self.static_in = torch.zeros(batch_shape, device=self.device, dtype=dtype)
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(warmup):  # cuDNN algorithm selection and allocator warm-up outside the graph
+                self._run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self.static_out = self._run()
+
+    def _run(self) -> torch.Tensor:
+        with torch.autocast("cuda", enabled=self.amp):
+            return self.model(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        full = self.static_in.shape[0]
+        if n > full:
+            raise ValueError(f"batch of {n} windows, but the graph was captured for {full}")
+        self.static_in[:n].copy_(x, non_blocking=True)
+        if n < full:
+            self.static_in[n:].zero_()
+        self.graph.replay()
+        return self.static_out[:n]
