@@ -1,0 +1,41 @@
+"""`pancreas-dints make-phantoms`: a synthetic CT data set in the MSD Task07 layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EXIT_OK
+from ..progress import MODES
+
+HELP = "write synthetic abdominal CT phantoms with pancreas/tumour labels in the MSD Task07 layout"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--num", type=int, default=24, help="number of labelled cases (imagesTr/labelsTr); default 24")
+    p.add_argument("--num-test", type=int, default=None,
+                   help="number of unlabelled cases in imagesTs (default: a quarter of --num)")
+    p.add_argument("-o", "--output", required=True, metavar="DATA", help="output folder (must be new or empty)")
+    p.add_argument("--seed", type=int, default=0, help="data set seed; the same seed gives the same files")
+    p.add_argument("--size", default="small",
+                   help="in-plane matrix size: tiny (48-64), small (112-144, default), medium (224-288), "
+                        "full (512) or a number")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..phantom import write_msd_dataset
+    from ..progress import Progress
+
+    size = int(args.size) if str(args.size).isdigit() else args.size
+    num_test = args.num_test if args.num_test is not None else args.num // 4
+    progress = Progress(args.progress, total=args.num + num_test)
+    out = write_msd_dataset(args.output, args.num, num_test, seed=args.seed, size=size, progress=progress,
+                            overwrite=args.overwrite)
+    progress.emit({"stage": "summary", "output": str(out), "training": args.num, "test": num_test})
+    progress.close()
+    if args.progress != "json":
+        print(f"{args.num} labelled + {num_test} test phantoms written to {out} (dataset.json, imagesTr, labelsTr, "
+              "imagesTs)", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,57 @@
+"""`pancreas-dints train`: train a DiNTS model from a datalist into a run folder that is a MONAI bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import EXIT_OK
+from ..progress import MODES
+
+HELP = "train a DiNTS pancreas/tumour model (presets tiny|demo|bundle); crash-safe, --resume continues a run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datalist", metavar="datalist.json",
+                   help="datalist from prepare-datalist (training + validation splits); on --resume the run's copy "
+                        "is used when omitted")
+    p.add_argument("--arch", metavar="ARCH.pt",
+                   help="architecture file (released format, e.g. search_code_18590.pt) or `random` "
+                        "(a random topology with the preset's num_blocks/num_depths)")
+    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (checkpoints, logs, bundle)")
+    p.add_argument("--preset", default="bundle", help="tiny (seconds, CI), demo (phantom demo model), "
+                                                      "bundle (released hyper-parameters; default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a setting, e.g. --set epochs=50 --set patch_size=64,64,64 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its newest checkpoint")
+    p.add_argument("--dataset-dir", default=None, help="base folder of the datalist's relative paths "
+                                                       "(default: the datalist's dataset_dir, else its folder)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
+    p.add_argument("--show-settings", action="store_true", help="print the resolved settings and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..progress import Progress
+    from ..train import make_settings, train
+
+    settings = make_settings(args.preset, args.overrides)
+    if args.show_settings:
+        print(json.dumps(asdict(settings), indent=2))
+        return EXIT_OK
+    progress = Progress(args.progress, total=settings.epochs, unit="epoch")
+    summary = train(args.datalist, args.output, arch=args.arch, settings=settings, device=args.device,
+                    resume=args.resume, dataset_dir=args.dataset_dir, progress=progress,
+                    overrides=args.overrides if args.resume else None)
+    if args.progress != "json":
+        ram = summary["peak_ram_gib"]
+        dice = summary["best_val_mean_dice"]
+        print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; loss {summary['first_loss']:.4f} -> "
+              f"{summary['last_loss']:.4f}; best validation Dice "
+              f"{'n/a' if dice is None else f'{dice:.4f}'} (epoch {summary['best_epoch']}); "
+              f"peak RAM {ram['main']:.2f} GiB (largest worker {ram['largest_child']:.2f} GiB); "
+              f"model: {summary['run']}", file=sys.stderr)
+    return EXIT_OK
