@@ -28,8 +28,9 @@ REPORT_NAME = "report.json"
 # The folder that holds the PancreasDiNTSLib package (the Slicer module folder, or PancreasDiNTS/ here).
 ENGINE_PARENT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DEVICES = [("auto", "Automatic (GPU if available)"), ("cpu", "CPU")]
-# Where the Slicer module keeps downloaded models (passed to ``download --dest``), as other AI extensions do.
-MODEL_CACHE_ENV = "PANCREAS_DINTS_MODELS"
+# The engine's model cache (PancreasDiNTSLib.download.cache_root, which imports torch: mirrored here and kept
+# equal by Testing/test_slicer_background.py) so that Slicer and the command line share downloaded models.
+MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
 # "pancreas-dints <command>: error: <message>" is how cli.main() reports a PancreasDiNTSError.
 _ENGINE_ERROR = re.compile(r"^pancreas-dints(?: [\w-]+)?: error: (?P<message>.+)$")
 
@@ -90,23 +91,29 @@ def segment_command(
 
 def download_command(python_executable: str, dest: str | Path | None = None,
                      source: str | Path | None = None) -> list[str]:
-    """``download`` the official model into the cache (or ``dest``), or install it from a local zip/folder."""
+    """``download`` the official model into the cache (or ``dest``), or install it from a local zip/folder.
+
+    It prints log lines (no JSON progress); the last line is the installed folder.
+    """
     cmd = _engine(python_executable, "download")
     if dest:
         cmd += ["--dest", str(dest)]
     if source:
         cmd += ["--from", str(source)]
-    return cmd + ["--progress", "json"]
+    return cmd
 
 
 def make_phantoms_command(python_executable: str, output_dir: str | Path, count: int = 3, seed: int = 0) -> list[str]:
     """``make-phantoms``: a synthetic CT data set in the MSD Task07 layout (for self-tests and demos)."""
-    return _engine(python_executable, "make-phantoms", "-n", count, "-o", output_dir, "--seed", seed)
+    return _engine(python_executable, "make-phantoms", "-n", count, "-o", output_dir, "--seed", seed,
+                   "--progress", "json")
 
 
-def prepare_datalist_command(python_executable: str, data_dir: str | Path, datalist: str | Path) -> list[str]:
+def prepare_datalist_command(python_executable: str, data_dir: str | Path, datalist: str | Path,
+                             train_size: float | None = None) -> list[str]:
     """``prepare-datalist``: a training/validation/testing datalist from an MSD-layout folder."""
-    return _engine(python_executable, "prepare-datalist", "--path", data_dir, "-o", datalist)
+    cmd = _engine(python_executable, "prepare-datalist", "--path", data_dir, "-o", datalist)
+    return cmd + (["--train-size", str(train_size)] if train_size is not None else [])
 
 
 def train_command(
@@ -248,8 +255,14 @@ class ProgressParser:
         elif stage == "summary":
             self.summary = data
         self.metrics.update({k: v for k, v in data.items() if k in self.METRIC_KEYS or "dice" in k})
-        self.status = f"{case}: {stage}" + (f" - {event.message}" if event.message else "") if case else (
-            event.message or stage)
+        if stage == "epoch" and "epoch" in data:
+            loss = data.get("loss")
+            self.status = f"epoch {data['epoch']}/{data.get('epochs', '?')}" + (
+                f", loss {loss:.4f}" if isinstance(loss, int | float) else "")
+        elif case:
+            self.status = f"{case}: {stage}" + (f" - {event.message}" if event.message else "")
+        else:
+            self.status = event.message or stage
         return event
 
     def feed_all(self, lines: Iterable[str]) -> list[Event]:
@@ -433,9 +446,9 @@ def format_volumes(volumes: dict[str, float]) -> str:
 
 
 def model_cache_folder() -> Path:
-    """Folder for downloaded models: $PANCREAS_DINTS_MODELS, else ~/.PancreasDiNTS/models."""
-    env = os.environ.get(MODEL_CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".PancreasDiNTS" / "models"
+    """The engine's model cache: $PANCREAS_DINTS_HOME/models, else ~/.cache/pancreas-dints/models."""
+    home = os.environ.get(MODEL_HOME_ENV)
+    return Path(home).expanduser() / "models" if home else Path.home() / ".cache" / "pancreas-dints" / "models"
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -453,6 +466,15 @@ def official_model_folder(cache: str | Path | None = None) -> Path | None:
     candidates = [root] + [p for p in root.iterdir() if p.is_dir()]
     candidates += [q for p in candidates[1:] for q in p.iterdir() if q.is_dir()]
     found = [p for p in candidates if is_model_folder(p)]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+
+def find_arch_file(folder: str | Path) -> Path | None:
+    """The newest architecture file (``arch*.pt`` or ``search_code*.pt``) in a search folder, or None."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    found = [p for pattern in ("arch*.pt", "search_code*.pt") for p in root.rglob(pattern) if p.is_file()]
     return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
 
 

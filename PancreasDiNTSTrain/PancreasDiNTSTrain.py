@@ -1,0 +1,414 @@
+"""Pancreas DiNTS Train: architecture search, training, evaluation and export, run headless by the engine.
+
+Every method of the logic runs one ``PancreasDiNTSLib.cli`` command in a background process (never torch in
+Slicer's own process), either blocking (scripts, ``Slicer --no-main-window --python-script``) or in the
+background with progress callbacks (the panel). Example script::
+
+    import slicer
+    logic = slicer.util.getModuleLogic("PancreasDiNTSTrain")
+    run = logic.train("/data/datalist.json", "/runs/run1", preset="tiny", device="cpu")
+    print(run.parser.metrics)
+    slicer.util.exit(0)
+"""
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import ctk
+import slicer
+import vtk
+from PancreasDiNTSLib import background
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from PancreasDiNTS import EngineProcess, PancreasDiNTSLogic
+
+TASKS = ["train", "search", "evaluate", "export"]
+PRESETS = ["tiny", "demo", "bundle"]
+EXPORT_FORMATS = ["torchscript", "onnx", "trt"]
+
+
+#
+# PancreasDiNTSTrain
+#
+
+
+class PancreasDiNTSTrain(ScriptedLoadableModule):
+    """Module description shown in Slicer's module panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Pancreas DiNTS Train"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["PancreasDiNTS"]
+        self.parent.contributors = ["PancreasDiNTS developers"]
+        self.parent.helpText = (
+            "Search a DiNTS architecture, train, evaluate and export pancreas segmentation models from a datalist. "
+            "Runs the PancreasDiNTS engine in a background process; the same logic works headless from "
+            "<tt>Slicer --no-main-window --python-script</tt>. A trained run folder can be used as a local model "
+            "in the Pancreas DiNTS module."
+        )
+        self.parent.acknowledgementText = (
+            "Built on MONAI DiNTS (He et al., CVPR 2021) and the MONAI Model Zoo bundle "
+            "pancreas_ct_dints_segmentation (Apache-2.0)."
+        )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class PancreasDiNTSTrainParameterNode:
+    """Panel settings stored in the scene.
+
+    task - what Start runs: train, search, evaluate or export.
+    datalist - datalist JSON (training/validation/testing keys).
+    outputFolder - run folder (train/search/evaluate) or exported file's folder.
+    archFile - architecture file for train (empty: the preset's default).
+    modelFolder - model to evaluate or export.
+    preset - tiny (seconds), demo, bundle (the released hyper-parameters).
+    exportFormat - torchscript, onnx or trt.
+    resume - continue an interrupted train/search run.
+    device - auto, cpu or cuda:N.
+    """
+
+    task: Annotated[str, Choice(TASKS)] = "train"
+    datalist: Path
+    outputFolder: Path
+    archFile: Path
+    modelFolder: Path
+    preset: Annotated[str, Choice(PRESETS)] = "tiny"
+    exportFormat: Annotated[str, Choice(EXPORT_FORMATS)] = "torchscript"
+    resume: bool = False
+    device: str = "auto"
+
+
+def _pathOrNone(path):
+    """None for an empty path parameter (an empty ctkPathLineEdit gives Path('.'))."""
+    text = str(path or "")
+    return text if text not in ("", ".") else None
+
+
+#
+# PancreasDiNTSTrainWidget
+#
+
+
+class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: pick a datalist and output folder, start/stop, follow epoch, loss and Dice."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PancreasDiNTSTrain.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = PancreasDiNTSTrainLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.modelPathLineEdit.filters = (ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
+                                             | ctk.ctkPathLineEdit.Readable)
+        self.ui.datalistPathLineEdit.nameFilters = ["Datalist (*.json)"]
+        self.ui.archPathLineEdit.nameFilters = ["Architecture file (*.pt *.pth)"]
+        self.ui.startButton.connect("clicked(bool)", self.onStartButton)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
+        self.ui.useAsModelButton.connect("clicked(bool)", self.onUseAsModel)
+        self._setDevices(background.DEFAULT_DEVICES)
+
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    def updateGUI(self, caller=None, event=None):
+        p = self._parameterNode
+        running = self.logic.isRunning()
+        self.ui.startButton.text = "Stop" if running else "Start"
+        self.ui.settingsCollapsibleButton.enabled = not running
+        if not p:
+            return
+        task = p.task
+        self.ui.datalistPathLineEdit.enabled = task in ("train", "search", "evaluate")
+        self.ui.archPathLineEdit.enabled = task == "train"
+        self.ui.modelPathLineEdit.enabled = task in ("evaluate", "export")
+        self.ui.presetComboBox.enabled = task in ("train", "search")
+        self.ui.resumeCheckBox.enabled = task in ("train", "search")
+        self.ui.exportFormatComboBox.enabled = task == "export"
+        ready = {
+            "train": _pathOrNone(p.datalist) and _pathOrNone(p.outputFolder),
+            "search": _pathOrNone(p.datalist) and _pathOrNone(p.outputFolder),
+            "evaluate": _pathOrNone(p.datalist) and _pathOrNone(p.outputFolder) and _pathOrNone(p.modelFolder),
+            "export": _pathOrNone(p.modelFolder),
+        }[task]
+        self.ui.startButton.enabled = running or bool(ready)
+        self.ui.useAsModelButton.enabled = not running and task == "train" and bool(
+            _pathOrNone(p.outputFolder) and background.is_model_folder(p.outputFolder))
+
+    def _setDevices(self, devices):
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for device, label in devices:
+            combo.addItem(label, device)
+        current = self._parameterNode.device if self._parameterNode else "auto"
+        index = combo.findData(current)
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        combo.blockSignals(wasBlocked)
+
+    def onDeviceChanged(self, index):
+        if self._parameterNode:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    def onRefreshDevices(self):
+        with slicer.util.tryWithErrorDisplay("Failed to list the compute devices.", waitCursor=True):
+            self._setDevices(PancreasDiNTSLogic().listDevices())
+
+    def onStartButton(self):
+        if self.logic.isRunning():
+            self.logic.cancel()
+            self.ui.statusLabel.text = "Stopping..."
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(f"Failed to start {p.task}.", waitCursor=True):
+            if not PancreasDiNTSLogic().setupPythonRequirements(askConfirmation=True):
+                return
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            for label in (self.ui.epochValueLabel, self.ui.lossValueLabel, self.ui.diceValueLabel):
+                label.text = "-"
+            callbacks = {"waitForCompletion": False, "eventCallback": self.onEngineEvent,
+                         "completedCallback": self.onCompleted}
+            if p.task == "train":
+                self.logic.train(str(p.datalist), str(p.outputFolder), arch=_pathOrNone(p.archFile),
+                                 preset=p.preset, device=p.device, resume=p.resume, **callbacks)
+            elif p.task == "search":
+                self.logic.search(str(p.datalist), str(p.outputFolder), preset=p.preset, device=p.device,
+                                  resume=p.resume, **callbacks)
+            elif p.task == "evaluate":
+                self.logic.evaluate(str(p.modelFolder), str(p.datalist), str(p.outputFolder), device=p.device,
+                                    **callbacks)
+            else:
+                output = None
+                if _pathOrNone(p.outputFolder):
+                    suffix = {"torchscript": ".ts", "onnx": ".onnx", "trt": "_trt.ts"}[p.exportFormat]
+                    output = str(Path(str(p.outputFolder)) / ("model" + suffix))
+                self.logic.export(str(p.modelFolder), output=output, exportFormat=p.exportFormat, **callbacks)
+            self.ui.statusLabel.text = f"Running {p.task}..."
+        self.updateGUI()
+
+    def onEngineEvent(self, event):
+        if event.kind == "log":
+            self.ui.logTextEdit.appendPlainText(event.line)
+            return
+        if event.fraction is not None:
+            self.ui.progressBar.value = int(round(100 * event.fraction))
+        shown = trainingDisplay(self.logic.lastMetrics())
+        self.ui.epochValueLabel.text = shown["epoch"]
+        self.ui.lossValueLabel.text = shown["loss"]
+        self.ui.diceValueLabel.text = shown["dice"]
+        if event.kind == "progress":
+            self.ui.statusLabel.text = self.logic.lastStatus()
+
+    def onCompleted(self, process):
+        self.updateGUI()
+        if process.cancelled:
+            self.ui.statusLabel.text = "Stopped. Start again with 'Resume' checked to continue."
+        elif process.returncode != 0:
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(f"The run failed: {process.parser.error_message(process.returncode)}",
+                                     detailedText="\n".join(process.parser.log))
+        else:
+            self.ui.progressBar.value = 100
+            self.ui.statusLabel.text = "Finished."
+
+    def onUseAsModel(self):
+        """Select the trained run folder as the local model of the Pancreas DiNTS module."""
+        segmentParameters = PancreasDiNTSLogic().getParameterNode()
+        segmentParameters.useLocalModel = True
+        segmentParameters.localModelPath = Path(str(self._parameterNode.outputFolder))
+        slicer.util.selectModule("PancreasDiNTS")
+
+
+def trainingDisplay(metrics):
+    """Texts for the epoch, loss and Dice labels from the parser's latest metrics."""
+    epoch = metrics.get("epoch")
+    epochs = metrics.get("epochs")
+    dice = next((metrics[k] for k in ("val_dice", "mean_dice", "dice", "best_dice") if k in metrics), None)
+    loss = metrics.get("loss")
+    return {
+        "epoch": "-" if epoch is None else (f"{epoch}/{epochs}" if epochs else str(epoch)),
+        "loss": "-" if loss is None else f"{float(loss):.4f}",
+        "dice": "-" if dice is None else f"{float(dice):.3f}",
+    }
+
+
+#
+# PancreasDiNTSTrainLogic
+#
+
+
+class PancreasDiNTSTrainLogic(ScriptedLoadableModuleLogic):
+    """search/train/evaluate/export through the engine CLI. Can be used without GUI widget.
+
+    Each method returns the EngineProcess: with waitForCompletion=True (default) after it finished (a failure
+    raises RuntimeError with the engine's one-line message; ``process.parser.metrics`` holds the last
+    epoch/loss/Dice); otherwise at once, and completedCallback(process) is called when it ends.
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._task = None
+
+    def getParameterNode(self):
+        return PancreasDiNTSTrainParameterNode(super().getParameterNode())
+
+    def isRunning(self):
+        return self._task is not None and self._task.running
+
+    def cancel(self):
+        if self._task is not None:
+            self._task.cancel()
+
+    def lastStatus(self):
+        return self._task.parser.status if self._task else ""
+
+    def lastMetrics(self):
+        return dict(self._task.parser.metrics) if self._task else {}
+
+    def _run(self, command, waitForCompletion, eventCallback, completedCallback):
+        if self.isRunning():
+            raise RuntimeError("A run is already in progress; stop it first.")
+        self._task = EngineProcess(command, eventCallback, completedCallback)
+        self._task.start(waitForCompletion)
+        if waitForCompletion and self._task.returncode != 0:
+            raise RuntimeError(self._task.parser.error_message(self._task.returncode))
+        return self._task
+
+    def search(self, datalist, outputFolder, preset="tiny", device="auto", resume=False, overrides=None,
+               waitForCompletion=True, eventCallback=None, completedCallback=None):
+        """DiNTS architecture search; writes an architecture file for train(arch=...)."""
+        command = background.search_command(background.python_executable(), datalist, outputFolder, preset=preset,
+                                            device=device, resume=resume, overrides=overrides)
+        return self._run(command, waitForCompletion, eventCallback, completedCallback)
+
+    def train(self, datalist, outputFolder, arch=None, preset="tiny", device="auto", resume=False, overrides=None,
+              waitForCompletion=True, eventCallback=None, completedCallback=None):
+        """Train a model; the output folder becomes a model folder the Pancreas DiNTS module can use."""
+        command = background.train_command(background.python_executable(), datalist, outputFolder, arch=arch,
+                                           preset=preset, device=device, resume=resume, overrides=overrides)
+        return self._run(command, waitForCompletion, eventCallback, completedCallback)
+
+    def evaluate(self, model, datalist, outputFolder, split="testing", device="auto",
+                 waitForCompletion=True, eventCallback=None, completedCallback=None):
+        """Dice, HD95 and volumes of a model on one split of a datalist."""
+        command = background.evaluate_command(background.python_executable(), model, datalist, outputFolder,
+                                              split=split, device=device)
+        return self._run(command, waitForCompletion, eventCallback, completedCallback)
+
+    def export(self, model, output=None, exportFormat="torchscript", precision="fp32",
+               waitForCompletion=True, eventCallback=None, completedCallback=None):
+        """Export a model folder to TorchScript, ONNX or TensorRT."""
+        command = background.export_command(background.python_executable(), model, output=output,
+                                            export_format=exportFormat, precision=precision)
+        return self._run(command, waitForCompletion, eventCallback, completedCallback)
+
+
+#
+# PancreasDiNTSTrainTest
+#
+
+
+class PancreasDiNTSTrainTest(ScriptedLoadableModuleTest):
+    """Self-test: a tiny search and a tiny training run on engine-made phantoms, headless."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PancreasDiNTSTrain_tinySearchAndTrain()
+
+    def test_PancreasDiNTSTrain_tinySearchAndTrain(self):
+        self.delayDisplay("Preparing the engine (may install packages)")
+        self.assertTrue(PancreasDiNTSLogic().setupPythonRequirements(askConfirmation=False))
+        work = Path(slicer.util.tempDirectory("PancreasDiNTSTrainTest"))
+        python = background.python_executable()
+        for command in (background.make_phantoms_command(python, work / "data", count=4, seed=5),
+                        background.prepare_datalist_command(python, work / "data", work / "datalist.json")):
+            process = EngineProcess(command).start(waitForCompletion=True)
+            self.assertEqual(process.returncode, 0, process.parser.error_message(process.returncode))
+
+        logic = PancreasDiNTSTrainLogic()
+        self.delayDisplay("Tiny architecture search")
+        logic.search(work / "datalist.json", work / "search", preset="tiny", device="cpu")
+        arch = background.find_arch_file(work / "search")
+        self.assertIsNotNone(arch, "search wrote no architecture file")
+
+        self.delayDisplay("Tiny training with the searched architecture")
+        run = logic.train(work / "datalist.json", work / "run", arch=arch, preset="tiny", device="cpu")
+        self.assertTrue(background.is_model_folder(work / "run"), "training did not produce a model folder")
+        self.assertIn("loss", run.parser.metrics)
+        logging.info(f"PancreasDiNTSTrain self-test metrics: {run.parser.metrics}")
+
+        self.delayDisplay("Stop: a second run is cancelled while it starts")
+        stopped = []
+        logic.train(work / "datalist.json", work / "run2", arch=arch, preset="tiny", device="cpu",
+                    waitForCompletion=False, completedCallback=stopped.append)
+        logic.cancel()
+        while not stopped:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertTrue(stopped[0].cancelled)
+        self.delayDisplay("Train module test passed")

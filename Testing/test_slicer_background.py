@@ -1,0 +1,401 @@
+"""The engine side of the Slicer modules (PancreasDiNTSLib.background), tested for real: the command lines are
+parsed by the engine's own CLI parser, the segment command the Segment button builds runs in a real subprocess
+on the real CT, its JSON stream goes through ProgressParser, and the .seg.nrrd is read back with slicerio."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from PancreasDiNTSLib import background, terminology
+from PancreasDiNTSLib.cli import COMMANDS, build_parser
+from PancreasDiNTSLib.errors import EXIT_MODEL
+from PancreasDiNTSLib.progress import Progress
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def launch(command: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    """Start a command as slicer.util.launchConsoleProcess does (stdout pipe, stderr merged, text mode), with the
+    environment the module adds (engine_environment)."""
+    env = dict(os.environ)
+    env.update(background.engine_environment(env.get("PYTHONPATH")))
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, cwd=cwd)
+
+
+def run_polled(proc: subprocess.Popen, parser: background.ProgressParser, until=None,
+               timeout: float = 600) -> list[background.Event]:
+    """Read a process as the module does on Slicer 5.10: a LinePump drained by a timer-like polling loop."""
+    pump = background.LinePump(proc.stdout)
+    events: list[background.Event] = []
+    deadline = time.monotonic() + timeout
+    while not (pump.ended and proc.poll() is not None):
+        assert time.monotonic() < deadline, "the engine did not finish in time"
+        for line in pump.drain():
+            events.append(parser.feed(line))
+            if until and until(events[-1]):
+                return events
+        time.sleep(0.05)
+    events += [parser.feed(line) for line in pump.drain()]
+    return events
+
+
+def parsed(command: list[str]):
+    """The engine CLI's own parser applied to a built command (python -m PancreasDiNTSLib.cli <args>)."""
+    assert command[:3] == [PY, "-m", background.ENGINE_MODULE]
+    return build_parser().parse_args(command[3:])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command lines: built by the engine, accepted by the engine's parser
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_segment_command_is_what_the_engine_parser_accepts(tmp_path):
+    command = background.segment_command(PY, tmp_path / "in put.nrrd", tmp_path / "out", tmp_path / "model",
+                                         "cuda:1", formats=("seg.nrrd", "nifti"))
+    args = parsed(command)
+    assert args.command == "segment"
+    assert args.inputs == [str(tmp_path / "in put.nrrd")]  # a list item: spaces need no quoting
+    assert args.output == str(tmp_path / "out") and args.model == str(tmp_path / "model")
+    assert args.device == "cuda:1" and args.formats == "seg.nrrd,nifti"
+    assert args.progress == "json" and args.overwrite
+    with pytest.raises(ValueError):
+        background.segment_command(PY, "a", "b", "c", formats=())
+
+
+BUILDERS = {
+    "train": lambda t: background.train_command(PY, t / "d.json", t / "run", arch=t / "arch.pt", preset="tiny",
+                                                device="cpu", resume=True, overrides={"epochs": 2}),
+    "search": lambda t: background.search_command(PY, t / "d.json", t / "s", preset="tiny", device="cpu",
+                                                  overrides=["epochs=1"]),
+    "evaluate": lambda t: background.evaluate_command(PY, t / "m", t / "d.json", t / "e", split="validation"),
+    "export": lambda t: background.export_command(PY, t / "m", t / "m.onnx", "onnx", "fp16"),
+    "download": lambda t: background.download_command(PY, dest=t / "cache", source=t / "bundle.zip"),
+    "make-phantoms": lambda t: background.make_phantoms_command(PY, t / "data", count=2, seed=4),
+    "prepare-datalist": lambda t: background.prepare_datalist_command(PY, t / "data", t / "d.json", 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_other_commands_are_what_the_engine_parser_accepts(name, tmp_path):
+    if name not in COMMANDS or not (REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "cli" /
+                                    f"{COMMANDS[name]}.py").is_file():
+        pytest.skip(f"the engine has no `{name}` command yet")
+    args = parsed(BUILDERS[name](tmp_path))
+    assert args.command == name
+    if hasattr(args, "progress"):
+        assert args.progress == "json"
+
+
+def test_overrides_must_be_key_value():
+    with pytest.raises(ValueError):
+        background.train_command(PY, "d.json", "run", overrides=["epochs"])
+
+
+def test_engine_environment_makes_the_shipped_engine_importable(tmp_path):
+    env = background.engine_environment("/elsewhere" + os.pathsep + str(background.ENGINE_PARENT_DIR))
+    paths = env["PYTHONPATH"].split(os.pathsep)
+    assert paths[0] == str(background.ENGINE_PARENT_DIR) and paths.count(paths[0]) == 1 and "/elsewhere" in paths
+    # -S: no site-packages, so the editable install cannot help; only PYTHONPATH finds the engine.
+    out = subprocess.run([PY, "-S", "-c", "import PancreasDiNTSLib.background as b; print(b.__file__)"],
+                         env={**env, "PATH": os.environ.get("PATH", "")}, cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert Path(out) == REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "background.py"
+
+
+def test_python_executable_outside_slicer_is_this_interpreter(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert background.python_executable() == sys.executable
+    fake = tmp_path / "PythonSlicer"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert background.python_executable() == str(fake)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress parsing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_parser_reads_the_engine_progress_format():
+    stream = io.StringIO()
+    progress = Progress("json", total=2, stream=stream)
+    progress.update("ct1", "load", 0.0, "reading ct1.nii.gz")
+    progress.update("ct1", "infer", 1.0, "window 8/8")
+    progress.update("ct1", "done", 1.0, "ok", volumes_ml={"Pancreas": 70.0}, output_dir="out/ct1")
+    progress.start_item(1)
+    progress.update("ct2", "error", 1.0, "ct2.nii.gz: not a CT (intensities 0..255)")
+    progress.emit({"epoch": 3, "epochs": 10, "loss": 0.51, "val_dice": 0.62})
+    progress.emit({"stage": "summary", "cases": 2, "succeeded": 1, "failed": 1})
+    lines = stream.getvalue().splitlines() + ["a warning", "pancreas-dints segment: error: model folder x is empty"]
+    parser = background.ProgressParser()
+    events = parser.feed_all(line + "\n" for line in lines)
+    assert [e.kind for e in events] == ["progress"] * 4 + ["metrics", "progress", "log", "log"]
+    assert [e.stage for e in events[:4]] == ["load", "infer", "done", "error"]
+    assert events[1].fraction == 0.5 and events[3].fraction == 1.0
+    assert parser.cases_done == ["ct1"] and parser.outputs == {"ct1": "out/ct1"}
+    assert parser.case_errors == {"ct2": "ct2.nii.gz: not a CT (intensities 0..255)"}
+    assert parser.metrics == {"epoch": 3, "epochs": 10, "loss": 0.51, "val_dice": 0.62}
+    assert parser.summary["failed"] == 1
+    assert parser.error_message() == "model folder x is empty"  # the engine's own line wins
+    assert parser.log == ["a warning", "pancreas-dints segment: error: model folder x is empty"]
+
+
+def test_parser_error_message_fallbacks():
+    parser = background.ProgressParser()
+    assert parser.error_message(9) == "the engine stopped with exit code 9"
+    parser.feed('{"case": "c", "stage": "error", "fraction": 1, "message": "bad"}')
+    assert parser.error_message() == "c: bad"
+    other = background.ProgressParser()
+    other.feed_all(["Traceback (most recent call last):", "RuntimeError: boom", "", "[1, 2]", "{not json"])
+    assert other.error_message() == "{not json"
+    assert [e.kind for e in other.feed_all(["[1, 2]", '{"a": 1}'])] == ["log", "metrics"]
+
+
+def test_line_pump_does_not_block_and_sees_the_end():
+    proc = launch([PY, "-u", "-c", "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.3)"])
+    pump = background.LinePump(proc.stdout)
+    t0 = time.monotonic()
+    first = pump.drain()
+    assert time.monotonic() - t0 < 0.1  # never waits for output
+    lines = list(first)
+    while not pump.ended:
+        lines += pump.drain()
+        time.sleep(0.02)
+    assert [line.strip() for line in lines] == ["0", "1", "2"]
+    assert proc.wait() == 0
+
+
+def test_follow_is_the_blocking_reader():
+    proc = launch([PY, "-c", "print('{\"stage\": \"load\", \"fraction\": 0.5}'); print('x'); raise SystemExit(3)"])
+    parser = background.ProgressParser()
+    assert background.follow(proc, parser.feed) == 3
+    assert parser.fraction == 0.5 and parser.log == ["x"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Killing a process tree (Cancel)
+# ----------------------------------------------------------------------------------------------------------
+
+LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"  # like PythonSlicer: a parent process
+
+
+def test_kill_process_tree_kills_children_not_only_the_launcher():
+    proc = launch([PY, "-c", LAUNCHER, PY, "-c", LAUNCHER, PY, "-c", "import time; print('up', flush=True); "
+                   "time.sleep(120)"])
+    assert proc.stdout.readline().strip() == "up"
+    tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(tree) == 3
+    killed = background.kill_process_tree(proc.pid)
+    assert set(killed) == set(tree)
+    proc.wait(timeout=10)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in tree)
+    assert background.kill_process_tree(proc.pid) == []  # gone: nothing to do, no error
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The real thing: the Segment button's command on the real CT
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_segment_command_runs_on_real_ct_and_slicer_reads_the_result(tmp_path, tiny_bundle, example_ct_sm):
+    import nrrd
+    import slicerio
+
+    out = tmp_path / "out"
+    command = background.segment_command(background.python_executable(), example_ct_sm, out, tiny_bundle, "cpu")
+    parser = background.ProgressParser()
+    proc = launch(command, cwd=tmp_path)
+    events = run_polled(proc, parser)
+    assert proc.returncode == 0, parser.error_message(proc.returncode)
+
+    progress = [e for e in events if e.kind == "progress"]
+    stages = [e.stage for e in progress]
+    for stage in ("load", "preprocess", "infer", "postprocess", "write", "done", "summary"):
+        assert stage in stages
+    fractions = [e.fraction for e in progress if e.fraction is not None]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert parser.fraction == 1.0 and parser.summary["succeeded"] == 1 and not parser.case_errors
+    assert parser.engine_error is None
+
+    folder = background.case_folder(out)
+    assert folder.name == "example_ct_sm" and parser.cases_done == ["example_ct_sm"]
+    assert Path(parser.outputs["example_ct_sm"]).resolve() == folder.resolve()
+    seg_file = background.seg_nrrd_path(folder)
+
+    seg = slicerio.read_segmentation(str(seg_file))
+    assert [s["name"] for s in seg["segments"]] == ["Pancreas", "Pancreatic tumor"]
+    header = nrrd.read_header(str(seg_file))
+    for index, info in enumerate(terminology.SEGMENTS):
+        segment = seg["segments"][index]
+        assert segment["labelValue"] == info.label
+        assert np.allclose(segment["color"], info.color_float, atol=1e-3)
+        tags = dict(t.split(":", 1) for t in header[f"Segment{index}_Tags"].split("|") if ":" in t)
+        assert tags["TerminologyEntry"] == info.terminology_entry()  # exactly what Slicer stores on a segment
+    assert segment["terminology"]["type"] == ["SCT", "108369006", "Neoplasm"]
+    assert segment["terminology"]["anatomicRegion"] == ["SCT", "15776009", "Pancreas"]
+
+    # Volumes shown in the module (report.json) agree with the voxels Slicer will load.
+    volumes = background.volumes_ml(background.read_report(folder))
+    voxel_ml = abs(np.linalg.det(seg["ijkToLPS"][:3, :3])) / 1000.0
+    voxels = seg["voxels"]
+    assert voxels.shape == (122, 101, 30)
+    for info in terminology.SEGMENTS:
+        assert volumes[info.name] == pytest.approx(np.count_nonzero(voxels == info.label) * voxel_ml, rel=1e-3)
+    done = next(e for e in progress if e.stage == "done")
+    assert done.data["volumes_ml"] == pytest.approx(volumes)
+    assert background.format_volumes(volumes).startswith("Pancreas: ")
+
+
+@pytest.mark.slow
+def test_cancel_during_inference_leaves_no_output(tmp_path, tiny_bundle, example_ct_sm):
+    out = tmp_path / "out"
+    command = background.segment_command(PY, example_ct_sm, out, tiny_bundle, "cpu")
+    proc = launch([PY, "-c", LAUNCHER, *command], cwd=tmp_path)  # behind a launcher, as PythonSlicer is
+    parser = background.ProgressParser()
+    run_polled(proc, parser, until=lambda e: e.stage == "infer", timeout=300)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the launcher should have a child doing the work"
+    background.kill_process_tree(proc.pid)
+    proc.wait(timeout=20)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    assert background.case_folders(out) == []  # outputs are written atomically: nothing half-done remains
+    assert not (out / "example_ct_sm").exists()
+
+
+def test_bad_model_gives_the_engine_one_line_message(tmp_path, example_ct_sm):
+    model = tmp_path / "not_a_model"
+    model.mkdir()
+    out = tmp_path / "out"
+    proc = launch(background.segment_command(PY, example_ct_sm, out, model, "cpu"), cwd=tmp_path)
+    parser = background.ProgressParser()
+    run_polled(proc, parser, timeout=300)
+    assert proc.returncode == EXIT_MODEL
+    message = parser.error_message(proc.returncode)
+    assert "not_a_model" in message and "\n" not in message
+    assert message == parser.engine_error
+    assert background.case_folders(out) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results, models, devices, dependencies
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_case_folder_and_report_helpers(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        background.case_folder(tmp_path / "missing")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps({"volumes_ml": {"Pancreas": 1.5}}))
+    (tmp_path / "empty").mkdir()
+    assert background.case_folder(tmp_path) == tmp_path / "a"
+    assert background.read_report(tmp_path / "a") == {"volumes_ml": {"Pancreas": 1.5}}
+    assert background.read_report(tmp_path / "empty") == {}
+    with pytest.raises(FileNotFoundError):
+        background.seg_nrrd_path(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "segmentation.seg.nrrd").write_bytes(b"NRRD")
+    with pytest.raises(FileNotFoundError):
+        background.case_folder(tmp_path)  # two cases: name one
+    assert background.case_folder(tmp_path, "b") == tmp_path / "b"
+    with pytest.raises(FileNotFoundError):
+        background.case_folder(tmp_path, "c")
+
+
+def test_volumes_from_report_variants():
+    assert background.volumes_ml({"volumes_ml": {"Pancreas": 70, "Pancreatic tumor": 2.5}}) == {
+        "Pancreas": 70.0, "Pancreatic tumor": 2.5}
+    assert background.volumes_ml({"segments": [{"name": "Pancreas", "volume_ml": 3}]}) == {"Pancreas": 3.0}
+    assert background.volumes_ml({"segments": {"Pancreas": {"volume_ml": 4}}}) == {"Pancreas": 4.0}
+    assert background.volumes_ml({}) == {}
+    text = background.format_volumes({"Pancreatic tumor": 2.54, "Pancreas": 70.04, "Other": 1})
+    assert text == "Pancreas: 70.0 mL, Pancreatic tumor: 2.5 mL, Other: 1.0 mL"
+
+
+def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
+    assert background.is_model_folder(tiny_bundle)
+    assert not background.is_model_folder(tmp_path)
+    from PancreasDiNTSLib.download import cache_root, installed_path
+
+    monkeypatch.setenv(background.MODEL_HOME_ENV, str(tmp_path / "home"))
+    assert background.model_cache_folder() == tmp_path / "home" / "models" == cache_root()
+    assert background.official_model_folder() is None
+    old = tmp_path / "home" / "models" / "my-copy"
+    new = installed_path()  # where `download` installs the official bundle
+    for folder, mtime in ((old, 1_000_000), (new, 2_000_000)):
+        (folder / "models").mkdir(parents=True)
+        (folder / "configs").mkdir()
+        (folder / "configs" / "inference.yaml").write_text("{}")
+        os.utime(folder, (mtime, mtime))
+    assert background.official_model_folder() == new
+    monkeypatch.delenv(background.MODEL_HOME_ENV)
+    assert background.model_cache_folder() == cache_root()
+
+
+def test_find_arch_file(tmp_path):
+    assert background.find_arch_file(tmp_path / "none") is None
+    assert background.find_arch_file(tmp_path) is None
+    (tmp_path / "best").mkdir()
+    arch = tmp_path / "best" / "arch_code.pt"
+    arch.write_bytes(b"x")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert background.find_arch_file(tmp_path) == arch
+
+
+def test_device_listing_runs_outside_the_caller(tmp_path):
+    proc = launch(background.devices_command(PY), cwd=tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    devices = background.parse_devices(output)
+    assert devices[:2] == background.DEFAULT_DEVICES
+    import torch
+
+    assert len(devices) == 2 + (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert all(d.startswith("cuda:") for d, _ in devices[2:])
+    assert background.parse_devices("garbage") == background.DEFAULT_DEVICES
+    assert background.main(["nonsense"]) == 2
+
+
+def test_requirements_checks_use_installed_distributions():
+    assert background.missing_requirements(["psutil>=1", "packaging"]) == []
+    assert background.missing_requirements(["psutil>=999", "no-such-distribution-xyz"]) == [
+        "psutil>=999", "no-such-distribution-xyz"]
+    assert background.missing_requirements(['psutil>=999; python_version < "3"']) == []
+    assert background.requirement_installed("psutil>=999")
+    assert not background.requirement_installed("no-such-distribution-xyz")
+
+
+def test_module_requirements_cover_the_engine_and_spare_slicer_packages():
+    """Resources/requirements.txt = the engine's dependencies (pyproject) minus what Slicer/PyTorch provide."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    path = REPO / "PancreasDiNTS" / "Resources" / "requirements.txt"
+    required = {canonicalize_name(Requirement(r).name) for r in background.read_requirements(path)}
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    engine = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["dependencies"]}
+    tree = ast.parse((REPO / "PancreasDiNTS" / "PancreasDiNTS.py").read_text())
+    managed_list = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                        and getattr(n.targets[0], "id", "") == "SLICER_MANAGED_PACKAGES")
+    slicer_managed = {canonicalize_name(n) for n in managed_list}
+    assert {"torch", "numpy", "simpleitk", "vtk", "requests"} <= slicer_managed
+    for name in slicer_managed:
+        assert name not in required, f"{name} ships with Slicer or PyTorchUtils; requirements.txt must not list it"
+    assert required == engine - slicer_managed
