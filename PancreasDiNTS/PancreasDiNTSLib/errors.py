@@ -9,6 +9,7 @@ EXIT_USAGE = 2  # bad command line (argparse) or no input found
 EXIT_MODEL = 3  # the model folder/file is invalid, incomplete or fails its checksum
 EXIT_DEVICE = 4  # the requested device is not available (e.g. --device cuda without a GPU)
 EXIT_OUTPUT = 5  # the output folder cannot be written
+EXIT_DOWNLOAD = 6  # the model could not be downloaded or installed (no network, bad zip, checksum)
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 

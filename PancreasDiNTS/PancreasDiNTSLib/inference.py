@@ -60,10 +60,10 @@ def build_preprocessing(spec: InferenceSpec, key: str = "image"):
 
 def count_windows(spatial_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
     """Number of sliding windows MONAI runs for an image of ``spatial_shape`` (after its padding to roi)."""
-    from monai.inferers.utils import _get_scan_interval
     from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
 
-    padded = tuple(max(s, r) for s, r in zip(spatial_shape, roi))
+    padded = tuple(max(s, r) for s, r in zip(spatial_shape, roi, strict=True))
     interval = _get_scan_interval(padded, roi, len(roi), (overlap,) * len(roi))
     return len(dense_patch_slices(padded, roi, interval))
 
@@ -88,6 +88,33 @@ class _CountingPredictor(torch.nn.Module):
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def with_oom_fallback(attempt: Callable[[int, torch.device | None], Any], sw_batch: int,
+                      device_name: str = "cuda") -> tuple[Any, int]:
+    """Run ``attempt(sw_batch, stitch_device)``; on out-of-memory halve the batch, then stitch on the CPU.
+
+    Returns (result, the batch size that worked). Raises DeviceError telling the user to use the CPU when even one
+    window at a time with CPU stitching does not fit.
+    """
+    stitch_device: torch.device | None = None
+    while True:
+        try:
+            return attempt(sw_batch, stitch_device), sw_batch
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not _is_oom(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if sw_batch > 1:
+                sw_batch = max(1, sw_batch // 2)
+            elif stitch_device is None:
+                stitch_device = torch.device("cpu")
+            else:
+                raise DeviceError(
+                    f"GPU {device_name} ran out of memory even with one window at a time and stitching on the "
+                    "CPU; use --device cpu (slower) or free GPU memory"
+                ) from None
 
 
 class Segmenter:
@@ -123,29 +150,16 @@ class Segmenter:
         """Sliding-window logits (1, C, ...) for a preprocessed image; OOM policy on CUDA."""
         total = count_windows(tuple(pre.shape[1:]), self.spec.roi_size, self.spec.overlap)
         inputs = pre.unsqueeze(0).to(self.device)
-        sw_batch = self.sw_batch_size
-        stitch_device: torch.device | None = None
-        while True:
+
+        def attempt(sw_batch: int, stitch_device: torch.device | None) -> Any:
             predictor = _CountingPredictor(self.network, total, on_window)
-            try:
-                with torch.no_grad():
-                    if self.amp:
-                        with torch.autocast("cuda", dtype=torch.float16):
-                            return self._inferer(sw_batch, stitch_device)(inputs, predictor)
-                    return self._inferer(sw_batch, stitch_device)(inputs, predictor)
-            except RuntimeError as exc:
-                if self.device.type != "cuda" or not _is_oom(exc):
-                    raise
-                torch.cuda.empty_cache()
-                if sw_batch > 1:
-                    sw_batch = max(1, sw_batch // 2)
-                elif stitch_device is None:
-                    stitch_device = torch.device("cpu")
-                else:
-                    raise DeviceError(
-                        f"GPU {self.device} ran out of memory even with one window at a time; "
-                        "use --device cpu (slower) or free GPU memory"
-                    ) from None
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                return self._inferer(sw_batch, stitch_device)(inputs, predictor)
+
+        if self.device.type != "cuda":
+            return attempt(self.sw_batch_size, None)
+        result, self.sw_batch_size = with_oom_fallback(attempt, self.sw_batch_size, str(self.device))
+        return result
 
     def postprocess(self, logits: Any, pre: Any) -> np.ndarray:
         """Softmax, invert to the input grid (bilinear on probabilities, as the bundle), argmax -> uint8."""

@@ -17,10 +17,19 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_dir, write_text_atomic
 from .bundle import Bundle, load_bundle
+from .download import resolve_model
 from .errors import InputError, OutputError, PancreasDiNTSError
 from .imaging import LoadedImage, case_name, expand_inputs, read_image
 from .progress import Progress, ProgressCallback
-from .writers import FORMATS, OUTPUT_NAMES, volumes_ml, write_dicom_seg, write_label_nifti, write_report, write_seg_nrrd
+from .writers import (
+    FORMATS,
+    OUTPUT_NAMES,
+    volumes_ml,
+    write_dicom_seg,
+    write_label_nifti,
+    write_report,
+    write_seg_nrrd,
+)
 
 
 @dataclass
@@ -85,7 +94,7 @@ def check_writable(out_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc}); choose another -o")
+        raise OutputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc}); choose another -o") from None
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
@@ -149,7 +158,7 @@ def run_segment(
     fmts = parse_formats(formats)
     out = Path(out_dir).expanduser()
     dev = resolve_device(device)
-    bundle = load_bundle(model)
+    bundle = load_bundle(resolve_model(model))
     check_writable(out)
 
     results: list[CaseResult] = []
@@ -160,7 +169,7 @@ def run_segment(
         except InputError as exc:
             results.append(CaseResult(case=case_name(Path(arg)), input=arg, status="failed", message=str(exc)))
     names = _unique_names(paths)
-    cases = list(zip(names, paths))[rank::world_size]
+    cases = list(zip(names, paths, strict=True))[rank::world_size]
 
     reporter = Progress(progress, total=max(1, len(cases)), callback=callback)
     segmenter: Segmenter | None = None
@@ -186,7 +195,7 @@ def run_segment(
                     reporter.update(name, "load", 0.03, f"loading model {bundle.name} on {dev}")
                     segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size)
                     timings["load_model"] = time.perf_counter() - t_model
-                labels = segmenter.predict(case.image, lambda s, p, m: reporter.update(name, s, p, m))
+                labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m))
                 timings.update(segmenter.timings)
                 reporter.update(name, "write", 0.95, "writing outputs")
                 t_write = time.perf_counter()

@@ -1,0 +1,40 @@
+"""`pancreas-dints download`: install the official bundle into the versioned cache (online or offline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_OK
+
+HELP = "download the official pancreas_ct_dints_segmentation bundle (or install it from a zip/folder)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..download import DEFAULT_VERSION
+
+    p.add_argument("--dest", type=Path, default=None,
+                   help="cache root (default: $PANCREAS_DINTS_HOME/models or ~/.cache/pancreas-dints/models)")
+    p.add_argument("--from", dest="source_path", type=Path, default=None, metavar="ZIP_OR_DIR",
+                   help="install from a bundle zip or folder downloaded elsewhere (no network needed)")
+    p.add_argument("--version", dest="bundle_version", default=DEFAULT_VERSION, help="bundle version")
+    p.add_argument("--source", default="monaihosting", help="MONAI download source (monaihosting, github, ngc)")
+    p.add_argument("--print-path", action="store_true", help="only print where the bundle is/would be installed")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..download import download, install_from, installed_path
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    if args.print_path:
+        print(installed_path(args.bundle_version, args.dest))
+        return EXIT_OK
+    if args.source_path is not None:
+        path = install_from(args.source_path, args.bundle_version, args.dest, log=log)
+    else:
+        path = download(args.bundle_version, args.dest, args.source, log=log)
+    print(path)
+    return EXIT_OK
