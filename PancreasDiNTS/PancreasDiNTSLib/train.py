@@ -106,6 +106,7 @@ def make_settings(preset: str = "bundle", overrides: list[str] | None = None,
         settings = TrainSettings(preset=preset, **PRESETS[preset])
     for item in overrides or []:
         apply_override(settings, item)
+    check_settings(settings)
     return settings
 
 
@@ -150,7 +151,6 @@ def apply_override(settings: TrainSettings, item: str) -> None:
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"--set {item}: bad value for {key} ({exc})") from None
     setattr(settings, key, value)
-    check_settings(settings)
 
 
 def check_settings(s: TrainSettings) -> None:
