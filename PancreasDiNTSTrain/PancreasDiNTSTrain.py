@@ -231,7 +231,8 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             callbacks = {"waitForCompletion": False, "eventCallback": self.onEngineEvent,
                          "completedCallback": self.onCompleted}
             if p.task == "train":
-                self.logic.train(str(p.datalist), str(p.outputFolder), arch=_pathOrNone(p.archFile),
+                # Without a searched architecture the engine draws a random topology (fine for tiny runs).
+                self.logic.train(str(p.datalist), str(p.outputFolder), arch=_pathOrNone(p.archFile) or "random",
                                  preset=p.preset, device=p.device, resume=p.resume, **callbacks)
             elif p.task == "search":
                 self.logic.search(str(p.datalist), str(p.outputFolder), preset=p.preset, device=p.device,
@@ -254,7 +255,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         if event.fraction is not None:
             self.ui.progressBar.value = int(round(100 * event.fraction))
-        shown = trainingDisplay(self.logic.lastMetrics())
+        shown = background.training_display(self.logic.lastMetrics())
         self.ui.epochValueLabel.text = shown["epoch"]
         self.ui.lossValueLabel.text = shown["loss"]
         self.ui.diceValueLabel.text = shown["dice"]
@@ -279,19 +280,6 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         segmentParameters.useLocalModel = True
         segmentParameters.localModelPath = Path(str(self._parameterNode.outputFolder))
         slicer.util.selectModule("PancreasDiNTS")
-
-
-def trainingDisplay(metrics):
-    """Texts for the epoch, loss and Dice labels from the parser's latest metrics."""
-    epoch = metrics.get("epoch")
-    epochs = metrics.get("epochs")
-    dice = next((metrics[k] for k in ("val_dice", "mean_dice", "dice", "best_dice") if k in metrics), None)
-    loss = metrics.get("loss")
-    return {
-        "epoch": "-" if epoch is None else (f"{epoch}/{epochs}" if epochs else str(epoch)),
-        "loss": "-" if loss is None else f"{float(loss):.4f}",
-        "dice": "-" if dice is None else f"{float(dice):.3f}",
-    }
 
 
 #

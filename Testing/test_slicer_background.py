@@ -154,6 +154,17 @@ def test_parser_reads_the_engine_progress_format():
     assert parser.log == ["a warning", "pancreas-dints segment: error: model folder x is empty"]
 
 
+def test_parser_follows_training_epochs():
+    parser = background.ProgressParser()
+    parser.feed('{"case": "train", "stage": "train", "fraction": 0.1, "message": "epoch 1/4 step 1/2", "epoch": 1}')
+    assert parser.status == "epoch 1/4 step 1/2"
+    assert background.training_display(parser.metrics) == {"epoch": "1", "loss": "-", "dice": "-"}
+    parser.feed('{"stage": "epoch", "epoch": 2, "epochs": 4, "loss": 1.5, "dice": 0.25, "fraction": 0.5}')
+    parser.feed('{"stage": "epoch", "epoch": 3, "epochs": 4, "loss": 1.25, "dice": null, "fraction": 0.75}')
+    assert parser.status == "epoch 3/4, loss 1.2500"
+    assert background.training_display(parser.metrics) == {"epoch": "3/4", "loss": "1.2500", "dice": "0.250"}
+
+
 def test_parser_error_message_fallbacks():
     parser = background.ProgressParser()
     assert parser.error_message(9) == "the engine stopped with exit code 9"
@@ -291,6 +302,38 @@ def test_bad_model_gives_the_engine_one_line_message(tmp_path, example_ct_sm):
     assert "not_a_model" in message and "\n" not in message
     assert message == parser.engine_error
     assert background.case_folders(out) == []
+
+
+@pytest.mark.slow
+def test_train_module_commands_run_end_to_end(tmp_path):
+    """What the Train module runs: phantoms -> datalist -> tiny training -> evaluation -> export, all built by
+    background.*_command, run as subprocesses, followed through ProgressParser."""
+    missing = [c for c in ("make-phantoms", "prepare-datalist", "train", "evaluate", "export")
+               if not (REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "cli" / f"{COMMANDS[c]}.py").is_file()]
+    if missing:
+        pytest.skip(f"the engine has no {missing} command yet")
+
+    def run(command):
+        parser = background.ProgressParser()
+        proc = launch(command, cwd=tmp_path)
+        run_polled(proc, parser, timeout=600)
+        assert proc.returncode == 0, parser.error_message(proc.returncode)
+        return parser
+
+    run(background.make_phantoms_command(PY, tmp_path / "data", count=4, seed=5))
+    run(background.prepare_datalist_command(PY, tmp_path / "data", tmp_path / "datalist.json"))
+    parser = run(background.train_command(PY, tmp_path / "datalist.json", tmp_path / "run", arch="random",
+                                          preset="tiny", device="cpu"))
+    shown = background.training_display(parser.metrics)
+    assert shown["epoch"] == f"{parser.summary['epochs']}/{parser.summary['epochs']}"
+    assert float(shown["loss"]) == pytest.approx(parser.summary["last_loss"], abs=1e-4)
+    assert shown["dice"] != "-"
+    assert background.is_model_folder(tmp_path / "run")
+    evaluation = run(background.evaluate_command(PY, tmp_path / "run", tmp_path / "datalist.json",
+                                                 tmp_path / "eval", device="cpu"))
+    assert evaluation.summary is not None
+    run(background.export_command(PY, tmp_path / "run", tmp_path / "model.ts", "torchscript"))
+    assert (tmp_path / "model.ts").is_file()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -239,7 +239,7 @@ class ProgressParser:
                 self.engine_error = match.group("message").strip()
             return Event("log", text)
         if "stage" not in data:
-            self.metrics.update({k: v for k, v in data.items() if k in self.METRIC_KEYS or "dice" in k})
+            self._keep_metrics(data)
             return Event("metrics", text, data)
         event = Event("progress", text, data)
         if event.fraction is not None:
@@ -254,16 +254,20 @@ class ProgressParser:
                 self.outputs[case] = str(data["output_dir"])
         elif stage == "summary":
             self.summary = data
-        self.metrics.update({k: v for k, v in data.items() if k in self.METRIC_KEYS or "dice" in k})
+        self._keep_metrics(data)
         if stage == "epoch" and "epoch" in data:
             loss = data.get("loss")
             self.status = f"epoch {data['epoch']}/{data.get('epochs', '?')}" + (
                 f", loss {loss:.4f}" if isinstance(loss, int | float) else "")
-        elif case:
-            self.status = f"{case}: {stage}" + (f" - {event.message}" if event.message else "")
         else:
-            self.status = event.message or stage
+            text = event.message or stage
+            self.status = f"{case}: {text}" if case and case != stage else text
         return event
+
+    def _keep_metrics(self, data: dict[str, Any]) -> None:
+        """Remember training numbers (a null Dice between validations keeps the last known value)."""
+        self.metrics.update({k: v for k, v in data.items()
+                             if (k in self.METRIC_KEYS or "dice" in k) and v is not None})
 
     def feed_all(self, lines: Iterable[str]) -> list[Event]:
         return [self.feed(line) for line in lines]
@@ -289,6 +293,18 @@ def _json_object(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def training_display(metrics: dict[str, Any]) -> dict[str, str]:
+    """Texts for epoch, loss and validation Dice from :attr:`ProgressParser.metrics` ('-' when unknown)."""
+    epoch, epochs, loss = metrics.get("epoch"), metrics.get("epochs"), metrics.get("loss")
+    dice = next((metrics[k] for k in ("val_dice", "mean_dice", "dice", "best_val_mean_dice")
+                 if metrics.get(k) is not None), None)
+    return {
+        "epoch": "-" if epoch is None else (f"{epoch}/{epochs}" if epochs else str(epoch)),
+        "loss": "-" if not isinstance(loss, int | float) else f"{loss:.4f}",
+        "dice": "-" if not isinstance(dice, int | float) else f"{dice:.3f}",
+    }
 
 
 class LinePump:

@@ -1,0 +1,247 @@
+"""The module's own control flow (EngineProcess, Logic.process, cancel) against the real engine, with Slicer
+replaced only at the thinnest seam: ``slicer.util.launchConsoleProcess`` (a real subprocess, as Slicer's), a
+timer the test ticks in place of Qt's event loop, ``exportNode`` writing a real NRRD, and ``importSegmentation``
+(MRML cannot exist here). Everything else - command lines, the engine run, progress parsing, result lookup,
+report reading, clean-up - is the real code. The API checks in test_slicer_api.py are not replaced by this.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import psutil
+import pytest
+from PancreasDiNTSLib import background, terminology
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Loop:
+    """Stands in for Qt's event loop: runs started timers and single-shot callbacks when ticked."""
+
+    def __init__(self):
+        self.timers = []
+        self.single_shots = []
+
+    def run_until(self, condition, timeout=300.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out waiting for the background process"
+            for timer in [t for t in self.timers if t.active]:
+                timer.slot()
+            pending, self.single_shots = self.single_shots, []
+            for fn in pending:
+                fn()
+            time.sleep(0.02)
+
+
+def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonblocking_launch: bool):
+    """Modules named slicer, slicer.util, ... with only what PancreasDiNTS.py touches outside MRML."""
+
+    class QTimer:
+        def __init__(self):
+            self.active, self.slot = False, None
+
+        def setInterval(self, msec):
+            self.interval = msec
+
+        def connect(self, signal, slot):
+            assert signal == "timeout()"
+            self.slot = slot
+
+        def start(self):
+            self.active = True
+            loop.timers.append(self)
+
+        def stop(self):
+            self.active = False
+
+        @staticmethod
+        def singleShot(msec, fn):
+            loop.single_shots.append(fn)
+
+    def popen(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None):
+        env = dict(os.environ)
+        env.update(updateEnvironment or {})
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                universal_newlines=True, cwd=cwd)
+
+    def launch_510(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None):
+        return popen(args, useStartupEnvironment, updateEnvironment, cwd)
+
+    def launch_512(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None, blocking=True,
+                   logCallback=None, completedCallback=None):
+        proc = popen(args, useStartupEnvironment, updateEnvironment, cwd)
+        if blocking:
+            return proc
+        lines: queue.Queue = queue.Queue()
+
+        def read():
+            for line in iter(proc.stdout.readline, ""):
+                lines.put(("line", line.rstrip()))
+            proc.wait()
+            lines.put(("done", proc.returncode))
+
+        def check():
+            while True:
+                try:
+                    kind, data = lines.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "line":
+                    logCallback(data)
+                else:
+                    completedCallback(data)
+                    return
+            QTimer.singleShot(100, check)
+
+        threading.Thread(target=read, daemon=True).start()
+        QTimer.singleShot(0, check)
+        return proc
+
+    def export_node(node, filename, properties=None, world=False):
+        import SimpleITK as sitk
+
+        image = sitk.ReadImage(str(source_image))
+        sitk.WriteImage(image[30:70, 30:70, 10:20], filename, False)  # a small block of the real CT
+        return True
+
+    def temp_directory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):
+        folder = tmp_path / f"{key}-{len(list(tmp_path.glob(key + '*')))}"
+        folder.mkdir()
+        return str(folder)
+
+    util = types.ModuleType("slicer.util")
+    util.launchConsoleProcess = launch_512 if nonblocking_launch else launch_510
+    util.startupEnvironment = lambda: dict(os.environ)
+    util.exportNode = export_node
+    util.tempDirectory = temp_directory
+    util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
+    slicer = types.ModuleType("slicer")
+    slicer.util = util
+    slicer.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (), {})
+    slicer.vtkMRMLSegmentationNode = type("vtkMRMLSegmentationNode", (), {})
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
+        setattr(scripted, name, type(name, (), {"__init__": lambda self, *a, **k: None}))
+    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    qt = types.ModuleType("qt")
+    qt.QTimer = QTimer
+    return {"slicer": slicer, "slicer.util": util, "slicer.parameterNodeWrapper": wrapper,
+            "slicer.ScriptedLoadableModule": scripted, "qt": qt, "ctk": types.ModuleType("ctk"),
+            "vtk": types.ModuleType("vtk")}
+
+
+@pytest.fixture
+def module_factory(monkeypatch, tmp_path, example_ct_sm):
+    """Import PancreasDiNTS.py against the fake Slicer (5.10-style or 5.12-style process launching)."""
+    loop = Loop()
+    monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
+
+    def load(nonblocking_launch: bool):
+        for name, mod in make_fake_slicer(loop, tmp_path, example_ct_sm, nonblocking_launch).items():
+            monkeypatch.setitem(sys.modules, name, mod)
+        monkeypatch.delitem(sys.modules, "PancreasDiNTS", raising=False)
+        module = importlib.import_module("PancreasDiNTS")
+        assert module._hasNonBlockingLaunch() is nonblocking_launch
+        return module, loop
+
+    return load
+
+
+class Recorder:
+    """Stands in for importSegmentation (MRML): checks the engine's file while it still exists."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, segmentationFile, inputVolume, outputSegmentation=None):
+        import slicerio
+
+        seg = slicerio.read_segmentation(str(segmentationFile))
+        self.calls.append(([s["name"] for s in seg["segments"]], Path(segmentationFile)))
+        return "segmentation node"
+
+
+def test_engine_process_blocking_lists_devices(module_factory):
+    module, _ = module_factory(nonblocking_launch=False)
+    devices = module.PancreasDiNTSLogic().listDevices()
+    assert devices[:2] == background.DEFAULT_DEVICES
+
+
+@pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])
+def test_engine_process_in_background_reports_events_then_finishes_once(module_factory, nonblocking_launch):
+    module, loop = module_factory(nonblocking_launch)
+    script = ("import json, sys\n"
+              "for i in range(4):\n"
+              "    print(json.dumps({'case': 'c', 'stage': 'infer', 'fraction': i / 4}), flush=True)\n"
+              "print('pancreas-dints segment: error: something clear', file=sys.stderr)\n"
+              "sys.exit(3)")
+    events, finished = [], []
+    task = module.EngineProcess([sys.executable, "-c", script], events.append, finished.append)
+    task.start(waitForCompletion=False)
+    assert task.running
+    loop.run_until(lambda: finished)
+    loop.run_until(lambda: True)  # one more round: no second completion
+    assert finished == [task] and task.returncode == 3 and not task.running
+    assert [e.fraction for e in events if e.kind == "progress"] == [0.0, 0.25, 0.5, 0.75]
+    assert task.parser.error_message(3) == "something clear"
+
+
+def test_logic_process_runs_the_engine_and_hands_over_the_result(module_factory, tiny_bundle, tmp_path):
+    module, _ = module_factory(nonblocking_launch=False)
+    logic = module.PancreasDiNTSLogic()
+    recorder = Recorder()
+    logic.importSegmentation = recorder
+    result = logic.process("volume node", None, str(tiny_bundle), "cpu", waitForCompletion=True)
+    assert result.success and result.segmentationNode == "segmentation node"
+    assert recorder.calls[0][0] == [s.name for s in terminology.SEGMENTS]
+    assert set(result.volumes) == {s.name for s in terminology.SEGMENTS}
+    assert not recorder.calls[0][1].exists()  # the temporary folder (input copy, outputs) is gone
+    assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
+
+
+def test_logic_process_failure_raises_the_engine_message_and_cleans_up(module_factory, tmp_path):
+    module, _ = module_factory(nonblocking_launch=False)
+    logic = module.PancreasDiNTSLogic()
+    logic.importSegmentation = Recorder()
+    bad = tmp_path / "empty_model"
+    bad.mkdir()
+    with pytest.raises(RuntimeError) as error:
+        logic.process("volume node", None, str(bad), "cpu")
+    assert "empty_model" in str(error.value) and "\n" not in str(error.value)
+    assert not logic.importSegmentation.calls
+    assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
+    with pytest.raises(ValueError):
+        logic.process("volume node", None, str(tmp_path / "missing"), "cpu")
+    with pytest.raises(ValueError):
+        logic.process(None, None, str(bad), "cpu")
+
+
+@pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])
+def test_cancel_kills_the_run_and_leaves_nothing(module_factory, tiny_bundle, tmp_path, nonblocking_launch):
+    module, loop = module_factory(nonblocking_launch)
+    logic = module.PancreasDiNTSLogic()
+    logic.importSegmentation = Recorder()
+    results, stages = [], []
+    logic.process("volume node", None, str(tiny_bundle), "cpu", waitForCompletion=False,
+                  eventCallback=lambda e: stages.append(e.stage), completedCallback=results.append)
+    assert logic.isRunning()
+    loop.run_until(lambda: "load" in stages or results)
+    pid = logic._task.proc.pid
+    logic.cancel()
+    loop.run_until(lambda: results)
+    assert results[0].cancelled and not results[0].success
+    assert not logic.isRunning() and not logic.importSegmentation.calls
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
