@@ -391,6 +391,15 @@ def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
     assert background.model_cache_folder() == cache_root()
 
 
+def test_demo_model_and_commands():
+    demo = background.demo_model_folder()
+    shipped = [p for p in (REPO / "PancreasDiNTS" / "Resources" / "Models" / "demo",
+                           REPO / "Resources" / "Models" / "demo") if background.is_model_folder(p)]
+    assert demo == (shipped[0] if shipped else None)
+    assert background.engine_has_command("segment") and background.engine_has_command("make-phantoms")
+    assert not background.engine_has_command("no-such-command")
+
+
 def test_find_arch_file(tmp_path):
     assert background.find_arch_file(tmp_path / "none") is None
     assert background.find_arch_file(tmp_path) is None

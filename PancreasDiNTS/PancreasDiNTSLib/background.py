@@ -485,6 +485,24 @@ def official_model_folder(cache: str | Path | None = None) -> Path | None:
     return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
 
 
+def demo_model_folder() -> Path | None:
+    """The demo model (trained on phantoms) shipped with the module or the repository, or None."""
+    for root in (ENGINE_PARENT_DIR, ENGINE_PARENT_DIR.parent):
+        folder = root / "Resources" / "Models" / "demo"
+        if is_model_folder(folder):
+            return folder
+    return None
+
+
+def engine_has_command(name: str) -> bool:
+    """Whether this engine has the CLI sub-command ``name`` (without importing it)."""
+    import importlib.util
+
+    module = name.replace("-", "_")
+    return (ENGINE_PARENT_DIR / "PancreasDiNTSLib" / "cli" / f"{module}.py").is_file() or bool(
+        importlib.util.find_spec(f"PancreasDiNTSLib.cli.{module}"))
+
+
 def find_arch_file(folder: str | Path) -> Path | None:
     """The newest architecture file (``arch*.pt`` or ``search_code*.pt``) in a search folder, or None."""
     root = Path(folder)
