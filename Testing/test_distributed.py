@@ -1,0 +1,115 @@
+"""torch.distributed helpers: single-process behaviour, and a real 2-process gloo run under torchrun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PancreasDiNTSLib import distributed as D
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def test_single_process_degrades_to_rank0(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    ctx = D.init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main) == (0, 1, False, True)
+    assert D.shard(list(range(5))) == [0, 1, 2, 3, 4]
+    assert D.all_reduce_mean(3.0) == 3.0
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(D.all_reduce_sum(t), t)
+    assert D.partition([1, 2, 3], shuffle=True, even_divisible=True) == [1, 2, 3]
+    assert D.make_sampler([1, 2], shuffle=True) is None
+    model = torch.nn.Linear(2, 2)
+    assert D.wrap_ddp(model) is model and D.unwrap(model) is model
+    D.barrier()
+    D.destroy()
+
+
+def test_shard_splits_every_case_once():
+    cases = [f"ct{i}" for i in range(7)]
+    parts = [D.shard(cases, rank=r, world_size=3) for r in range(3)]
+    assert parts == [["ct0", "ct3", "ct6"], ["ct1", "ct4"], ["ct2", "ct5"]]
+    assert sorted(sum(parts, [])) == sorted(cases)
+    with pytest.raises(ValueError):
+        D.shard(cases, rank=3, world_size=3)
+
+
+def test_shard_reads_torchrun_env_without_process_group(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert D.shard(["a", "b", "c"]) == ["b"]
+
+
+def test_lr_rule_matches_bundle_multi_gpu_config():
+    s = D.scale_for_world(0.025, max_epochs=400, val_interval=10, lr_step_size=80, world_size=8)
+    assert (s.learning_rate, s.max_epochs, s.lr_step_size, s.val_interval) == (0.2, 3200, 640, 80)
+
+
+def test_cuda_request_without_gpu_is_one_clear_error(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(D.DeviceError, match="no CUDA GPU"):
+        D.init_distributed("cuda")
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, torch
+    from PancreasDiNTSLib import distributed as D
+
+    with D.distributed_session("auto") as ctx:
+        out = {"rank": ctx.rank, "world": ctx.world_size, "backend": ctx.backend, "device": str(ctx.device)}
+        out["shard"] = D.shard([f"ct{i}" for i in range(5)])
+        out["partition_val"] = D.partition(list(range(5)), shuffle=False, even_divisible=False)
+        out["partition_train"] = D.partition(list(range(5)), shuffle=True, even_divisible=True)
+        out["sum"] = D.all_reduce_sum(float(ctx.rank + 1))
+        out["mean_list"] = D.all_reduce_mean([ctx.rank * 2.0, 1.0])
+        out["dice"] = D.weighted_mean(total=[0.5, 1.5][ctx.rank], count=[1, 2][ctx.rank])
+        out["gathered"] = D.all_gather_objects(ctx.rank * 10)
+        out["broadcast"] = D.broadcast_object({"from": ctx.rank}, src=0)
+        # DDP averages gradients: after one step on different data the weights are equal on both ranks.
+        torch.manual_seed(0)
+        model = D.wrap_ddp(torch.nn.Linear(4, 1), ctx)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.full((2, 4), float(ctx.rank + 1))
+        model(x).sum().backward()
+        opt.step()
+        w = D.unwrap(model).weight.detach()
+        out["weights_equal"] = bool(torch.equal(D.all_reduce_mean(w), w))
+        sampler = D.make_sampler(list(range(6)), shuffle=True)
+        out["sampler_len"] = len(sampler)
+        D.barrier()
+        print("RESULT " + json.dumps(out), flush=True)
+    """
+)
+
+
+def test_two_process_gloo_under_torchrun(tmp_path, cli_env):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**cli_env, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(TORCHRUN + [str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(
+        (json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line),
+        key=lambda r: r["rank"],
+    )
+    assert [r["rank"] for r in results] == [0, 1]
+    r0, r1 = results
+    assert r0["world"] == 2 and r0["backend"] == "gloo" and r0["device"] == "cpu"
+    assert r0["shard"] == ["ct0", "ct2", "ct4"] and r1["shard"] == ["ct1", "ct3"]
+    assert sorted(r0["partition_val"] + r1["partition_val"]) == [0, 1, 2, 3, 4]
+    assert len(r0["partition_train"]) == len(r1["partition_train"]) == 3
+    assert r0["sum"] == r1["sum"] == 3.0
+    assert r0["mean_list"] == [1.0, 1.0]
+    assert r0["dice"] == pytest.approx(2.0 / 3.0)
+    assert r0["gathered"] == r1["gathered"] == [0, 10]
+    assert r1["broadcast"] == {"from": 0}
+    assert r0["weights_equal"] and r1["weights_equal"]
+    assert r0["sampler_len"] == r1["sampler_len"] == 3
