@@ -378,9 +378,11 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Downloading the official model..."
             self.logic.downloadOfficialModel(waitForCompletion=False, eventCallback=self.onEngineEvent,
                                              completedCallback=self.onDownloadCompleted)
+            self.ui.progressBar.setRange(0, 0)  # busy: the download reports log lines, not fractions
         self.updateGUI()
 
     def onDownloadCompleted(self, process):
+        self.ui.progressBar.setRange(0, 100)
         self.updateGUI()
         if process.cancelled:
             self.ui.statusLabel.text = "Download cancelled."

@@ -336,6 +336,18 @@ def test_train_module_commands_run_end_to_end(tmp_path):
     assert (tmp_path / "model.ts").is_file()
 
 
+def test_download_of_a_non_official_bundle_fails_cleanly(tmp_path, tiny_bundle):
+    """The module's download button path, offline variant: a wrong bundle is refused with the engine's line and
+    nothing appears in the cache the module looks in."""
+    cache = tmp_path / "cache"
+    proc = launch(background.download_command(PY, dest=cache, source=tiny_bundle), cwd=tmp_path)
+    parser = background.ProgressParser()
+    run_polled(proc, parser, timeout=300)
+    assert proc.returncode != 0
+    assert "md5" in parser.error_message(proc.returncode) and parser.engine_error
+    assert background.official_model_folder(cache) is None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Results, models, devices, dependencies
 # ----------------------------------------------------------------------------------------------------------

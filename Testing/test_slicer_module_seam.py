@@ -108,10 +108,15 @@ def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonb
         return proc
 
     def export_node(node, filename, properties=None, world=False):
+        """A small block of the real CT, written as NRRD with an oblique (20 degrees) orientation."""
+        import math
+
         import SimpleITK as sitk
 
-        image = sitk.ReadImage(str(source_image))
-        sitk.WriteImage(image[30:70, 30:70, 10:20], filename, False)  # a small block of the real CT
+        image = sitk.ReadImage(str(source_image))[30:70, 30:70, 10:20]
+        c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+        image.SetDirection((-c, -s, 0.0, s, -c, 0.0, 0.0, 0.0, 1.0))  # LPS, rotated about the axial axis
+        sitk.WriteImage(image, filename, False)
         return True
 
     def temp_directory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):
@@ -160,15 +165,27 @@ def module_factory(monkeypatch, tmp_path, example_ct_sm):
 
 
 class Recorder:
-    """Stands in for importSegmentation (MRML): checks the engine's file while it still exists."""
+    """Stands in for importSegmentation (MRML): checks the engine's file while it still exists, including that
+    it lies exactly on the grid of the volume file the module wrote (so Slicer overlays it on the input)."""
 
     def __init__(self):
         self.calls = []
 
     def __call__(self, segmentationFile, inputVolume, outputSegmentation=None):
+        import nrrd
+        import numpy as np
         import slicerio
 
         seg = slicerio.read_segmentation(str(segmentationFile))
+        input_files = list(Path(segmentationFile).parents[2].glob("input.nrrd"))
+        assert len(input_files) == 1, "the module's exported input volume is not where expected"
+        header = nrrd.read_header(str(input_files[0]))
+        assert header["space"] == "left-posterior-superior"
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = np.asarray(header["space directions"], dtype=float).T
+        ijk_to_lps[:3, 3] = header["space origin"]
+        assert np.allclose(seg["ijkToLPS"], ijk_to_lps, atol=1e-4)
+        assert tuple(seg["voxels"].shape) == tuple(header["sizes"])
         self.calls.append(([s["name"] for s in seg["segments"]], Path(segmentationFile)))
         return "segmentation node"
 
