@@ -80,7 +80,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         matches = [Path(m) for m in sorted(glob.glob(arg))] if any(c in arg for c in "*?[") else [Path(arg)]
         if not matches or not matches[0].exists():
             raise InputError(f"{arg}: no such file or folder")
+        globbed = len(matches) > 1 or str(matches[0]) != arg
         for p in matches:
+            if globbed and p.is_file() and not p.name.lower().endswith(IMAGE_SUFFIXES) and not is_dicom_file(p):
+                continue  # e.g. the .raw.gz of a detached .nhdr header matched by the same glob
             if p.is_dir():
                 if _is_dicom_folder(p):
                     found.append(p)
