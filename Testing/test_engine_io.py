@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from conftest import PYTHON
 from image_files import crop_nifti, load_nifti, write_dicom_series, write_itk
-
 from PancreasDiNTSLib.imaging import LPS_TO_RAS, read_image
 from PancreasDiNTSLib.segment import run_segment
 from PancreasDiNTSLib.terminology import SEGMENTS

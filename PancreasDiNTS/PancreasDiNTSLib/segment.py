@@ -172,7 +172,10 @@ def run_segment(
     cases = list(zip(names, paths, strict=True))[rank::world_size]
 
     reporter = Progress(progress, total=max(1, len(cases)), callback=callback)
-    segmenter: Segmenter | None = None
+    # Model problems (weights that do not fit the architecture...) concern every case: fail before the first.
+    t_model = time.perf_counter()
+    segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size) if cases else None
+    load_model_s = time.perf_counter() - t_model
     try:
         for index, (name, path) in enumerate(cases):
             reporter.start_item(index)
@@ -190,11 +193,8 @@ def run_segment(
                 timings["read"] = time.perf_counter() - t0
                 for w in case.warnings:
                     reporter.write(f"warning: {name}: {w}")
-                if segmenter is None:
-                    t_model = time.perf_counter()
-                    reporter.update(name, "load", 0.03, f"loading model {bundle.name} on {dev}")
-                    segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size)
-                    timings["load_model"] = time.perf_counter() - t_model
+                assert segmenter is not None
+                timings["load_model"] = load_model_s
                 labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m))
                 timings.update(segmenter.timings)
                 reporter.update(name, "write", 0.95, "writing outputs")
