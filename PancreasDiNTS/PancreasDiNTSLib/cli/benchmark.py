@@ -1,0 +1,482 @@
+"""``pancreas-dints benchmark``: the bundle's own inference against ours, same input, weights and device.
+
+Both run as real subprocesses, one after the other, with the same thread settings:
+
+* **bundle** -- the released ``configs/inference.yaml`` through ``monai.bundle``'s own ``create_workflow`` ->
+  ``run`` -> ``finalize`` (exactly what ``python -m monai.bundle run --config_file configs/inference.yaml``
+  does), with ignite event timers added. Overrides, all data except where the release cannot run as is:
+
+  - ``data_list_file_path``/``dataset_dir``/``output_dir``/``bundle_root``: the input and output places;
+  - ``arch_ckpt``: ``torch.load(..., weights_only=False)`` -- torch >= 2.6 refuses the released numpy arch file
+    otherwise (``map_location`` kept as released on CUDA, ``cpu`` on a CPU run);
+  - ``dints_space#device``: ``cpu`` on a CPU run only (the release hard-codes ``cuda``).
+
+* **ours** -- read (imaging.read_image) -> preprocess (Segmenter.preprocess: the bundle's transforms) -> infer
+  (FastDiNTS + fastpath.sliding_window_exact_skip) -> invert (Segmenter.postprocess: softmax, Invertd, argmax, as
+  the bundle) -> write (writers.write_label_nifti). ``--modes exact`` adds the Segmenter's MONAI path.
+
+Each stage is timed (CUDA synchronised), with peak RAM (process tree, sampled) and peak GPU memory. The last
+line printed is JSON with ``speedup`` (bundle pipeline seconds / ours; pipeline = read .. write, the evaluator
+run for the bundle), ``speedup_process`` (whole subprocess wall times) and ``agreement`` (fraction of voxels
+whose labels are equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeviceError, InputError, ModelError
+
+HELP = "time the bundle's own inference against ours (same input, weights, device); last line is JSON"
+
+QUICK = {"channel_mul": 0.0625, "num_blocks": 12, "input": "example_ct_sm.nii.gz"}
+FULL = {"channel_mul": 1.0, "num_blocks": 12, "input": "example_ct.nii.gz"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small random-weight bundle (channel_mul {QUICK['channel_mul']}) on {QUICK['input']}")
+    p.add_argument("--model", type=Path, help="bundle folder to time (default: random weights, reference configs)")
+    p.add_argument("--input", type=Path, help="CT to segment (default: ../shared/data example CT)")
+    p.add_argument("--reference", type=Path, help="reference bundle folder whose configs build the random bundle")
+    p.add_argument("--channel-mul", type=float, help="channel_mul of the random bundle")
+    p.add_argument("--num-blocks", type=int, help="num_blocks of the random bundle")
+    p.add_argument("--threads", type=int, help="CPU threads for both runs (OMP/MKL/torch); default: torch's")
+    p.add_argument("--modes", default="fast", help="ours to time, comma separated: fast, exact (default fast)")
+    p.add_argument("--engine", default="eager", choices=("eager", "cuda-graph", "compile"),
+                   help="how ours runs the network (fast mode)")
+    p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")
+    p.add_argument("--roi-cube-mm", type=float, default=0.0,
+                   help="also time ROI mode (grid and local) on a cube of this size at the image centre")
+    p.add_argument("--skip-bundle", action="store_true", help="do not run the bundle (timings of ours only)")
+    p.add_argument("--workdir", type=Path, help="where to put bundles and outputs (default: a temp folder)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per subprocess")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _shared_dir() -> Path | None:
+    env = os.environ.get("PANCREAS_DINTS_SHARED")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [p / "shared" for p in list(here.parents)[:6]] + [Path.cwd() / "shared", Path.cwd().parent / "shared"]
+    return next((c for c in candidates if (c / "data").is_dir() or (c / "reference").is_dir()), None)
+
+
+class PeakRSS:
+    """Samples the RSS of this process and its children (DataLoader workers) in a thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        total = 0
+        try:
+            procs = [self.proc] + self.proc.children(recursive=True)
+        except Exception:  # noqa: BLE001 - a process may vanish between listing and reading
+            procs = [self.proc]
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _gpu_peaks(device: str) -> dict[str, float]:
+    import torch
+
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return {}
+    return {"peak_gpu_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def bundle_overrides(bundle: Path, datalist: Path, data_dir: Path, out_dir: Path, device: str) -> dict[str, str]:
+    """The CLI overrides the released config needs here (documented in the module docstring)."""
+    cuda = device.startswith("cuda")
+    loc = "cuda" if cuda else "cpu"
+    ov = {
+        "bundle_root": str(bundle),
+        "data_list_file_path": str(datalist),
+        "dataset_dir": str(data_dir),
+        "output_dir": str(out_dir),
+        "arch_ckpt": f"$torch.load(@arch_ckpt_path, map_location=torch.device('{loc}'), weights_only=False)",
+    }
+    if not cuda:
+        ov["dints_space#device"] = "$torch.device('cpu')"
+    return ov
+
+
+def bundle_command(bundle: Path, overrides: dict[str, str]) -> list[str]:
+    """The equivalent ``python -m monai.bundle run`` command line (printed for reference)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.yaml")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", v]
+    return cmd
+
+
+class _Timed:
+    """Wraps one post-processing transform to time it."""
+
+    def __init__(self, transform: Any, name: str, log: dict[str, float], device: str) -> None:
+        self.transform, self.name, self.log, self.device = transform, name, log, device
+
+    def __call__(self, data: Any) -> Any:
+        t0 = time.perf_counter()
+        out = self.transform(data)
+        _sync(self.device)
+        self.log[self.name] = self.log.get(self.name, 0.0) + time.perf_counter() - t0
+        return out
+
+
+def worker_bundle(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the released inference config through monai.bundle, with timers."""
+    t_start = time.perf_counter()
+    with PeakRSS() as rss:
+        _set_threads(cfg.get("threads"))
+        import torch
+        from monai.bundle.scripts import create_workflow
+
+        t_import = time.perf_counter()
+        wf = create_workflow(config_file=str(Path(cfg["bundle"]) / "configs" / "inference.yaml"), **cfg["overrides"])
+        t_init = time.perf_counter()
+        evaluator = wf.parser.get_parsed_content("evaluator")
+        post = wf.parser.get_parsed_content("postprocessing")
+        log: dict[str, float] = {}
+        names = {"Activationsd": "softmax", "Invertd": "invert", "AsDiscreted": "argmax", "SaveImaged": "write"}
+        post.transforms = [_Timed(t, names.get(type(t).__name__, type(t).__name__), log, cfg["device"])
+                           for t in post.transforms]
+        from ignite.engine import Events
+        from monai.engines.utils import IterationEvents
+
+        marks: dict[str, float] = {}
+
+        def mark(name: str):
+            def _h(_engine: Any) -> None:
+                _sync(cfg["device"])
+                marks.setdefault(name, time.perf_counter())
+            return _h
+
+        evaluator.add_event_handler(Events.STARTED, mark("started"))
+        evaluator.add_event_handler(Events.GET_BATCH_COMPLETED, mark("batch"))
+        evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, mark("forward"))
+        evaluator.add_event_handler(Events.COMPLETED, mark("completed"))
+        if cfg["device"].startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        t_run = time.perf_counter()
+        wf.run()
+        wf.finalize()
+        t_end = time.perf_counter()
+    stages = {
+        "read+preprocess": marks["batch"] - marks["started"],
+        "infer": marks["forward"] - marks["batch"],
+        "invert": log.get("softmax", 0.0) + log.get("invert", 0.0) + log.get("argmax", 0.0),
+        "write": log.get("write", 0.0),
+    }
+    outputs = sorted(Path(cfg["out_dir"]).rglob("*.nii.gz"))
+    return {
+        "stages": stages,
+        "pipeline_s": t_end - t_run,
+        "import_s": t_import - t_start,
+        "model_load_s": t_init - t_import,
+        "peak_rss_gib": rss.peak / 2**30,
+        **_gpu_peaks(cfg["device"]),
+        "output": str(outputs[0]) if outputs else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Our pipeline, stage by stage; ``mode`` fast (FastInferer) or exact (the Segmenter's MONAI inferer)."""
+    t_start = time.perf_counter()
+    with PeakRSS() as rss:
+        _set_threads(cfg.get("threads"))
+        import monai.inferers  # noqa: F401  (imports timed as imports, as for the bundle run)
+        import monai.transforms  # noqa: F401
+        import numpy as np
+        import torch
+
+        from ..bundle import load_bundle
+        from ..fastpath import FastInferer, box_to_voxels, predict_roi
+        from ..imaging import read_image
+        from ..inference import Segmenter
+        from ..writers import write_label_nifti
+
+        t_import = time.perf_counter()
+        dev = cfg["device"]
+        if dev.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True
+        bundle = load_bundle(Path(cfg["bundle"]))
+        seg = Segmenter(bundle, dev)
+        fast = None
+        if cfg["mode"] == "fast":
+            bs = cfg.get("sw_batch_size") or seg.sw_batch_size
+            bs = bs if bs == "auto" else int(bs)
+            fast = FastInferer(seg.network, seg.spec.roi_size, seg.spec.overlap, seg.device, seg.amp, bs,
+                               engine=cfg.get("engine", "eager"))
+        _sync(dev)
+        t_init = time.perf_counter()
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        stages: dict[str, float] = {}
+
+        def step(name: str, fn):
+            t0 = time.perf_counter()
+            out = fn()
+            _sync(dev)
+            stages[name] = time.perf_counter() - t0
+            return out
+
+        case = step("read", lambda: read_image(Path(cfg["input"])))
+        pre = step("preprocess", lambda: seg.preprocess(case.image))
+        logits = step("infer", lambda: fast(pre) if fast is not None else seg.infer(pre))
+        labels = step("invert", lambda: seg.postprocess(logits, pre))
+        out_path = Path(cfg["out_dir"]) / "labels.nii.gz"
+        step("write", lambda: write_label_nifti(out_path, labels, case))
+        pipeline = sum(stages.values())
+        result: dict[str, Any] = {
+            "stages": stages,
+            "pipeline_s": pipeline,
+            "import_s": t_import - t_start,
+            "model_load_s": t_init - t_import,
+            "output": str(out_path),
+            "torch_threads": torch.get_num_threads(),
+            "windows": None,
+        }
+        if fast is not None:
+            st = fast.stats
+            result.update(windows=st.windows, windows_computed=st.computed, windows_constant=st.constant,
+                          sw_batch_size=fast.sw_batch_size, engine=fast.engine, oom_retries=st.oom_retries)
+        t_pipeline_end = time.perf_counter()
+        cube = float(cfg.get("roi_cube_mm") or 0)
+        if cube > 0:
+            img = case.image
+            aff = np.asarray(img.affine, dtype=float)
+            centre = aff[:3, :3] @ ((np.asarray(img.shape[1:]) - 1) / 2.0) + aff[:3, 3]
+            box = list(centre - cube / 2) + list(centre + cube / 2)
+            ranges = box_to_voxels(box, aff, img.shape[1:], "ras")
+            inside = tuple(slice(s, e) for s, e in ranges)
+            roi: dict[str, Any] = {"cube_mm": cube, "box_voxels": ranges}
+            grid_fast = fast or FastInferer(seg.network, seg.spec.roi_size, seg.spec.overlap, seg.device,
+                                            seg.amp, seg.sw_batch_size)
+            for mode in ("grid", "local"):
+                t0 = time.perf_counter()
+                lab = predict_roi(seg, img, box, "ras", mode=mode, fast=grid_fast)
+                _sync(dev)
+                dt = time.perf_counter() - t0
+                roi[mode] = {"seconds": dt, "speedup_vs_full": (pipeline - stages["read"] - stages["write"]) / dt,
+                             "agreement_in_box": float((lab[inside] == labels[inside]).mean()),
+                             "outside_box_zero": bool(lab.sum() == lab[inside].sum())}
+                if mode == "grid":
+                    roi[mode]["windows"] = grid_fast.stats.windows
+            result["roi"] = roi
+        result["extra_after_pipeline_s"] = time.perf_counter() - t_pipeline_end
+    result["peak_rss_gib"] = rss.peak / 2**30
+    result.update(_gpu_peaks(cfg["device"]))
+    return result
+
+
+def _worker_main(argv: list[str]) -> int:
+    kind, cfg_path, out_path = argv
+    cfg = json.loads(Path(cfg_path).read_text())
+    res = worker_bundle(cfg) if kind == "bundle" else worker_ours(cfg)
+    Path(out_path).write_text(json.dumps(res, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _run_worker(kind: str, cfg: dict[str, Any], work: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    cfg_path, out_path = work / f"{kind}_{cfg.get('mode', '')}.json", work / f"{kind}_{cfg.get('mode', '')}.out.json"
+    cfg_path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "PancreasDiNTSLib.cli.benchmark", "--worker", kind, str(cfg_path), str(out_path)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not out_path.exists():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise ModelError(f"benchmark: the {kind} run failed (exit {proc.returncode}):\n{tail}")
+    res = json.loads(out_path.read_text())
+    res["process_s"] = wall - float(res.get("extra_after_pipeline_s", 0.0))  # ROI timing is not part of the run
+    return res
+
+
+def _labels(path: str):
+    import nibabel as nib
+    import numpy as np
+
+    return np.rint(np.asarray(nib.load(path).dataobj)).astype(np.int16).squeeze()
+
+
+def _agreement(a_path: str, b_path: str) -> dict[str, Any]:
+    a, b = _labels(a_path), _labels(b_path)
+    if a.shape != b.shape:
+        return {"agreement": 0.0, "note": f"shapes differ: {a.shape} vs {b.shape}"}
+    out: dict[str, Any] = {"agreement": float((a == b).mean())}
+    for lab in (1, 2):
+        sa, sb = a == lab, b == lab
+        denom = int(sa.sum() + sb.sum())
+        out[f"dice_{lab}"] = 1.0 if denom == 0 else 2.0 * int((sa & sb).sum()) / denom
+        out[f"voxels_{lab}"] = [int(sa.sum()), int(sb.sum())]
+    return out
+
+
+def _row(name: str, res: dict[str, Any], keys: list[str]) -> str:
+    cells = [f"{res['stages'].get(k, float('nan')):9.2f}" for k in keys]
+    gpu = res.get("peak_gpu_allocated_gib")
+    return (f"{name:<14}" + "".join(cells) + f"{res['pipeline_s']:10.2f}{res['process_s']:10.2f}"
+            f"{res['peak_rss_gib']:9.2f}" + (f"{gpu:9.2f}" if gpu is not None else "        -"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import resolve_device
+
+    device = str(resolve_device(args.device))
+    shared = _shared_dir()
+    preset = QUICK if args.quick else FULL
+    if args.input is None:
+        if shared is None or not (shared / "data" / preset["input"]).exists():
+            raise InputError("benchmark: no --input given and ../shared/data/" + preset["input"] + " not found")
+        args.input = shared / "data" / preset["input"]
+    if not args.input.exists():
+        raise InputError(f"{args.input}: input CT not found")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="pdints-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if any(m not in ("fast", "exact") for m in modes):
+        raise InputError("--modes: use fast and/or exact")
+
+    if args.model is not None:
+        bundle = args.model.resolve()
+        if not (bundle / "configs" / "inference.yaml").is_file():
+            raise ModelError(f"{bundle}: not a bundle folder (configs/inference.yaml missing)")
+        model_desc = f"{bundle}"
+    else:
+        from ..random_bundle import make_random_bundle
+
+        ref = args.reference or (shared / "reference" / "pancreas_ct_dints_segmentation" if shared else None)
+        if ref is None or not (ref / "configs" / "inference.yaml").is_file():
+            raise ModelError("benchmark: no --model and no reference bundle configs (give --reference)")
+        mul = args.channel_mul if args.channel_mul is not None else preset["channel_mul"]
+        blocks = args.num_blocks if args.num_blocks is not None else preset["num_blocks"]
+        bundle = work / f"bundle_mul{mul}_b{blocks}"
+        if not (bundle / "models" / "model.pt").exists():
+            print(f"building a random-weight bundle (channel_mul {mul}, {blocks} blocks) in {bundle}", file=sys.stderr)
+            make_random_bundle(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
+        model_desc = f"random weights, channel_mul {mul}, {blocks} blocks (reference configs)"
+    if device.startswith("cuda") is False and device != "cpu":
+        raise DeviceError(f"benchmark: unsupported device {device}")
+
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    if args.threads:
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[k] = str(args.threads)
+    common = {"bundle": str(bundle), "device": device, "threads": args.threads, "input": str(args.input.resolve())}
+    results: dict[str, dict[str, Any]] = {}
+    print(f"benchmark: {args.input.name} on {device}; model: {model_desc}; work folder {work}", file=sys.stderr)
+
+    if not args.skip_bundle:
+        datalist = work / "datalist.json"
+        datalist.write_text(json.dumps({"testing": [{"image": str(args.input.resolve())}]}))
+        out_dir = work / "out_bundle"
+        ov = bundle_overrides(bundle, datalist, args.input.resolve().parent, out_dir, device)
+        print("bundle: " + " ".join(bundle_command(bundle, ov)), file=sys.stderr)
+        results["bundle"] = _run_worker("bundle", {**common, "overrides": ov, "out_dir": str(out_dir)}, work, env,
+                                        args.timeout)
+        print(f"bundle: pipeline {results['bundle']['pipeline_s']:.2f} s", file=sys.stderr)
+    for mode in modes:
+        out_dir = work / f"out_ours_{mode}"
+        out_dir.mkdir(exist_ok=True)
+        cfg = {**common, "mode": mode, "out_dir": str(out_dir), "engine": args.engine,
+               "sw_batch_size": args.sw_batch_size, "roi_cube_mm": args.roi_cube_mm if mode == modes[0] else 0}
+        results[f"ours-{mode}"] = _run_worker("ours", cfg, work, env, args.timeout)
+        print(f"ours-{mode}: pipeline {results[f'ours-{mode}']['pipeline_s']:.2f} s", file=sys.stderr)
+
+    keys = ["read+preprocess", "read", "preprocess", "infer", "invert", "write"]
+    print(f"\n{'run':<14}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'process':>10}"
+          f"{'RAM GiB':>9}{'GPU GiB':>9}")
+    for name, res in results.items():
+        print(_row(name, res, keys))
+    summary: dict[str, Any] = {"device": device, "input": str(args.input), "model": model_desc,
+                               "threads": args.threads, "engine": args.engine}
+    main = results.get(f"ours-{modes[0]}") if modes else None
+    if "bundle" in results and main is not None:
+        b = results["bundle"]
+        summary["speedup"] = round(b["pipeline_s"] / main["pipeline_s"], 3)
+        summary["speedup_process"] = round(b["process_s"] / main["process_s"], 3)
+        summary["speedup_infer"] = round(b["stages"]["infer"] / max(main["stages"]["infer"], 1e-9), 3)
+        agree = _agreement(b["output"], main["output"])
+        summary.update(agree)
+        for mode in modes[1:]:
+            summary[f"agreement_{mode}"] = _agreement(b["output"], results[f"ours-{mode}"]["output"])["agreement"]
+            summary[f"speedup_{mode}"] = round(b["pipeline_s"] / results[f"ours-{mode}"]["pipeline_s"], 3)
+    else:
+        summary["speedup"] = None
+        summary["agreement"] = None
+    if main is not None and "roi" in main:
+        summary["roi"] = main["roi"]
+    summary["runs"] = {k: {kk: v[kk] for kk in ("stages", "pipeline_s", "process_s", "import_s", "model_load_s",
+                                                 "peak_rss_gib") if kk in v}
+                       | {kk: v[kk] for kk in v if kk.startswith(("peak_gpu", "windows", "sw_batch"))}
+                       for k, v in results.items()}
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        sys.exit(_worker_main(sys.argv[2:]))
+    print("usage: pancreas-dints benchmark [options] (this module's --worker mode is internal)", file=sys.stderr)
+    sys.exit(2)
