@@ -264,6 +264,25 @@ class Cloned:
         return d
 
 
+class PadToPatchd:
+    """SpatialPadd to the patch size, in steps, so that reflect padding also works on volumes smaller than half
+    the patch (torch's reflect pad needs pad < size; the bundle's single SpatialPadd fails there)."""
+
+    def __init__(self, keys: Sequence[str], spatial_size: Sequence[int], mode: Sequence[str]) -> None:
+        self.keys, self.spatial_size, self.mode = list(keys), [int(s) for s in spatial_size], list(mode)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.transforms import SpatialPadd
+
+        d = dict(data)
+        while True:
+            shape = list(d[self.keys[0]].shape[1:])
+            if all(s >= p for s, p in zip(shape, self.spatial_size, strict=True)):
+                return d
+            target = [max(s, min(p, 2 * s - 1)) for s, p in zip(shape, self.spatial_size, strict=True)]
+            d = SpatialPadd(keys=self.keys, spatial_size=target, mode=self.mode)(d)
+
+
 def _loading_transforms(settings: TrainSettings, keys: list[str]) -> list[Any]:
     from monai.transforms import (
         CastToTyped,
@@ -297,14 +316,14 @@ def crop_dilation(settings: TrainSettings) -> int:
 
 def build_deterministic_transforms(settings: TrainSettings):
     """Cached part of the training chain: load .. spacing .. window .. crop maps .. pad to the patch."""
-    from monai.transforms import CastToTyped, Compose, EnsureTyped, SpatialPadd
+    from monai.transforms import CastToTyped, Compose, EnsureTyped
 
     keys = [IMAGE_KEY, LABEL_KEY]
     return Compose(_loading_transforms(settings, keys) + [
         CastToTyped(keys=IMAGE_KEY, dtype=torch.float32),
         DilatedClassMapsd(num_classes=settings.num_classes, iterations=crop_dilation(settings)),
         EnsureTyped(keys=keys),
-        SpatialPadd(keys=keys + [CROP_KEY], spatial_size=tuple(settings.patch_size),
+        PadToPatchd(keys=keys + [CROP_KEY], spatial_size=tuple(settings.patch_size),
                     mode=["reflect", "constant", "constant"]),
         CastToTyped(keys=IMAGE_KEY, dtype=torch.float16),  # RAM: cache the image as fp16 (exact after the round-trip)
     ])
@@ -363,12 +382,12 @@ def build_train_transforms(settings: TrainSettings):
 
 def build_val_transforms(settings: TrainSettings):
     """Validation chain (cached part): as training without the crop maps; image padded to the patch."""
-    from monai.transforms import Compose, EnsureTyped, SpatialPadd
+    from monai.transforms import Compose, EnsureTyped
 
     keys = [IMAGE_KEY, LABEL_KEY]
     return Compose(_loading_transforms(settings, keys) + [
         EnsureTyped(keys=keys),
-        SpatialPadd(keys=keys, spatial_size=tuple(settings.patch_size), mode=["reflect", "constant"]),
+        PadToPatchd(keys=keys, spatial_size=tuple(settings.patch_size), mode=["reflect", "constant"]),
     ])
 
 
