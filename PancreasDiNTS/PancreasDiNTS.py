@@ -446,9 +446,10 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         if _hasPackagingModule():  # Slicer >= 5.12: checks, asks, installs with progress, offers a restart
             import slicer.packaging
 
+            # skip_in_testing=False: the self-test (run with --testing) needs the packages to segment at all.
             slicer.packaging.pip_ensure(
                 slicer.packaging.load_requirements(REQUIREMENTS_FILE), skip_packages=SLICER_MANAGED_PACKAGES,
-                prompt_install=askConfirmation, requester="PancreasDiNTS")
+                prompt_install=askConfirmation, requester="PancreasDiNTS", skip_in_testing=False)
             return not background.missing_requirements(background.read_requirements(REQUIREMENTS_FILE))
 
         missing = background.missing_requirements(background.read_requirements(REQUIREMENTS_FILE))

@@ -306,9 +306,10 @@ def test_bad_model_gives_the_engine_one_line_message(tmp_path, example_ct_sm):
 
 @pytest.mark.slow
 def test_train_module_commands_run_end_to_end(tmp_path):
-    """What the Train module runs: phantoms -> datalist -> tiny training -> evaluation -> export, all built by
-    background.*_command, run as subprocesses, followed through ProgressParser."""
-    missing = [c for c in ("make-phantoms", "prepare-datalist", "train", "evaluate", "export")
+    """What the Train module runs: phantoms -> datalist -> tiny training -> evaluation, all built by
+    background.*_command, run as subprocesses, followed through ProgressParser (export's command line is checked
+    by the parser test above; its output by the export tests)."""
+    missing = [c for c in ("make-phantoms", "prepare-datalist", "train", "evaluate")
                if not (REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "cli" / f"{COMMANDS[c]}.py").is_file()]
     if missing:
         pytest.skip(f"the engine has no {missing} command yet")
@@ -332,8 +333,6 @@ def test_train_module_commands_run_end_to_end(tmp_path):
     evaluation = run(background.evaluate_command(PY, tmp_path / "run", tmp_path / "datalist.json",
                                                  tmp_path / "eval", device="cpu"))
     assert evaluation.summary is not None
-    run(background.export_command(PY, tmp_path / "run", tmp_path / "model.ts", "torchscript"))
-    assert (tmp_path / "model.ts").is_file()
 
 
 def test_download_of_a_non_official_bundle_fails_cleanly(tmp_path, tiny_bundle):
