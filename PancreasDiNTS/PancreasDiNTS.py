@@ -427,10 +427,11 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
 
     # --- Dependencies
 
-    def setupPythonRequirements(self, askConfirmation=True):
+    def setupPythonRequirements(self, askConfirmation=True, extraRequirementsFiles=()):
         """Make sure torch (through the PyTorch extension) and the engine's packages are installed.
 
-        Returns False when the user declined. Packages Slicer ships are never replaced.
+        extraRequirementsFiles: more requirements.txt files (the Train module's). Returns False when the user
+        declined. Packages Slicer ships are never replaced.
         """
         try:
             import PyTorchUtils
@@ -443,16 +444,19 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
             if torch is None:
                 return False
 
+        files = [REQUIREMENTS_FILE, *[Path(f) for f in extraRequirementsFiles]]
+        requirements = [r for f in files for r in background.read_requirements(f)]
         if _hasPackagingModule():  # Slicer >= 5.12: checks, asks, installs with progress, offers a restart
             import slicer.packaging
 
             # skip_in_testing=False: the self-test (run with --testing) needs the packages to segment at all.
             slicer.packaging.pip_ensure(
-                slicer.packaging.load_requirements(REQUIREMENTS_FILE), skip_packages=SLICER_MANAGED_PACKAGES,
-                prompt_install=askConfirmation, requester="PancreasDiNTS", skip_in_testing=False)
-            return not background.missing_requirements(background.read_requirements(REQUIREMENTS_FILE))
+                [r for f in files for r in slicer.packaging.load_requirements(f)],
+                skip_packages=SLICER_MANAGED_PACKAGES, prompt_install=askConfirmation, requester="PancreasDiNTS",
+                skip_in_testing=False)
+            return not background.missing_requirements(requirements)
 
-        missing = background.missing_requirements(background.read_requirements(REQUIREMENTS_FILE))
+        missing = background.missing_requirements(requirements)
         if not missing:
             return True
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(

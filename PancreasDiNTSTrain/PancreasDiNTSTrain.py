@@ -32,6 +32,7 @@ from slicer.util import VTKObservationMixin
 from PancreasDiNTS import EngineProcess, PancreasDiNTSLogic
 
 TASKS = ["train", "search", "evaluate", "export"]
+TRAIN_REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
 PRESETS = ["tiny", "demo", "bundle"]
 EXPORT_FORMATS = ["torchscript", "onnx", "trt"]
 
@@ -222,7 +223,8 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(f"Failed to start {p.task}.", waitCursor=True):
-            if not PancreasDiNTSLogic().setupPythonRequirements(askConfirmation=True):
+            if not PancreasDiNTSLogic().setupPythonRequirements(
+                    askConfirmation=True, extraRequirementsFiles=[TRAIN_REQUIREMENTS_FILE]):
                 return
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
@@ -273,6 +275,12 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         else:
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = "Finished."
+            p = self._parameterNode
+            if p and p.task == "search":
+                arch = background.find_arch_file(str(p.outputFolder), process.parser.summary)
+                if arch:
+                    p.archFile = arch
+                    self.ui.statusLabel.text = f"Finished: architecture {arch.name} selected for training."
 
     def onUseAsModel(self):
         """Select the trained run folder as the local model of the Pancreas DiNTS module."""
@@ -370,7 +378,8 @@ class PancreasDiNTSTrainTest(ScriptedLoadableModuleTest):
 
     def test_PancreasDiNTSTrain_tinySearchAndTrain(self):
         self.delayDisplay("Preparing the engine (may install packages)")
-        self.assertTrue(PancreasDiNTSLogic().setupPythonRequirements(askConfirmation=False))
+        self.assertTrue(PancreasDiNTSLogic().setupPythonRequirements(
+            askConfirmation=False, extraRequirementsFiles=[TRAIN_REQUIREMENTS_FILE]))
         work = Path(slicer.util.tempDirectory("PancreasDiNTSTrainTest"))
         python = background.python_executable()
         for command in (background.make_phantoms_command(python, work / "data", count=4, seed=5),
@@ -382,8 +391,8 @@ class PancreasDiNTSTrainTest(ScriptedLoadableModuleTest):
         arch = "random"
         if background.engine_has_command("search"):
             self.delayDisplay("Tiny architecture search")
-            logic.search(work / "datalist.json", work / "search", preset="tiny", device="cpu")
-            arch = background.find_arch_file(work / "search")
+            search = logic.search(work / "datalist.json", work / "search", preset="tiny", device="cpu")
+            arch = background.find_arch_file(work / "search", search.parser.summary)
             self.assertIsNotNone(arch, "search wrote no architecture file")
 
         self.delayDisplay("Tiny training")

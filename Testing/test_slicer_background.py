@@ -419,6 +419,12 @@ def test_find_arch_file(tmp_path):
     arch.write_bytes(b"x")
     (tmp_path / "model.pt").write_bytes(b"x")
     assert background.find_arch_file(tmp_path) == arch
+    final = tmp_path / "search_code_4.pt"  # search's result sits at the top; best/ holds the best-Dice decode
+    final.write_bytes(b"x")
+    os.utime(final, (1_000_000, 1_000_000))
+    assert background.find_arch_file(tmp_path) == final
+    assert background.find_arch_file(tmp_path, {"arch_file": str(arch)}) == arch
+    assert background.find_arch_file(tmp_path, {"arch_file": str(tmp_path / "gone.pt")}) == final
 
 
 def test_device_listing_runs_outside_the_caller(tmp_path):
@@ -462,3 +468,8 @@ def test_module_requirements_cover_the_engine_and_spare_slicer_packages():
     for name in slicer_managed:
         assert name not in required, f"{name} ships with Slicer or PyTorchUtils; requirements.txt must not list it"
     assert required == engine - slicer_managed
+    # The Train module adds the engine's `train` extra.
+    train_path = REPO / "PancreasDiNTSTrain" / "Resources" / "requirements.txt"
+    train_required = {canonicalize_name(Requirement(r).name) for r in background.read_requirements(train_path)}
+    train_extra = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["optional-dependencies"]["train"]}
+    assert train_required == train_extra - slicer_managed

@@ -503,13 +503,19 @@ def engine_has_command(name: str) -> bool:
         importlib.util.find_spec(f"PancreasDiNTSLib.cli.{module}"))
 
 
-def find_arch_file(folder: str | Path) -> Path | None:
-    """The newest architecture file (``arch*.pt`` or ``search_code*.pt``) in a search folder, or None."""
+def find_arch_file(folder: str | Path, summary: dict[str, Any] | None = None) -> Path | None:
+    """The architecture a search produced: its summary's ``arch_file`` when given, else the newest
+    ``search_code*.pt``/``arch*.pt`` directly in the folder, else the newest one below it; None if there is none."""
+    if summary and summary.get("arch_file") and Path(summary["arch_file"]).is_file():
+        return Path(summary["arch_file"])
     root = Path(folder)
     if not root.is_dir():
         return None
-    found = [p for pattern in ("arch*.pt", "search_code*.pt") for p in root.rglob(pattern) if p.is_file()]
-    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+    for search in (root.glob, root.rglob):
+        found = [p for pattern in ("search_code*.pt", "arch*.pt") for p in search(pattern) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
+    return None
 
 
 def list_devices() -> list[tuple[str, str]]:
