@@ -46,6 +46,15 @@ def test_shard_reads_torchrun_env_without_process_group(monkeypatch):
     assert D.shard(["a", "b", "c"]) == ["b"]
 
 
+def test_partition_with_fewer_items_than_ranks():
+    train = [D.partition(["a"], shuffle=True, even_divisible=True, rank=r, world_size=2) for r in range(2)]
+    assert train == [["a"], ["a"]]
+    val = [D.partition(["a"], shuffle=False, even_divisible=False, rank=r, world_size=2) for r in range(2)]
+    assert val == [["a"], []]
+    parts = [D.partition(list(range(5)), shuffle=False, even_divisible=False, rank=r, world_size=2) for r in range(2)]
+    assert sorted(parts[0] + parts[1]) == [0, 1, 2, 3, 4]
+
+
 def test_lr_rule_matches_bundle_multi_gpu_config():
     s = D.scale_for_world(0.025, max_epochs=400, val_interval=10, lr_step_size=80, world_size=8)
     assert (s.learning_rate, s.max_epochs, s.lr_step_size, s.val_interval) == (0.2, 3200, 640, 80)

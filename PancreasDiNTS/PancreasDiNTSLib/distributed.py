@@ -223,21 +223,31 @@ def shard(items: Sequence[T], rank: int | None = None, world_size: int | None = 
     return list(items)[r::w]
 
 
-def partition(items: Sequence[T], shuffle: bool, even_divisible: bool, seed: int = 0) -> list[T]:
+def partition(items: Sequence[T], shuffle: bool, even_divisible: bool, seed: int = 0,
+              rank: int | None = None, world_size: int | None = None) -> list[T]:
     """This rank's part of a dataset list, as the bundle's multi-GPU configs split data (``partition_dataset``).
 
     ``even_divisible=True`` (training) repeats items so every rank runs the same number of steps per epoch (DDP
-    needs that); ``False`` (validation) gives each item to exactly one rank.
+    needs that); ``False`` (validation) gives each item to exactly one rank, so a rank may get none. Unlike
+    ``partition_dataset`` it also works with fewer items than ranks.
     """
-    world = get_world_size()
+    world = get_world_size() if world_size is None else world_size
+    r = get_rank() if rank is None else rank
+    items = list(items)
     if world == 1:
-        return list(items)
+        return items
+    if not items:
+        return []
+    if len(items) < world:
+        if not even_divisible:
+            return shard(items, r, world)
+        items = (items * world)[:world]  # one (repeated) item per rank
     from monai.data import partition_dataset
 
     parts = partition_dataset(
-        data=list(items), num_partitions=world, shuffle=shuffle, seed=seed, even_divisible=even_divisible
+        data=items, num_partitions=world, shuffle=shuffle, seed=seed, even_divisible=even_divisible
     )
-    return list(parts[get_rank()])
+    return list(parts[r])
 
 
 def make_sampler(dataset: Any, shuffle: bool, even_divisible: bool = True, seed: int = 0) -> Any:

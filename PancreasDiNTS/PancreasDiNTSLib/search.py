@@ -385,7 +385,7 @@ def search(
     """
     from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
     from .data import check_cases, load_datalist
-    from .distributed import all_reduce_mean, get_rank, get_world_size, unwrap, wrap_ddp
+    from .distributed import all_reduce_mean, get_rank, get_world_size, partition, unwrap, wrap_ddp
     from .inference import resolve_device
     from .progress import Progress
     from .train import (
@@ -472,13 +472,19 @@ def search(
         restore_rng_state(state["rng"])
     net = wrap_ddp(model, find_unused_parameters=True)
 
-    # Two halves, each cached with half the RAM budget; validation shares the weights half's budget.
-    half = dataclasses.replace(settings, cache_gb=settings.cache_gb / 2)
+    # Each rank: its part of each half (repeated to equal length: DDP steps in lockstep) and of the validation
+    # cases (each case once; a rank may have none but still joins the all-reduce). RAM budget: half per half.
+    part_w = partition(items_w, shuffle=True, even_divisible=True, seed=settings.seed)
+    part_a = partition(items_a, shuffle=True, even_divisible=True, seed=settings.seed + 1)
+    part_val = partition(val_items, shuffle=False, even_divisible=False)
+    half = dataclasses.replace(settings, cache_gb=settings.cache_gb / 2 / world)
     say(f"caching preprocessed cases (budget {settings.cache_gb:g} GiB) ...")
-    loader_w, val_loader = build_loaders(items_w, val_items, half, rank, world)
-    loader_a, _ = build_loaders(items_a, [], half, rank, world)
+    loader_w, val_loader = build_loaders(part_w, part_val, half, 0, 1)
+    loader_a, _ = build_loaders(part_a, [], half, 0, 1)
+    if val_items and val_loader is None:
+        val_loader = torch.utils.data.DataLoader([], batch_size=1)  # no case here; sums of zeros
     say(f"{len(items_w)} weight / {len(items_a)} architecture / {len(val_items)} validation cases; "
-                   f"{len(loader_w)} steps per epoch per process; {world} process(es); device {dev}")
+        f"{len(loader_w)} steps per epoch per process; {world} process(es); device {dev}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(out / "logs", purge_step=start_epoch) if main else None
