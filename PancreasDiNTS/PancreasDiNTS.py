@@ -184,6 +184,27 @@ class SegmentationResult:
 #
 
 
+def setDeviceItems(comboBox, devices, current="auto"):
+    """Fill a device combo box with (device, label) pairs and select ``current`` (else the first)."""
+    wasBlocked = comboBox.blockSignals(True)
+    comboBox.clear()
+    for device, label in devices:
+        comboBox.addItem(label, device)
+    comboBox.blockSignals(wasBlocked)
+    selectDevice(comboBox, current)
+    if comboBox.currentIndex < 0:
+        comboBox.setCurrentIndex(0)
+
+
+def selectDevice(comboBox, device):
+    """Select ``device`` without signalling (the list is dynamic, so it is not bound to the parameter node)."""
+    index = comboBox.findData(device)
+    if index >= 0 and index != comboBox.currentIndex:
+        wasBlocked = comboBox.blockSignals(True)
+        comboBox.setCurrentIndex(index)
+        comboBox.blockSignals(wasBlocked)
+
+
 class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel."""
 
@@ -219,7 +240,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
 
-        self._setDevices(background.DEFAULT_DEVICES)
+        setDeviceItems(self.ui.deviceComboBox, background.DEFAULT_DEVICES)
         self.initializeParameterNode()
         self.updateGUI()
 
@@ -279,6 +300,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.localModelPathLineEdit.enabled = bool(p and p.useLocalModel)
         canApply = bool(p and p.inputVolume) and (running or bool(self.currentModel()))
         self.ui.applyButton.enabled = canApply
+        selectDevice(self.ui.deviceComboBox, p.device if p else "auto")
         segmentation = p.outputSegmentation if p else None
         self.ui.editInSegmentEditorButton.enabled = bool(segmentation) and not running
         self.ui.show3DCheckBox.enabled = bool(segmentation)
@@ -293,17 +315,6 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return path if path not in ("", ".") else None
         folder = self.logic.officialModelFolder()
         return str(folder) if folder else None
-
-    def _setDevices(self, devices):
-        combo = self.ui.deviceComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for device, label in devices:
-            combo.addItem(label, device)
-        current = self._parameterNode.device if self._parameterNode else "auto"
-        index = combo.findData(current)
-        combo.setCurrentIndex(index if index >= 0 else 0)
-        combo.blockSignals(wasBlocked)
 
     # --- Actions
 
@@ -366,7 +377,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRefreshDevices(self):
         with slicer.util.tryWithErrorDisplay("Failed to list the compute devices.", waitCursor=True):
-            self._setDevices(self.logic.listDevices())
+            setDeviceItems(self.ui.deviceComboBox, self.logic.listDevices(), self._parameterNode.device)
 
     def onDownloadModel(self):
         if self.logic.isRunning():

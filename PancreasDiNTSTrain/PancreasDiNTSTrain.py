@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PancreasDiNTS import EngineProcess, PancreasDiNTSLogic
+from PancreasDiNTS import EngineProcess, PancreasDiNTSLogic, selectDevice, setDeviceItems
 
 TASKS = ["train", "search", "evaluate", "export"]
 TRAIN_REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
@@ -136,7 +136,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
         self.ui.useAsModelButton.connect("clicked(bool)", self.onUseAsModel)
-        self._setDevices(background.DEFAULT_DEVICES)
+        setDeviceItems(self.ui.deviceComboBox, background.DEFAULT_DEVICES)
 
         self.initializeParameterNode()
 
@@ -180,6 +180,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.settingsCollapsibleButton.enabled = not running
         if not p:
             return
+        selectDevice(self.ui.deviceComboBox, p.device if p else "auto")
         task = p.task
         self.ui.datalistPathLineEdit.enabled = task in ("train", "search", "evaluate")
         self.ui.archPathLineEdit.enabled = task == "train"
@@ -197,24 +198,13 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.useAsModelButton.enabled = not running and task == "train" and bool(
             _pathOrNone(p.outputFolder) and background.is_model_folder(p.outputFolder))
 
-    def _setDevices(self, devices):
-        combo = self.ui.deviceComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for device, label in devices:
-            combo.addItem(label, device)
-        current = self._parameterNode.device if self._parameterNode else "auto"
-        index = combo.findData(current)
-        combo.setCurrentIndex(index if index >= 0 else 0)
-        combo.blockSignals(wasBlocked)
-
     def onDeviceChanged(self, index):
         if self._parameterNode:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     def onRefreshDevices(self):
         with slicer.util.tryWithErrorDisplay("Failed to list the compute devices.", waitCursor=True):
-            self._setDevices(PancreasDiNTSLogic().listDevices())
+            setDeviceItems(self.ui.deviceComboBox, PancreasDiNTSLogic().listDevices(), self._parameterNode.device)
 
     def onStartButton(self):
         if self.logic.isRunning():
