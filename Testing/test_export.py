@@ -25,6 +25,16 @@ TEST_OVERLAP = 0.25
 TEST_PIXDIM = (2.0, 2.0, 2.0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread in this process: PyTorch's CPU conv3d on tiny nets is many times slower with 2 threads
+    when the 2 CI cores are shared with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_bundle) -> Path:
     """A private copy of the tiny bundle (exports are written into its models/ folder)."""
@@ -59,7 +69,7 @@ def eager_labels(run_dir, ct) -> np.ndarray:
 def test_torchscript_cli_matches_eager_labels(run_dir, ct, eager_labels, cli_env):
     proc = subprocess.run(
         [PYTHON, "-m", "PancreasDiNTSLib.cli", "export", "--model", str(run_dir), "--format", "torchscript"],
-        env=cli_env, capture_output=True, text=True, timeout=300,
+        env={**cli_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     path = run_dir / "models" / "model.ts"
