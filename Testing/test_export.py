@@ -167,3 +167,25 @@ def test_trt_gives_one_clear_line(run_dir, cli_env):
     assert "TensorRT export needs" in lines[0]
     assert "[trt]" in lines[0] or "CUDA" in lines[0]
     assert not (run_dir / "models" / "model_trt.ts").exists()
+
+
+def test_segment_cli_accepts_exported_onnx(run_dir, example_ct_sm, tmp_path, cli_env):
+    import nibabel as nib
+
+    model = run_dir / "models" / "model.onnx"
+    if not model.exists():
+        export_model(run_dir, "onnx", verify=False, log=lambda _m: None)
+    img = nib.load(example_ct_sm)
+    crop = img.slicer[30:90, 20:80, 5:25]  # a piece of the real CT keeps the run short
+    nib.save(crop, tmp_path / "ct_crop.nii.gz")
+    out = tmp_path / "seg"
+    proc = subprocess.run(
+        [PYTHON, "-m", "PancreasDiNTSLib.cli", "segment", str(tmp_path / "ct_crop.nii.gz"), "-o", str(out),
+         "--model", str(model), "--device", "cpu", "--progress", "none", "--format", "nifti"],
+        env={**cli_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = nib.load(out / "ct_crop" / "labels.nii.gz")
+    assert labels.shape[:3] == crop.shape[:3]
+    report = json.loads((out / "ct_crop" / "report.json").read_text())
+    assert report["model"]["kind"] == "onnx" and report["model"]["source"]["arch"] == "search_code_18590.pt"
