@@ -10,6 +10,15 @@ from PancreasDiNTSLib.fastnet import FastDiNTS, make_fast
 from PancreasDiNTSLib.network import build_dints, random_arch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared 2-core CI machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _paths(num_depths: int) -> tuple[list[int], list[int]]:
     n = 3 * num_depths - 2
     to_in = [(i + 1) // 3 - 1 + (i + 1) % 3 for i in range(n)]
@@ -52,8 +61,10 @@ def _max_diff(net, fast, x) -> float:
         return float((net(x) - fast(x)).abs().max())
 
 
-ARCHS = [("random_arch", 4, 4, s) for s in (0, 1)] + [("consistent", 5, 4, s) for s in (3, 7, 11, 19)] + [
-    ("consistent", 4, 3, 5)]
+# MONAI-decoded topologies (TopologySearch.decode; 4 depths take seconds to decode, so one of them) and random
+# consistent ones with inactive nodes and unread outputs.
+ARCHS = [("random_arch", 4, 3, 0), ("random_arch", 3, 3, 1), ("random_arch", 2, 4, 0)] + [
+    ("consistent", 5, 4, s) for s in (3, 7, 11)] + [("consistent", 4, 3, 5)]
 
 
 @pytest.mark.parametrize("kind,blocks,depths,seed", ARCHS)
@@ -103,7 +114,7 @@ def test_inconsistent_arch_is_refused():
 
 
 def test_state_dict_is_monai_compatible():
-    arch = random_arch(3, 4, seed=4)
+    arch = consistent_arch(3, 4, seed=4)
     net, fast = _pair(arch, 3, 4)
     assert list(fast.state_dict().keys()) == list(net.state_dict().keys())
     # a second, independently built network loads the first one's MONAI state dict into its fast form
@@ -132,7 +143,7 @@ def test_forward_has_no_graph_breaks_and_no_syncs():
 def test_metatensor_input_and_batch_independence():
     from monai.data import MetaTensor
 
-    arch = random_arch(3, 4, seed=8)
+    arch = consistent_arch(3, 4, seed=8)
     net, fast = _pair(arch, 3, 4)
     x = torch.randn(3, 1, 32, 32, 32)
     with torch.no_grad():

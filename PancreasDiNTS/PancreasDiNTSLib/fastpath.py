@@ -246,8 +246,10 @@ def sliding_window_exact_skip(
 
     next_add = 0
     done = 0
-    for start in range(0, max(len(todo), 1), state["batch"] if todo else 1):
-        chunk = todo[start : start + state["batch"]]
+    start = 0
+    while True:
+        chunk = todo[start : start + state["batch"]]  # the batch size may have shrunk after an OOM
+        start += len(chunk)
         if chunk:
             batch = torch.cat([window(i) for i in chunk]).to(win_device)
             logits = _call_with_oom_fallback(predictor, batch, state, stats, fixed_batch)
@@ -264,6 +266,8 @@ def sliding_window_exact_skip(
         done += len(chunk)
         if progress is not None:
             progress(done, len(todo))
+        if start >= len(todo):
+            break
     for i in order[next_add:]:
         add(i, constant_logits(consts[i]))
     if output is None:
