@@ -114,8 +114,7 @@ def test_slicer_packaging_only_behind_a_release_check(module):
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
-def test_imports_from_slicer_exist(module):
-    name, use = module
+def check_imports(use: Usage) -> list[str]:
     mrml = facts.mrml_facts()
     exported = facts.wrapper_facts().exported
     problems = []
@@ -129,6 +128,12 @@ def test_imports_from_slicer_exist(module):
                 problems.append(f"'from slicer import {alias.name}': not an MRML class in the facts")
             if node.module == "slicer.ScriptedLoadableModule" and alias.name not in facts.scripted_facts().methods:
                 problems.append(f"slicer.ScriptedLoadableModule.{alias.name} does not exist")
+    return problems
+
+
+def test_imports_from_slicer_exist(module):
+    name, use = module
+    problems = check_imports(use)
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
@@ -177,6 +182,7 @@ def test_mrml_classes_and_methods_exist(module):
 BAD_MODULE = '''
 import slicer
 from slicer import vtkMRMLNoSuchNode
+from slicer.parameterNodeWrapper import Between
 
 def run(node, proc):
     slicer.util.loadVolumes("x")                                 # no such function
@@ -202,6 +208,8 @@ def test_the_checks_catch_invented_names():
     assert sum("'blocking'" in p for p in util) == 1
     assert any("executePythonModule is absent" in p for p in util)
     assert len(check_slicer_packaging(use)) == 1
+    assert check_imports(use) == ["'from slicer import vtkMRMLNoSuchNode': not an MRML class in the facts",
+                                  "slicer.parameterNodeWrapper.Between does not exist"]
     mrml, _ = check_mrml(use)
     assert {m.split(": ", 1)[1] for m in mrml} == {
         ".AddSegmentFromNowhere is not a method of any MRML/segmentation class",
