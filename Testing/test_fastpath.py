@@ -190,3 +190,28 @@ def test_real_ct_fast_inferer_and_roi_equal_segmenter(tiny_bundle, example_ct_sm
     assert fast.stats.windows < len(window_grid(pre.shape[1:], seg.spec.roi_size, seg.spec.overlap).windows)
     local = predict_roi(seg, image, box, "ras", mode="local")
     assert local.shape == full.shape and int(local.sum()) == int(local[inside].sum())
+
+
+def test_static_output_buffer_predictor(nets):
+    """A CUDA-graph predictor returns the same output buffer on every call (CudaGraphForward's contract);
+    the driver must consume or copy it before the next call. Emulated on the CPU with a reused buffer."""
+    net, fast = nets
+
+    class StaticBuffer:
+        def __init__(self, batch: int) -> None:
+            self.buf = None
+            self.batch = batch
+
+        def __call__(self, x):
+            assert x.shape[0] == self.batch  # fixed_batch pads every call to the captured size
+            out = fast(x)
+            if self.buf is None:
+                self.buf = torch.empty_like(out)
+            self.buf.copy_(out)
+            return self.buf
+
+    x = _body_volume(seed=3)
+    ref = _monai(net, x)
+    with torch.no_grad():
+        out = sliding_window_exact_skip(x, StaticBuffer(4), ROI, 4, 0.625, fixed_batch=True)
+    assert float((out - ref).abs().max()) < 1e-5 * max(1.0, float(ref.abs().max()))

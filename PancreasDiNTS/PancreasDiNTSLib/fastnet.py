@@ -304,8 +304,10 @@ def make_fast(net: nn.Module) -> FastDiNTS:
     return fast
 
 
-def compile_fast(model: nn.Module, mode: str | None = "max-autotune-no-cudagraphs", dynamic: bool = False) -> Any:
-    """``torch.compile`` of the static graph (fixed window shape: ``dynamic=False``)."""
+def compile_fast(model: nn.Module, mode: str | None = None, dynamic: bool = False) -> Any:
+    """``torch.compile`` of the static graph (fixed window shape: ``dynamic=False``; ``fullgraph=True`` fails
+    loudly on a graph break). ``mode`` as torch.compile's (None = default; "max-autotune-no-cudagraphs" tunes
+    longer)."""
     return torch.compile(model, mode=mode, dynamic=dynamic, fullgraph=True)
 
 

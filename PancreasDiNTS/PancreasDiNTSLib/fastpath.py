@@ -158,7 +158,9 @@ def _call_with_oom_fallback(predictor: Predictor, batch: torch.Tensor, state: di
                 if fixed_batch and n < size:
                     part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
                 stats.network_calls += 1
-                outs.append(predictor(part)[:n])
+                out = predictor(part)[:n]
+                # a CUDA-graph predictor returns its static buffer: copy it before the next call
+                outs.append(out if batch.shape[0] <= size else out.clone())
             return outs[0] if len(outs) == 1 else torch.cat(outs)
         except RuntimeError as exc:
             if not is_oom(exc) or size <= 1:
@@ -229,13 +231,15 @@ def sliding_window_exact_skip(
     def window(i: int) -> torch.Tensor:
         return x[(slice(None), slice(None)) + slices[i]]
 
+    # Logits of each distinct constant window, computed first (one window each) and kept.
+    for i in order:
+        if consts[i] is not None and consts[i] not in cache:
+            # the window itself (not a freshly built constant), so dtype and device match exactly
+            cache[consts[i]] = _call_with_oom_fallback(predictor, window(i).to(win_device), state, stats,
+                                                       fixed_batch).clone()
+    stats.distinct_constants = len(cache)
+
     def constant_logits(values: tuple[float, ...]) -> torch.Tensor:
-        if values not in cache:
-            # the window itself (not a freshly built constant) so dtype/device match exactly
-            first = next(i for i in range(n_win) if consts[i] == values)
-            cache[values] = _call_with_oom_fallback(predictor, window(first).to(win_device), state, stats,
-                                                    fixed_batch)
-            stats.distinct_constants += 1
         return cache[values]
 
     def add(i: int, logits: torch.Tensor) -> None:

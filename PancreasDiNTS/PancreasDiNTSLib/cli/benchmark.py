@@ -52,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-mul", type=float, help="channel_mul of the random bundle")
     p.add_argument("--num-blocks", type=int, help="num_blocks of the random bundle")
     p.add_argument("--threads", type=int, help="CPU threads for both runs (OMP/MKL/torch); default: torch's")
-    p.add_argument("--modes", default="fast", help="ours to time, comma separated: fast, exact (default fast)")
+    p.add_argument("--modes", default="fast",
+                   help="ours to time, comma separated: exact (the Segmenter's MONAI path), fast, "
+                        "fast:ENGINE or fast:ENGINE:BATCH (ENGINE eager|cuda-graph|compile, BATCH n|auto); "
+                        "the first one is the one `speedup` compares (default fast)")
     p.add_argument("--engine", default="eager", choices=("eager", "cuda-graph", "compile"),
                    help="how ours runs the network (fast mode)")
     p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")
@@ -78,15 +81,23 @@ class PeakRSS:
     """Samples the RSS of this process and its children (DataLoader workers) in a thread."""
 
     def __init__(self, interval: float = 0.05) -> None:
-        import psutil
+        try:
+            import psutil
 
-        self.proc = psutil.Process()
+            self.proc = psutil.Process()
+        except ImportError:  # psutil missing (e.g. a bare GPU box): fall back to this process's ru_maxrss
+            self.proc = None
         self.peak = 0
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
+        if self.proc is None:
+            import resource
+
+            self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            return
         total = 0
         try:
             procs = [self.proc] + self.proc.children(recursive=True)
@@ -337,7 +348,8 @@ def _worker_main(argv: list[str]) -> int:
 
 
 def _run_worker(kind: str, cfg: dict[str, Any], work: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
-    cfg_path, out_path = work / f"{kind}_{cfg.get('mode', '')}.json", work / f"{kind}_{cfg.get('mode', '')}.out.json"
+    tag = cfg.get("tag", "")
+    cfg_path, out_path = work / f"{kind}_{tag}.json", work / f"{kind}_{tag}.out.json"
     cfg_path.write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "PancreasDiNTSLib.cli.benchmark", "--worker", kind, str(cfg_path), str(out_path)]
     t0 = time.perf_counter()
@@ -374,7 +386,7 @@ def _agreement(a_path: str, b_path: str) -> dict[str, Any]:
 def _row(name: str, res: dict[str, Any], keys: list[str]) -> str:
     cells = [f"{res['stages'].get(k, float('nan')):9.2f}" for k in keys]
     gpu = res.get("peak_gpu_allocated_gib")
-    return (f"{name:<14}" + "".join(cells) + f"{res['pipeline_s']:10.2f}{res['process_s']:10.2f}"
+    return (f"{name:<22}" + "".join(cells) + f"{res['pipeline_s']:10.2f}{res['process_s']:10.2f}"
             f"{res['peak_rss_gib']:9.2f}" + (f"{gpu:9.2f}" if gpu is not None else "        -"))
 
 
@@ -393,8 +405,10 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pdints-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if any(m not in ("fast", "exact") for m in modes):
-        raise InputError("--modes: use fast and/or exact")
+    for m in modes:
+        parts = m.split(":")
+        if parts[0] not in ("fast", "exact") or (len(parts) > 1 and parts[1] not in ("eager", "cuda-graph", "compile")):
+            raise InputError(f"--modes: {m!r} is not exact, fast, fast:ENGINE or fast:ENGINE:BATCH")
 
     if args.model is not None:
         bundle = args.model.resolve()
@@ -437,15 +451,18 @@ def run(args: argparse.Namespace) -> int:
                                         args.timeout)
         print(f"bundle: pipeline {results['bundle']['pipeline_s']:.2f} s", file=sys.stderr)
     for mode in modes:
-        out_dir = work / f"out_ours_{mode}"
+        parts = mode.split(":")
+        engine = parts[1] if len(parts) > 1 else args.engine
+        batch = parts[2] if len(parts) > 2 else args.sw_batch_size
+        out_dir = work / f"out_ours_{mode.replace(':', '_')}"
         out_dir.mkdir(exist_ok=True)
-        cfg = {**common, "mode": mode, "out_dir": str(out_dir), "engine": args.engine,
-               "sw_batch_size": args.sw_batch_size, "roi_cube_mm": args.roi_cube_mm if mode == modes[0] else 0}
+        cfg = {**common, "mode": parts[0], "out_dir": str(out_dir), "engine": engine, "sw_batch_size": batch,
+               "roi_cube_mm": args.roi_cube_mm if mode == modes[0] else 0, "tag": mode.replace(":", "_")}
         results[f"ours-{mode}"] = _run_worker("ours", cfg, work, env, args.timeout)
         print(f"ours-{mode}: pipeline {results[f'ours-{mode}']['pipeline_s']:.2f} s", file=sys.stderr)
 
     keys = ["read+preprocess", "read", "preprocess", "infer", "invert", "write"]
-    print(f"\n{'run':<14}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'process':>10}"
+    print(f"\n{'run':<22}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'process':>10}"
           f"{'RAM GiB':>9}{'GPU GiB':>9}")
     for name, res in results.items():
         print(_row(name, res, keys))
