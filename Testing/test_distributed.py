@@ -44,6 +44,8 @@ def test_shard_reads_torchrun_env_without_process_group(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert D.shard(["a", "b", "c"]) == ["b"]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert D.device_for_rank("cpu") == torch.device("cpu")
 
 
 def test_partition_with_fewer_items_than_ranks():

@@ -188,6 +188,12 @@ def test_searched_arch_trains_and_segments(tiny_search, dataset, tmp_path, env):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "models" / arch.name).is_file() and (run / "models" / "model.pt").is_file()
+    # The trained run exports (ONNX) and the export agrees with the eager network.
+    r = subprocess.run(CLI + ["export", "--model", str(run), "--format", "onnx"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((run / "models" / "model.onnx.json").read_text())
+    assert info["source"]["arch"] == arch.name and info["verification"]["label_agreement"] >= 0.999
     image = sorted((dataset.parent / "Task07" / "imagesTr").glob("*.nii.gz"))[0]
     seg = tmp_path / "seg"
     r = subprocess.run(CLI + ["segment", str(image), "-o", str(seg), "--model", str(run), "--device", "cpu",

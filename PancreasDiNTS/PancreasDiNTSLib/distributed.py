@@ -107,6 +107,15 @@ def _pick_device(requested: str | torch.device | None, local_rank: int, world_si
     return torch.device("cuda", index)
 
 
+def device_for_rank(requested: str | torch.device | None = None) -> torch.device:
+    """This process's device without joining a process group: ``cuda:LOCAL_RANK`` under torchrun on GPUs.
+
+    For work that needs no collective (e.g. ``segment`` on its :func:`shard` of the cases).
+    """
+    world = max(1, _env_int("WORLD_SIZE", 1)) if launched_by_torchrun() else 1
+    return _pick_device(requested, _env_int("LOCAL_RANK", 0) if world > 1 else 0, world)
+
+
 def init_distributed(
     device: str | torch.device | None = None, backend: str | None = None, timeout_s: float = 1800.0
 ) -> DistContext:
