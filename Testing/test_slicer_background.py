@@ -208,10 +208,13 @@ def test_kill_process_tree_kills_children_not_only_the_launcher():
     proc = launch([PY, "-c", LAUNCHER, PY, "-c", LAUNCHER, PY, "-c", "import time; print('up', flush=True); "
                    "time.sleep(120)"])
     assert proc.stdout.readline().strip() == "up"
-    tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    children = psutil.Process(proc.pid).children(recursive=True)
+    tree = [proc.pid] + [c.pid for c in children]
     assert len(tree) == 3
+    worker = next(c.pid for c in children if "sleep(120)" in " ".join(c.cmdline()))
     killed = background.kill_process_tree(proc.pid)
-    assert set(killed) == set(tree)
+    # The worker is killed first; a launcher may then exit by itself before its turn comes.
+    assert worker in killed and set(killed) <= set(tree)
     proc.wait(timeout=10)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                    for pid in tree)
