@@ -70,6 +70,19 @@ def timed(fn, device: torch.device, iters: int, warmup: int = 2) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+class Rows(dict):
+    """Timings, printed as they come (a timeout later still leaves the table so far)."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def __setitem__(self, name: str, sec: float) -> None:
+        super().__setitem__(name, sec)
+        base = self.get("monai-cuda-codes", sec)
+        print(f"{name:<20}{1000 * sec / self.batch:10.2f}{base / sec:10.2f}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -136,7 +149,9 @@ def main() -> int:
             "monai-cuda-codes": count_syncs(run(bundle_like), dev),
             "fast-eager": count_syncs(run(fast), dev),
         }
-        rows: dict[str, float] = {}
+        rows = Rows(args.batch)
+        print(f"\n{'network variant':<20}{'ms/window':>10}{'vs bundle':>10}   ({report['device']}, batch "
+              f"{args.batch}, {'fp16 autocast' if amp else 'fp32'}, roi {args.roi})", flush=True)
         rows["monai-cuda-codes"] = timed(run(bundle_like), dev, args.iters)
         rows["monai-cpu-codes"] = timed(run(ref), dev, args.iters)
         rows["fast-eager"] = timed(run(fast), dev, args.iters)
@@ -170,11 +185,6 @@ def main() -> int:
     if cuda:
         report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
-    base = rows["monai-cuda-codes"]
-    print(f"\n{'network variant':<20}{'ms/window':>10}{'vs bundle':>10}   ({report['device']}, batch {args.batch}, "
-          f"{'fp16 autocast' if amp else 'fp32'}, roi {args.roi})")
-    for name, sec in rows.items():
-        print(f"{name:<20}{1000 * sec / args.batch:10.2f}{base / sec:10.2f}")
     report["ms_per_window"] = {k: round(1000 * v / args.batch, 3) for k, v in rows.items()}
     print(json.dumps(report))
     return 0
