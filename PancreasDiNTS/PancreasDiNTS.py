@@ -75,6 +75,7 @@ class PancreasDiNTSParameterNode:
     localModelPath - a bundle folder or an exported model file.
     device - "auto", "cpu" or "cuda:N".
     show3D - show the result as surfaces in the 3D view.
+    allowNonCT - segment volumes whose intensities do not look like CT Hounsfield units (with a warning).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -83,6 +84,7 @@ class PancreasDiNTSParameterNode:
     localModelPath: Path
     device: str = "auto"
     show3D: bool = True
+    allowNonCT: bool = False
 
 
 #
@@ -239,6 +241,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.installModelFromFileButton.connect("clicked(bool)", self.onInstallModelFromFile)
 
         setDeviceItems(self.ui.deviceComboBox, background.DEFAULT_DEVICES)
         self.initializeParameterNode()
@@ -297,6 +300,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.officialModelStatusLabel.text = (
             f"Official model: {modelFolder}" if modelFolder else "Official model: not downloaded yet")
         self.ui.downloadModelButton.enabled = not running and not (p and p.useLocalModel)
+        self.ui.installModelFromFileButton.enabled = self.ui.downloadModelButton.enabled
         self.ui.localModelPathLineEdit.enabled = bool(p and p.useLocalModel)
         canApply = bool(p and p.inputVolume) and (running or bool(self.currentModel()))
         self.ui.applyButton.enabled = canApply
@@ -333,7 +337,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Starting..."
             self.logic.process(p.inputVolume, p.outputSegmentation, self.currentModel(), p.device,
                                waitForCompletion=False, eventCallback=self.onEngineEvent,
-                               completedCallback=self.onProcessingCompleted)
+                               completedCallback=self.onProcessingCompleted, allowNonCT=p.allowNonCT)
         self.updateGUI()
 
     def onEngineEvent(self, event):
@@ -380,15 +384,27 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setDeviceItems(self.ui.deviceComboBox, self.logic.listDevices(), self._parameterNode.device)
 
     def onDownloadModel(self):
+        self._getOfficialModel(source=None)
+
+    def onInstallModelFromFile(self):
+        """Offline sites: install the official bundle from a zip downloaded on another computer."""
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, "Official model bundle (zip)", "", "Bundle archive (*.zip);;All files (*)")
+        if path:
+            self._getOfficialModel(source=path)
+
+    def _getOfficialModel(self, source):
+        """Download the official model, or install it from a zip/folder fetched elsewhere (``source``)."""
         if self.logic.isRunning():
             return
-        with slicer.util.tryWithErrorDisplay("Failed to download the model.", waitCursor=False):
+        with slicer.util.tryWithErrorDisplay("Failed to get the model.", waitCursor=False):
             if not self.logic.setupPythonRequirements(askConfirmation=True):
                 return
             self.ui.logTextEdit.clear()
-            self.ui.statusLabel.text = "Downloading the official model..."
+            self.ui.statusLabel.text = (f"Installing the official model from {source}..." if source
+                                        else "Downloading the official model...")
             self.logic.downloadOfficialModel(waitForCompletion=False, eventCallback=self.onEngineEvent,
-                                             completedCallback=self.onDownloadCompleted)
+                                             completedCallback=self.onDownloadCompleted, source=source)
             self.ui.progressBar.setRange(0, 0)  # busy: the download reports log lines, not fractions
         self.updateGUI()
 
@@ -492,9 +508,12 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         """The downloaded official model folder, or None when it is not there yet."""
         return background.official_model_folder()
 
-    def downloadOfficialModel(self, waitForCompletion=True, eventCallback=None, completedCallback=None):
-        """Download the official model into the cache folder in a background process (blocking: raise on failure)."""
-        command = background.download_command(background.python_executable(), dest=self.modelCacheFolder())
+    def downloadOfficialModel(self, waitForCompletion=True, eventCallback=None, completedCallback=None, source=None):
+        """Download the official model into the cache folder in a background process (blocking: raise on failure).
+
+        source: a bundle zip or folder obtained elsewhere (offline install; its checksums are verified)."""
+        command = background.download_command(background.python_executable(), dest=self.modelCacheFolder(),
+                                              source=source)
         task = self._start(command, waitForCompletion, eventCallback, completedCallback)
         if waitForCompletion and task.returncode != 0:
             raise RuntimeError(task.parser.error_message(task.returncode))
@@ -525,7 +544,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         return self._task.start(waitForCompletion)
 
     def process(self, inputVolume, outputSegmentation, model, device="auto", waitForCompletion=True,
-                eventCallback=None, completedCallback=None):
+                eventCallback=None, completedCallback=None, allowNonCT=False):
         """Segment ``inputVolume`` with ``model`` on ``device``. Can be used without GUI widget.
 
         outputSegmentation: an existing segmentation whose "Pancreas" and "Pancreatic tumor" segments are
@@ -549,7 +568,8 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         if not inputPath.is_file():
             shutil.rmtree(workDir, ignore_errors=True)
             raise RuntimeError(f"Could not write the input volume to {inputPath}.")
-        command = background.segment_command(background.python_executable(), inputPath, outputDir, model, device)
+        command = background.segment_command(background.python_executable(), inputPath, outputDir, model, device,
+                                             allow_non_ct=allowNonCT)
         results = []
 
         def onFinished(task):

@@ -71,7 +71,8 @@ def test_segment_command_is_what_the_engine_parser_accepts(tmp_path):
     assert args.inputs == [str(tmp_path / "in put.nrrd")]  # a list item: spaces need no quoting
     assert args.output == str(tmp_path / "out") and args.model == str(tmp_path / "model")
     assert args.device == "cuda:1" and args.formats == "seg.nrrd,nifti"
-    assert args.progress == "json" and args.overwrite
+    assert args.progress == "json" and args.overwrite and not args.allow_non_ct
+    assert parsed(background.segment_command(PY, "ct.nrrd", "out", "model", allow_non_ct=True)).allow_non_ct
     with pytest.raises(ValueError):
         background.segment_command(PY, "a", "b", "c", formats=())
 

@@ -79,14 +79,16 @@ def segment_command(
     model: str | Path,
     device: str = "auto",
     formats: Sequence[str] = ("seg.nrrd",),
+    allow_non_ct: bool = False,
 ) -> list[str]:
     """``segment`` one input into ``output_dir/<case>/`` with JSON progress (what the Segment button runs)."""
     if not formats:
         raise ValueError("at least one output format is needed")
-    return _engine(
+    cmd = _engine(
         python_executable, "segment", input_path, "-o", output_dir, "--model", model, "--device", device,
         "--format", ",".join(formats), "--progress", "json", "--overwrite",
     )
+    return cmd + (["--allow-non-ct"] if allow_non_ct else [])
 
 
 def download_command(python_executable: str, dest: str | Path | None = None,
