@@ -235,6 +235,9 @@ def load_exported_bundle(path: Path, verify: bool = True) -> ExportedBundle:
             f"or next to its {path.name}{SIDECAR_SUFFIX} sidecar written by `pancreas-dints export`"
         )
     inference.amp = False
+    if kind == "trt" and side and side.get("batch_range"):
+        # A TensorRT engine only accepts batches inside its optimisation profile.
+        inference.sw_batch_size = max(1, min(inference.sw_batch_size, int(side["batch_range"][1])))
     source = (side or {}).get("source") or {}
     return ExportedBundle(
         root=root or path.parent,
