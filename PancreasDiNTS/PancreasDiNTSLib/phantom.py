@@ -338,9 +338,9 @@ def make_phantom(
     if has_tumour:
         k = int(rng.choice(len(curve), p=_head_weighted(len(curve))))
         tc = curve[k] + rng.normal(0, radius[k] * 0.25, 3)
-        tr = radius[k] * rng.uniform(0.55, 1.1, 3)
+        tr = radius[k] * rng.uniform(0.75, 1.35, 3)  # 1-3 cm at adult scale, bulging the outline
         tmask = _ellipsoid(tuple(tc), tuple(tr), rot_z=float(rng.uniform(0, np.pi)))
-        grow = _tube(cv, curve, radius * 1.35)[2]
+        grow = _tube(cv, curve, radius * 1.6)[2]
         t_hu = panc_hu - float(rng.uniform(40, 70))
 
         def tumour_hu(X, Y, Z):

@@ -85,9 +85,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                  channel_mul=0.0625, num_blocks=3, num_depths=3, sw_batch_size=2, infer_sw_batch_size=2,
                  overlap=0.25, cache_gb=0.25, num_workers=0, lr_step_size=80),
     # the phantom demo model: about a quarter of an hour on 2 CPU cores
-    "demo": dict(epochs=60, val_interval=10, batch_size=2, patch_size=(48, 48, 48), spacing=(1.5, 1.5, 1.5),
-                 channel_mul=0.25, num_blocks=4, num_depths=3, sw_batch_size=4, infer_sw_batch_size=4,
-                 overlap=0.5, cache_gb=2.0, num_workers=2, lr=0.05, lr_step_size=25),
+    "demo": dict(epochs=60, val_interval=10, batch_size=1, num_samples=2, patch_size=(48, 48, 48),
+                 spacing=(1.0, 1.0, 1.0), channel_mul=0.25, num_blocks=4, num_depths=3, sw_batch_size=4,
+                 infer_sw_batch_size=4, overlap=0.5, cache_gb=2.0, num_workers=2, lr=0.05, lr_step_size=25),
     # the released hyper-parameters
     "bundle": {},
 }
@@ -253,10 +253,11 @@ def build_datasets(train_items: list[dict[str, str]], val_items: list[dict[str, 
     )
 
     if world_size > 1:
+        if not val_items:
+            raise PancreasDiNTSError("multi-process training needs a non-empty validation split")
         train_items = partition_dataset(train_items, num_partitions=world_size, shuffle=True, seed=settings.seed,
                                         even_divisible=True)[rank]
-        val_items = partition_dataset(val_items, num_partitions=world_size, shuffle=False,
-                                      even_divisible=False)[rank] if val_items else []
+        val_items = list(val_items[rank::world_size])  # in order, not padded; a rank may get none
     budget = int(settings.cache_gb * 2**30 / world_size)
     cache_dir = settings.cache_dir or None
     train_ds = BudgetCacheDataset(
@@ -264,7 +265,7 @@ def build_datasets(train_items: list[dict[str, str]], val_items: list[dict[str, 
         cache_bytes=budget, cache_dir=(Path(cache_dir) / "train") if cache_dir else None,
         estimate=lambda it: estimate_case_bytes(it, settings, train=True), progress=progress, what="cache train")
     val_ds = None
-    if val_items:
+    if val_items or world_size > 1:  # under DDP every rank validates (possibly no case) so all-reduces match
         val_ds = BudgetCacheDataset(
             val_items, build_val_transforms(settings), build_val_post_transforms(),
             cache_bytes=max(0, budget - train_ds.cached_bytes), cache_dir=(Path(cache_dir) / "val") if cache_dir else None,
@@ -281,7 +282,8 @@ def build_loaders(train_items: list[dict[str, str]], val_items: list[dict[str, s
     workers = int(settings.num_workers)
     train_loader = DataLoader(train_ds, batch_size=settings.batch_size, shuffle=True, num_workers=workers,
                               drop_last=False)
-    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=min(workers, 2)) if val_ds else None
+    val_loader = (DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=min(workers, 2))
+                  if val_ds is not None else None)
     return train_loader, val_loader
 
 
@@ -457,14 +459,18 @@ def train(
     main = rank == 0
     progress = progress or Progress("none")
 
+    def say(text: str) -> None:
+        if main:
+            progress.write(text)
+
     state = None
     if resume:
         found = load_checkpoint(ckpt_dir)
         if found is not None:
             state, ckpt_path = found
-            progress.write(f"resuming from {ckpt_path} (epoch {state['epoch']} done)")
+            say(f"resuming from {ckpt_path} (epoch {state['epoch']} done)")
         else:
-            progress.write(f"no checkpoint in {ckpt_dir}: starting a new run")
+            say(f"no checkpoint in {ckpt_dir}: starting a new run")
     elif (ckpt_dir / "last.pt").exists() or (ckpt_dir / "previous.pt").exists():
         raise SettingsError(f"{out}: holds a training run already (checkpoints/); pass --resume to continue it "
                             "or choose a new output folder")
@@ -495,7 +501,9 @@ def train(
     raw_datalist = read_datalist_json(datalist)
     base = Path(dataset_dir).resolve() if dataset_dir else Path(raw_datalist.get("dataset_dir") or datalist.parent)
 
-    if world_size > 1:
+    if isinstance(device, torch.device):
+        dev = device  # e.g. the DistContext device chosen by distributed.init_distributed (cuda:LOCAL_RANK)
+    elif world_size > 1:
         dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     else:
         dev = resolve_device(device)
@@ -518,9 +526,14 @@ def train(
         history = list(state.get("history", []))
         restore_rng_state(state["rng"])
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+        from .distributed import wrap_ddp
 
+        model = wrap_ddp(model)
+
+    # The bundle's multi-GPU rule (multi_gpu_train.yaml): each rank sees 1/W of the cases per epoch, so epochs,
+    # validation interval, StepLR step and lr are multiplied by W (steps per rank and decay points unchanged).
+    total_epochs = settings.epochs * world_size
+    val_every = settings.val_interval * world_size
     spec = network_spec(settings)
     training_info = {"datalist": str(datalist), "dataset_dir": str(base), "arch_source": arch_source,
                      "settings": _settings_dict(settings), "train_cases": len(train_items),
@@ -530,19 +543,19 @@ def train(
         write_bundle_configs(out, spec, arch_dict, arch_name, settings, raw_datalist, str(base), training_info,
                              mean_dice=best if best >= 0 else None)
 
-    progress.write(f"caching preprocessed cases (budget {settings.cache_gb:g} GiB) ...")
+    say(f"caching preprocessed cases (budget {settings.cache_gb:g} GiB) ...")
     train_loader, val_loader = build_loaders(train_items, val_items, settings, rank, world_size, progress=None)
-    progress.write(f"{len(train_items)} training / {len(val_items)} validation cases; "
+    say(f"{len(train_items)} training / {len(val_items)} validation cases; "
                    f"{len(train_loader)} steps per epoch; cached "
                    f"{train_loader.dataset.cached_bytes / 2**20:.0f} MiB train"
                    + (f", {val_loader.dataset.cached_bytes / 2**20:.0f} MiB val" if val_loader else "")
                    + f"; device {dev}")
     writer = _tensorboard(out / "logs", purge_step=start_epoch) if main else None
-    progress.total = max(1, settings.epochs)
+    progress.total = max(1, total_epochs)
     epoch_times: list[float] = []
     first_loss = history[0]["loss"] if history else None
     try:
-        for epoch in range(start_epoch, settings.epochs):
+        for epoch in range(start_epoch, total_epochs):
             t0 = time.perf_counter()
             progress.start_item(epoch)
             reseed(settings, epoch, rank, train_loader.dataset)
@@ -550,7 +563,7 @@ def train(
 
             def on_step(step: int, steps: int, mean_loss: float, epoch: int = epoch) -> None:
                 progress.update("train", "train", step / max(1, steps),
-                                f"epoch {epoch + 1}/{settings.epochs} step {step}/{steps} loss {mean_loss:.4f}",
+                                f"epoch {epoch + 1}/{total_epochs} step {step}/{steps} loss {mean_loss:.4f}",
                                 epoch=epoch + 1)
 
             loss = train_epoch(model, train_loader, loss_fn, optimizer, scaler, dev, settings, on_step)
@@ -559,8 +572,8 @@ def train(
             scheduler.step()
             first_loss = loss if first_loss is None else first_loss
             row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(loss, 6), "lr": lr}
-            is_last = epoch + 1 == settings.epochs
-            if val_loader is not None and ((epoch + 1) % settings.val_interval == 0 or is_last):
+            is_last = epoch + 1 == total_epochs
+            if val_loader is not None and ((epoch + 1) % val_every == 0 or is_last):
                 progress.update("validation", "validate", 1.0, f"epoch {epoch + 1}: validating", epoch=epoch + 1)
                 metrics = validate(model, val_loader, settings, dev, world_size)
                 row["val_mean_dice"] = round(metrics["mean"], 6) if math.isfinite(metrics["mean"]) else None
@@ -594,14 +607,14 @@ def train(
                             if row.get(f"val_dice_{name}") is not None:
                                 writer.add_scalar(f"val_dice_{name}", row[f"val_dice_{name}"], epoch + 1)
                     writer.flush()
-            event = {"stage": "epoch", "epoch": epoch + 1, "epochs": settings.epochs, "loss": row["loss"], "lr": lr,
+            event = {"stage": "epoch", "epoch": epoch + 1, "epochs": total_epochs, "loss": row["loss"], "lr": lr,
                      "dice": row.get("val_mean_dice"), "dice_pancreas": row.get("val_dice_pancreas"),
                      "dice_tumour": row.get("val_dice_tumour"), "time_s": row["epoch_time_s"],
-                     "fraction": round((epoch + 1) / settings.epochs, 4)}
+                     "fraction": round((epoch + 1) / total_epochs, 4)}
             progress.emit(event)
             if progress.mode != "json":
                 dice = f" val Dice {row['val_mean_dice']:.4f}" if row.get("val_mean_dice") is not None else ""
-                progress.write(f"epoch {epoch + 1}/{settings.epochs} loss {loss:.4f} lr {lr:.3g}{dice} "
+                say(f"epoch {epoch + 1}/{total_epochs} loss {loss:.4f} lr {lr:.3g}{dice} "
                                f"({row['epoch_time_s']:.1f} s)")
     finally:
         if writer is not None:
@@ -609,13 +622,13 @@ def train(
     if main:
         if not (out / "models" / "model.pt").is_file():
             _save_weights(model, out / "models" / "model.pt")
-        training_info.update({"epochs_done": settings.epochs, "best_epoch": best_epoch,
+        training_info.update({"epochs_done": total_epochs, "world_size": world_size, "best_epoch": best_epoch,
                               "best_val_mean_dice": best if best >= 0 else None})
         write_bundle_configs(out, spec, arch_dict, arch_name, settings, raw_datalist, str(base), training_info,
                              mean_dice=best if best >= 0 else None)
     ram = peak_ram_gib()
     summary = {
-        "run": str(out), "epochs": settings.epochs, "resumed_from": start_epoch if state is not None else None,
+        "run": str(out), "epochs": total_epochs, "resumed_from": start_epoch if state is not None else None,
         "first_loss": first_loss, "last_loss": history[-1]["loss"] if history else None,
         "best_val_mean_dice": best if best >= 0 else None, "best_epoch": best_epoch,
         "seconds": round(time.perf_counter() - t_start, 2),

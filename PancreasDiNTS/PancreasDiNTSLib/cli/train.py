@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its newest checkpoint")
     p.add_argument("--dataset-dir", default=None, help="base folder of the datalist's relative paths "
                                                        "(default: the datalist's dataset_dir, else its folder)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto (default), cpu, cuda or cuda:N; under torchrun each process uses cuda:LOCAL_RANK")
     p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
     p.add_argument("--show-settings", action="store_true", help="print the resolved settings and exit")
 
@@ -42,11 +43,21 @@ def run(args: argparse.Namespace) -> int:
     if args.show_settings:
         print(json.dumps(asdict(settings), indent=2))
         return EXIT_OK
-    progress = Progress(args.progress, total=settings.epochs, unit="epoch")
-    summary = train(args.datalist, args.output, arch=args.arch, settings=settings, device=args.device,
-                    resume=args.resume, dataset_dir=args.dataset_dir, progress=progress,
-                    overrides=args.overrides if args.resume else None)
-    if args.progress != "json":
+    from ..distributed import distributed_session, is_main, launched_by_torchrun
+
+    # Under torchrun (`torchrun --nproc_per_node=N -m PancreasDiNTSLib.cli train ...`) each process joins the group
+    # and trains on its share of the cases; only rank 0 reports and writes.
+    device = args.device
+    with distributed_session(args.device) as ctx:
+        if launched_by_torchrun():
+            device = ctx.device
+        mode = args.progress if is_main() else "none"
+        progress = Progress(mode, total=settings.epochs, unit="epoch")
+        summary = train(args.datalist, args.output, arch=args.arch, settings=settings, device=device,
+                        resume=args.resume, dataset_dir=args.dataset_dir, progress=progress,
+                        overrides=args.overrides if args.resume else None)
+        main = is_main()
+    if args.progress != "json" and main:
         ram = summary["peak_ram_gib"]
         dice = summary["best_val_mean_dice"]
         print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; loss {summary['first_loss']:.4f} -> "
