@@ -1,0 +1,41 @@
+"""`pancreas-dints demo`: the offline demo (synthetic phantom -> demo model -> outputs, PNG, Dice vs truth)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import EXIT_OK
+from ..progress import MODES
+
+HELP = ("offline demo: segment a synthetic CT phantom with the demo model (trained on phantoms, not for "
+        "clinical use) and print Dice against the phantom's truth")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..demo import DEFAULT_SEED, DEMO_MODEL_ENV, TRAINING_SEEDS
+
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (new, empty, or an earlier demo output, which is replaced)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"phantom seed (default {DEFAULT_SEED}); seeds {TRAINING_SEEDS.start}..{TRAINING_SEEDS.stop - 1} "
+                        "trained the demo model and are refused")
+    p.add_argument("--model", default=None, metavar="BUNDLE_DIR",
+                   help=f"model folder (default: ${DEMO_MODEL_ENV}, else Resources/Models/demo)")
+    p.add_argument("--progress", default="auto", choices=MODES,
+                   help="bar, json (JSON lines on stdout, the summary last), none; auto = bar on a terminal")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import run_demo, summary_text
+
+    report = run_demo(args.output, device=args.device, seed=args.seed, progress=args.progress, model=args.model)
+    if args.progress == "json":
+        print(json.dumps({"stage": "summary", "dice_pancreas": report["dice_pancreas"],
+                          "dice_tumor": report["dice_tumor"], "volumes_ml": report["volumes_ml"],
+                          "outputs": report["outputs"], "notice": report["notice"]}), flush=True)
+    else:
+        print(summary_text(report), file=sys.stdout, flush=True)
+    return EXIT_OK

@@ -1,0 +1,303 @@
+"""The offline demo: segment a synthetic CT phantom with the shipped demo model and score it against its truth.
+
+``run_demo`` draws a phantom with :func:`.phantom.make_phantom` from a seed outside the training seeds, writes it
+as a NIfTI CT, reads it back through the engine (:func:`.imaging.read_image`), segments it with
+:class:`.inference.Segmenter` and writes the engine's outputs (:mod:`.writers`: ``labels.nii.gz``,
+``segmentation.seg.nrrd``, ``report.json``) plus the phantom's truth, a PNG with three orthogonal slices and
+Dice against the truth. Everything is assembled in a temporary folder that replaces ``OUT`` at the end.
+
+The demo model (``Resources/Models/demo``) was trained on synthetic phantoms only: it shows that the pipeline
+works and is NOT a clinical model. The released MSD Task07 model is installed by ``pancreas-dints download``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
+
+DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
+DEMO_MODEL_PARTS = ("Resources", "Models", "demo")
+# The demo model was trained on data-set seed 1 (case seeds 100004..100051) and evaluated on data-set seed 2
+# (case seeds 200007..200022) of `make-phantoms`; the demo draws its phantom from seed DEFAULT_SEED + n, far from
+# both. Seeds in TRAINING_SEEDS are refused (a phantom seen in training would overstate the Dice).
+DEFAULT_SEED = 900001
+TRAINING_SEEDS = range(100004, 100052)
+PHANTOM_SIZE = "small"
+NOT_CLINICAL = ("The demo model was trained on synthetic phantoms only; it is NOT for clinical use. "
+                "For real CT install the released MSD Task07 model with `pancreas-dints download`.")
+OUTPUT_FILES = {
+    "ct": "phantom_ct.nii.gz",
+    "truth": "truth.nii.gz",
+    "labels": "labels.nii.gz",
+    "seg": "segmentation.seg.nrrd",
+    "report": "report.json",
+    "png": "demo.png",
+}
+CT_WINDOW = (-150.0, 250.0)  # abdomen window (level 50, width 400)
+
+
+def demo_model_dir() -> Path:
+    """The demo model folder: ``$PANCREAS_DINTS_DEMO_MODEL``, else ``Resources/Models/demo`` next to the package.
+
+    The package sits in ``<repo>/PancreasDiNTS/PancreasDiNTSLib`` (editable install) or in the Slicer module
+    folder, so the module folder and its parent are searched.
+    """
+    env = os.environ.get(DEMO_MODEL_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not (path / "configs").is_dir():
+            raise ModelError(f"{path}: ${DEMO_MODEL_ENV} does not point to a model folder (configs/, models/); "
+                             f"unset it or point it to Resources/Models/demo")
+        return path
+    package = Path(__file__).resolve().parent
+    candidates = [root.joinpath(*DEMO_MODEL_PARTS) for root in (package.parent, package.parent.parent)]
+    for folder in candidates:
+        if (folder / "configs").is_dir() and (folder / "models").is_dir():
+            return folder
+    raise ModelError(f"demo model not found (looked in {', '.join(str(c) for c in candidates)}); use a source "
+                     f"checkout with Resources/Models/demo, set ${DEMO_MODEL_ENV} to the folder, or rebuild it with "
+                     "`bash Testing/benchmarks/make_demo_model.sh`")
+
+
+class SeedError(PancreasDiNTSError):
+    """A phantom seed the demo model was trained on."""
+
+    exit_code = EXIT_USAGE
+
+
+def check_seed(seed: int) -> None:
+    if seed in TRAINING_SEEDS:
+        raise SeedError(f"--seed {seed}: this phantom was used to train the demo model "
+                          f"(seeds {TRAINING_SEEDS.start}..{TRAINING_SEEDS.stop - 1}); choose another seed")
+
+
+def check_output(out: Path) -> None:
+    """OUT must be new, empty or an earlier demo output (which is replaced); anything else is left alone."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; choose a new output folder")
+    if out.is_dir() and any(out.iterdir()):
+        report = out / OUTPUT_FILES["report"]
+        try:
+            earlier = json.loads(report.read_text()).get("demo") is True
+        except (OSError, ValueError, AttributeError):
+            earlier = False
+        if not earlier:
+            raise OutputError(f"{out}: folder exists, is not empty and is not an earlier demo output; "
+                              "choose a new or empty folder")
+
+
+def slice_point(labels: np.ndarray, fallback: np.ndarray) -> tuple[int, int, int]:
+    """A voxel of ``labels`` (else ``fallback``) in the tumour (else the pancreas) nearest its centre of mass;
+    the volume centre if both are empty."""
+    for lab in (labels, fallback):
+        for mask in (lab == 2, lab > 0):
+            idx = np.argwhere(mask)
+            if len(idx):
+                centre = idx.mean(axis=0)
+                best = idx[np.argmin(((idx - centre) ** 2).sum(axis=1))]
+                return int(best[0]), int(best[1]), int(best[2])
+    return tuple(s // 2 for s in labels.shape)  # type: ignore[return-value]
+
+
+def _canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Array in RAS voxel order and its spacing (display only)."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[return-value]
+
+
+def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, title: str) -> Path:
+    """Axial, coronal and sagittal slices through the pancreas (radiological display: patient's right on the
+    left, anterior/superior up): the whole slice on top, a close-up below; predicted segments filled in the
+    terminology colours, the phantom's truth outlined in white."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from .atomic import atomic_path
+    from .terminology import SEGMENTS
+
+    ct, sp = _canonical(ct_path)
+    pred = _canonical(labels_path)[0].astype(np.uint8)
+    truth = _canonical(truth_path)[0].astype(np.uint8)
+    i, j, k = slice_point(truth, pred)
+    lut = np.zeros((256, 4), dtype=np.float32)
+    for seg in SEGMENTS:
+        lut[seg.label] = (*seg.color_float, 0.55)
+    fg = np.argwhere(truth > 0) if truth.any() else np.argwhere(pred > 0)
+    lo = fg.min(axis=0) if len(fg) else np.zeros(3, int)
+    hi = fg.max(axis=0) if len(fg) else np.array(ct.shape) - 1
+    margin = [max(4, int(round(25.0 / s))) for s in sp]  # 25 mm around the pancreas
+    box = [(max(0, int(lo[a]) - margin[a]), min(ct.shape[a] - 1, int(hi[a]) + margin[a])) for a in range(3)]
+    # (name, slicer, horizontal axis, vertical axis)
+    views = [
+        ("axial", (slice(None), slice(None), k), 0, 1),
+        ("coronal", (slice(None), j, slice(None)), 0, 2),
+        ("sagittal", (i, slice(None), slice(None)), 1, 2),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4), dpi=100)
+    for col, (name, sl, h, v) in enumerate(views):
+        img2d, p2d, t2d = (np.asarray(a[sl]).T for a in (ct, pred, truth))  # rows: vertical axis
+        extent = (-0.5 * sp[h], (img2d.shape[1] - 0.5) * sp[h], -0.5 * sp[v], (img2d.shape[0] - 0.5) * sp[v])
+        for row in range(2):
+            ax = axes[row, col]
+            ax.imshow(img2d, cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], origin="lower", extent=extent,
+                      interpolation="bilinear")
+            ax.imshow(lut[p2d], origin="lower", extent=extent, interpolation="nearest")
+            if t2d.any():
+                yy = (np.arange(t2d.shape[0])) * sp[v]
+                xx = (np.arange(t2d.shape[1])) * sp[h]
+                ax.contour(xx, yy, (t2d > 0).astype(float), levels=[0.5], colors="white", linewidths=0.8)
+                if (t2d == 2).any():
+                    ax.contour(xx, yy, (t2d == 2).astype(float), levels=[0.5], colors="white", linewidths=0.8,
+                               linestyles="dashed")
+            if row == 1:  # close-up around the pancreas
+                ax.set_xlim(box[h][0] * sp[h], box[h][1] * sp[h])
+                ax.set_ylim(box[v][0] * sp[v], box[v][1] * sp[v])
+            ax.invert_xaxis()  # radiological: patient's right (or anterior in the sagittal view) on the left
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+    handles = [Patch(facecolor=seg.color_float, label=f"{seg.name} (model)") for seg in SEGMENTS]
+    handles.append(Patch(facecolor="none", edgecolor="black", label="phantom truth (outline; tumour dashed)"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return dest
+
+
+def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
+    """Dice per class with MONAI (as ``evaluate``); None where the truth lacks the class."""
+    from .evaluate import dice_per_class
+
+    d = dice_per_class(pred, truth)
+    return {name: (None if np.isnan(v) else round(float(v), 4)) for name, v in zip(("pancreas", "tumor"), d,
+                                                                                    strict=True)}
+
+
+def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED, progress: str = "auto",
+             model: str | Path | None = None) -> dict[str, Any]:
+    """Make a phantom, segment it with the demo model, write the outputs into ``out_dir``; return the report."""
+    from .atomic import atomic_dir
+    from .bundle import load_bundle
+    from .imaging import read_image
+    from .inference import Segmenter, resolve_device
+    from .phantom import make_phantom, save_nifti
+    from .progress import Progress
+    from .writers import volumes_ml, write_label_nifti, write_report, write_seg_nrrd
+
+    out = Path(out_dir).expanduser()
+    check_seed(seed)
+    check_output(out)
+    model_dir = Path(model) if model else demo_model_dir()
+    dev = resolve_device(device)
+    bundle = load_bundle(model_dir)
+    reporter = Progress(progress, total=1)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        with atomic_dir(out) as tmp:
+            reporter.update("phantom", "phantom", 0.0, f"making phantom seed {seed}")
+            hu, truth, affine, info = make_phantom(seed, size=PHANTOM_SIZE, tumour=True, return_info=True)
+            save_nifti(tmp / OUTPUT_FILES["ct"], np.round(hu).astype(np.int16), affine, np.int16)
+            save_nifti(tmp / OUTPUT_FILES["truth"], truth, affine, np.uint8)
+            timings["phantom"] = time.perf_counter() - t0
+
+            t1 = time.perf_counter()
+            reporter.update("phantom", "load", 0.02, "loading the demo model")
+            segmenter = Segmenter(bundle, dev)
+            case = read_image(tmp / OUTPUT_FILES["ct"])
+            timings["load"] = time.perf_counter() - t1
+            labels = segmenter.predict(case.image, lambda s, p, m: reporter.update("phantom", s, p, m))
+            timings.update(segmenter.timings)
+
+            t2 = time.perf_counter()
+            reporter.update("phantom", "write", 0.95, "writing outputs")
+            write_label_nifti(tmp / OUTPUT_FILES["labels"], labels, case)
+            write_seg_nrrd(tmp / OUTPUT_FILES["seg"], labels, case)
+            dice = dice_scores(labels, truth)
+            voxels, ml = volumes_ml(labels, case)
+            _, truth_ml = volumes_ml(truth, case)
+            timings["write"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            title = (f"PancreasDiNTS demo - synthetic phantom (seed {seed}), demo model trained on phantoms, "
+                     f"NOT for clinical use\nDice pancreas {_fmt(dice['pancreas'])}, "
+                     f"tumour {_fmt(dice['tumor'])}")
+            render_png(tmp / OUTPUT_FILES["png"], tmp / OUTPUT_FILES["ct"], tmp / OUTPUT_FILES["labels"],
+                       tmp / OUTPUT_FILES["truth"], title)
+            timings["png"] = time.perf_counter() - t3
+            timings["total"] = time.perf_counter() - t0
+            report = {
+                "demo": True,
+                "notice": NOT_CLINICAL,
+                "dice_pancreas": dice["pancreas"],
+                "dice_tumor": dice["tumor"],
+                "dice_metric": "MONAI compute_dice, include_background=False, on the phantom's own grid",
+                "phantom": {"seed": seed, "size": PHANTOM_SIZE, "shape": list(info.shape),
+                            "spacing_mm": [round(s, 4) for s in info.spacing], "orientation": info.orientation,
+                            "generator": "PancreasDiNTSLib.phantom.make_phantom(seed, size, tumour=True)"},
+                "case": "phantom_ct",
+                "input": str(out / OUTPUT_FILES["ct"]),
+                "truth": str(out / OUTPUT_FILES["truth"]),
+                "shape": list(case.shape),
+                "spacing_mm": [round(s, 6) for s in case.spacing],
+                "labels": {"0": "background", "1": "Pancreas", "2": "Pancreatic tumor"},
+                "voxels": voxels,
+                "volumes_ml": ml,
+                "truth_volumes_ml": truth_ml,
+                "timings_s": {k: round(v, 4) for k, v in timings.items()},
+                "device": str(dev),
+                "sw_batch_size": segmenter.sw_batch_size,
+                "model": bundle.describe(),
+                "outputs": {k: str(out / v) for k, v in OUTPUT_FILES.items()},
+                "software": {"pancreas_dints": __version__, "python": platform.python_version()},
+            }
+            write_report(tmp / OUTPUT_FILES["report"], report)
+            reporter.update("phantom", "done", 1.0, f"Dice pancreas {_fmt(dice['pancreas'])}",
+                            output_dir=str(out), dice_pancreas=dice["pancreas"], dice_tumor=dice["tumor"])
+    finally:
+        reporter.close()
+    return report
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """What the demo prints: Dice, volumes, files, and the notice."""
+    vol, ref = report["volumes_ml"], report["truth_volumes_ml"]
+    outs = report["outputs"]
+    lines = [
+        f"PancreasDiNTS demo: synthetic CT phantom (seed {report['phantom']['seed']}, "
+        f"{'x'.join(map(str, report['shape']))} voxels) segmented on {report['device']} in "
+        f"{report['timings_s']['total']:.1f} s",
+        f"  Dice vs phantom truth: pancreas {_fmt(report['dice_pancreas'])}   tumour {_fmt(report['dice_tumor'])}",
+    ]
+    for name in vol:
+        lines.append(f"  {name + ' volume:':<26}{vol[name]:8.2f} mL (truth {ref[name]:.2f} mL)")
+    lines += [
+        f"  label map:          {outs['labels']}",
+        f"  Slicer segmentation: {outs['seg']}",
+        f"  report:             {outs['report']}",
+        f"  picture:            {outs['png']}",
+        f"  phantom CT / truth: {outs['ct']} / {outs['truth']}",
+        f"NOTE: {NOT_CLINICAL}",
+    ]
+    return "\n".join(lines)
