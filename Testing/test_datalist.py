@@ -155,7 +155,7 @@ def test_dilated_class_maps_equal_bundle_lambda():
     assert out["label4crop"][1:].sum() == 0
 
 
-def test_training_samples_and_budget_cache(small_set):
+def test_training_samples_and_budget_cache(small_set, tmp_path):
     _, dlpath = small_set
     settings = make_settings("tiny")
     items = load_datalist(dlpath, "training") + load_datalist(dlpath, "validation")
@@ -170,6 +170,8 @@ def test_training_samples_and_budget_cache(small_set):
     assert sorted(part.cache) == [0] and part.cached_bytes <= budget
     none = BudgetCacheDataset(items, det, rnd, cache_bytes=0)
     assert not none.cache
+    disk = BudgetCacheDataset(items, det, None, cache_bytes=0, cache_dir=tmp_path / "disk")  # beyond the RAM budget
+    assert torch.equal(disk[1]["label4crop"], full.cache[1]["label4crop"]) and any((tmp_path / "disk").iterdir())
     for i in range(len(items)):
         cached = full.cache[i]
         fresh = none.base[i]
