@@ -406,11 +406,20 @@ def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
     assert background.model_cache_folder() == cache_root()
 
 
-def test_demo_model_and_commands():
-    demo = background.demo_model_folder()
-    shipped = [p for p in (REPO / "PancreasDiNTS" / "Resources" / "Models" / "demo",
-                           REPO / "Resources" / "Models" / "demo") if background.is_model_folder(p)]
-    assert demo == (shipped[0] if shipped else None)
+def test_demo_model_and_commands(monkeypatch, tiny_bundle, tmp_path):
+    from PancreasDiNTSLib import demo
+    from PancreasDiNTSLib.errors import ModelError
+
+    monkeypatch.delenv("PANCREAS_DINTS_DEMO_MODEL", raising=False)
+    try:
+        engine_choice = demo.demo_model_dir()
+    except ModelError:
+        engine_choice = None
+    assert background.demo_model_folder() == engine_choice  # the module finds what the engine's demo uses
+    monkeypatch.setenv("PANCREAS_DINTS_DEMO_MODEL", str(tiny_bundle))
+    assert background.demo_model_folder() == demo.demo_model_dir() == tiny_bundle
+    monkeypatch.setenv("PANCREAS_DINTS_DEMO_MODEL", str(tmp_path))
+    assert background.demo_model_folder() is None
     assert background.engine_has_command("segment") and background.engine_has_command("make-phantoms")
     assert not background.engine_has_command("no-such-command")
 

@@ -488,7 +488,11 @@ def official_model_folder(cache: str | Path | None = None) -> Path | None:
 
 
 def demo_model_folder() -> Path | None:
-    """The demo model (trained on phantoms) shipped with the module or the repository, or None."""
+    """The demo model (trained on phantoms): $PANCREAS_DINTS_DEMO_MODEL, else ``Resources/Models/demo`` in the
+    module folder or its parent (as PancreasDiNTSLib.demo.demo_model_dir, which imports torch), or None."""
+    env = os.environ.get("PANCREAS_DINTS_DEMO_MODEL")
+    if env:
+        return Path(env).expanduser() if is_model_folder(Path(env).expanduser()) else None
     for root in (ENGINE_PARENT_DIR, ENGINE_PARENT_DIR.parent):
         folder = root / "Resources" / "Models" / "demo"
         if is_model_folder(folder):
