@@ -240,9 +240,10 @@ def run_segment(
     finally:
         reporter.close()
     summary = SegmentSummary(results)
-    if results and rank == 0 and world_size == 1:
+    if results:
         import json
 
-        write_text_atomic(out / "summary.json", json.dumps(summary.as_dict(), indent=2) + "\n")
+        name = "summary.json" if world_size == 1 else f"summary-rank{rank}.json"
+        write_text_atomic(out / name, json.dumps(summary.as_dict(), indent=2) + "\n")
     reporter.emit(summary.as_dict())
     return summary

@@ -36,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
 
     # Under torchrun each process takes every WORLD_SIZE-th case; no process group is needed for that.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = args.device
+    if world > 1 and device in ("auto", "cuda"):
+        from ..distributed import device_for_rank
+
+        device = str(device_for_rank(device))  # cuda:LOCAL_RANK on a multi-GPU node
     summary = run_segment(
-        args.inputs, args.output, args.model, device=args.device, formats=args.formats, progress=args.progress,
+        args.inputs, args.output, args.model, device=device, formats=args.formats, progress=args.progress,
         overwrite=args.overwrite, allow_non_ct=args.allow_non_ct, sw_batch_size=args.sw_batch_size,
         rank=rank, world_size=world,
     )
