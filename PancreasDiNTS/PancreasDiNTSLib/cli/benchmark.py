@@ -141,6 +141,14 @@ def _gpu_peaks(device: str) -> dict[str, float]:
             "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (DataLoader workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -223,10 +231,10 @@ def worker_bundle(cfg: dict[str, Any]) -> dict[str, Any]:
         evaluator.add_event_handler(Events.COMPLETED, mark("completed"))
         if cfg["device"].startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        t_run = time.perf_counter()
+        t_run, c_run = time.perf_counter(), _cpu_seconds()
         wf.run()
         wf.finalize()
-        t_end = time.perf_counter()
+        t_end, c_end = time.perf_counter(), _cpu_seconds()
     stages = {
         "read+preprocess": marks["batch"] - marks["started"],
         "infer": marks["forward"] - marks["batch"],
@@ -237,6 +245,7 @@ def worker_bundle(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "stages": stages,
         "pipeline_s": t_end - t_run,
+        "pipeline_cpu_s": c_end - c_run,
         "import_s": t_import - t_start,
         "model_load_s": t_init - t_import,
         "peak_rss_gib": rss.peak / 2**30,
@@ -279,6 +288,7 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         stages: dict[str, float] = {}
+        c_run = _cpu_seconds()
 
         def step(name: str, fn):
             t0 = time.perf_counter()
@@ -297,6 +307,7 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {
             "stages": stages,
             "pipeline_s": pipeline,
+            "pipeline_cpu_s": _cpu_seconds() - c_run,
             "import_s": t_import - t_start,
             "model_load_s": t_init - t_import,
             "output": str(out_path),
@@ -306,7 +317,8 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         if fast is not None:
             st = fast.stats
             result.update(windows=st.windows, windows_computed=st.computed, windows_constant=st.constant,
-                          sw_batch_size=fast.sw_batch_size, engine=fast.engine, oom_retries=st.oom_retries)
+                          sw_batch_size=fast.sw_batch_size, engine=fast.engine, oom_retries=st.oom_retries,
+                          allocator_tuned=fast.allocator_tuned)
         t_pipeline_end = time.perf_counter()
         cube = float(cfg.get("roi_cube_mm") or 0)
         if cube > 0:
@@ -474,6 +486,7 @@ def run(args: argparse.Namespace) -> int:
         summary["speedup"] = round(b["pipeline_s"] / main["pipeline_s"], 3)
         summary["speedup_process"] = round(b["process_s"] / main["process_s"], 3)
         summary["speedup_infer"] = round(b["stages"]["infer"] / max(main["stages"]["infer"], 1e-9), 3)
+        summary["speedup_cpu_time"] = round(b["pipeline_cpu_s"] / max(main["pipeline_cpu_s"], 1e-9), 3)
         agree = _agreement(b["output"], main["output"])
         summary.update(agree)
         for mode in modes[1:]:
@@ -484,8 +497,8 @@ def run(args: argparse.Namespace) -> int:
         summary["agreement"] = None
     if main is not None and "roi" in main:
         summary["roi"] = main["roi"]
-    summary["runs"] = {k: {kk: v[kk] for kk in ("stages", "pipeline_s", "process_s", "import_s", "model_load_s",
-                                                 "peak_rss_gib") if kk in v}
+    summary["runs"] = {k: {kk: v[kk] for kk in ("stages", "pipeline_s", "pipeline_cpu_s", "process_s", "import_s",
+                                                 "model_load_s", "peak_rss_gib", "allocator_tuned") if kk in v}
                        | {kk: v[kk] for kk in v if kk.startswith(("peak_gpu", "windows", "sw_batch"))}
                        for k, v in results.items()}
     print(json.dumps(summary, default=str))
