@@ -144,11 +144,14 @@ def test_released_files_are_never_replaced(run_dir, tmp_path):
     assert default_output(bundle, "onnx").name == "model.onnx"
 
 
-def test_unknown_file_is_refused(tmp_path):
+def test_unknown_file_is_refused(tmp_path, run_dir):
+    tiny_weights = run_dir / "models" / "model.pt"
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     with pytest.raises(ModelError, match="exported model"):
         load_bundle(bad)
+    with pytest.raises(ModelError, match="not an exported TorchScript model"):
+        load_bundle(tiny_weights)
     orphan = tmp_path / "model.ts"
     orphan.write_bytes(b"PK")
     with pytest.raises(ModelError, match="no inference settings"):

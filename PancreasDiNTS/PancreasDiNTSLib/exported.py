@@ -164,6 +164,17 @@ def _kind_from_name(path: Path) -> str | None:
     return None
 
 
+def _is_torchscript_archive(path: Path) -> bool | None:
+    """True for a TorchScript zip (has ``code/``), False for a plain ``torch.save`` zip, None if not a zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in name or name.startswith("code/") for name in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
 def _bundle_root_of(path: Path) -> Path | None:
     """The bundle folder holding ``path`` (``<root>/models/<file>`` or ``<root>/<file>``), if it has a config."""
     for root in (path.parent.parent, path.parent) if path.parent.name == "models" else (path.parent,):
@@ -200,6 +211,11 @@ def load_exported_bundle(path: Path, verify: bool = True) -> ExportedBundle:
         raise ModelError(
             f"{path}: not a model folder nor an exported model (.ts/.pt TorchScript, .onnx); "
             "give a bundle folder (configs/, models/) or a file written by `pancreas-dints export`"
+        )
+    if kind in ("torchscript", "trt") and _is_torchscript_archive(path) is False:
+        raise ModelError(
+            f"{path}: holds weights or a checkpoint saved with torch.save, not an exported TorchScript model; "
+            "give the model folder (configs/, models/) instead, or export it with `pancreas-dints export`"
         )
     if side and verify and side.get("file_md5") and file_md5(path) != side["file_md5"]:
         raise ModelError(
