@@ -340,7 +340,8 @@ class CudaGraphForward:
             self.static_out = self._run()
 
     def _run(self) -> torch.Tensor:
-        with torch.autocast("cuda", enabled=self.amp):
+        # no autocast weight cache: the fp16 casts of the weights must be part of the captured graph
+        with torch.autocast("cuda", enabled=self.amp, cache_enabled=False):
             return self.model(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
