@@ -153,6 +153,7 @@ def test_search_writes_released_format_arch_and_picture(tiny_search):
     assert arch["node_a"].shape == (4, 3) and arch["arch_code_a"].shape == (3, 7)
     assert arch["arch_code_c"].shape == (3, 7) and arch["arch_code_c"].max() <= 4
     assert arch["arch_code_a"].sum() > 0
+    assert (arch["iter_num"], arch["epochs"]) == (8, 4) and "best_dsc" in arch and "best_path" in arch
     assert arch_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     best = _arch_file(out / "best")
     assert best.with_suffix(".png").is_file()

@@ -457,7 +457,7 @@ def search(
     use_amp = settings.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, iteration, best, best_epoch, history = 0, 0, -1.0, 0, []
-    arch_name, best_name = None, None
+    arch_name, best_name, best_iteration = None, None, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -468,6 +468,7 @@ def search(
         start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
         best, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         arch_name, best_name = state.get("arch_name"), state.get("best_name")
+        best_iteration = int(state.get("best_iteration", 0))
         history = list(state.get("history", []))
         restore_rng_state(state["rng"])
     net = wrap_ddp(model, find_unused_parameters=True)
@@ -583,11 +584,11 @@ def search(
                 row["arch_file"] = arch_name
                 extra = {"iter_num": iteration, "epochs": epoch + 1,
                          "best_dsc": float(max(best, score if math.isfinite(score) else -1.0)),
-                         "best_path": best_epoch}
+                         "best_path": best_iteration}  # as the bundle: iteration of the best validation
                 improved = math.isfinite(score) and score > best
                 if improved:
-                    best, best_epoch, best_name = score, epoch + 1, arch_name
-                    extra.update(best_dsc=best, best_path=best_epoch)
+                    best, best_epoch, best_name, best_iteration = score, epoch + 1, arch_name, iteration
+                    extra.update(best_dsc=best, best_path=best_iteration)
                 if main:
                     _replace_arch(out, {**arch, **extra}, arch_name)
                     if improved:
@@ -601,7 +602,8 @@ def search(
                     "model": {k: v.detach().cpu() for k, v in unwrap(net).state_dict().items()},
                     "optimizer": optimizer.state_dict(), "opt_a": opt_a.state_dict(), "opt_c": opt_c.state_dict(),
                     "scaler": scaler.state_dict() if use_amp else {}, "best_metric": best, "best_epoch": best_epoch,
-                    "arch_name": arch_name, "best_name": best_name, "history": history, "rng": capture_rng_state(),
+                    "best_iteration": best_iteration, "arch_name": arch_name, "best_name": best_name,
+                    "history": history, "rng": capture_rng_state(),
                     "settings": _settings_dict(settings),
                     "split": {"datalist": datalist_path, "weights": _as_text_items(items_w),
                               "arch": _as_text_items(items_a), "validation": _as_text_items(val_items)},
