@@ -51,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", type=Path, help="reference bundle folder whose configs build the random bundle")
     p.add_argument("--channel-mul", type=float, help="channel_mul of the random bundle")
     p.add_argument("--num-blocks", type=int, help="num_blocks of the random bundle")
-    p.add_argument("--threads", type=int, help="CPU threads for both runs (OMP/MKL/torch); default: torch's")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for both runs (OMP/MKL/torch); default: 1 with --quick on a CPU (robust on a "
+                        "busy shared machine, where OpenMP barriers stall), else torch's default")
     p.add_argument("--modes", default="fast",
                    help="ours to time, comma separated: exact (the Segmenter's MONAI path), fast, "
                         "fast:ENGINE or fast:ENGINE:BATCH (ENGINE eager|cuda-graph|compile, BATCH n|auto); "
@@ -398,7 +400,8 @@ def _agreement(a_path: str, b_path: str) -> dict[str, Any]:
 def _row(name: str, res: dict[str, Any], keys: list[str]) -> str:
     cells = [f"{res['stages'].get(k, float('nan')):9.2f}" for k in keys]
     gpu = res.get("peak_gpu_allocated_gib")
-    return (f"{name:<22}" + "".join(cells) + f"{res['pipeline_s']:10.2f}{res['process_s']:10.2f}"
+    return (f"{name:<22}" + "".join(cells) + f"{res['pipeline_s']:10.2f}{res.get('pipeline_cpu_s', 0):10.2f}"
+            f"{res['process_s']:10.2f}"
             f"{res['peak_rss_gib']:9.2f}" + (f"{gpu:9.2f}" if gpu is not None else "        -"))
 
 
@@ -443,6 +446,8 @@ def run(args: argparse.Namespace) -> int:
     if device.startswith("cuda") is False and device != "cpu":
         raise DeviceError(f"benchmark: unsupported device {device}")
 
+    if args.threads is None and args.quick and device == "cpu":
+        args.threads = 1
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
@@ -451,6 +456,7 @@ def run(args: argparse.Namespace) -> int:
             env[k] = str(args.threads)
     common = {"bundle": str(bundle), "device": device, "threads": args.threads, "input": str(args.input.resolve())}
     results: dict[str, dict[str, Any]] = {}
+    load0 = os.getloadavg()[0]
     print(f"benchmark: {args.input.name} on {device}; model: {model_desc}; work folder {work}", file=sys.stderr)
 
     if not args.skip_bundle:
@@ -473,13 +479,20 @@ def run(args: argparse.Namespace) -> int:
         results[f"ours-{mode}"] = _run_worker("ours", cfg, work, env, args.timeout)
         print(f"ours-{mode}: pipeline {results[f'ours-{mode}']['pipeline_s']:.2f} s", file=sys.stderr)
 
-    keys = ["read+preprocess", "read", "preprocess", "infer", "invert", "write"]
-    print(f"\n{'run':<22}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'process':>10}"
-          f"{'RAM GiB':>9}{'GPU GiB':>9}")
+    keys = ["read+preprocess", "read", "preprocess", "infer", "invert", "write"]  # the bundle's DataLoader does
+    # read and preprocess together (in its workers), so it gets one column for both
+    print(f"\n{'run (seconds)':<22}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'cpu time':>10}"
+          f"{'process':>10}{'RAM GiB':>9}{'GPU GiB':>9}")
     for name, res in results.items():
         print(_row(name, res, keys))
     summary: dict[str, Any] = {"device": device, "input": str(args.input), "model": model_desc,
-                               "threads": args.threads, "engine": args.engine}
+                               "threads": args.threads, "engine": args.engine,
+                               "loadavg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
+                               "cpus": os.cpu_count()}
+    if device == "cpu" and max(summary["loadavg_start_end"]) > (os.cpu_count() or 1):
+        print(f"note: the machine was busy (load average {summary['loadavg_start_end']} on {os.cpu_count()} CPUs): "
+              "wall times are inflated and noisy; pipeline_cpu_s / speedup_cpu_time count the work done",
+              file=sys.stderr)
     main = results.get(f"ours-{modes[0]}") if modes else None
     if "bundle" in results and main is not None:
         b = results["bundle"]
