@@ -23,6 +23,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,7 +448,13 @@ def train(
     hold a run already.
     """
     from .bundle_writer import arch_file_name, write_bundle_configs
-    from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+    from .checkpoint import (
+        CheckpointWarning,
+        capture_rng_state,
+        load_checkpoint,
+        restore_rng_state,
+        save_checkpoint,
+    )
     from .data import check_cases, load_datalist, read_datalist_json
     from .inference import resolve_device
     from .progress import Progress
@@ -465,7 +472,12 @@ def train(
 
     state = None
     if resume:
-        found = load_checkpoint(ckpt_dir)
+        with warnings.catch_warnings(record=True) as caught:  # the CLI silences warnings; this one must show
+            warnings.simplefilter("always", CheckpointWarning)
+            found = load_checkpoint(ckpt_dir)
+        for w in caught:
+            if issubclass(w.category, CheckpointWarning):
+                say(f"warning: {w.message}")
         if found is not None:
             state, ckpt_path = found
             say(f"resuming from {ckpt_path} (epoch {state['epoch']} done)")
