@@ -181,6 +181,18 @@ def test_warmup_leaves_architecture_untouched(dataset, tmp_path):
         assert not torch.equal(after_search[key], after_warmup[key]), name
 
 
+def test_ram_cost_term_steers_the_architecture(dataset, tmp_path):
+    """With a faster architecture lr, the decoded super-net's RAM fraction moves from ~0.5 to ram_cost_factor."""
+    import csv
+
+    settings = make_search_settings("tiny", ["epochs=14", "warmup_epochs=1", "val_interval=14", "lr_arch=0.1",
+                                             "ram_cost_factor=0.2"])
+    search(dataset, tmp_path / "S", settings=settings, device="cpu")
+    rows = list(csv.DictReader((tmp_path / "S" / "metrics.csv").open()))
+    first, last = float(rows[1]["ram_ratio"]), float(rows[-1]["ram_ratio"])
+    assert first > 0.45 and abs(last - 0.2) < 0.05, (first, last)
+
+
 def test_searched_arch_trains_and_segments(tiny_search, dataset, tmp_path, env):
     arch = _arch_file(tiny_search[0])
     run = tmp_path / "RUN"
