@@ -182,7 +182,7 @@ def test_warmup_leaves_architecture_untouched(dataset, tmp_path):
 
 
 def test_ram_cost_term_steers_the_architecture(dataset, tmp_path):
-    """With a faster architecture lr, the decoded super-net's RAM fraction moves from ~0.5 to ram_cost_factor."""
+    """With a faster architecture lr, the super-net's expected RAM fraction moves from ~0.5 to ram_cost_factor."""
     import csv
 
     settings = make_search_settings("tiny", ["epochs=14", "warmup_epochs=1", "val_interval=14", "lr_arch=0.1",
