@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", type=Path, help="reference bundle folder whose configs build the random bundle")
     p.add_argument("--channel-mul", type=float, help="channel_mul of the random bundle")
     p.add_argument("--num-blocks", type=int, help="num_blocks of the random bundle")
+    p.add_argument("--arch", default="dense", choices=("dense", "random"),
+                   help="random bundle topology: dense (all paths active, random ops: the stand-in of the GPU "
+                        "profile, nothing for FastDiNTS to skip) or random (decoded TopologySearch, seed 0)")
     p.add_argument("--threads", type=int,
                    help="CPU threads for both runs (OMP/MKL/torch); default: 1 with --quick on a CPU (robust on a "
                         "busy shared machine, where OpenMP barriers stall), else torch's default")
@@ -377,6 +380,36 @@ def _run_worker(kind: str, cfg: dict[str, Any], work: Path, env: dict[str, str],
     return res
 
 
+def _make_dense(bundle: Path, seed: int = 0) -> None:
+    """Replace the bundle's arch and weights by the dense stand-in: every path active, random operations.
+
+    As in shared/notes/gpu_profile.md (136 M parameters at channel_mul 1, close to the released 138 M). With all
+    input and output nodes used, no stem or cell is skipped by FastDiNTS: its gain is not inflated by a sparse
+    random topology. InstanceNorm affine parameters get random offsets (as trained ones have), which makes the
+    labels mixed and the agreement check meaningful.
+    """
+    import numpy as np
+    import torch
+
+    from ..bundle import load_bundle, save_arch_file
+    from ..network import build_dints
+
+    spec = load_bundle(bundle).network
+    n_paths = 3 * spec.num_depths - 2
+    rng = np.random.default_rng(seed)
+    arch = {"node_a": np.ones((spec.num_blocks + 1, spec.num_depths), dtype=np.int64),
+            "arch_code_a": np.ones((spec.num_blocks, n_paths)),
+            "arch_code_c": rng.integers(0, 5, size=(spec.num_blocks, n_paths)).astype(np.int64)}
+    torch.manual_seed(seed)
+    net = build_dints(spec, arch)
+    with torch.no_grad():  # trained-like InstanceNorm scales and shifts, so the labels are not all one class
+        for name, prm in net.named_parameters():
+            if prm.dim() == 1 and not name.startswith("stem_finals.1"):
+                prm.add_(torch.randn_like(prm) * 0.2)
+    save_arch_file(bundle / "models" / "search_code_18590.pt", arch)
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+
+
 def _labels(path: str):
     import nibabel as nib
     import numpy as np
@@ -438,11 +471,14 @@ def run(args: argparse.Namespace) -> int:
             raise ModelError("benchmark: no --model and no reference bundle configs (give --reference)")
         mul = args.channel_mul if args.channel_mul is not None else preset["channel_mul"]
         blocks = args.num_blocks if args.num_blocks is not None else preset["num_blocks"]
-        bundle = work / f"bundle_mul{mul}_b{blocks}"
+        bundle = work / f"bundle_mul{mul}_b{blocks}_{args.arch}"
         if not (bundle / "models" / "model.pt").exists():
-            print(f"building a random-weight bundle (channel_mul {mul}, {blocks} blocks) in {bundle}", file=sys.stderr)
+            print(f"building a random-weight bundle (channel_mul {mul}, {blocks} blocks, {args.arch} topology) "
+                  f"in {bundle}", file=sys.stderr)
             make_random_bundle(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
-        model_desc = f"random weights, channel_mul {mul}, {blocks} blocks (reference configs)"
+            if args.arch == "dense":
+                _make_dense(bundle, seed=0)
+        model_desc = f"random weights, channel_mul {mul}, {blocks} blocks, {args.arch} topology (reference configs)"
     if device.startswith("cuda") is False and device != "cpu":
         raise DeviceError(f"benchmark: unsupported device {device}")
 
