@@ -151,3 +151,23 @@ def test_metatensor_input_and_batch_independence():
         assert type(whole) is torch.Tensor
         single = torch.cat([fast(x[i : i + 1]) for i in range(3)])
     assert float((whole - single).abs().max()) < 1e-5
+
+
+def test_matmul_upsampling_close_to_monai():
+    """upsample="matmul": the interpolation matrix reproduces PyTorch's linear align_corners weights, and the
+    network stays within float rounding of MONAI's (not bit-identical), with the same argmax almost everywhere."""
+    from PancreasDiNTSLib.fastnet import _interp_matrix
+
+    for n in (3, 6, 12, 24, 48):
+        v = torch.randn(5, n)
+        ref = torch.nn.functional.interpolate(v[None], scale_factor=2, mode="linear", align_corners=True)[0]
+        assert float((v @ _interp_matrix(n).t() - ref).abs().max()) < 1e-6
+    arch = consistent_arch(4, 4, seed=3)
+    net, _ = _pair(arch, 4, 4, seed=3)
+    fast = make_fast(net, upsample="matmul", roi=(32, 32, 64))
+    assert list(fast.state_dict().keys()) == list(net.state_dict().keys())  # buffers are not persistent
+    x = torch.randn(2, 1, 32, 32, 64)
+    with torch.no_grad():
+        a, b = net(x), fast(x)
+    assert float((a - b).abs().max()) < 1e-4 * max(1.0, float(a.abs().max()))
+    assert float((a.argmax(1) == b.argmax(1)).float().mean()) > 0.999

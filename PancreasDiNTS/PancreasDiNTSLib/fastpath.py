@@ -454,11 +454,14 @@ class FastInferer:
     ``Segmenter.infer(pre)`` can return ``FastInferer(...)(pre, on_window)`` instead of running MONAI's
     ``SlidingWindowInferer``: same logits (see the tests), less work. ``sw_batch_size="auto"`` sizes batches
     by free GPU memory; ``engine`` is "eager", "cuda-graph" (CUDA only) or "compile" (``torch.compile``).
+    ``upsample="matmul"``: FastDiNTS's matrix-product upsampling (faster, rounding-level differences; the
+    default "native" keeps the network's outputs bit-identical to MONAI's on the CPU).
     """
 
     def __init__(self, network: torch.nn.Module, roi_size: Sequence[int], overlap: float,
                  device: torch.device | str, amp: bool, sw_batch_size: int | str = 4, in_channels: int = 1,
-                 skip_constant: bool = True, engine: str = "eager", tune_allocator: bool = True) -> None:
+                 skip_constant: bool = True, engine: str = "eager", tune_allocator: bool = True,
+                 upsample: str = "native") -> None:
         from .fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
 
         self.device = torch.device(device)
@@ -467,7 +470,8 @@ class FastInferer:
         self.roi = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.skip_constant = skip_constant
-        self.model = network if isinstance(network, FastDiNTS) else make_fast(network)
+        self.roi = tuple(int(r) for r in roi_size)
+        self.model = network if isinstance(network, FastDiNTS) else make_fast(network, upsample, self.roi)
         self.model.eval()
         if sw_batch_size == "auto":
             sw_batch_size = choose_sw_batch_size(self.model, self.roi, in_channels, self.device, self.amp)

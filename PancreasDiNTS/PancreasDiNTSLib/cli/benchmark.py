@@ -58,9 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for both runs (OMP/MKL/torch); default: 1 with --quick on a CPU (robust on a "
                         "busy shared machine, where OpenMP barriers stall), else torch's default")
     p.add_argument("--modes", default="fast",
-                   help="ours to time, comma separated: exact (the Segmenter's MONAI path), fast, "
-                        "fast:ENGINE or fast:ENGINE:BATCH (ENGINE eager|cuda-graph|compile, BATCH n|auto); "
-                        "the first one is the one `speedup` compares (default fast)")
+                   help="ours to time, comma separated: exact (the Segmenter's MONAI path), fast (FastDiNTS, "
+                        "bit-identical network), fastmm (FastDiNTS with matrix-product upsampling: rounding-level "
+                        "differences), each optionally :ENGINE or :ENGINE:BATCH (ENGINE eager|cuda-graph|compile, "
+                        "BATCH n|auto); the first one is the one `speedup` compares (default fast)")
     p.add_argument("--engine", default="eager", choices=("eager", "cuda-graph", "compile"),
                    help="how ours runs the network (fast mode)")
     p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")
@@ -283,11 +284,12 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         bundle = load_bundle(Path(cfg["bundle"]))
         seg = Segmenter(bundle, dev)
         fast = None
-        if cfg["mode"] == "fast":
+        if cfg["mode"] in ("fast", "fastmm"):
             bs = cfg.get("sw_batch_size") or seg.sw_batch_size
             bs = bs if bs == "auto" else int(bs)
             fast = FastInferer(seg.network, seg.spec.roi_size, seg.spec.overlap, seg.device, seg.amp, bs,
-                               engine=cfg.get("engine", "eager"))
+                               engine=cfg.get("engine", "eager"),
+                               upsample="matmul" if cfg["mode"] == "fastmm" else "native")
         _sync(dev)
         t_init = time.perf_counter()
         if dev.startswith("cuda"):
@@ -455,8 +457,9 @@ def run(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         parts = m.split(":")
-        if parts[0] not in ("fast", "exact") or (len(parts) > 1 and parts[1] not in ("eager", "cuda-graph", "compile")):
-            raise InputError(f"--modes: {m!r} is not exact, fast, fast:ENGINE or fast:ENGINE:BATCH")
+        if parts[0] not in ("fast", "fastmm", "exact") or (
+                len(parts) > 1 and parts[1] not in ("eager", "cuda-graph", "compile")):
+            raise InputError(f"--modes: {m!r} is not exact, fast[mm], fast[mm]:ENGINE or fast[mm]:ENGINE:BATCH")
 
     if args.model is not None:
         bundle = args.model.resolve()
