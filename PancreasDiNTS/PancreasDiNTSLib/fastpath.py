@@ -470,7 +470,6 @@ class FastInferer:
         self.roi = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.skip_constant = skip_constant
-        self.roi = tuple(int(r) for r in roi_size)
         self.model = network if isinstance(network, FastDiNTS) else make_fast(network, upsample, self.roi)
         self.model.eval()
         if sw_batch_size == "auto":

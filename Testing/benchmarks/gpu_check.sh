@@ -63,7 +63,7 @@ if [ -z "$CT" ] || [ -z "$REF" ]; then
   say "part 2 skipped: example_ct.nii.gz / reference configs not found (see the header: .gpu_data + carry)"
   exit 1
 fi
-MODES="fast,exact,fast:eager:auto,fast:cuda-graph,fast:compile"
+MODES="fast,exact,fastmm,fast:eager:auto,fast:cuda-graph,fastmm:compile"
 EXTRA=""
 if [ "$HAVE_IGNITE" != 1 ]; then EXTRA="--skip-bundle"; say "pytorch-ignite missing: bundle run skipped"; fi
 say "part 2: end to end on $CT (bundle vs ours: $MODES)"
