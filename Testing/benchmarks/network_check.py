@@ -7,7 +7,8 @@ Part of ``gpu_check.sh`` (released size on a GPU); also runs on a CPU with small
 
 Variants timed (fp16 autocast on CUDA, fp32 on CPU; ms per window at --batch windows per call):
 ``monai-cuda-codes`` (as the bundle builds it: arch codes as CUDA tensors), ``monai-cpu-codes``, ``fast-eager``,
-``fast-cuda-graph`` (CUDA only), ``fast-compile`` (torch.compile, fullgraph; with --compile). The last line is JSON.
+``fastmm-eager`` (matrix-product upsampling), ``fast-cuda-graph`` / ``fastmm-cuda-graph`` (CUDA only),
+``fast-compile`` (torch.compile, fullgraph; with --compile). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main() -> int:
     ref.to(dev)
     bundle_like.to(dev)
     fast = make_fast(ref)
+    fastmm = make_fast(ref, upsample="matmul", roi=(args.roi,) * 3)
     report["build_s"] = round(time.perf_counter() - t0, 1)
     report["params_M"] = round(sum(q.numel() for q in ref.parameters()) / 1e6, 1)
     report["plan"] = {k: v for k, v in fast.describe().items() if k != "head"}
@@ -132,12 +134,19 @@ def main() -> int:
         report["maxdiff_fp32_fast_vs_monai"] = float((y_fast - y_ref).abs().max())
         report["maxdiff_fp32_bundle_vs_monai"] = float((y_bundle - y_ref).abs().max())
         report["argmax_equal_fp32"] = float((y_fast.argmax(1) == y_ref.argmax(1)).float().mean())
+        y_mm = fastmm(xs)
+        report["maxdiff_fp32_fastmm_vs_monai"] = float((y_mm - y_ref).abs().max())
+        report["argmax_equal_fp32_fastmm"] = float((y_mm.argmax(1) == y_ref.argmax(1)).float().mean())
         if cuda:
             torch.backends.cudnn.allow_tf32 = True
             with torch.autocast("cuda"):
                 a, b = ref(xs), fast(xs)
             report["maxdiff_fp16_fast_vs_monai"] = float((a.float() - b.float()).abs().max())
             report["argmax_equal_fp16"] = float((a.argmax(1) == b.argmax(1)).float().mean())
+            with torch.autocast("cuda"):
+                c = fastmm(xs)
+            report["maxdiff_fp16_fastmm_vs_monai"] = float((a.float() - c.float()).abs().max())
+            report["argmax_equal_fp16_fastmm"] = float((a.argmax(1) == c.argmax(1)).float().mean())
 
         def run(model):
             def _f():
@@ -155,6 +164,7 @@ def main() -> int:
         rows["monai-cuda-codes"] = timed(run(bundle_like), dev, args.iters)
         rows["monai-cpu-codes"] = timed(run(ref), dev, args.iters)
         rows["fast-eager"] = timed(run(fast), dev, args.iters)
+        rows["fastmm-eager"] = timed(run(fastmm), dev, args.iters)
     if cuda:
         try:
             graph = CudaGraphForward(fast, shape, dev, amp=amp)
@@ -164,6 +174,9 @@ def main() -> int:
                     eager = fast(x)
                 report["maxdiff_graph_vs_eager"] = float((out.float() - eager.float()).abs().max())
             rows["fast-cuda-graph"] = timed(lambda: graph(x), dev, args.iters)
+            del graph
+            graph_mm = CudaGraphForward(fastmm, shape, dev, amp=amp)
+            rows["fastmm-cuda-graph"] = timed(lambda: graph_mm(x), dev, args.iters)
         except Exception as exc:  # noqa: BLE001 - report, do not hide
             report["cuda_graph_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if args.compile:
