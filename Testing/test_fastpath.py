@@ -243,3 +243,24 @@ def test_cpu_allocator_tuning_in_a_subprocess():
     if ok != "True":
         pytest.skip("not Linux/glibc: mallopt unavailable")
     assert int(before) > 10000 and int(after) < 2000
+
+
+def test_metatensor_meta_and_two_channels():
+    """MetaTensor in -> MetaTensor out with the input's affine (as MONAI's inferer); a window is constant only
+    if every channel is."""
+    from monai.data import MetaTensor
+
+    def predictor(b):  # per-window, content-dependent, not translation-invariant
+        return torch.cat([b.sum(1, keepdim=True), b[:, :1] * 2 - b[:, 1:], b.mean(1, keepdim=True).cumsum(2)], 1)
+
+    x = torch.zeros(1, 2, 48, 20, 16)
+    x[:, 0, 2:10, 2:10, 2:10] = torch.rand(8, 8, 8)
+    x[:, 1, 20:28] = 0.5  # channel 1 non-constant where channel 0 is constant
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
+    meta_in = MetaTensor(x, affine=affine)
+    ref = sliding_window_inference(x, ROI, 4, predictor, overlap=0.625, mode="constant")
+    stats = SlidingStats()
+    out = sliding_window_exact_skip(meta_in, predictor, ROI, 4, 0.625, stats=stats)
+    assert isinstance(out, MetaTensor) and torch.allclose(out.affine, affine.double())
+    assert 0 < stats.constant < stats.windows
+    assert float((out.as_tensor() - ref).abs().max()) < 1e-5
