@@ -264,3 +264,42 @@ def test_metatensor_meta_and_two_channels():
     assert isinstance(out, MetaTensor) and torch.allclose(out.affine, affine.double())
     assert 0 < stats.constant < stats.windows
     assert float((out.as_tensor() - ref).abs().max()) < 1e-5
+
+
+def test_prefetch_overlaps_loading_with_processing():
+    """Loading item i+1 happens while item i is processed (the consumer waits for it: no overlap would
+    time out), results come in order, and a failing load is handed over instead of stopping the batch."""
+    import threading
+
+    from PancreasDiNTSLib.fastpath import prefetched
+
+    loaded = {i: threading.Event() for i in range(4)}
+
+    def load(i):
+        if i == 2:
+            raise ValueError("bad case 2")
+        loaded[i].set()
+        return i * 10
+
+    seen = []
+    for item, result in prefetched(range(4), load):
+        if item + 1 < 4 and item + 1 != 2:
+            assert loaded[item + 1].wait(timeout=20), "the next item was not loading in the background"
+        seen.append((item, result if not isinstance(result, BaseException) else str(result)))
+    assert seen == [(0, 0), (1, 10), (2, "bad case 2"), (3, 30)]
+
+
+def test_background_writer_runs_in_order_and_reports_errors(tmp_path):
+    from PancreasDiNTSLib.fastpath import BackgroundWriter
+
+    order = []
+    with BackgroundWriter() as writer:
+        for i in range(5):
+            writer.submit(order.append, i)
+    assert order == [0, 1, 2, 3, 4]
+    writer = BackgroundWriter()
+    writer.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    writer.submit(order.append, 5)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert order[-1] == 5  # later jobs still ran

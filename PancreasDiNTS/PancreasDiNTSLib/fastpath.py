@@ -37,7 +37,7 @@ import torch.nn.functional as F
 __all__ = [
     "WindowGrid", "window_grid", "constant_window_values", "sliding_window_exact_skip", "SlidingStats",
     "choose_sw_batch_size", "box_to_voxels", "crop_image", "paste_labels", "is_oom", "tune_cpu_allocator",
-    "FastInferer", "predict_roi",
+    "FastInferer", "predict_roi", "prefetched", "BackgroundWriter",
 ]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -443,6 +443,97 @@ def paste_labels(labels_crop: np.ndarray, crop: Sequence[slice], ranges: Sequenc
     inner = tuple(slice(s - c.start, e - c.start) for (s, e), c in zip(ranges, crop, strict=True))
     out[box] = labels_crop[inner]
     return out
+
+
+# ---------------------------------------------------------------------------------------------- batch mode
+
+
+def prefetched(items: Sequence[Any], load: Callable[[Any], Any], depth: int = 1):
+    """Yield ``(item, load(item))`` in order while the next ``depth`` items load in a background thread.
+
+    For batch mode: reading and preprocessing case i+1 (nibabel/zlib and torch release the GIL) overlaps the
+    inference of case i. An exception raised by ``load`` is yielded in place of the result (not raised), so
+    one bad case does not stop the others.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def worker() -> None:
+        for item in items:
+            if stop.is_set():
+                return
+            try:
+                result: Any = load(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                result = exc
+            q.put((item, result))
+        q.put(_DONE)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = q.get()
+            if got is _DONE:
+                return
+            yield got
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+_DONE = object()
+
+
+class BackgroundWriter:
+    """Runs write jobs one after the other in a background thread, so writing case i overlaps case i+1.
+
+    ``submit(fn, *args)`` queues a job; ``close()`` waits for all of them and raises the first error, if any
+    (``errors`` lists them all). Use as a context manager.
+    """
+
+    def __init__(self, max_pending: int = 2) -> None:
+        import queue
+        import threading
+
+        self.errors: list[BaseException] = []
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is _DONE:
+                return
+            fn, args, kwargs = job
+            try:
+                fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported by close()
+                self.errors.append(exc)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._q.put((fn, args, kwargs))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._q.put(_DONE)
+            self._thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------------------------- wiring
