@@ -576,6 +576,10 @@ class FastInferer:
         elif engine == "compile":
             self.predictor = compile_fast(self.model)
             self.fixed_batch = True  # one window shape, one compiled graph
+            # compile now (minutes), so that the first case's inference time is the steady-state one
+            warm = torch.zeros((self.sw_batch_size, in_channels, *self.roi), device=self.device)
+            with torch.inference_mode(), torch.autocast("cuda", enabled=self.amp):
+                self.predictor(warm)
         elif engine == "eager":
             self.predictor = self.model
         else:
