@@ -18,8 +18,13 @@
   retries the same windows (nothing was accumulated from the failed call).
 * :func:`choose_sw_batch_size` -- batch size from free GPU memory (``torch.cuda.mem_get_info``) and the
   measured memory of one and two windows.
-* ROI mode -- :func:`box_to_voxels`, :func:`crop_image` and :func:`paste_labels`: run the normal pipeline on
-  the CT cropped to a box plus context, so every stage's time scales with the box; labels outside the box are 0.
+* ROI mode -- :func:`predict_roi`: ``grid`` runs only the full run's windows that touch the box (labels in the
+  box equal the full run's); ``local`` runs the whole pipeline on the CT cropped to the box plus context
+  (:func:`crop_image`, :func:`paste_labels`), so every stage's time scales with the box, at the price of other
+  window positions. Labels outside the box are 0 in both.
+* :func:`tune_cpu_allocator` -- on the CPU, freed tensor memory stays in the heap (no page faults per window).
+* :class:`FastInferer` -- all of the above behind one call for ``Segmenter.infer``; :func:`prefetched` and
+  :class:`BackgroundWriter` overlap reading and writing of cases with compute in batch mode.
 """
 
 from __future__ import annotations
