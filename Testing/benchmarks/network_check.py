@@ -7,7 +7,8 @@ Part of ``gpu_check.sh`` (released size on a GPU); also runs on a CPU with small
 
 Variants timed (fp16 autocast on CUDA, fp32 on CPU; ms per window at --batch windows per call):
 ``monai-cuda-codes`` (as the bundle builds it: arch codes as CUDA tensors), ``monai-cpu-codes``, ``fast-eager``,
-``fastmm-eager`` (matrix-product upsampling), ``fast-cuda-graph`` / ``fastmm-cuda-graph`` (CUDA only),
+``fastmm-eager`` (matrix-product upsampling), ``fast-cuda-graph`` / ``fastmm-cuda-graph`` and
+``fastmm-channels-last`` (CUDA only),
 ``fast-compile`` (torch.compile, fullgraph; with --compile). The last line is JSON.
 """
 
@@ -179,6 +180,17 @@ def main() -> int:
             rows["fastmm-cuda-graph"] = timed(lambda: graph_mm(x), dev, args.iters)
         except Exception as exc:  # noqa: BLE001 - report, do not hide
             report["cuda_graph_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if cuda:  # last: converts the shared parameters to channels_last_3d
+        try:
+            fastmm.to(memory_format=torch.channels_last_3d)
+            x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+
+            def run_cl():
+                with torch.inference_mode(), torch.autocast("cuda"):
+                    return fastmm(x_cl)
+            rows["fastmm-channels-last"] = timed(run_cl, dev, args.iters)
+        except Exception as exc:  # noqa: BLE001
+            report["channels_last_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if args.compile:
         try:
             t0 = time.perf_counter()
