@@ -95,6 +95,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="dense", choices=("dense", "random"),
+                   help="dense: all paths active (nothing to skip); random: a decoded TopologySearch")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (takes a minute or more)")
     args = p.parse_args()
     dev = torch.device(args.device)
@@ -105,7 +107,14 @@ def main() -> int:
 
     t0 = time.perf_counter()
     spec = NetworkSpec(channel_mul=args.channel_mul, num_blocks=args.num_blocks, num_depths=args.num_depths)
-    arch = random_arch(args.num_blocks, args.num_depths, seed=args.seed)
+    if args.arch == "dense":  # every path active, random operations: the stand-in of shared/notes/gpu_profile.md
+        rng = np.random.default_rng(args.seed)
+        n_paths = 3 * args.num_depths - 2
+        arch = {"node_a": np.ones((args.num_blocks + 1, args.num_depths), dtype=np.int64),
+                "arch_code_a": np.ones((args.num_blocks, n_paths)),
+                "arch_code_c": rng.integers(0, 5, size=(args.num_blocks, n_paths)).astype(np.int64)}
+    else:
+        arch = random_arch(args.num_blocks, args.num_depths, seed=args.seed)
     torch.manual_seed(args.seed)
     ref = build_dints(spec, arch).eval()  # arch codes as CPU data
     with torch.no_grad():  # trained-like norm parameters
