@@ -382,21 +382,34 @@ def _run_worker(kind: str, cfg: dict[str, Any], work: Path, env: dict[str, str],
     return res
 
 
-def _make_dense(bundle: Path, seed: int = 0) -> None:
-    """Replace the bundle's arch and weights by the dense stand-in: every path active, random operations.
+def _make_dense(reference: Path, bundle: Path, channel_mul: float, num_blocks: int, seed: int = 0) -> None:
+    """A bundle from the reference configs with the dense stand-in: every path active, random operations.
 
     As in shared/notes/gpu_profile.md (136 M parameters at channel_mul 1, close to the released 138 M). With all
     input and output nodes used, no stem or cell is skipped by FastDiNTS: its gain is not inflated by a sparse
     random topology. InstanceNorm affine parameters get random offsets (as trained ones have), which makes the
     labels mixed and the agreement check meaningful.
     """
+    import shutil
+
     import numpy as np
     import torch
+    import yaml
 
-    from ..bundle import load_bundle, save_arch_file
+    from ..bundle import NetworkSpec, save_arch_file
     from ..network import build_dints
 
-    spec = load_bundle(bundle).network
+    (bundle / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(reference / "configs", bundle / "configs", dirs_exist_ok=True)
+    cfg_path = bundle / "configs" / "inference.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["dints_space"]["channel_mul"] = channel_mul
+    cfg["dints_space"]["num_blocks"] = num_blocks
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    space = cfg["dints_space"]
+    spec = NetworkSpec(in_channels=int(cfg.get("input_channels", 1)), num_classes=int(cfg.get("output_classes", 3)),
+                       channel_mul=float(space["channel_mul"]), num_blocks=int(space["num_blocks"]),
+                       num_depths=int(space["num_depths"]), use_downsample=bool(space.get("use_downsample", True)))
     n_paths = 3 * spec.num_depths - 2
     rng = np.random.default_rng(seed)
     arch = {"node_a": np.ones((spec.num_blocks + 1, spec.num_depths), dtype=np.int64),
@@ -478,9 +491,10 @@ def run(args: argparse.Namespace) -> int:
         if not (bundle / "models" / "model.pt").exists():
             print(f"building a random-weight bundle (channel_mul {mul}, {blocks} blocks, {args.arch} topology) "
                   f"in {bundle}", file=sys.stderr)
-            make_random_bundle(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
             if args.arch == "dense":
-                _make_dense(bundle, seed=0)
+                _make_dense(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
+            else:
+                make_random_bundle(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
         model_desc = f"random weights, channel_mul {mul}, {blocks} blocks, {args.arch} topology (reference configs)"
     if device.startswith("cuda") is False and device != "cpu":
         raise DeviceError(f"benchmark: unsupported device {device}")
