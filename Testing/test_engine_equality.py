@@ -7,6 +7,7 @@ import subprocess
 
 import nibabel as nib
 import numpy as np
+import pytest
 from conftest import PYTHON
 
 
@@ -29,11 +30,18 @@ def run_monai_bundle(bundle, image, out_dir, env):
     return nib.load(str(out))
 
 
-def test_labels_equal_monai_bundle_run(tiny_bundle, example_ct_sm, tmp_path, cli_env):
+@pytest.fixture(scope="module")
+def reference_labels(tiny_bundle, example_ct_sm, tmp_path_factory, cli_env):
+    return run_monai_bundle(tiny_bundle, example_ct_sm, tmp_path_factory.mktemp("ref"), cli_env)
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_labels_equal_monai_bundle_run(mode, tiny_bundle, example_ct_sm, tmp_path, cli_env, reference_labels):
+    """Both our default fast path and the MONAI reference path give the bundle's labels."""
     ours_dir = tmp_path / "ours"
     proc = subprocess.run(
         [PYTHON, "-m", "PancreasDiNTSLib.cli", "segment", str(example_ct_sm), "-o", str(ours_dir),
-         "--model", str(tiny_bundle), "--device", "cpu", "--progress", "json"],
+         "--model", str(tiny_bundle), "--device", "cpu", "--progress", "json", "--mode", mode],
         env=cli_env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
@@ -41,7 +49,7 @@ def test_labels_equal_monai_bundle_run(tiny_bundle, example_ct_sm, tmp_path, cli
     assert events[-1]["stage"] == "summary" and events[-1]["succeeded"] == 1
 
     ours = nib.load(str(ours_dir / "example_ct_sm" / "labels.nii.gz"))
-    ref = run_monai_bundle(tiny_bundle, example_ct_sm, tmp_path / "ref", cli_env)
+    ref = reference_labels
     a = np.asarray(ours.dataobj)
     b = np.asarray(ref.dataobj).reshape(a.shape)
     assert ours.get_data_dtype() == np.uint8

@@ -232,3 +232,24 @@ def test_geometry_round_trip_oblique_anisotropic(tmp_path, small_ct, tiny_bundle
     # for oblique affines MONAI's Spacingd picks its output origin with an exact-zero test (compute_shape_offset),
     # so a 1e-7 mm difference can move the 1 mm grid (the bundle behaves the same). Axis-aligned inputs are
     # compared across all formats in test_every_format_gives_the_same_labels_on_the_input_grid.
+
+
+def test_roi_mode_equals_the_full_run_inside_the_box(tmp_path, small_ct, tiny_bundle, capsys):
+    """--roi (voxel box, grid mode): labels inside the box equal the full run's, zero outside."""
+    from PancreasDiNTSLib.cli import main
+
+    full = run_segment([str(small_ct)], tmp_path / "full", tiny_bundle, device="cpu", formats="nifti", progress="none")
+    assert full.ok
+    code = main(["segment", str(small_ct), "-o", str(tmp_path / "roi"), "--model", str(tiny_bundle), "--device",
+                 "cpu", "--format", "nifti", "--progress", "none", "--roi", "10,12,5,30,36,20", "--roi-space",
+                 "voxel"])
+    assert code == 0, capsys.readouterr().err
+    a = np.asarray(nib.load(str(tmp_path / "full" / "small" / "labels.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "roi" / "small" / "labels.nii.gz")).dataobj)
+    box = (slice(10, 30), slice(12, 36), slice(5, 20))
+    assert (a[box] == b[box]).mean() >= 0.99
+    outside = np.ones(b.shape, bool)
+    outside[box] = False
+    assert not b[outside].any()
+    report = json.loads((tmp_path / "roi" / "small" / "report.json").read_text())
+    assert report["inference"]["roi"]["space"] == "voxel"

@@ -20,6 +20,7 @@ from .bundle import Bundle, InferenceSpec
 from .errors import DeviceError
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
+MODES = ("exact", "fast", "fastmm")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -121,7 +122,13 @@ class Segmenter:
     """Runs one bundle on one device; ``predict`` maps a loaded CT to labels on the CT's own grid."""
 
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", sw_batch_size: int | None = None,
-                 amp: bool | None = None) -> None:
+                 amp: bool | None = None, mode: str = "exact", engine: str = "eager") -> None:
+        """``mode``: "exact" (MONAI's SlidingWindowInferer, the reference), "fast" (static DiNTS forward and a
+        sliding window that computes constant windows once: the same logits, see fastpath.py) or "fastmm" (fast
+        with matrix-product upsampling: rounding-level differences). ``engine`` (fast modes): eager, cuda-graph
+        or compile."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.bundle = bundle
         self.spec = bundle.inference
         self.device = resolve_device(device)
@@ -129,7 +136,26 @@ class Segmenter:
         self.amp = (self.spec.amp if amp is None else amp) and self.device.type == "cuda"
         self.preprocessing = build_preprocessing(self.spec)
         self.network = bundle.build_network(self.device)
+        self.mode = mode
+        self.fast = None
+        # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs: they always take MONAI's path.
+        if mode != "exact" and bundle.kind == "bundle":
+            from .fastpath import FastInferer
+
+            batch: int | str = "auto" if sw_batch_size is None and self.device.type == "cuda" else self.sw_batch_size
+            self.fast = FastInferer(self.network, self.spec.roi_size, self.spec.overlap, self.device, self.amp,
+                                    batch, in_channels=bundle.network.in_channels, engine=engine,
+                                    upsample="matmul" if mode == "fastmm" else "native")
+            self.sw_batch_size = self.fast.sw_batch_size
         self.timings: dict[str, float] = {}
+
+    def describe(self) -> dict[str, Any]:
+        """How inference ran, for report.json."""
+        out: dict[str, Any] = {"mode": self.mode if self.fast is not None else "exact", "amp": self.amp,
+                               "sw_batch_size": self.sw_batch_size}
+        if self.fast is not None:
+            out.update(engine=self.fast.engine, windows=dict(vars(self.fast.stats)))
+        return out
 
     def preprocess(self, image: Any) -> Any:
         """Loaded MetaTensor (1, X, Y, Z) -> the network's input grid (orientation, spacing, window)."""
@@ -156,6 +182,14 @@ class Segmenter:
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
                 return self._inferer(sw_batch, stitch_device)(inputs, predictor)
 
+        if self.fast is not None:
+            try:
+                return self.fast(pre, on_window)
+            except RuntimeError as exc:  # the fast path already halved its batch down to one window
+                if self.device.type == "cuda" and _is_oom(exc):
+                    raise DeviceError(f"GPU {self.device} ran out of memory even with one window at a time; "
+                                      "use --device cpu (slower) or free GPU memory") from None
+                raise
         if self.device.type != "cuda":
             return attempt(self.sw_batch_size, None)
         result, self.sw_batch_size = with_oom_fallback(attempt, self.sw_batch_size, str(self.device))

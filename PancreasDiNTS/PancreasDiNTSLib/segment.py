@@ -147,11 +147,16 @@ def run_segment(
     callback: ProgressCallback | None = None,
     rank: int = 0,
     world_size: int = 1,
+    mode: str = "fast",
+    engine: str = "eager",
+    roi: tuple[list[float], str, str] | None = None,
 ) -> SegmentSummary:
     """Segment every input into ``out_dir/<case>/``; see the module docstring for the guarantees.
 
     Raises ModelError/DeviceError/OutputError before any case when the model, device or output folder is unusable.
     Under torchrun (``world_size`` > 1) rank ``r`` processes cases r, r+W, r+2W, ...
+    ``mode``/``engine``: see inference.Segmenter. ``roi`` = (box [x0, y0, z0, x1, y1, z1], space "ras"|"voxel",
+    roi mode "grid"|"local"): only the sliding windows touching the box run; labels outside it are 0.
     """
     from .inference import Segmenter, resolve_device
 
@@ -174,7 +179,7 @@ def run_segment(
     reporter = Progress(progress, total=max(1, len(cases)), callback=callback)
     # Model problems (weights that do not fit the architecture...) concern every case: fail before the first.
     t_model = time.perf_counter()
-    segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size) if cases else None
+    segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size, mode=mode, engine=engine) if cases else None
     load_model_s = time.perf_counter() - t_model
     try:
         for index, (name, path) in enumerate(cases):
@@ -195,8 +200,17 @@ def run_segment(
                     reporter.write(f"warning: {name}: {w}")
                 assert segmenter is not None
                 timings["load_model"] = load_model_s
-                labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m))
-                timings.update(segmenter.timings)
+                if roi is None:
+                    labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m))
+                    timings.update(segmenter.timings)
+                else:
+                    from .fastpath import predict_roi
+
+                    t_roi = time.perf_counter()
+                    reporter.update(name, "infer", 0.1, f"ROI {roi[0]} ({roi[1]}, {roi[2]} mode)")
+                    labels = predict_roi(segmenter, case.image, roi[0], space=roi[1], mode=roi[2],
+                                         fast=segmenter.fast)
+                    timings["roi_infer"] = time.perf_counter() - t_roi
                 reporter.update(name, "write", 0.95, "writing outputs")
                 t_write = time.perf_counter()
                 voxels, ml = volumes_ml(labels, case)
@@ -215,8 +229,8 @@ def run_segment(
                         "volumes_ml": ml,
                         "timings_s": {k: round(v, 4) for k, v in timings.items()},
                         "device": str(dev),
-                        "amp": segmenter.amp,
-                        "sw_batch_size": segmenter.sw_batch_size,
+                        "inference": segmenter.describe() | ({"roi": {"box": roi[0], "space": roi[1], "mode": roi[2]}}
+                                                             if roi else {}),
                         "model": bundle.describe(),
                         "outputs": [w for w in written if not w.startswith("note:")] + [OUTPUT_NAMES["report"]],
                         "notes": [w[6:] for w in written if w.startswith("note:")] + case.warnings,

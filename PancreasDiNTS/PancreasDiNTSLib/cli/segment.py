@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..errors import EXIT_CASE_FAILED, EXIT_OK
+from ..errors import EXIT_CASE_FAILED, EXIT_OK, InputError
 from ..progress import MODES
 from ..writers import FORMATS
 
@@ -28,7 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
     p.add_argument("--allow-non-ct", action="store_true",
                    help="segment images whose intensities do not look like CT Hounsfield units (with a warning)")
-    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call (default: bundle's)")
+    p.add_argument("--sw-batch-size", type=int, default=None,
+                   help="windows per network call (default: the bundle's; on a GPU the fast modes size it by free memory)")
+    p.add_argument("--mode", default="fast", choices=("fast", "exact", "fastmm"),
+                   help="fast (default): static DiNTS forward, constant windows computed once, same labels as the "
+                        "bundle; exact: MONAI's SlidingWindowInferer as the bundle runs it (the reference); fastmm: "
+                        "fast with matrix-product upsampling (rounding-level differences)")
+    p.add_argument("--engine", default="eager", choices=("eager", "cuda-graph", "compile"),
+                   help="how the fast modes run the network (cuda-graph needs a GPU)")
+    p.add_argument("--roi", default=None, metavar="X0,Y0,Z0,X1,Y1,Z1",
+                   help="segment only inside this box (corners; labels outside are 0): for CPU-only machines")
+    p.add_argument("--roi-space", default="ras", choices=("ras", "voxel"),
+                   help="coordinates of --roi: RAS millimetres (a Slicer ROI's bounds) or voxel indices")
+    p.add_argument("--roi-mode", default="grid", choices=("grid", "local"),
+                   help="grid: the full run's windows touching the box (labels in the box equal the full run's); "
+                        "local: crop the CT to the box plus context (time proportional to the box)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +55,19 @@ def run(args: argparse.Namespace) -> int:
         from ..distributed import device_for_rank
 
         device = str(device_for_rank(device))  # cuda:LOCAL_RANK on a multi-GPU node
+    roi = None
+    if args.roi:
+        try:
+            box = [float(v) for v in args.roi.split(",")]
+        except ValueError:
+            box = []
+        if len(box) != 6:
+            raise InputError(f"--roi {args.roi}: give six numbers X0,Y0,Z0,X1,Y1,Z1 (two opposite corners)")
+        roi = (box, args.roi_space, args.roi_mode)
     summary = run_segment(
         args.inputs, args.output, args.model, device=device, formats=args.formats, progress=args.progress,
         overwrite=args.overwrite, allow_non_ct=args.allow_non_ct, sw_batch_size=args.sw_batch_size,
-        rank=rank, world_size=world,
+        rank=rank, world_size=world, mode=args.mode, engine=args.engine, roi=roi,
     )
     if args.progress != "json":
         for r in summary.results:
