@@ -139,7 +139,7 @@ def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, t
     fg = np.argwhere(truth > 0) if truth.any() else np.argwhere(pred > 0)
     lo = fg.min(axis=0) if len(fg) else np.zeros(3, int)
     hi = fg.max(axis=0) if len(fg) else np.array(ct.shape) - 1
-    margin = [max(4, int(round(25.0 / s))) for s in sp]  # 25 mm around the pancreas
+    margin = [max(3, int(round(12.0 / s))) for s in sp]  # 12 mm around the pancreas
     box = [(max(0, int(lo[a]) - margin[a]), min(ct.shape[a] - 1, int(hi[a]) + margin[a])) for a in range(3)]
     # (name, slicer, horizontal axis, vertical axis)
     views = [
