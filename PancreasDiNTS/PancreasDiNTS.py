@@ -30,7 +30,7 @@ from slicer.util import VTKObservationMixin
 MODULE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 # Packages Slicer ships (or PyTorchUtils manages): never let pip replace them.
-SLICER_MANAGED_PACKAGES = ["torch", "torchvision", "numpy", "scipy", "SimpleITK", "pydicom", "requests", "vtk"]
+SLICER_MANAGED_PACKAGES = ["torch", "torchvision", "numpy", "scipy", "SimpleITK", "pydicom", "requests", "vtk", "packaging"]
 TORCH_REQUIREMENT = ">=2.4"
 
 
