@@ -153,6 +153,9 @@ def distributed_session(device: str | torch.device | None = None, backend: str |
     ctx = init_distributed(device, backend)
     try:
         yield ctx
+        # Leave together: a rank that tears down its gloo group while a peer still talks to it can abort
+        # ("terminate called without an active exception"). Not on errors: a dead peer would hang the barrier.
+        barrier()
     finally:
         destroy()
 
