@@ -9,12 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import PYTHON
+from PancreasDiNTSLib.bundle import monai_arch_ckpt_override
 
 
 def run_monai_bundle(bundle, image, out_dir, env):
     """The released inference.yaml, run by MONAI itself. Two overrides are unavoidable here:
     the config hard-codes `dints_space#device: cuda` (no GPU), and on torch >= 2.6 its `torch.load` of the arch
-    file needs weights_only=False (a file this test made). Everything else is the released config."""
+    file fails (numpy arrays): the override keeps weights_only=True and allows numpy's array types first.
+    Everything else is the released config."""
     cmd = [
         PYTHON, "-m", "monai.bundle", "run",
         "--config_file", str(bundle / "configs" / "inference.yaml"),
@@ -22,7 +24,7 @@ def run_monai_bundle(bundle, image, out_dir, env):
         "--datalist", f"[{{'image': '{image}'}}]",
         "--output_dir", str(out_dir),
         "--dints_space#device", "cpu",
-        "--arch_ckpt", "$torch.load(@arch_ckpt_path, map_location='cpu', weights_only=False)",
+        "--arch_ckpt", monai_arch_ckpt_override("cpu"),
         "--dataloader#num_workers", "0",
     ]
     subprocess.run(cmd, check=True, env=env, cwd=bundle, capture_output=True, timeout=900)

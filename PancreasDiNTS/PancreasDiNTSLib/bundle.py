@@ -212,6 +212,19 @@ def _safe_load(path: Path) -> Any:
         ) from None
 
 
+def monai_arch_ckpt_override(map_location: str = "cpu") -> str:
+    """A ``--arch_ckpt`` override that lets ``monai.bundle run`` load a released-format arch file on torch >= 2.6.
+
+    The released config's ``torch.load`` relies on the old ``weights_only=False`` default; this expression (run
+    by MONAI, not by us) keeps ``weights_only=True`` and first allows exactly numpy's array types.
+    """
+    types = ("(numpy._core if hasattr(numpy, '_core') else numpy.core).multiarray._reconstruct, numpy.ndarray, "
+             "numpy.dtype, type(numpy.dtype('int64')), type(numpy.dtype('float64')), type(numpy.dtype('int32')), "
+             "type(numpy.dtype('float32'))")
+    return (f"$torch.load(@arch_ckpt_path, map_location=torch.device('{map_location}'), weights_only=True) "
+            f"if torch.serialization.add_safe_globals([{types}]) is None else None")
+
+
 def load_arch_file(path: Path) -> dict[str, np.ndarray]:
     """Load a DiNTS architecture file (dict with numpy/tensor ``node_a``, ``arch_code_a``, ``arch_code_c``)."""
     data = _safe_load(Path(path))

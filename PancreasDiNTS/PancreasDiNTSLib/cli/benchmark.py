@@ -7,8 +7,9 @@ Both run as real subprocesses, one after the other, with the same thread setting
   does), with ignite event timers added. Overrides, all data except where the release cannot run as is:
 
   - ``data_list_file_path``/``dataset_dir``/``output_dir``/``bundle_root``: the input and output places;
-  - ``arch_ckpt``: ``torch.load(..., weights_only=False)`` -- torch >= 2.6 refuses the released numpy arch file
-    otherwise (``map_location`` kept as released on CUDA, ``cpu`` on a CPU run);
+  - ``arch_ckpt``: torch >= 2.6 refuses the released numpy arch file as released; the override keeps
+    ``weights_only=True`` after allowing numpy's array types (bundle.monai_arch_ckpt_override; ``map_location``
+    kept as released on CUDA, ``cpu`` on a CPU run);
   - ``dints_space#device``: ``cpu`` on a CPU run only (the release hard-codes ``cuda``).
 
 * **ours** -- read (imaging.read_image) -> preprocess (Segmenter.preprocess: the bundle's transforms) -> infer
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..bundle import monai_arch_ckpt_override
 from ..errors import DeviceError, InputError, ModelError
 
 HELP = "time the bundle's own inference against ours (same input, weights, device); last line is JSON"
@@ -174,7 +176,7 @@ def bundle_overrides(bundle: Path, datalist: Path, data_dir: Path, out_dir: Path
         "data_list_file_path": str(datalist),
         "dataset_dir": str(data_dir),
         "output_dir": str(out_dir),
-        "arch_ckpt": f"$torch.load(@arch_ckpt_path, map_location=torch.device('{loc}'), weights_only=False)",
+        "arch_ckpt": monai_arch_ckpt_override(loc),
     }
     if not cuda:
         ov["dints_space#device"] = "$torch.device('cpu')"
