@@ -215,7 +215,7 @@ def _safe_load(path: Path) -> Any:
 def monai_arch_ckpt_override(map_location: str = "cpu") -> str:
     """A ``--arch_ckpt`` override that lets ``monai.bundle run`` load a released-format arch file on torch >= 2.6.
 
-    The released config's ``torch.load`` relies on the old ``weights_only=False`` default; this expression (run
+    The released config's ``torch.load`` relies on torch's pre-2.6 default (unrestricted unpickling); this expression (run
     by MONAI, not by us) keeps ``weights_only=True`` and first allows exactly numpy's array types.
     """
     types = ("(numpy._core if hasattr(numpy, '_core') else numpy.core).multiarray._reconstruct, numpy.ndarray, "
