@@ -138,8 +138,9 @@ class Segmenter:
         self.network = bundle.build_network(self.device)
         self.mode = mode
         self.fast = None
-        # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs: they always take MONAI's path.
-        if mode != "exact" and bundle.kind == "bundle":
+        # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs, and the fast sliding window implements
+        # constant blending only: anything else takes MONAI's path.
+        if mode != "exact" and bundle.kind == "bundle" and self.spec.blend_mode == "constant":
             from .fastpath import FastInferer
 
             batch: int | str = "auto" if sw_batch_size is None and self.device.type == "cuda" else self.sw_batch_size
