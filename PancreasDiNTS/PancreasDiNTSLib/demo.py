@@ -196,6 +196,7 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
     """Make a phantom, segment it with the demo model, write the outputs into ``out_dir``; return the report."""
     from .atomic import atomic_dir
     from .bundle import load_bundle
+    from .download import resolve_model
     from .imaging import read_image
     from .inference import Segmenter, resolve_device
     from .phantom import make_phantom, save_nifti
@@ -205,7 +206,7 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
     out = Path(out_dir).expanduser()
     check_seed(seed)
     check_output(out)
-    model_dir = Path(model) if model else demo_model_dir()
+    model_dir = resolve_model(model) if model else demo_model_dir()  # `official` = the downloaded model
     dev = resolve_device(device)
     bundle = load_bundle(model_dir)
     reporter = Progress(progress, total=1)
