@@ -67,10 +67,15 @@ def random_arch(num_blocks: int = 12, num_depths: int = 4, seed: int = 0) -> dic
     with torch.no_grad():
         space.log_alpha_a.normal_(0, 1)
         space.log_alpha_c.normal_(0, 1)
+    return decode_space(space)
+
+
+def decode_space(space: Any) -> dict[str, np.ndarray]:
+    """A TopologySearch's current architecture in the released format (numpy arrays)."""
     node_a, arch_code_a, arch_code_c, arch_code_a_max = space.decode()
     return {
         "node_a": np.asarray(node_a).astype(np.int64),
         "arch_code_a": np.asarray(arch_code_a).astype(np.float64),
-        "arch_code_c": np.asarray(arch_code_c).astype(np.int64),
         "arch_code_a_max": np.asarray(arch_code_a_max).astype(np.int64),
+        "arch_code_c": np.asarray(arch_code_c).astype(np.int64),
     }

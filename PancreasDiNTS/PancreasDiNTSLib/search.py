@@ -219,13 +219,9 @@ def ramp(settings: SearchSettings, epoch: int) -> float:
 
 def decode(space: Any) -> dict[str, np.ndarray]:
     """The searched architecture in the released format (numpy arrays)."""
-    node_a, arch_code_a, arch_code_c, arch_code_a_max = space.decode()
-    return {
-        "node_a": np.asarray(node_a).astype(np.int64),
-        "arch_code_a": np.asarray(arch_code_a).astype(np.float64),
-        "arch_code_a_max": np.asarray(arch_code_a_max).astype(np.int64),
-        "arch_code_c": np.asarray(arch_code_c).astype(np.int64),
-    }
+    from .network import decode_space
+
+    return decode_space(space)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
