@@ -119,7 +119,9 @@ def test_settings_overrides_and_errors():
         with pytest.raises(SettingsError, match=match):
             make_search_settings("tiny", bad)
     with pytest.raises(SettingsError, match="unknown search preset"):
-        make_search_settings("demo")
+        make_search_settings("nope")
+    demo = make_search_settings("demo")  # the demo model's search: the train demo preset's network family
+    assert (demo.channel_mul, demo.num_blocks, demo.num_depths, demo.patch_size) == (0.25, 4, 3, (64, 64, 32))
 
 
 def test_weight_lr_schedule_and_world_scaling():

@@ -20,7 +20,7 @@ from PancreasDiNTSLib.checkpoint import CheckpointWarning, load_checkpoint, save
 from PancreasDiNTSLib.data import prepare_datalist, write_datalist
 from PancreasDiNTSLib.errors import ModelError
 from PancreasDiNTSLib.phantom import write_msd_dataset
-from PancreasDiNTSLib.train import PRESETS, SettingsError, TrainSettings, make_settings
+from PancreasDiNTSLib.train import PRESETS, SettingsError, TrainSettings, make_optimizer, make_settings
 
 CLI = [sys.executable, "-m", "PancreasDiNTSLib.cli"]
 
@@ -64,12 +64,17 @@ def test_settings_presets_and_overrides():
     assert (s.epochs, s.patch_size, s.spacing, s.augment, s.crop_dilation, s.lr, s.cache_dir) == (
         7, (48, 48, 48), (1.5, 1.5, 3.0), False, None, 1e-3, "/tmp/x")
     for bad, match in (["nope=1"], "unknown setting"), (["epochs=abc"], "bad value"), (["patch_size=40"], "multiple"), \
-                      (["augment=3"], "true or false"), (["epochs"], "key=value"):
+                      (["augment=3"], "true or false"), (["epochs"], "key=value"), (["optimizer=rmsprop"], "sgd or adamw"):
         with pytest.raises(SettingsError, match=match):
             make_settings("tiny", bad)
     with pytest.raises(SettingsError, match="unknown preset"):
         make_settings("huge")
     assert isinstance(make_settings(base=dict(vars(TrainSettings(epochs=3)), patch_size=[64, 64, 64])), TrainSettings)
+    net = torch.nn.Linear(2, 2)
+    assert type(make_optimizer(net, bundle)) is torch.optim.SGD  # the bundle's optimiser
+    demo = make_settings("demo")
+    opt = make_optimizer(net, demo, world_size=2)
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["lr"] == pytest.approx(2 * demo.lr)
 
 
 def test_training_lowers_loss_and_logs(tiny_run):

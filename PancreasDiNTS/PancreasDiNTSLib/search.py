@@ -79,6 +79,11 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(epochs=4, warmup_epochs=2, val_interval=2, patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0),
                  channel_mul=0.0625, num_blocks=3, num_depths=3, sw_batch_size=2, overlap=0.25, cache_gb=0.25,
                  num_workers=0, augment=False),
+    # the demo model's search on phantoms (Testing/benchmarks/make_demo_model.sh): the train `demo` preset's network
+    # family, patch and spacing; minutes on 2 CPU cores
+    "demo": dict(epochs=16, warmup_epochs=8, val_interval=8, patch_size=(64, 64, 32), spacing=(1.0, 1.0, 2.0),
+                 channel_mul=0.25, num_blocks=4, num_depths=3, sw_batch_size=4, overlap=0.5, cache_gb=2.0,
+                 num_workers=2, augment=False, lr=0.05),
     # the released search (20k iterations on 8 GPUs in the bundle)
     "bundle": {},
 }

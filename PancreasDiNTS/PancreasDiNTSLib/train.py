@@ -60,6 +60,7 @@ class TrainSettings:
     num_classes: int = 3
     crop_dilation: int | None = None  # dilation steps of the crop maps; None: half the patch (48 for 96)
     augment: bool = True
+    optimizer: str = "sgd"  # sgd (the bundle's) or adamw
     lr: float = 0.025
     momentum: float = 0.9
     weight_decay: float = 4e-5
@@ -87,10 +88,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                  overlap=0.25, cache_gb=0.25, num_workers=0, lr_step_size=80),
     # the phantom demo model (Testing/benchmarks/make_demo_model.sh pins the same values): phantoms come from one
     # generator, so no augmentation; 1 x 1 x 2 mm keeps the thin pancreas; a patch covering most of a phantom
-    "demo": dict(epochs=24, val_interval=4, batch_size=1, num_samples=2, patch_size=(64, 64, 32),
+    "demo": dict(epochs=300, val_interval=25, batch_size=1, num_samples=2, patch_size=(64, 64, 32),
                  spacing=(1.0, 1.0, 2.0), augment=False, channel_mul=0.25, num_blocks=4, num_depths=3,
-                 sw_batch_size=4, infer_sw_batch_size=4, overlap=0.5, cache_gb=2.0, num_workers=2, lr=0.05,
-                 lr_step_size=10),
+                 sw_batch_size=4, infer_sw_batch_size=4, overlap=0.5, cache_gb=2.0, num_workers=2,
+                 optimizer="adamw", lr=0.002, lr_step_size=100),
     # the released hyper-parameters
     "bundle": {},
 }
@@ -163,6 +164,8 @@ def check_settings(s: TrainSettings) -> None:
     for name in ("epochs", "val_interval", "batch_size", "num_samples", "lr_step_size"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{name} must be at least 1")
+    if s.optimizer not in ("sgd", "adamw"):
+        raise SettingsError(f"optimizer {s.optimizer!r}: use sgd or adamw")
     if any(x <= 0 for x in s.spacing):
         raise SettingsError("spacing must be positive")
 
@@ -179,7 +182,9 @@ def make_loss() -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings, world_size: int = 1) -> torch.optim.Optimizer:
-    """SGD; the learning rate is scaled by the number of processes as in the bundle's multi-GPU config."""
+    """SGD (or AdamW); the learning rate is scaled by the number of processes as in the bundle's multi-GPU config."""
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=settings.lr * world_size, weight_decay=settings.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=settings.lr * world_size, momentum=settings.momentum,
                            weight_decay=settings.weight_decay)
 

@@ -9,7 +9,7 @@ import sys
 from ..errors import EXIT_OK
 from ..progress import MODES
 
-HELP = ("search a DiNTS architecture on a datalist (presets tiny|bundle); writes search_code_<iter>.pt for "
+HELP = ("search a DiNTS architecture on a datalist (presets tiny|demo|bundle); writes search_code_<iter>.pt for "
         "`train --arch`; crash-safe, --resume continues; runs under torchrun")
 
 
@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="SEARCH",
                    help="search folder (search_code_<iter>.pt + .png, best/, checkpoints/, logs/, metrics.csv)")
     p.add_argument("--preset", default="bundle",
-                   help="tiny (seconds on a CPU; tests) or bundle (the released search: TopologySearch channel_mul "
-                        "0.5, 12 blocks, 4 depths, 1430 epochs, 715 warm-up; default)")
+                   help="tiny (seconds on a CPU; tests), demo (minutes on a CPU; the demo model's search) or bundle "
+                        "(the released search: TopologySearch channel_mul 0.5, 12 blocks, 4 depths, 1430 epochs, "
+                        "715 warm-up; default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a setting, e.g. --set epochs=200 --set warmup_epochs=100 "
                         "--set ram_cost_factor=0.6 (repeatable)")
