@@ -193,6 +193,30 @@ def test_skip_existing_then_overwrite(tmp_path, small_ct, tiny_bundle):
     assert not [p for p in out.rglob("*") if ".part" in p.name or p.name.startswith(".")]
 
 
+def test_prefetch_keeps_labels_order_and_case_isolation(tmp_path, small_ct, tiny_bundle):
+    """Batch mode reads the next case in a background thread: same labels, same order, a bad case still fails alone."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.nii.gz").write_bytes(small_ct.read_bytes())
+    (inputs / "b.nii.gz").write_text("not an image")
+    data, affine = load_nifti(small_ct)
+    nib.save(nib.Nifti1Image(data[::-1].copy(), affine), inputs / "c.nii.gz")
+    args = [str(inputs / n) for n in ("a.nii.gz", "b.nii.gz", "c.nii.gz")]
+    runs = {}
+    for prefetch in (True, False):
+        out = tmp_path / f"out-{prefetch}"
+        summary = run_segment(args, out, tiny_bundle, device="cpu", formats="nifti", progress="none",
+                              prefetch=prefetch)
+        assert [(r.case, r.status) for r in summary.results] == [("a", "ok"), ("b", "failed"), ("c", "ok")]
+        assert "b.nii.gz" in summary.results[1].message and not (out / "b").exists()
+        runs[prefetch] = {c: np.asarray(nib.load(out / c / "labels.nii.gz").dataobj) for c in ("a", "c")}
+        report = json.loads((out / "c" / "report.json").read_text())
+        assert {"read", "preprocess", "infer", "wait_for_read"} <= set(report["timings_s"])
+    for c in ("a", "c"):
+        assert np.array_equal(runs[True][c], runs[False][c])
+    assert not np.array_equal(runs[True]["a"], runs[True]["c"])  # the flipped case is really another input
+
+
 def oblique_affine(spacing: tuple[float, float, float], degrees: float) -> np.ndarray:
     t = np.deg2rad(degrees)
     rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])

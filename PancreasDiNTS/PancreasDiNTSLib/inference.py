@@ -209,16 +209,20 @@ class Segmenter:
         out = post({"image": pre, "pred": logits[0]})["pred"]
         return np.asarray(out.detach().cpu().numpy()[0]).astype(np.uint8)
 
-    def predict(self, image: Any, on_stage: Callable[[str, float, str], None] | None = None) -> np.ndarray:
-        """Labels (uint8, 0/1/2) on the grid of ``image`` (a channel-first MetaTensor from imaging.read_image)."""
+    def predict(self, image: Any, on_stage: Callable[[str, float, str], None] | None = None,
+                pre: Any = None) -> np.ndarray:
+        """Labels (uint8, 0/1/2) on the grid of ``image`` (a channel-first MetaTensor from imaging.read_image).
+
+        ``pre``: ``self.preprocess(image)`` when it was already computed (batch mode prefetches it)."""
         def stage(name: str, part: float, message: str = "") -> None:
             if on_stage is not None:
                 on_stage(name, part, message)
 
         self.timings = {}
         t0 = time.perf_counter()
-        stage("preprocess", 0.05, "resampling to the model's grid")
-        pre = self.preprocess(image)
+        if pre is None:
+            stage("preprocess", 0.05, "resampling to the model's grid")
+            pre = self.preprocess(image)
         t1 = time.perf_counter()
         self.timings["preprocess"] = t1 - t0
 

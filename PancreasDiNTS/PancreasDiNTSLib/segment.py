@@ -2,6 +2,8 @@
 
 Each case's outputs are written into a temporary folder that replaces ``OUTDIR/<case>/`` only when everything
 succeeded, so a failed or interrupted case leaves nothing behind. A failing case does not stop the others.
+With ``prefetch`` (the default), reading and preprocessing case i+1 run in a background thread while case i is
+inferred (fastpath.prefetched); the labels are the same either way.
 """
 
 from __future__ import annotations
@@ -134,6 +136,16 @@ def _write_case(tmp_dir: Path, case: LoadedImage, labels, formats: list[str], bu
     return written + [f"note: {n}" for n in notes]
 
 
+def _call(fn: Any, arg: Any) -> Any:
+    """``fn(arg)``, or the exception it raised (the same contract as fastpath.prefetched)."""
+    try:
+        return fn(arg)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - raised again by the case loop, inside its error handling
+        return exc
+
+
 def run_segment(
     inputs: list[str],
     out_dir: str | Path,
@@ -150,6 +162,7 @@ def run_segment(
     mode: str = "fast",
     engine: str = "eager",
     roi: tuple[list[float], str, str] | None = None,
+    prefetch: bool = True,
 ) -> SegmentSummary:
     """Segment every input into ``out_dir/<case>/``; see the module docstring for the guarantees.
 
@@ -157,6 +170,7 @@ def run_segment(
     Under torchrun (``world_size`` > 1) rank ``r`` processes cases r, r+W, r+2W, ...
     ``mode``/``engine``: see inference.Segmenter. ``roi`` = (box [x0, y0, z0, x1, y1, z1], space "ras"|"voxel",
     roi mode "grid"|"local"): only the sliding windows touching the box run; labels outside it are 0.
+    ``prefetch``: read and preprocess the next case in a background thread during this one's inference.
     """
     from .inference import Segmenter, resolve_device
 
@@ -181,28 +195,58 @@ def run_segment(
     t_model = time.perf_counter()
     segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size, mode=mode, engine=engine) if cases else None
     load_model_s = time.perf_counter() - t_model
+
+    def skipped(name: str, path: Path) -> bool:
+        is_dicom = path.is_dir() or path.suffix.lower() == ".dcm"
+        return not overwrite and all(p.exists() for p in expected_outputs(out / name, fmts, is_dicom))
+
+    def load(path: Path) -> tuple[LoadedImage, Any, dict[str, float]]:
+        """Read (and, without ROI, preprocess) one case; runs in the prefetch thread."""
+        t = time.perf_counter()
+        case = read_image(path, allow_non_ct=allow_non_ct)
+        spent = {"read": time.perf_counter() - t}
+        pre = None
+        if roi is None and segmenter is not None:
+            t = time.perf_counter()
+            pre = segmenter.preprocess(case.image)
+            spent["preprocess"] = time.perf_counter() - t
+        return case, pre, spent
+
+    skip = {name for name, path in cases if skipped(name, path)}  # decided once: the prefetch order follows it
+    todo = [path for name, path in cases if name not in skip]
+    if prefetch and len(todo) > 1:
+        from .fastpath import prefetched
+
+        loaded = prefetched(todo, load)
+    else:
+        loaded = ((p, _call(load, p)) for p in todo)
     try:
         for index, (name, path) in enumerate(cases):
             reporter.start_item(index)
             case_dir = out / name
             t0 = time.perf_counter()
-            is_dicom = path.is_dir() or path.suffix.lower() == ".dcm"
-            if not overwrite and all(p.exists() for p in expected_outputs(case_dir, fmts, is_dicom)):
+            if name in skip:
                 results.append(CaseResult(name, str(path), "skipped", "outputs exist (use --overwrite)", str(case_dir)))
                 reporter.update(name, "skipped", 1.0, "outputs exist; use --overwrite to redo")
                 continue
             try:
                 reporter.update(name, "load", 0.0, f"reading {path.name}")
-                timings: dict[str, float] = {}
-                case = read_image(path, allow_non_ct=allow_non_ct)
-                timings["read"] = time.perf_counter() - t0
+                got_path, got = next(loaded)
+                assert got_path == path
+                if isinstance(got, BaseException):
+                    raise got
+                case, pre, timings = got
+                timings["wait_for_read"] = time.perf_counter() - t0
                 for w in case.warnings:
                     reporter.write(f"warning: {name}: {w}")
                 assert segmenter is not None
                 timings["load_model"] = load_model_s
                 if roi is None:
-                    labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m))
+                    spent = dict(timings)
+                    labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m),
+                                               pre=pre)
                     timings.update(segmenter.timings)
+                    timings["preprocess"] = spent.get("preprocess", timings.get("preprocess", 0.0))
                 else:
                     from .fastpath import predict_roi
 
@@ -252,6 +296,9 @@ def run_segment(
                 results.append(CaseResult(name, str(path), "failed", msg, seconds=time.perf_counter() - t0))
                 reporter.update(name, "error", 1.0, msg, details=detail)
     finally:
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            close()  # stops the prefetch thread when a case raised out of the loop
         reporter.close()
     summary = SegmentSummary(results)
     if results:

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-mode", default="grid", choices=("grid", "local"),
                    help="grid: the full run's windows touching the box (labels in the box equal the full run's); "
                         "local: crop the CT to the box plus context (time proportional to the box)")
+    p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
+                   help="do not read/preprocess the next case in a background thread during inference (saves the "
+                        "memory of one case in batch mode)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_segment(
         args.inputs, args.output, args.model, device=device, formats=args.formats, progress=args.progress,
         overwrite=args.overwrite, allow_non_ct=args.allow_non_ct, sw_batch_size=args.sw_batch_size,
-        rank=rank, world_size=world, mode=args.mode, engine=args.engine, roi=roi,
+        rank=rank, world_size=world, mode=args.mode, engine=args.engine, roi=roi, prefetch=args.prefetch,
     )
     if args.progress != "json":
         for r in summary.results:
