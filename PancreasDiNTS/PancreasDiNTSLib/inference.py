@@ -196,9 +196,22 @@ class Segmenter:
         result, self.sw_batch_size = with_oom_fallback(attempt, self.sw_batch_size, str(self.device))
         return result
 
-    def postprocess(self, logits: Any, pre: Any) -> np.ndarray:
-        """Softmax, invert to the input grid (bilinear on probabilities, as the bundle), argmax -> uint8."""
-        from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
+    def postprocess(self, logits: Any, pre: Any, slabs: bool | None = None) -> np.ndarray:
+        """Softmax, invert to the input grid (bilinear on probabilities, as the bundle), argmax -> uint8.
+
+        ``slabs``: invert slab by slab (invert.py: the same resampling without the whole-volume coordinate grid);
+        None (default) does so when the inverted probabilities would exceed ``invert.SLAB_THRESHOLD`` values."""
+        from monai.transforms import Activations, Activationsd, AsDiscreted, Compose, Invertd
+
+        from .invert import SLAB_THRESHOLD, can_invert_in_slabs, invert_labels
+
+        if slabs is None:
+            ops = getattr(pre, "applied_operations", None) or [{}]
+            size = ops[0].get("orig_size") or pre.shape[1:]
+            slabs = int(np.prod(size)) * int(logits.shape[1]) > SLAB_THRESHOLD
+        if slabs and can_invert_in_slabs(pre):
+            probs = Activations(softmax=self.spec.softmax)(logits[0])
+            return invert_labels(torch.as_tensor(probs), pre)
 
         post = Compose([
             Activationsd(keys="pred", softmax=self.spec.softmax),
