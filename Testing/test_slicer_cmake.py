@@ -55,6 +55,15 @@ def test_module_cmake_lists_exactly_the_existing_files(name):
     assert f"Resources/Icons/{name}.png" in resources
 
 
+def test_module_cmake_installs_the_whole_demo_model():
+    """The GUI module ships the demo model next to itself, where demo.demo_model_dir() looks for it."""
+    text = cmake_text(facts.MODULES["PancreasDiNTS"] / "CMakeLists.txt")
+    listed = set(cmake_set(text, "DEMO_MODEL_FILES"))
+    demo = facts.REPO / "Resources" / "Models" / "demo"
+    assert listed == {p.relative_to(demo).as_posix() for p in facts.repo_files(demo)}
+    assert "Resources/Models/demo" in text and "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in text
+
+
 @pytest.mark.parametrize("name", list(facts.MODULES))
 def test_module_cmake_follows_the_scripted_template(name):
     text = cmake_text(facts.MODULES[name] / "CMakeLists.txt")

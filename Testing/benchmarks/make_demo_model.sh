@@ -3,10 +3,11 @@
 #
 #     bash Testing/benchmarks/make_demo_model.sh [WORKDIR]        (default WORKDIR: ./demo-model-work)
 #
-# 1. make-phantoms: 48 labelled synthetic CT phantoms, data-set seed 1 (case seeds 100004..100051)
-# 2. prepare-datalist: the bundle's split rule (training / validation / testing)
-# 3. search --preset demo: DiNTS architecture search on the training phantoms (channel_mul 0.25, 4 blocks,
-#    3 depths, 16 epochs of which 8 warm-up); the best decoded architecture (validation Dice) is kept
+# 1. make-phantoms: 48 labelled synthetic CT phantoms, data-set seed 1 (case seeds 100004..100051), and
+#    prepare-datalist (the bundle's split rule) for the architecture search
+# 2. search --preset demo on them: DiNTS architecture search (channel_mul 0.25, 4 blocks, 3 depths, 16 epochs
+#    of which 8 warm-up); the best decoded architecture (validation Dice) is kept
+# 3. make-phantoms: 240 phantoms of the same data-set seed (the first 48 are the search's), prepare-datalist
 # 4. train --preset demo --arch <that architecture> with the overrides below
 # 5. make-phantoms: 16 held-out phantoms, data-set seed 2 (case seeds 200007..200022), never seen in training
 # 6. evaluate the trained run on all 16 held-out phantoms (Dice in the original image space)
@@ -21,7 +22,8 @@ CLI="${PANCREAS_DINTS:-pancreas-dints}"
 DEVICE="${DEVICE:-cpu}"
 TRAIN_SEED_SET=1
 HELDOUT_SEED_SET=2
-NUM_TRAIN=48
+NUM_SEARCH=48
+NUM_TRAIN=240
 NUM_HELDOUT=16
 # Settings on top of `--preset demo`: native-like spacing (1.5 mm isotropic alone caps the pancreas Dice near
 # 0.92 after resampling back to the phantom grid), a patch that covers most of a phantom, no augmentation
@@ -33,13 +35,13 @@ OVERRIDES=(
   --set batch_size=1
   --set optimizer=adamw
   --set lr=0.002
-  --set spacing=1.0,1.0,2.0
+  --set spacing=0.8,0.8,2.0
   --set patch_size=64,64,32
   --set augment=false
   --set num_samples=2
-  --set epochs="${EPOCHS:-300}"
-  --set lr_step_size="${LR_STEP:-100}"
-  --set val_interval=25
+  --set epochs="${EPOCHS:-40}"
+  --set lr_step_size="${LR_STEP:-15}"
+  --set val_interval=5
 )
 SEARCH_OVERRIDES=(
   --set epochs="${SEARCH_EPOCHS:-16}"
@@ -48,18 +50,23 @@ SEARCH_OVERRIDES=(
 
 mkdir -p "$WORK"
 start=$(date +%s)
+if [ ! -f "$WORK/search_phantoms/dataset.json" ]; then
+  "$CLI" make-phantoms -n "$NUM_SEARCH" --num-test 0 --seed "$TRAIN_SEED_SET" --size small \
+    -o "$WORK/search_phantoms" --progress none
+fi
+"$CLI" prepare-datalist --path "$WORK/search_phantoms" -o "$WORK/search_datalist.json"
+if [ ! -f "$WORK/search/.done" ]; then
+  search_resume=()
+  if [ -d "$WORK/search/checkpoints" ]; then search_resume=(--resume); fi
+  "$CLI" search --datalist "$WORK/search_datalist.json" --preset demo "${SEARCH_OVERRIDES[@]}" -o "$WORK/search" \
+    --device "$DEVICE" --progress none "${search_resume[@]}"
+  touch "$WORK/search/.done"
+fi
 if [ ! -f "$WORK/phantoms/dataset.json" ]; then
   "$CLI" make-phantoms -n "$NUM_TRAIN" --num-test 0 --seed "$TRAIN_SEED_SET" --size small -o "$WORK/phantoms" \
     --progress none
 fi
 "$CLI" prepare-datalist --path "$WORK/phantoms" -o "$WORK/datalist.json"
-if [ ! -f "$WORK/search/.done" ]; then
-  search_resume=()
-  if [ -d "$WORK/search/checkpoints" ]; then search_resume=(--resume); fi
-  "$CLI" search --datalist "$WORK/datalist.json" --preset demo "${SEARCH_OVERRIDES[@]}" -o "$WORK/search" \
-    --device "$DEVICE" --progress none "${search_resume[@]}"
-  touch "$WORK/search/.done"
-fi
 ARCH=$(ls "$WORK"/search/best/search_code_*.pt | head -n 1)
 echo "architecture: $ARCH"
 searched=$(date +%s)
