@@ -87,6 +87,22 @@ def test_fixed_shape_and_spacing():
     assert np.allclose(np.diag(affine)[:3], (1.0, 1.0, 3.0))
 
 
+def test_slice_spacing_range():
+    """--slice-mm: thin slices give the small phantom's pancreas a realistic slice count; the default is unchanged."""
+    default = make_phantom(21, size="small", return_info=True)[3]
+    same = make_phantom(21, size="small", return_info=True, slice_mm=(1.0, 5.0))[3]
+    assert default.spacing == same.spacing and 1.0 <= default.spacing[2] <= 5.0
+    thin_slices = []
+    for seed in (21, 22, 23):
+        _, label, affine, info = make_phantom(seed, size="small", orientation="RAS", return_info=True,
+                                              slice_mm=(0.6, 1.2))
+        assert 0.6 <= info.spacing[2] <= 1.2
+        if seed == 21:  # the same draws otherwise: in-plane spacing as without the option
+            assert info.spacing[:2] == default.spacing[:2]
+        thin_slices.append(int((label == 1).any(axis=(0, 1)).sum()))
+    assert min(thin_slices) >= 10, thin_slices  # a pancreas 10+ slices thick (4-6 with 3-5 mm slices)
+
+
 def test_msd_layout(tmp_path):
     out = write_msd_dataset(tmp_path / "Task07", 3, 2, seed=4, size="tiny")
     meta = json.loads((out / "dataset.json").read_text())
@@ -124,3 +140,7 @@ def test_cli_make_phantoms(tmp_path, cli_env):
     assert r.returncode == 5
     lines = [ln for ln in r.stderr.strip().splitlines() if "error" in ln]
     assert len(lines) == 1 and str(Path(out)) in lines[0]
+    r = subprocess.run([sys.executable, "-m", "PancreasDiNTSLib.cli", "make-phantoms", "-n", "1", "-o",
+                        str(tmp_path / "bad"), "--slice-mm", "2,1"], capture_output=True, text=True, env=cli_env,
+                       timeout=300)
+    assert r.returncode == 2 and "--slice-mm 2,1" in r.stderr and not (tmp_path / "bad").exists()

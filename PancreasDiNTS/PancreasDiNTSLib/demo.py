@@ -32,6 +32,7 @@ DEMO_MODEL_PARTS = ("Resources", "Models", "demo")
 DEFAULT_SEED = 900001
 TRAINING_SEEDS = range(100004, 100244)
 PHANTOM_SIZE = "small"
+PHANTOM_SLICE_MM = (0.6, 1.2)  # the demo model's training and held-out phantoms: make-phantoms --slice-mm 0.6,1.2
 NOT_CLINICAL = ("The demo model was trained on synthetic phantoms only; it is NOT for clinical use. "
                 "For real CT install the released MSD Task07 model with `pancreas-dints download`.")
 OUTPUT_FILES = {
@@ -215,7 +216,8 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
     try:
         with atomic_dir(out) as tmp:
             reporter.update("phantom", "phantom", 0.0, f"making phantom seed {seed}")
-            hu, truth, affine, info = make_phantom(seed, size=PHANTOM_SIZE, tumour=True, return_info=True)
+            hu, truth, affine, info = make_phantom(seed, size=PHANTOM_SIZE, tumour=True, return_info=True,
+                                                   slice_mm=PHANTOM_SLICE_MM)
             save_nifti(tmp / OUTPUT_FILES["ct"], np.round(hu).astype(np.int16), affine, np.int16)
             save_nifti(tmp / OUTPUT_FILES["truth"], truth, affine, np.uint8)
             timings["phantom"] = time.perf_counter() - t0
@@ -252,7 +254,8 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
                 "dice_metric": "MONAI compute_dice, include_background=False, on the phantom's own grid",
                 "phantom": {"seed": seed, "size": PHANTOM_SIZE, "shape": list(info.shape),
                             "spacing_mm": [round(s, 4) for s in info.spacing], "orientation": info.orientation,
-                            "generator": "PancreasDiNTSLib.phantom.make_phantom(seed, size, tumour=True)"},
+                            "slice_mm": list(PHANTOM_SLICE_MM),
+                            "generator": "PancreasDiNTSLib.phantom.make_phantom(seed, size, tumour=True, slice_mm)"},
                 "case": "phantom_ct",
                 "input": str(out / OUTPUT_FILES["ct"]),
                 "truth": str(out / OUTPUT_FILES["truth"]),

@@ -39,3 +39,9 @@ class OutputError(PancreasDiNTSError):
     """An output cannot be written."""
 
     exit_code = EXIT_OUTPUT
+
+
+class UsageError(PancreasDiNTSError):
+    """A command-line value that argparse cannot check (a range, a combination)."""
+
+    exit_code = EXIT_USAGE

@@ -141,12 +141,15 @@ def make_phantom(
     tumour: bool | None = None,
     noise: bool = True,
     return_info: bool = False,
+    slice_mm: tuple[float, float] = (1.0, 5.0),
 ) -> Any:
     """One synthetic abdominal CT: ``(image HU float32, label uint8, affine 4x4)`` in the drawn orientation.
 
     ``shape``/``spacing`` (mm) fix the grid (array order after orientation, which only flips axes);
     otherwise the in-plane matrix size is drawn from ``size`` ("tiny", "small", "medium", "full" or a number),
-    in-plane spacing from 0.6-1.0 mm and slice spacing from 1-5 mm. ``orientation`` is an axcode such as "LPS"
+    in-plane spacing from 0.6-1.0 mm and slice spacing from ``slice_mm`` (default 1-5 mm; the anatomy scales with
+    the field of view, so a ``small`` phantom's pancreas is only 1-2 slices of 3-5 mm thick: thinner slices, e.g.
+    0.6-1.2 mm, give it the slice count of a real CT). ``orientation`` is an axcode such as "LPS"
     (default: drawn from ORIENTATIONS). ``tumour`` forces a tumour on/off (default: present in ~85 %).
     With ``return_info=True`` a fourth item, a :class:`PhantomInfo`, is returned.
     """
@@ -154,7 +157,7 @@ def make_phantom(
     # ------------------------------------------------------------------ grid
     if spacing is None:
         sxy = float(rng.uniform(0.6, 1.0))
-        spacing = (sxy, sxy, float(rng.uniform(1.0, 5.0)))
+        spacing = (sxy, sxy, float(rng.uniform(float(slice_mm[0]), float(slice_mm[1]))))
     spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
     body_fill = float(rng.uniform(0.80, 0.90))  # fraction of the in-plane field of view spanned by the body
     if shape is None:
@@ -414,6 +417,7 @@ def write_msd_dataset(
     size: str | int = "small",
     progress: Any = None,
     overwrite: bool = False,
+    slice_mm: tuple[float, float] = (1.0, 5.0),
 ) -> Path:
     """Write phantoms in the MSD Task07 layout (dataset.json, imagesTr/, labelsTr/, imagesTs/); return out_dir.
 
@@ -437,7 +441,7 @@ def write_msd_dataset(
             if progress is not None:
                 progress.start_item(i - 1)
                 progress.update(case, "generate", 0.0)
-            hu, label, affine, info = make_phantom(case_seed, size=size, return_info=True)
+            hu, label, affine, info = make_phantom(case_seed, size=size, return_info=True, slice_mm=slice_mm)
             hu_i16 = np.round(hu).astype(np.int16)
             if i <= num_training:
                 save_nifti(tmp / "imagesTr" / f"{case}.nii.gz", hu_i16, affine, np.int16)

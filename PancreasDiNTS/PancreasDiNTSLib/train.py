@@ -87,12 +87,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                  channel_mul=0.0625, num_blocks=3, num_depths=3, sw_batch_size=2, infer_sw_batch_size=2,
                  overlap=0.25, cache_gb=0.25, num_workers=0, lr_step_size=80),
     # the phantom demo model (Testing/benchmarks/make_demo_model.sh pins the same values): phantoms come from one
-    # generator, so no augmentation; 0.8 x 0.8 x 2 mm keeps the thin pancreas (resampling there and back alone
-    # caps the pancreas Dice near 0.95; 1 x 1 x 2 mm near 0.92); a patch covering most of a phantom
-    "demo": dict(epochs=60, val_interval=5, batch_size=1, num_samples=2, patch_size=(64, 64, 32),
-                 spacing=(0.8, 0.8, 2.0), augment=False, channel_mul=0.25, num_blocks=4, num_depths=3,
-                 sw_batch_size=4, infer_sw_batch_size=4, overlap=0.5, cache_gb=2.0, num_workers=2,
-                 optimizer="adamw", lr=0.002, lr_step_size=15),
+    # generator, so no augmentation; 0.8 x 0.8 x 1 mm: the grid of the thin-slice demo phantoms (make-phantoms
+    # --slice-mm 0.6,1.2); a patch covering most of a phantom
+    "demo": dict(epochs=30, val_interval=5, batch_size=1, num_samples=2, patch_size=(64, 64, 48),
+                 spacing=(0.8, 0.8, 1.0), augment=False, channel_mul=0.25, num_blocks=4, num_depths=3,
+                 sw_batch_size=4, infer_sw_batch_size=4, overlap=0.5, cache_gb=3.0, num_workers=2,
+                 optimizer="adamw", lr=0.002, lr_step_size=10),
     # the released hyper-parameters
     "bundle": {},
 }

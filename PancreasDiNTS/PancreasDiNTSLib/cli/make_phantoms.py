@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, UsageError
 from ..progress import MODES
 
 HELP = "write synthetic abdominal CT phantoms with pancreas/tumour labels in the MSD Task07 layout"
@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="small",
                    help="in-plane matrix size: tiny (48-64), small (112-144, default), medium (224-288), "
                         "full (512) or a number")
+    p.add_argument("--slice-mm", default="1,5", metavar="MIN,MAX",
+                   help="range the slice spacing is drawn from, in mm (default 1,5; the anatomy scales with the field "
+                        "of view, so small phantoms need thin slices, e.g. 0.6,1.2, for a realistic slice count)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
 
@@ -29,10 +32,16 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Progress
 
     size = int(args.size) if str(args.size).isdigit() else args.size
+    try:
+        lo, hi = (float(v) for v in str(args.slice_mm).split(","))
+    except ValueError:
+        lo = hi = -1.0
+    if not 0 < lo <= hi:
+        raise UsageError(f"--slice-mm {args.slice_mm}: give MIN,MAX in mm with 0 < MIN <= MAX, e.g. 0.6,1.2")
     num_test = args.num_test if args.num_test is not None else args.num // 4
     progress = Progress(args.progress, total=args.num + num_test)
     out = write_msd_dataset(args.output, args.num, num_test, seed=args.seed, size=size, progress=progress,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, slice_mm=(lo, hi))
     progress.emit({"stage": "summary", "output": str(out), "training": args.num, "test": num_test})
     progress.close()
     if args.progress != "json":
