@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-mem-gb", type=float, default=0.0, help="cap CUDA memory of this process (GiB)")
     p.add_argument("--channel-mul", type=float, default=0.0625)
     p.add_argument("--mode", default="fast")
+    p.add_argument("--source", type=Path, help="CT to enlarge (default: ../shared/data/example_ct.nii.gz)")
     p.add_argument("--workdir", type=Path)
     args = p.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="pdints-big-"))
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ct = work / "big_ct.nii"
     if not ct.exists():
-        make_big_ct(shared / "data" / "example_ct.nii.gz", ct)
+        make_big_ct(args.source or shared / "data" / "example_ct.nii.gz", ct)
     model = args.model
     if model is None:
         from PancreasDiNTSLib.random_bundle import make_random_bundle

@@ -18,6 +18,9 @@
 #     || echo '/.gpu_data/' >> .git/info/exclude)
 # then:  run(command="bash Testing/benchmarks/gpu_check.sh", carry=[".gpu_data"], timeout_s=560)
 # Results are also written to $OUT (gpu_check.log, network.json, e2e.json) when $OUT is set.
+# The 8 GB-card memory case is a second call (512x512x1000 CT, released width, CUDA memory capped at 8 GiB):
+#   run(command="PANCREAS_DINTS_SHARED=.gpu_data python3 Testing/benchmarks/big_ct_check.py --device cuda
+#       --gpu-mem-gb 8 --channel-mul 1 --source .gpu_data/example_ct.nii.gz", carry=[".gpu_data"], timeout_s=300)
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 PY=${PYTHON:-python3}
