@@ -5,9 +5,9 @@
 Agreement of ROI labels with the full run only means something for a trained network: with random weights
 every voxel's label hangs on rounding-level logit differences, so any change of window positions flips many
 of them. The trained model available offline is the demo model, trained on small phantoms (about 10 cm
-across), so the large CT here is a mosaic of such phantoms (``--tiles`` in x, y, z; each drawn with its own seed,
-RAS, 0.8 x 0.8 x 2 mm, 128 x 128 x 28 voxels): 5 x 5 x 3 tiles make a 51 x 51 x 17 cm volume, the size of an
-abdominal CT. The cube sits at the volume's centre (the middle tile).
+across, thin slices), so the large CT here is a mosaic of such phantoms (``--tiles`` in x, y, z; each drawn with
+its own seed, RAS, 0.8 x 0.8 x 1 mm, 128 x 128 x 56 voxels): 5 x 5 x 3 tiles make a 51 x 51 x 17 cm volume, the
+size of an abdominal CT. The cube sits at the volume's centre (the middle tile).
 
 It runs ``pancreas-dints benchmark --skip-bundle --modes exact --roi-cube-mm CUBE`` on that volume (our exact
 MONAI path for the full run, then ROI ``grid`` and ``local`` on the same process and input) and prints, as its
@@ -29,8 +29,8 @@ ENGINE = ROOT / "PancreasDiNTS"
 if str(ENGINE) not in sys.path:
     sys.path.insert(0, str(ENGINE))
 
-TILE_SHAPE = (128, 128, 28)
-TILE_SPACING = (0.8, 0.8, 2.0)
+TILE_SHAPE = (128, 128, 56)
+TILE_SPACING = (0.8, 0.8, 1.0)
 FIRST_SEED = 700001  # not a training or held-out seed of the demo model (seed sets 1 and 2)
 
 
