@@ -212,7 +212,8 @@ def test_kill_process_tree_kills_children_not_only_the_launcher():
     children = psutil.Process(proc.pid).children(recursive=True)
     tree = [proc.pid] + [c.pid for c in children]
     assert len(tree) == 3
-    worker = next(c.pid for c in children if "sleep(120)" in " ".join(c.cmdline()))
+    # the worker runs the sleep code itself: `PY -c CODE` (the inner launcher has that code among its arguments)
+    worker = next(c.pid for c in children if len(c.cmdline()) == 3 and "sleep(120)" in c.cmdline()[-1])
     killed = background.kill_process_tree(proc.pid)
     # The worker is killed first; a launcher may then exit by itself before its turn comes.
     assert worker in killed and set(killed) <= set(tree)

@@ -242,6 +242,8 @@ def run_segment(
                 assert segmenter is not None
                 timings["load_model"] = load_model_s
                 if roi is None:
+                    if pre is not None:  # preprocessed by the loader (prefetch thread or just before)
+                        reporter.update(name, "preprocess", 0.05, "resampled to the model's grid")
                     spent = dict(timings)
                     labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m),
                                                pre=pre)
