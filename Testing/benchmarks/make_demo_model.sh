@@ -101,10 +101,11 @@ cp -r "$WORK/run/configs" "$WORK/run/models" "$WORK/demo-model/"
 rm -rf "$WORK/demo-model/models/checkpoints"
 # Shipped copy: no machine paths in the configs; metadata names the data and the held-out Dice.
 python3 - "$WORK/demo-model" "$WORK/eval_heldout/summary.json" "$NUM_TRAIN" "$TRAIN_SEED_SET" "$HELDOUT_SEED_SET" \
-  "$NUM_HELDOUT" <<'PY'
+  "$NUM_HELDOUT" "$SLICE_MM" <<'PY'
 import json, pathlib, re, sys
 root, summary = pathlib.Path(sys.argv[1]), json.loads(pathlib.Path(sys.argv[2]).read_text())
 n_train, s_train, s_held, n_held = (int(x) for x in sys.argv[3:7])
+slice_mm = sys.argv[7]
 inf = root / "configs" / "inference.yaml"
 text = re.sub(r"(?m)^bundle_root: .*$", "bundle_root: .", inf.read_text())
 inf.write_text(re.sub(r"(?m)^dataset_dir: .*$", "dataset_dir: phantoms", text))
@@ -121,12 +122,13 @@ meta.update({
                    "Testing/benchmarks/make_demo_model.sh, for the offline demo. NOT for clinical use.",
     "authors": "PancreasDiNTS developers",
     "copyright": "PancreasDiNTS developers; trained on synthetic data (CC0)",
-    "data_source": f"pancreas-dints make-phantoms -n {n_train} --seed {s_train} --size small "
+    "data_source": f"pancreas-dints make-phantoms -n {n_train} --seed {s_train} --size small --slice-mm {slice_mm} "
                    f"(case seeds {first}..{first + n_train - 1})",
     "intended_use": "Demonstration of the pipeline on synthetic phantoms only. NOT for clinical or research use "
                     "on real CT; use the released model (pancreas-dints download).",
     "eval_metrics": {
-        "heldout_phantoms": f"{n_held} phantoms, make-phantoms --seed {s_held} (case seeds {held}..{held + n_held - 1})",
+        "heldout_phantoms": f"{n_held} phantoms, make-phantoms --seed {s_held} --slice-mm {slice_mm} "
+                            f"(case seeds {held}..{held + n_held - 1})",
         "mean_dice": summary.get("mean_dice"),
         "dice_pancreas": summary.get("dice_pancreas", {}).get("mean"),
         "dice_tumour": summary.get("dice_tumour", {}).get("mean"),
