@@ -95,6 +95,9 @@ WORKER = textwrap.dedent(
         out["weights_equal"] = bool(torch.equal(D.all_reduce_mean(w), w))
         sampler = D.make_sampler(list(range(6)), shuffle=True)
         out["sampler_len"] = len(sampler)
+        # Free the DDP reducer while the process group is alive: a module-level DDP model outlives the session and
+        # its destructor then touches the destroyed gloo group ("terminate called without an active exception").
+        del model, opt
         D.barrier()
         # One file per rank: both ranks share torchrun's stdout, where lines can interleave.
         with open(f"{__file__}.rank{ctx.rank}.json", "w") as fh:
