@@ -287,19 +287,3 @@ def test_prefetch_overlaps_loading_with_processing():
             assert loaded[item + 1].wait(timeout=20), "the next item was not loading in the background"
         seen.append((item, result if not isinstance(result, BaseException) else str(result)))
     assert seen == [(0, 0), (1, 10), (2, "bad case 2"), (3, 30)]
-
-
-def test_background_writer_runs_in_order_and_reports_errors(tmp_path):
-    from PancreasDiNTSLib.fastpath import BackgroundWriter
-
-    order = []
-    with BackgroundWriter() as writer:
-        for i in range(5):
-            writer.submit(order.append, i)
-    assert order == [0, 1, 2, 3, 4]
-    writer = BackgroundWriter()
-    writer.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
-    writer.submit(order.append, 5)
-    with pytest.raises(OSError, match="disk full"):
-        writer.close()
-    assert order[-1] == 5  # later jobs still ran

@@ -23,8 +23,8 @@
   (:func:`crop_image`, :func:`paste_labels`), so every stage's time scales with the box, at the price of other
   window positions. Labels outside the box are 0 in both.
 * :func:`tune_cpu_allocator` -- on the CPU, freed tensor memory stays in the heap (no page faults per window).
-* :class:`FastInferer` -- all of the above behind one call for ``Segmenter.infer``; :func:`prefetched` and
-  :class:`BackgroundWriter` overlap reading and writing of cases with compute in batch mode.
+* :class:`FastInferer` -- all of the above behind one call for ``Segmenter.infer``; :func:`prefetched` overlaps
+  reading and preprocessing of the next case with compute in batch mode (``segment``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 __all__ = [
     "WindowGrid", "window_grid", "constant_window_values", "sliding_window_exact_skip", "SlidingStats",
     "choose_sw_batch_size", "box_to_voxels", "crop_image", "paste_labels", "is_oom", "tune_cpu_allocator",
-    "FastInferer", "predict_roi", "prefetched", "BackgroundWriter",
+    "FastInferer", "predict_roi", "prefetched",
 ]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -497,48 +497,7 @@ def prefetched(items: Sequence[Any], load: Callable[[Any], Any], depth: int = 1)
 _DONE = object()
 
 
-class BackgroundWriter:
-    """Runs write jobs one after the other in a background thread, so writing case i overlaps case i+1.
 
-    ``submit(fn, *args)`` queues a job; ``close()`` waits for all of them and raises the first error, if any
-    (``errors`` lists them all). Use as a context manager.
-    """
-
-    def __init__(self, max_pending: int = 2) -> None:
-        import queue
-        import threading
-
-        self.errors: list[BaseException] = []
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is _DONE:
-                return
-            fn, args, kwargs = job
-            try:
-                fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - reported by close()
-                self.errors.append(exc)
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._q.put((fn, args, kwargs))
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._q.put(_DONE)
-            self._thread.join()
-        if self.errors:
-            raise self.errors[0]
-
-    def __enter__(self) -> BackgroundWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------------------------------------- wiring

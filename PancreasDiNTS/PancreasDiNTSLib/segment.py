@@ -244,11 +244,10 @@ def run_segment(
                 if roi is None:
                     if pre is not None:  # preprocessed by the loader (prefetch thread or just before)
                         reporter.update(name, "preprocess", 0.05, "resampled to the model's grid")
-                    spent = dict(timings)
                     labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m),
                                                pre=pre)
-                    timings.update(segmenter.timings)
-                    timings["preprocess"] = spent.get("preprocess", timings.get("preprocess", 0.0))
+                    # the loader's read/preprocess times stand; predict adds infer and postprocess
+                    timings = {**segmenter.timings, **timings}
                 else:
                     from .fastpath import predict_roi
 
