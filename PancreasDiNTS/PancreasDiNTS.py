@@ -16,7 +16,8 @@ import ctk
 import qt
 import slicer
 import vtk
-from PancreasDiNTSLib import background, terminology
+from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.core import terminology
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -100,7 +101,7 @@ def _hasNonBlockingLaunch():
 class EngineProcess:
     """One engine command running outside Slicer's Python, its output parsed into progress events.
 
-    eventCallback(event) receives each :class:`PancreasDiNTSLib.background.Event`; finishedCallback(process)
+    eventCallback(event) receives each :class:`PancreasDiNTSLib.bridge.background.Event`; finishedCallback(process)
     is called once, in the main thread, after the process ended (read ``returncode``, ``cancelled``, ``parser``).
     """
 

@@ -19,7 +19,7 @@ from typing import Annotated
 import ctk
 import slicer
 import vtk
-from PancreasDiNTSLib import background
+from PancreasDiNTSLib.bridge import background
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,

@@ -39,7 +39,7 @@ def reference_bundle() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, reference_bundle) -> Path:
     """A random-weight bundle from the released configs (channel_mul 0.0625, 4 blocks)."""
-    from PancreasDiNTSLib.random_bundle import make_random_bundle
+    from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
     dest = tmp_path_factory.mktemp("bundles") / "tiny"
     return make_random_bundle(reference_bundle, dest, channel_mul=TINY_CHANNEL_MUL, num_blocks=TINY_NUM_BLOCKS, seed=3)

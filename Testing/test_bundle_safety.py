@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PancreasDiNTSLib.bundle import file_md5, load_arch_file, load_bundle, load_weights
-from PancreasDiNTSLib.errors import ModelError
+from PancreasDiNTSLib.core.errors import ModelError
+from PancreasDiNTSLib.model.bundle import file_md5, load_arch_file, load_weights
+from PancreasDiNTSLib.model.loader import load_bundle
 
 
 class _Payload:
@@ -101,7 +102,7 @@ def test_dollar_expressions_in_used_values_are_refused(tmp_path, tiny_bundle, ke
 
 def test_released_config_reads_as_data(reference_bundle):
     """The released inference.yaml (with its `$` imports, device and arch expressions) parses without eval."""
-    from PancreasDiNTSLib.bundle import _parse_inference, _parse_network, _read_config, _Resolver
+    from PancreasDiNTSLib.model.bundle import _parse_inference, _parse_network, _read_config, _Resolver
 
     path = reference_bundle / "configs" / "inference.yaml"
     cfg = _read_config(path)

@@ -10,7 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from PancreasDiNTSLib.data import (
+from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.io.writers import save_nifti
+from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
+from PancreasDiNTSLib.training.data import (
     BudgetCacheDataset,
     DilatedClassMapsd,
     build_deterministic_transforms,
@@ -22,9 +25,7 @@ from PancreasDiNTSLib.data import (
     sample_nbytes,
     write_datalist,
 )
-from PancreasDiNTSLib.errors import InputError
-from PancreasDiNTSLib.phantom import save_nifti, write_msd_dataset
-from PancreasDiNTSLib.train import make_settings
+from PancreasDiNTSLib.training.settings import make_settings
 
 
 def _msd_names(root, n):

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import PYTHON
-from PancreasDiNTSLib import demo
-from PancreasDiNTSLib.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError
+from PancreasDiNTSLib.core.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError
+from PancreasDiNTSLib.synthetic import demo
 
 
 def _demo_model():

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from PancreasDiNTSLib import distributed as D
+from PancreasDiNTSLib.training import distributed as D
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

@@ -11,10 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PancreasDiNTSLib import download as dl
-from PancreasDiNTSLib.bundle import file_md5
 from PancreasDiNTSLib.cli import main
-from PancreasDiNTSLib.errors import EXIT_DOWNLOAD, EXIT_OK
+from PancreasDiNTSLib.core.errors import EXIT_DOWNLOAD, EXIT_OK
+from PancreasDiNTSLib.model import download as dl
+from PancreasDiNTSLib.model.bundle import file_md5
 
 
 @pytest.fixture

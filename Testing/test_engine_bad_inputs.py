@@ -14,10 +14,10 @@ import torch
 import yaml
 from conftest import PYTHON
 from image_files import crop_nifti
-from PancreasDiNTSLib import errors
-from PancreasDiNTSLib.bundle import load_bundle
 from PancreasDiNTSLib.cli import main
-from PancreasDiNTSLib.inference import with_oom_fallback
+from PancreasDiNTSLib.core import errors
+from PancreasDiNTSLib.inference.segmenter import with_oom_fallback
+from PancreasDiNTSLib.model.loader import load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_model_folder_missing_or_not_a_bundle(tmp_path, tiny_ct, capsys):
 
 
 def test_mismatched_arch_and_weights(tmp_path, tiny_ct, tiny_bundle, reference_bundle, capsys):
-    from PancreasDiNTSLib.random_bundle import make_random_bundle
+    from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
     other = make_random_bundle(reference_bundle, tmp_path / "other", channel_mul=0.0625, num_blocks=4, seed=11)
     b = copy_bundle(tiny_bundle, tmp_path / "b")

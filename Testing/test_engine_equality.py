@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import PYTHON
-from PancreasDiNTSLib.bundle import monai_arch_ckpt_override
+from PancreasDiNTSLib.model.bundle import monai_arch_ckpt_override
 
 
 def run_monai_bundle(bundle, image, out_dir, env):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import PYTHON
 from image_files import crop_nifti, load_nifti, write_dicom_series, write_itk
-from PancreasDiNTSLib.imaging import LPS_TO_RAS, read_image
-from PancreasDiNTSLib.segment import run_segment
-from PancreasDiNTSLib.terminology import SEGMENTS
+from PancreasDiNTSLib.core.terminology import SEGMENTS
+from PancreasDiNTSLib.inference.batch import run_segment
+from PancreasDiNTSLib.io.images import LPS_TO_RAS, read_image
 
 CROP = (slice(30, 78), slice(25, 73), slice(0, 30))  # 48x48x30 voxels of 3 mm: 9 windows at 1 mm
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from PancreasDiNTSLib.data import prepare_datalist, write_datalist
-from PancreasDiNTSLib.evaluate import bundle_mean_dice, dice_per_class, hd95_per_class
-from PancreasDiNTSLib.phantom import save_nifti, write_msd_dataset
+from PancreasDiNTSLib.io.writers import save_nifti
+from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
+from PancreasDiNTSLib.training.data import prepare_datalist, write_datalist
+from PancreasDiNTSLib.training.evaluate import bundle_mean_dice, dice_per_class, hd95_per_class
 
 CLI = [sys.executable, "-m", "PancreasDiNTSLib.cli"]
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import PYTHON
-from PancreasDiNTSLib.bundle import load_bundle
-from PancreasDiNTSLib.errors import EXIT_DEVICE, ModelError
-from PancreasDiNTSLib.export import default_output, export_model, sidecar_path, trt_unavailable_reason
+from PancreasDiNTSLib.core.errors import EXIT_DEVICE, ModelError
+from PancreasDiNTSLib.model.export import default_output, export_model, sidecar_path
+from PancreasDiNTSLib.model.exported import trt_unavailable_reason
+from PancreasDiNTSLib.model.loader import load_bundle
 
 TEST_OVERLAP = 0.25
 TEST_PIXDIM = (2.0, 2.0, 2.0)
@@ -45,13 +46,13 @@ def run_dir(tmp_path_factory, tiny_bundle) -> Path:
 
 @pytest.fixture(scope="module")
 def ct(example_ct_sm):
-    from PancreasDiNTSLib.imaging import read_image
+    from PancreasDiNTSLib.io.images import read_image
 
     return read_image(example_ct_sm).image
 
 
 def _labels(bundle, image) -> np.ndarray:
-    from PancreasDiNTSLib.inference import Segmenter
+    from PancreasDiNTSLib.inference.segmenter import Segmenter
 
     bundle.inference.overlap = TEST_OVERLAP
     bundle.inference.pixdim = TEST_PIXDIM

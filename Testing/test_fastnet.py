@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PancreasDiNTSLib.bundle import NetworkSpec
-from PancreasDiNTSLib.fastnet import FastDiNTS, make_fast
-from PancreasDiNTSLib.network import build_dints, random_arch
+from PancreasDiNTSLib.model.fastnet import FastDiNTS, make_fast
+from PancreasDiNTSLib.model.network import build_dints, random_arch
+from PancreasDiNTSLib.model.spec import NetworkSpec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -156,7 +156,7 @@ def test_metatensor_input_and_batch_independence():
 def test_matmul_upsampling_close_to_monai():
     """upsample="matmul": the interpolation matrix reproduces PyTorch's linear align_corners weights, and the
     network stays within float rounding of MONAI's (not bit-identical), with the same argmax almost everywhere."""
-    from PancreasDiNTSLib.fastnet import _interp_matrix
+    from PancreasDiNTSLib.model.fastnet import _interp_matrix
 
     for n in (3, 6, 12, 24, 48):
         v = torch.randn(5, n)

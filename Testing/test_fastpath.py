@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
-from PancreasDiNTSLib.bundle import NetworkSpec
-from PancreasDiNTSLib.fastnet import make_fast
-from PancreasDiNTSLib.fastpath import (
+from PancreasDiNTSLib.inference.fastpath import (
     FastInferer,
     SlidingStats,
     box_to_voxels,
@@ -17,7 +15,9 @@ from PancreasDiNTSLib.fastpath import (
     sliding_window_exact_skip,
     window_grid,
 )
-from PancreasDiNTSLib.network import build_dints, random_arch
+from PancreasDiNTSLib.model.fastnet import make_fast
+from PancreasDiNTSLib.model.network import build_dints, random_arch
+from PancreasDiNTSLib.model.spec import NetworkSpec
 
 ROI = (16, 16, 16)
 
@@ -160,10 +160,10 @@ def test_batch_size_policy_on_cpu(nets):
 def test_real_ct_fast_inferer_and_roi_equal_segmenter(tiny_bundle, example_ct_sm):
     """On real CT: FastInferer's logits equal the Segmenter's MONAI inferer; ROI grid mode's labels inside a
     box equal the full run's, zero outside, with fewer windows."""
-    from PancreasDiNTSLib.bundle import load_bundle
-    from PancreasDiNTSLib.fastpath import crop_image
-    from PancreasDiNTSLib.imaging import read_image
-    from PancreasDiNTSLib.inference import Segmenter
+    from PancreasDiNTSLib.inference.fastpath import crop_image
+    from PancreasDiNTSLib.inference.segmenter import Segmenter
+    from PancreasDiNTSLib.io.images import read_image
+    from PancreasDiNTSLib.model.loader import load_bundle
 
     case = read_image(example_ct_sm)
     # a 240 x 102 x 90 mm part of the CT keeps the test short (5 x 2 x 1 windows)
@@ -226,7 +226,7 @@ def test_cpu_allocator_tuning_in_a_subprocess():
 
     code = (
         "import resource, torch\n"
-        "from PancreasDiNTSLib.fastpath import tune_cpu_allocator\n"
+        "from PancreasDiNTSLib.inference.fastpath import tune_cpu_allocator\n"
         "def steady_faults():\n"
         "    faults = []\n"
         "    for _ in range(10):\n"
@@ -271,7 +271,7 @@ def test_prefetch_overlaps_loading_with_processing():
     time out), results come in order, and a failing load is handed over instead of stopping the batch."""
     import threading
 
-    from PancreasDiNTSLib.fastpath import prefetched
+    from PancreasDiNTSLib.inference.fastpath import prefetched
 
     loaded = {i: threading.Event() for i in range(4)}
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from image_files import load_nifti
 from monai.transforms import Activations
-from PancreasDiNTSLib.bundle import load_bundle
-from PancreasDiNTSLib.imaging import read_image
-from PancreasDiNTSLib.inference import Segmenter
-from PancreasDiNTSLib.invert import can_invert_in_slabs, invert_labels
+from PancreasDiNTSLib.inference.invert import can_invert_in_slabs, invert_labels
+from PancreasDiNTSLib.inference.segmenter import Segmenter
+from PancreasDiNTSLib.io.images import read_image
+from PancreasDiNTSLib.model.loader import load_bundle
 
 
 def _geometries(tmp_path, example_ct_sm):

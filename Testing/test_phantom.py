@@ -11,8 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from PancreasDiNTSLib.errors import OutputError
-from PancreasDiNTSLib.phantom import ORIENTATIONS, make_phantom, write_msd_dataset
+from PancreasDiNTSLib.core.errors import OutputError
+from PancreasDiNTSLib.synthetic.phantom import ORIENTATIONS, make_phantom, write_msd_dataset
 
 
 def _world(label: np.ndarray, affine: np.ndarray, value: int) -> np.ndarray:

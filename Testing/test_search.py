@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 from conftest import REFERENCE_BUNDLE
-from PancreasDiNTSLib.bundle import load_arch_file
-from PancreasDiNTSLib.data import prepare_datalist, write_datalist
-from PancreasDiNTSLib.phantom import write_msd_dataset
-from PancreasDiNTSLib.search import (
+from PancreasDiNTSLib.model.bundle import load_arch_file
+from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
+from PancreasDiNTSLib.training.data import prepare_datalist, write_datalist
+from PancreasDiNTSLib.training.search import (
     SearchSettings,
     build_supernet,
     make_search_settings,
@@ -28,7 +28,7 @@ from PancreasDiNTSLib.search import (
     search,
     weight_lr,
 )
-from PancreasDiNTSLib.train import SettingsError
+from PancreasDiNTSLib.training.settings import SettingsError
 
 CLI = [sys.executable, "-m", "PancreasDiNTSLib.cli"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

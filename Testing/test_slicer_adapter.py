@@ -52,7 +52,7 @@ def test_module_moves_no_voxels_through_python(name):
 
 @pytest.mark.parametrize("name", list(facts.MODULE_FILES))
 def test_module_starts_the_engine_only_through_engine_commands(name):
-    """Command lines come from PancreasDiNTSLib.background, never assembled in the module."""
+    """Command lines come from PancreasDiNTSLib.bridge.background, never assembled in the module."""
     tree = facts.module_tree(name)
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -71,7 +71,8 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] not in allowed:
             raise ImportError(f"blocked non-standard module {name}")
 sys.meta_path.insert(0, Block())
-from PancreasDiNTSLib import background, terminology
+from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.core import terminology
 cmd = background.segment_command("python", "ct.nrrd", "out", "model", "cpu")
 event = background.ProgressParser().feed('{"case": "ct", "stage": "infer", "fraction": 0.5}')
 assert event.fraction == 0.5 and cmd[3] == "segment"

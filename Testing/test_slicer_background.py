@@ -1,4 +1,4 @@
-"""The engine side of the Slicer modules (PancreasDiNTSLib.background), tested for real: the command lines are
+"""The engine side of the Slicer modules (PancreasDiNTSLib.bridge.background), tested for real: the command lines are
 parsed by the engine's own CLI parser, the segment command the Segment button builds runs in a real subprocess
 on the real CT, its JSON stream goes through ProgressParser, and the .seg.nrrd is read back with slicerio."""
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from PancreasDiNTSLib import background, terminology
+from PancreasDiNTSLib.bridge import background
 from PancreasDiNTSLib.cli import COMMANDS, build_parser
-from PancreasDiNTSLib.errors import EXIT_MODEL
-from PancreasDiNTSLib.progress import Progress
+from PancreasDiNTSLib.core import terminology
+from PancreasDiNTSLib.core.errors import EXIT_MODEL
+from PancreasDiNTSLib.core.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -111,7 +112,7 @@ def test_engine_environment_makes_the_shipped_engine_importable(tmp_path):
     paths = env["PYTHONPATH"].split(os.pathsep)
     assert paths[0] == str(background.ENGINE_PARENT_DIR) and paths.count(paths[0]) == 1 and "/elsewhere" in paths
     # -S: no site-packages, so the editable install cannot help; only PYTHONPATH finds the engine.
-    out = subprocess.run([PY, "-S", "-c", "import PancreasDiNTSLib.background as b; print(b.__file__)"],
+    out = subprocess.run([PY, "-S", "-c", "import PancreasDiNTSLib.bridge.background as b; print(b.__file__)"],
                          env={**env, "PATH": os.environ.get("PATH", "")}, cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert Path(out) == REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "background.py"
@@ -390,7 +391,7 @@ def test_volumes_from_report_variants():
 def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
     assert background.is_model_folder(tiny_bundle)
     assert not background.is_model_folder(tmp_path)
-    from PancreasDiNTSLib.download import cache_root, installed_path
+    from PancreasDiNTSLib.model.download import cache_root, installed_path
 
     monkeypatch.setenv(background.MODEL_HOME_ENV, str(tmp_path / "home"))
     assert background.model_cache_folder() == tmp_path / "home" / "models" == cache_root()
@@ -409,7 +410,7 @@ def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
 
 def test_demo_model_and_commands(monkeypatch, tiny_bundle, tmp_path):
     from PancreasDiNTSLib import demo
-    from PancreasDiNTSLib.errors import ModelError
+    from PancreasDiNTSLib.core.errors import ModelError
 
     monkeypatch.delenv("PANCREAS_DINTS_DEMO_MODEL", raising=False)
     try:

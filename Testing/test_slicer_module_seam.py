@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from PancreasDiNTSLib import background, terminology
+from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.core import terminology
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,12 +15,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from PancreasDiNTSLib.bundle import load_bundle
-from PancreasDiNTSLib.checkpoint import CheckpointWarning, load_checkpoint, save_checkpoint
-from PancreasDiNTSLib.data import prepare_datalist, write_datalist
-from PancreasDiNTSLib.errors import ModelError
-from PancreasDiNTSLib.phantom import write_msd_dataset
-from PancreasDiNTSLib.train import PRESETS, SettingsError, TrainSettings, make_optimizer, make_settings
+from PancreasDiNTSLib.core.errors import ModelError
+from PancreasDiNTSLib.model.loader import load_bundle
+from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
+from PancreasDiNTSLib.training.checkpoint import CheckpointWarning, load_checkpoint, save_checkpoint
+from PancreasDiNTSLib.training.data import prepare_datalist, write_datalist
+from PancreasDiNTSLib.training.settings import PRESETS, SettingsError, TrainSettings, make_settings
+from PancreasDiNTSLib.training.train import make_optimizer
 
 CLI = [sys.executable, "-m", "PancreasDiNTSLib.cli"]
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         make_big_ct(args.source or shared / "data" / "example_ct.nii.gz", ct)
     model = args.model
     if model is None:
-        from PancreasDiNTSLib.random_bundle import make_random_bundle
+        from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
         model = work / f"bundle_mul{args.channel_mul}"
         if not (model / "models" / "model.pt").exists():
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_mem_gb and args.device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_mem_gb * 2**30 / total), torch.device(args.device))
-    from PancreasDiNTSLib.segment import run_segment
+    from PancreasDiNTSLib.inference.batch import run_segment
 
     with PeakRSS() as rss:
         t0 = time.perf_counter()

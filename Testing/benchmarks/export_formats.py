@@ -51,9 +51,9 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from PancreasDiNTSLib.bundle import load_bundle
-    from PancreasDiNTSLib.export import export_model
-    from PancreasDiNTSLib.random_bundle import make_random_bundle
+    from PancreasDiNTSLib.model.export import export_model
+    from PancreasDiNTSLib.model.loader import load_bundle
+    from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="export_bench_"))
     bundle_dir = make_random_bundle(Path(args.reference), work / "bundle", channel_mul=args.channel_mul,
@@ -69,8 +69,8 @@ def main() -> int:
               "eager_s_per_batch": round(eager_s, 4), "formats": {}}
     labels_ref = None
     if args.ct:
-        from PancreasDiNTSLib.imaging import read_image
-        from PancreasDiNTSLib.inference import Segmenter
+        from PancreasDiNTSLib.inference.segmenter import Segmenter
+        from PancreasDiNTSLib.io.images import read_image
 
         image = read_image(Path(args.ct)).image
         seg = Segmenter(load_bundle(bundle_dir), device=dev)

@@ -27,9 +27,9 @@ if str(ENGINE) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PancreasDiNTSLib.bundle import NetworkSpec  # noqa: E402
-from PancreasDiNTSLib.fastnet import CudaGraphForward, compile_fast, make_fast  # noqa: E402
-from PancreasDiNTSLib.network import build_dints, random_arch  # noqa: E402
+from PancreasDiNTSLib.model.bundle import NetworkSpec  # noqa: E402
+from PancreasDiNTSLib.model.fastnet import CudaGraphForward, compile_fast, make_fast  # noqa: E402
+from PancreasDiNTSLib.model.network import build_dints, random_arch  # noqa: E402
 
 
 def monai_as_bundle(spec: NetworkSpec, arch: dict, device: torch.device) -> torch.nn.Module:

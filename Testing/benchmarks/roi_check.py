@@ -38,7 +38,7 @@ def make_mosaic(dest: Path, tiles: tuple[int, int, int]) -> tuple[Path, Path]:
     """Write the mosaic CT and its truth labels as NIfTI (RAS, the tile spacing)."""
     import nibabel as nib
     import numpy as np
-    from PancreasDiNTSLib.phantom import make_phantom
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
 
     shape = tuple(t * s for t, s in zip(tiles, TILE_SHAPE, strict=True))
     image = np.full(shape, -1000.0, dtype=np.float32)

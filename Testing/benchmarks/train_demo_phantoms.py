@@ -30,11 +30,12 @@ def main() -> int:
     ap.add_argument("--progress", default="auto")
     args = ap.parse_args()
 
-    from PancreasDiNTSLib.data import prepare_datalist, write_datalist
-    from PancreasDiNTSLib.evaluate import evaluate, format_table
-    from PancreasDiNTSLib.phantom import write_msd_dataset
-    from PancreasDiNTSLib.progress import Progress
-    from PancreasDiNTSLib.train import make_settings, train
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
+    from PancreasDiNTSLib.training.data import prepare_datalist, write_datalist
+    from PancreasDiNTSLib.training.evaluate import evaluate, format_table
+    from PancreasDiNTSLib.training.settings import make_settings
+    from PancreasDiNTSLib.training.train import train
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="demo_bench_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """`pancreas-dints` command line: argument parsing only; each sub-command lives in its own module here.
 
 A sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int`` (an exit
-code from :mod:`PancreasDiNTSLib.errors`). Also runnable as ``python -m PancreasDiNTSLib.cli``.
+code from :mod:`PancreasDiNTSLib.core.errors`). Also runnable as ``python -m PancreasDiNTSLib.cli``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 import sys
 import warnings
 
-from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, PancreasDiNTSError
+from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, PancreasDiNTSError
 
 # sub-command name -> module under PancreasDiNTSLib.cli
 COMMANDS = {

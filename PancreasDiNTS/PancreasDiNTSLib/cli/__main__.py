@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from PancreasDiNTSLib.cli import main
 
 sys.exit(main())

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..bundle import monai_arch_ckpt_override
-from ..errors import DeviceError, InputError, ModelError
+from PancreasDiNTSLib.core.errors import DeviceError, InputError, ModelError
+from PancreasDiNTSLib.model.bundle import monai_arch_ckpt_override
 
 HELP = "time the bundle's own inference against ours (same input, weights, device); last line is JSON"
 
@@ -273,11 +273,11 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
         import torch
 
-        from ..bundle import load_bundle
-        from ..fastpath import FastInferer, box_to_voxels, predict_roi
-        from ..imaging import read_image
-        from ..inference import Segmenter
-        from ..writers import write_label_nifti
+        from PancreasDiNTSLib.inference.fastpath import FastInferer, box_to_voxels, predict_roi
+        from PancreasDiNTSLib.inference.segmenter import Segmenter
+        from PancreasDiNTSLib.io.images import read_image
+        from PancreasDiNTSLib.io.writers import write_label_nifti
+        from PancreasDiNTSLib.model.loader import load_bundle
 
         t_import = time.perf_counter()
         dev = cfg["device"]
@@ -398,8 +398,9 @@ def _make_dense(reference: Path, bundle: Path, channel_mul: float, num_blocks: i
     import torch
     import yaml
 
-    from ..bundle import NetworkSpec, save_arch_file
-    from ..network import build_dints
+    from PancreasDiNTSLib.model.bundle import save_arch_file
+    from PancreasDiNTSLib.model.network import build_dints
+    from PancreasDiNTSLib.model.spec import NetworkSpec
 
     (bundle / "models").mkdir(parents=True, exist_ok=True)
     shutil.copytree(reference / "configs", bundle / "configs", dirs_exist_ok=True)
@@ -456,7 +457,7 @@ def _row(name: str, res: dict[str, Any], keys: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import resolve_device
+    from PancreasDiNTSLib.inference.segmenter import resolve_device
 
     device = str(resolve_device(args.device))
     shared = _shared_dir()
@@ -482,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
             raise ModelError(f"{bundle}: not a bundle folder (configs/inference.yaml missing)")
         model_desc = f"{bundle}"
     else:
-        from ..random_bundle import make_random_bundle
+        from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
         ref = args.reference or (shared / "reference" / "pancreas_ct_dints_segmentation" if shared else None)
         if ref is None or not (ref / "configs" / "inference.yaml").is_file():

@@ -6,15 +6,15 @@ import argparse
 import json
 import sys
 
-from ..errors import EXIT_OK
-from ..progress import MODES
+from PancreasDiNTSLib.core.errors import EXIT_OK
+from PancreasDiNTSLib.core.progress import MODES
 
 HELP = ("offline demo: segment a synthetic CT phantom with the demo model (trained on phantoms, not for "
         "clinical use) and print Dice against the phantom's truth")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..demo import DEFAULT_SEED, DEMO_MODEL_ENV, TRAINING_SEEDS
+    from PancreasDiNTSLib.synthetic.demo import DEFAULT_SEED, DEMO_MODEL_ENV, TRAINING_SEEDS
 
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (new, empty, or an earlier demo output, which is replaced)")
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo, summary_text
+    from PancreasDiNTSLib.synthetic.demo import run_demo, summary_text
 
     report = run_demo(args.output, device=args.device, seed=args.seed, progress=args.progress, model=args.model)
     if args.progress == "json":

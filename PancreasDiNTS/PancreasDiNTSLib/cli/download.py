@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_OK
+from PancreasDiNTSLib.core.errors import EXIT_OK
 
 HELP = "download the official pancreas_ct_dints_segmentation bundle (or install it from a zip/folder)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..download import DEFAULT_VERSION
+    from PancreasDiNTSLib.model.download import DEFAULT_VERSION
 
     p.add_argument("--dest", type=Path, default=None,
                    help="cache root (default: $PANCREAS_DINTS_HOME/models or ~/.cache/pancreas-dints/models)")
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..download import download, install_from, installed_path
+    from PancreasDiNTSLib.model.download import download, install_from, installed_path
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)

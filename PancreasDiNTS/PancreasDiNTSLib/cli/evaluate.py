@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_OK
-from ..progress import MODES
+from PancreasDiNTSLib.core.errors import EXIT_OK
+from PancreasDiNTSLib.core.progress import MODES
 
 HELP = "evaluate a model folder on a datalist split: Dice (bundle metric), HD95, volumes -> CSV + JSON + table"
 
@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, format_table
-    from ..progress import Progress
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.training.evaluate import evaluate, format_table
 
     summary = evaluate(args.model, args.datalist, args.output, split=args.split, device=args.device,
                        dataset_dir=args.dataset_dir, progress=Progress(args.progress), sw_batch_size=args.sw_batch_size,

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model
+    from PancreasDiNTSLib.model.export import export_model
 
     result = export_model(
         args.model,

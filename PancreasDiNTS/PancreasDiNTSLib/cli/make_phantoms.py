@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_OK, UsageError
-from ..progress import MODES
+from PancreasDiNTSLib.core.errors import EXIT_OK, UsageError
+from PancreasDiNTSLib.core.progress import MODES
 
 HELP = "write synthetic abdominal CT phantoms with pancreas/tumour labels in the MSD Task07 layout"
 
@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..phantom import write_msd_dataset
-    from ..progress import Progress
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
 
     size = int(args.size) if str(args.size).isdigit() else args.size
     try:

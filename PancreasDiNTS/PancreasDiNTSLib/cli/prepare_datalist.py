@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..errors import EXIT_OK
+from PancreasDiNTSLib.core.errors import EXIT_OK
 
 HELP = "split an MSD Task07-layout folder into training/validation/testing as the released bundle (seed 123)"
 
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import prepare_datalist, write_datalist
+    from PancreasDiNTSLib.training.data import prepare_datalist, write_datalist
 
     train_size = int(args.train_size) if args.train_size >= 1 else float(args.train_size)
     datalist = prepare_datalist(args.path, seed=args.seed, train_size=train_size, val_fraction=args.val_fraction)

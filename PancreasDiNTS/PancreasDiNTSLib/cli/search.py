@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ..errors import EXIT_OK
-from ..progress import MODES
+from PancreasDiNTSLib.core.errors import EXIT_OK
+from PancreasDiNTSLib.core.progress import MODES
 
 HELP = ("search a DiNTS architecture on a datalist (presets tiny|demo|bundle); writes search_code_<iter>.pt for "
         "`train --arch`; crash-safe, --resume continues; runs under torchrun")
@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from ..distributed import distributed_session, is_main
-    from ..progress import Progress
-    from ..search import make_search_settings, search
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.training.distributed import distributed_session, is_main
+    from PancreasDiNTSLib.training.search import make_search_settings, search
 
     settings = make_search_settings(args.preset, args.overrides)
     if args.show_settings:

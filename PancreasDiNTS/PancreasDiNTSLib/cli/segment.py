@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from ..errors import EXIT_CASE_FAILED, EXIT_OK, InputError
-from ..progress import MODES
-from ..writers import FORMATS
+from PancreasDiNTSLib.core.errors import EXIT_CASE_FAILED, EXIT_OK, InputError
+from PancreasDiNTSLib.core.progress import MODES
+from PancreasDiNTSLib.io.writers import FORMATS
 
 HELP = "segment pancreas and pancreatic tumour in CT images (NIfTI, NRRD, MetaImage, DICOM folders)"
 
@@ -49,13 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..segment import run_segment
+    from PancreasDiNTSLib.inference.batch import run_segment
 
     # Under torchrun each process takes every WORLD_SIZE-th case; no process group is needed for that.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
     if world > 1 and device in ("auto", "cuda"):
-        from ..distributed import device_for_rank
+        from PancreasDiNTSLib.training.distributed import device_for_rank
 
         device = str(device_for_rank(device))  # cuda:LOCAL_RANK on a multi-GPU node
     roi = None

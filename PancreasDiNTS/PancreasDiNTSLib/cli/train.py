@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ..errors import EXIT_OK
-from ..progress import MODES
+from PancreasDiNTSLib.core.errors import EXIT_OK
+from PancreasDiNTSLib.core.progress import MODES
 
 HELP = "train a DiNTS pancreas/tumour model (presets tiny|demo|bundle); crash-safe, --resume continues a run"
 
@@ -36,14 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from ..progress import Progress
-    from ..train import make_settings, train
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.training.settings import make_settings
+    from PancreasDiNTSLib.training.train import train
 
     settings = make_settings(args.preset, args.overrides)
     if args.show_settings:
         print(json.dumps(asdict(settings), indent=2))
         return EXIT_OK
-    from ..distributed import distributed_session, is_main, launched_by_torchrun
+    from PancreasDiNTSLib.training.distributed import distributed_session, is_main, launched_by_torchrun
 
     # Under torchrun (`torchrun --nproc_per_node=N -m PancreasDiNTSLib.cli train ...`) each process joins the group
     # and trains on its share of the cases; only rank 0 reports and writes.

@@ -12,7 +12,7 @@ trained with two optimisers on two halves of the training cases:
   RAM(super-net)|`` (factor 0.8) and 0.001 x the topology entropy — the weighting of the bundle's AMP branch,
   the one that produced the released architecture.
 
-Validation (sliding window, foreground Dice, as training's :func:`PancreasDiNTSLib.train.validate`) runs every
+Validation (sliding window, foreground Dice, as training's :func:`PancreasDiNTSLib.training.train.validate`) runs every
 ``val_interval`` epochs and at the end; each time the super-net is decoded (``TopologySearch.decode``, Dijkstra
 over the path probabilities) into an architecture file in the released format (``node_a``, ``arch_code_a``,
 ``arch_code_a_max``, ``arch_code_c`` as numpy arrays, loadable with ``weights_only=True``), written next to a
@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PancreasDiNTSError
-from .train import SettingsError, TrainSettings, apply_override, check_settings
+from PancreasDiNTSLib.core.errors import PancreasDiNTSError
+from PancreasDiNTSLib.training.settings import SettingsError, TrainSettings, apply_override, check_settings
 
 ARCH_GLOB = "search_code_*.pt"
 TOPOLOGY_LOSS_WEIGHT = 0.001
@@ -224,7 +224,7 @@ def ramp(settings: SearchSettings, epoch: int) -> float:
 
 def decode(space: Any) -> dict[str, np.ndarray]:
     """The searched architecture in the released format (numpy arrays)."""
-    from .network import decode_space
+    from PancreasDiNTSLib.model.network import decode_space
 
     return decode_space(space)
 
@@ -234,7 +234,7 @@ def decode(space: Any) -> dict[str, np.ndarray]:
 
 def _replace_arch(folder: Path, arch: dict[str, Any], name: str) -> Path:
     """Write ``folder/name`` (+ its picture) atomically, then remove older decodes in ``folder``."""
-    from .bundle import save_arch_file
+    from PancreasDiNTSLib.model.bundle import save_arch_file
 
     path = folder / name
     save_arch_file(path, arch)
@@ -292,7 +292,7 @@ def draw_topology(arch: dict[str, Any], path: Path, title: str = "") -> Path:
 
 
 def _draw_graphviz(graphviz: Any, node_a: np.ndarray, edges: list, path: Path, title: str) -> Path:
-    from .atomic import atomic_path
+    from PancreasDiNTSLib.core.atomic import atomic_path
 
     g = graphviz.Digraph(graph_attr={"rankdir": "LR", "label": title, "labelloc": "t"})
     for col in range(node_a.shape[0]):
@@ -317,7 +317,7 @@ def _draw_matplotlib(node_a: np.ndarray, edges: list, path: Path, title: str) ->
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from .atomic import atomic_path
+    from PancreasDiNTSLib.core.atomic import atomic_path
 
     cols, depths = node_a.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * cols + 1.5), 0.9 * depths + 1.6), dpi=100)
@@ -354,7 +354,7 @@ CSV_FIELDS = ["epoch", "iteration", "loss", "loss_arch", "lr", "ram_ratio", "ent
 
 
 def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    from .atomic import write_text_atomic
+    from PancreasDiNTSLib.core.atomic import write_text_atomic
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -384,12 +384,24 @@ def search(
     With ``resume`` the newest checkpoint in ``out_dir/checkpoints`` is continued (its settings and data split,
     then ``overrides``); without it ``out_dir`` must not hold a search already.
     """
-    from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-    from .data import check_cases, load_datalist
-    from .distributed import all_reduce_mean, get_rank, get_world_size, partition, unwrap, wrap_ddp
-    from .inference import resolve_device
-    from .progress import Progress
-    from .train import (
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.inference.segmenter import resolve_device
+    from PancreasDiNTSLib.training.checkpoint import (
+        capture_rng_state,
+        load_checkpoint,
+        restore_rng_state,
+        save_checkpoint,
+    )
+    from PancreasDiNTSLib.training.data import check_cases, load_datalist
+    from PancreasDiNTSLib.training.distributed import (
+        all_reduce_mean,
+        get_rank,
+        get_world_size,
+        partition,
+        unwrap,
+        wrap_ddp,
+    )
+    from PancreasDiNTSLib.training.train import (
         FOREGROUND,
         _autocast,
         _tensorboard,
@@ -647,7 +659,7 @@ def search(
     if main:
         import json
 
-        from .atomic import write_text_atomic
+        from PancreasDiNTSLib.core.atomic import write_text_atomic
 
         write_text_atomic(out / "search.json", json.dumps(summary, indent=2) + "\n")
     progress.emit({"stage": "summary", **{k: v for k, v in summary.items() if k != "settings"}})

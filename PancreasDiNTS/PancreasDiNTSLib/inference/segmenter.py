@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import Bundle, InferenceSpec
-from .errors import DeviceError
+from PancreasDiNTSLib.core.errors import DeviceError
+from PancreasDiNTSLib.model.bundle import Bundle
+from PancreasDiNTSLib.model.spec import InferenceSpec
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
 MODES = ("exact", "fast", "fastmm")
@@ -141,7 +142,7 @@ class Segmenter:
         # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs, and the fast sliding window implements
         # constant blending only: anything else takes MONAI's path.
         if mode != "exact" and bundle.kind == "bundle" and self.spec.blend_mode == "constant":
-            from .fastpath import FastInferer
+            from PancreasDiNTSLib.inference.fastpath import FastInferer
 
             batch: int | str = "auto" if sw_batch_size is None and self.device.type == "cuda" else self.sw_batch_size
             self.fast = FastInferer(self.network, self.spec.roi_size, self.spec.overlap, self.device, self.amp,
@@ -203,7 +204,7 @@ class Segmenter:
         None (default) does so when the inverted probabilities would exceed ``invert.SLAB_THRESHOLD`` values."""
         from monai.transforms import Activations, Activationsd, AsDiscreted, Compose, Invertd
 
-        from .invert import SLAB_THRESHOLD, can_invert_in_slabs, invert_labels
+        from PancreasDiNTSLib.inference.invert import SLAB_THRESHOLD, can_invert_in_slabs, invert_labels
 
         if slabs is None:
             ops = getattr(pre, "applied_operations", None) or [{}]

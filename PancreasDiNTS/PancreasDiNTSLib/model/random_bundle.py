@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from .bundle import NetworkSpec, save_arch_file
-from .network import build_dints, random_arch
+from PancreasDiNTSLib.model.bundle import save_arch_file
+from PancreasDiNTSLib.model.network import build_dints, random_arch
+from PancreasDiNTSLib.model.spec import NetworkSpec
 
 
 def make_random_bundle(

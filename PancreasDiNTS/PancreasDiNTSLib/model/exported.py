@@ -1,7 +1,7 @@
 """Exported model files (TorchScript, ONNX, Torch-TensorRT) as models for ``segment``.
 
 ``bundle.load_bundle(path_to_file)`` lands here. The result is an :class:`ExportedBundle`: a
-:class:`~PancreasDiNTSLib.bundle.Bundle` whose ``build_network(device)`` returns a callable ``torch.nn.Module``
+:class:`~PancreasDiNTSLib.model.bundle.Bundle` whose ``build_network(device)`` returns a callable ``torch.nn.Module``
 (logits in, logits out, float32), so the same sliding-window pipeline runs it unchanged.
 
 Where the settings come from:
@@ -20,6 +20,7 @@ trust, as with any model.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,20 +29,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import (
+from PancreasDiNTSLib.core.errors import DeviceError, ModelError
+from PancreasDiNTSLib.model.bundle import (
     Bundle,
-    InferenceSpec,
-    NetworkSpec,
-    _find_config,
-    _parse_inference,
-    _parse_network,
-    _read_config,
-    _read_metadata,
-    _Resolver,
+    Resolver,
     file_md5,
+    find_config,
+    parse_inference,
+    parse_network,
+    read_config,
+    read_metadata,
     verify_checksums,
 )
-from .errors import DeviceError, ModelError
+from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
+
+
+class ExportUnavailable(DeviceError):
+    """The requested export format cannot be produced on this machine (missing package or GPU)."""
+
+
+def trt_unavailable_reason() -> str | None:
+    """Why a TensorRT export cannot run here (one line), or None if torch_tensorrt and CUDA are both present."""
+    missing = []
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        missing.append("the torch_tensorrt package (install the optional extra: pip install 'PancreasDiNTSLib[trt]')")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (none is visible to PyTorch)")
+    if not missing:
+        return None
+    return "TensorRT export needs " + " and ".join(missing) + "; use --format torchscript or onnx instead"
+
 
 SIDECAR_SUFFIX = ".json"
 TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth", ".pts", ".jit")
@@ -125,8 +142,6 @@ class ExportedBundle(Bundle):
         if self.kind == "onnx":
             return OnnxNetwork(self.weights_path, dev).eval()
         if self.kind == "trt":
-            from .export import ExportUnavailable, trt_unavailable_reason
-
             reason = trt_unavailable_reason()
             if reason:
                 raise ExportUnavailable(reason.replace("TensorRT export", "A TensorRT model").split("; use")[0])
@@ -179,7 +194,7 @@ def _bundle_root_of(path: Path) -> Path | None:
     """The bundle folder holding ``path`` (``<root>/models/<file>`` or ``<root>/<file>``), if it has a config."""
     for root in (path.parent.parent, path.parent) if path.parent.name == "models" else (path.parent,):
         try:
-            _find_config(root)
+            find_config(root)
             return root
         except ModelError:
             continue
@@ -226,11 +241,11 @@ def load_exported_bundle(path: Path, verify: bool = True) -> ExportedBundle:
     root = _bundle_root_of(path)
     meta: dict[str, Any] = {}
     if root is not None:
-        config_path = _find_config(root)
-        res = _Resolver(_read_config(config_path), config_path)
-        network = _parse_network(res, res.config)
-        inference = _parse_inference(res, res.config)
-        meta = _read_metadata(root)
+        config_path = find_config(root)
+        res = Resolver(read_config(config_path), config_path)
+        network = parse_network(res, res.config)
+        inference = parse_inference(res, res.config)
+        meta = read_metadata(root)
         if verify:
             verify_checksums(root)
         settings_from = "config"

@@ -28,7 +28,7 @@ REPORT_NAME = "report.json"
 # The folder that holds the PancreasDiNTSLib package (the Slicer module folder, or PancreasDiNTS/ here).
 ENGINE_PARENT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DEVICES = [("auto", "Automatic (GPU if available)"), ("cpu", "CPU")]
-# The engine's model cache (PancreasDiNTSLib.download.cache_root, which imports torch: mirrored here and kept
+# The engine's model cache (PancreasDiNTSLib.model.download.cache_root, which imports torch: mirrored here and kept
 # equal by Testing/test_slicer_background.py) so that Slicer and the command line share downloaded models.
 MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
 # "pancreas-dints <command>: error: <message>" is how cli.main() reports a PancreasDiNTSError.
@@ -451,7 +451,7 @@ def volumes_ml(report: dict[str, Any]) -> dict[str, float]:
 
 def format_volumes(volumes: dict[str, float]) -> str:
     """'Pancreas: 72.4 mL, Pancreatic tumor: 3.1 mL' in the engine's segment order."""
-    from .terminology import SEGMENTS
+    from PancreasDiNTSLib.core.terminology import SEGMENTS
 
     names = [s.name for s in SEGMENTS if s.name in volumes] + [n for n in volumes if n not in
                                                                 {s.name for s in SEGMENTS}]
@@ -489,7 +489,7 @@ def official_model_folder(cache: str | Path | None = None) -> Path | None:
 
 def demo_model_folder() -> Path | None:
     """The demo model (trained on phantoms): $PANCREAS_DINTS_DEMO_MODEL, else ``Resources/Models/demo`` in the
-    module folder or its parent (as PancreasDiNTSLib.demo.demo_model_dir, which imports torch), or None."""
+    module folder or its parent (as PancreasDiNTSLib.synthetic.demo.demo_model_dir, which imports torch), or None."""
     env = os.environ.get("PANCREAS_DINTS_DEMO_MODEL")
     if env:
         return Path(env).expanduser() if is_model_folder(Path(env).expanduser()) else None
@@ -540,7 +540,7 @@ def list_devices() -> list[tuple[str, str]]:
 
 def devices_command(python_executable: str) -> list[str]:
     """A command that prints :func:`list_devices` as JSON (run outside Slicer's process)."""
-    return [str(python_executable), "-m", "PancreasDiNTSLib.background", "devices"]
+    return [str(python_executable), "-m", "PancreasDiNTSLib.bridge.background", "devices"]
 
 
 def parse_devices(output: str) -> list[tuple[str, str]]:
@@ -596,10 +596,10 @@ def requirement_installed(requirement: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m PancreasDiNTSLib.background devices``: print the device list as one JSON line."""
+    """``python -m PancreasDiNTSLib.bridge.background devices``: print the device list as one JSON line."""
     args = sys.argv[1:] if argv is None else argv
     if args != ["devices"]:
-        print("usage: python -m PancreasDiNTSLib.background devices", file=sys.stderr)
+        print("usage: python -m PancreasDiNTSLib.bridge.background devices", file=sys.stderr)
         return 2
     print(json.dumps(list_devices()))
     return 0

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from PancreasDiNTSLib.core.errors import InputError
 
 if TYPE_CHECKING:
-    from .train import TrainSettings
+    from PancreasDiNTSLib.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def prepare_datalist(
 
 
 def write_datalist(datalist: dict[str, Any], path: str | Path) -> None:
-    from .atomic import write_text_atomic
+    from PancreasDiNTSLib.core.atomic import write_text_atomic
 
     write_text_atomic(Path(path), json.dumps(datalist, indent=4) + "\n")
 
@@ -439,7 +439,7 @@ def sample_nbytes(sample: Any) -> int:
 
 def unwrap_error(exc: BaseException, item: Mapping[str, str]) -> BaseException:
     """The PancreasDiNTSError inside a MONAI transform error chain, or an InputError naming the case."""
-    from .errors import PancreasDiNTSError
+    from PancreasDiNTSLib.core.errors import PancreasDiNTSError
 
     seen = exc
     while seen is not None:

@@ -517,7 +517,7 @@ class FastInferer:
                  device: torch.device | str, amp: bool, sw_batch_size: int | str = 4, in_channels: int = 1,
                  skip_constant: bool = True, engine: str = "eager", tune_allocator: bool = True,
                  upsample: str = "native") -> None:
-        from .fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
+        from PancreasDiNTSLib.model.fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
 
         self.device = torch.device(device)
         self.allocator_tuned = tune_cpu_allocator() if tune_allocator and self.device.type == "cpu" else False

@@ -103,7 +103,7 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, Any], Path] | None:
     A missing or unreadable ``last.pt`` falls back to ``previous.pt`` with a CheckpointWarning; if neither
     can be read, the error of ``last.pt`` is raised as a ModelError.
     """
-    from .errors import ModelError
+    from PancreasDiNTSLib.core.errors import ModelError
 
     folder = Path(folder)
     first_error: str | None = None

@@ -14,9 +14,9 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic import atomic_dir
-from .bundle import OFFICIAL_BUNDLE_NAME, file_md5, read_large_files
-from .errors import EXIT_DOWNLOAD, ModelError, PancreasDiNTSError
+from PancreasDiNTSLib.core.atomic import atomic_dir
+from PancreasDiNTSLib.core.errors import EXIT_DOWNLOAD, ModelError, PancreasDiNTSError
+from PancreasDiNTSLib.model.bundle import OFFICIAL_BUNDLE_NAME, file_md5, read_large_files
 
 DEFAULT_VERSION = "0.5.0"
 # The released weights (bundle versions 0.3.7 - 0.5.x): path -> (md5, url). Used when a copy lacks large_files.yml.

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import DeviceError
+from PancreasDiNTSLib.core.errors import DeviceError
 
 T = TypeVar("T")
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -328,7 +328,7 @@ def scale_for_world(
     400 -> 3200, StepLR ``step_size`` 80 -> 640, validation interval 10 -> 80) by W so that the number of
     steps per rank, the LR decay points and the validation frequency stay what they were on one GPU.
     The architecture search (bundle ``scripts/search.py``) multiplies both learning rates by W and keeps its
-    epoch counts; see :func:`PancreasDiNTSLib.search.scaled_search_settings`.
+    epoch counts; see :func:`PancreasDiNTSLib.training.search.scaled_search_settings`.
     """
     w = get_world_size() if world_size is None else int(world_size)
     return ScaledSchedule(

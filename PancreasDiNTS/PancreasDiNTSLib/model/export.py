@@ -11,7 +11,7 @@
 ``fp16`` exports cast the network to half precision and put the casts into the graph, so callers still pass and
 receive float32 tensors. Every export is written atomically, re-loaded and compared with the eager network on
 random patches (unless ``verify=False``); the numbers go into the sidecar ``<file>.json`` next to the export,
-together with what :mod:`PancreasDiNTSLib.exported` needs to run the file without its bundle.
+together with what :mod:`PancreasDiNTSLib.model.exported` needs to run the file without its bundle.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path, write_text_atomic
-from .bundle import Bundle, file_md5, load_bundle, read_large_files
-from .errors import DeviceError, ModelError, OutputError, PancreasDiNTSError
+from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
+from PancreasDiNTSLib.core.errors import DeviceError, ModelError, OutputError, PancreasDiNTSError
+from PancreasDiNTSLib.model.bundle import Bundle, file_md5, read_large_files
+from PancreasDiNTSLib.model.exported import ExportUnavailable, trt_unavailable_reason
+from PancreasDiNTSLib.model.loader import load_bundle
 
 FORMATS = ("torchscript", "onnx", "trt")
 PRECISIONS = ("fp32", "fp16")
@@ -39,10 +41,6 @@ BATCH_RANGE = (1, 8)
 TRT_CONVERTER_KWARGS = {"truncate_long_and_double": True, "torch_executed_ops": ["aten::upsample_trilinear3d"]}
 SIDECAR_SUFFIX = ".json"
 SIDECAR_SCHEMA = 1
-
-
-class ExportUnavailable(DeviceError):
-    """The requested export format cannot be produced on this machine (missing package or GPU)."""
 
 
 @dataclass
@@ -70,18 +68,6 @@ class _CastIO(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.to(self.dtype)).float()
-
-
-def trt_unavailable_reason() -> str | None:
-    """Why a TensorRT export cannot run here (one line), or None if torch_tensorrt and CUDA are both present."""
-    missing = []
-    if importlib.util.find_spec("torch_tensorrt") is None:
-        missing.append("the torch_tensorrt package (install the optional extra: pip install 'PancreasDiNTSLib[trt]')")
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU (none is visible to PyTorch)")
-    if not missing:
-        return None
-    return "TensorRT export needs " + " and ".join(missing) + "; use --format torchscript or onnx instead"
 
 
 def default_output(bundle: Bundle, fmt: str) -> Path:
@@ -228,7 +214,7 @@ def export_model(
     write_text_atomic(sidecar, json.dumps(info, indent=2) + "\n")
     verification = None
     if verify:
-        from .exported import load_exported_bundle
+        from PancreasDiNTSLib.model.exported import load_exported_bundle
 
         exported_net = load_exported_bundle(dest).build_network(dev)
         verification = verify_export(eager, exported_net, bundle, dev)
@@ -245,7 +231,7 @@ def describe_export(bundle: Bundle, fmt: str, precision: str, dest: Path) -> dic
     """The sidecar's content: what the file is, how to run it, and where it came from."""
     import monai
 
-    from . import __version__
+    from PancreasDiNTSLib import __version__
 
     return {
         "schema": SIDECAR_SCHEMA,

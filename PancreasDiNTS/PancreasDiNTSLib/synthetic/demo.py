@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
+from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
 
 DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
 DEMO_MODEL_PARTS = ("Resources", "Models", "demo")
@@ -127,8 +127,8 @@ def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, t
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from .atomic import atomic_path
-    from .terminology import SEGMENTS
+    from PancreasDiNTSLib.core.atomic import atomic_path
+    from PancreasDiNTSLib.core.terminology import SEGMENTS
 
     ct, sp = _canonical(ct_path)
     pred = _canonical(labels_path)[0].astype(np.uint8)
@@ -185,7 +185,7 @@ def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, t
 
 def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
     """Dice per class with MONAI (as ``evaluate``); None where the truth lacks the class."""
-    from .evaluate import dice_per_class
+    from PancreasDiNTSLib.training.evaluate import dice_per_class
 
     d = dice_per_class(pred, truth)
     return {name: (None if np.isnan(v) else round(float(v), 4)) for name, v in zip(("pancreas", "tumor"), d,
@@ -195,14 +195,20 @@ def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
 def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED, progress: str = "auto",
              model: str | Path | None = None) -> dict[str, Any]:
     """Make a phantom, segment it with the demo model, write the outputs into ``out_dir``; return the report."""
-    from .atomic import atomic_dir
-    from .bundle import load_bundle
-    from .download import resolve_model
-    from .imaging import read_image
-    from .inference import Segmenter, resolve_device
-    from .phantom import make_phantom, save_nifti
-    from .progress import Progress
-    from .writers import volumes_ml, write_label_nifti, write_report, write_seg_nrrd
+    from PancreasDiNTSLib.core.atomic import atomic_dir
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
+    from PancreasDiNTSLib.io.images import read_image
+    from PancreasDiNTSLib.io.writers import (
+        save_nifti,
+        volumes_ml,
+        write_label_nifti,
+        write_report,
+        write_seg_nrrd,
+    )
+    from PancreasDiNTSLib.model.download import resolve_model
+    from PancreasDiNTSLib.model.loader import load_bundle
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
 
     out = Path(out_dir).expanduser()
     check_seed(seed)
@@ -255,7 +261,7 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
                 "phantom": {"seed": seed, "size": PHANTOM_SIZE, "shape": list(info.shape),
                             "spacing_mm": [round(s, 4) for s in info.spacing], "orientation": info.orientation,
                             "slice_mm": list(PHANTOM_SLICE_MM),
-                            "generator": "PancreasDiNTSLib.phantom.make_phantom(seed, size, tumour=True, slice_mm)"},
+                            "generator": "PancreasDiNTSLib.synthetic.phantom.make_phantom(seed, size, tumour=True, slice_mm)"},
                 "case": "phantom_ct",
                 "input": str(out / OUTPUT_FILES["ct"]),
                 "truth": str(out / OUTPUT_FILES["truth"]),

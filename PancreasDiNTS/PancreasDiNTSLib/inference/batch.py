@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .atomic import atomic_dir, write_text_atomic
-from .bundle import Bundle, load_bundle
-from .download import resolve_model
-from .errors import InputError, OutputError, PancreasDiNTSError
-from .imaging import LoadedImage, case_name, expand_inputs, read_image
-from .progress import Progress, ProgressCallback
-from .writers import (
+from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.atomic import atomic_dir, write_text_atomic
+from PancreasDiNTSLib.core.errors import InputError, OutputError, PancreasDiNTSError
+from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
+from PancreasDiNTSLib.io.images import LoadedImage, case_name, expand_inputs, read_image
+from PancreasDiNTSLib.io.writers import (
     FORMATS,
     OUTPUT_NAMES,
     volumes_ml,
@@ -32,6 +30,9 @@ from .writers import (
     write_report,
     write_seg_nrrd,
 )
+from PancreasDiNTSLib.model.bundle import Bundle
+from PancreasDiNTSLib.model.download import resolve_model
+from PancreasDiNTSLib.model.loader import load_bundle
 
 
 @dataclass
@@ -172,7 +173,7 @@ def run_segment(
     roi mode "grid"|"local"): only the sliding windows touching the box run; labels outside it are 0.
     ``prefetch``: read and preprocess the next case in a background thread during this one's inference.
     """
-    from .inference import Segmenter, resolve_device
+    from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
 
     fmts = parse_formats(formats)
     out = Path(out_dir).expanduser()
@@ -215,7 +216,7 @@ def run_segment(
     skip = {name for name, path in cases if skipped(name, path)}  # decided once: the prefetch order follows it
     todo = [path for name, path in cases if name not in skip]
     if prefetch and len(todo) > 1:
-        from .fastpath import prefetched
+        from PancreasDiNTSLib.inference.fastpath import prefetched
 
         loaded = prefetched(todo, load)
     else:
@@ -249,7 +250,7 @@ def run_segment(
                     # the loader's read/preprocess times stand; predict adds infer and postprocess
                     timings = {**segmenter.timings, **timings}
                 else:
-                    from .fastpath import predict_roi
+                    from PancreasDiNTSLib.inference.fastpath import predict_roi
 
                     t_roi = time.perf_counter()
                     reporter.update(name, "infer", 0.1, f"ROI {roi[0]} ({roi[1]}, {roi[2]} mode)")

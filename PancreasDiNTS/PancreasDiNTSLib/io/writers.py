@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_path, write_text_atomic
-from .imaging import LPS_TO_RAS, LoadedImage
-from .terminology import SEGMENTS
+from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
+from PancreasDiNTSLib.core.terminology import SEGMENTS
+from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage
 
 OUTPUT_NAMES = {
     "nifti": "labels.nii.gz",
@@ -53,6 +53,18 @@ def write_label_nifti(dest: Path, labels: np.ndarray, case: LoadedImage) -> Path
     with atomic_path(dest) as tmp:
         nib.save(img, str(tmp))
     return dest
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype: Any) -> None:
+    """Write a NIfTI with qform and sform set (code 1, scanner), atomically."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    with atomic_path(Path(path)) as tmp:
+        nib.save(img, str(tmp))
 
 
 def segmentation_dict(labels: np.ndarray, case: LoadedImage) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import yaml
 
-from .errors import ModelError
+from PancreasDiNTSLib.core.errors import ModelError
+from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
 
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
 ARCH_KEYS = ("node_a", "arch_code_a", "arch_code_c")
@@ -29,40 +30,6 @@ CONFIG_NAMES = ("inference.yaml", "inference.yml", "inference.json")
 KNOWN_PREPROCESSING = {
     "LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "ScaleIntensityRanged", "EnsureTyped",
 }
-
-
-@dataclass
-class NetworkSpec:
-    """DiNTS hyper-parameters read from the bundle's ``dints_space`` and ``network_def``."""
-
-    in_channels: int = 1
-    num_classes: int = 3
-    channel_mul: float = 1.0
-    num_blocks: int = 12
-    num_depths: int = 4
-    use_downsample: bool = True
-
-
-@dataclass
-class InferenceSpec:
-    """Preprocessing, sliding-window and post-processing settings read from the bundle's config."""
-
-    axcodes: str = "RAS"
-    pixdim: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    spacing_mode: str = "bilinear"
-    spacing_align_corners: bool = False
-    a_min: float = -87.0
-    a_max: float = 199.0
-    b_min: float = 0.0
-    b_max: float = 1.0
-    clip: bool = True
-    roi_size: tuple[int, int, int] = (96, 96, 96)
-    sw_batch_size: int = 4
-    overlap: float = 0.625
-    blend_mode: str = "constant"
-    amp: bool = True
-    softmax: bool = True
-    invert_nearest: bool = False
 
 
 @dataclass
@@ -103,7 +70,7 @@ class Bundle:
 
     def build_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The DiNTS network with the bundle's weights, in eval mode, on ``device``."""
-        from .network import build_dints
+        from PancreasDiNTSLib.model.network import build_dints
 
         net = build_dints(self.network, self.load_arch())
         state = self.load_state_dict()
@@ -243,7 +210,7 @@ def load_arch_file(path: Path) -> dict[str, np.ndarray]:
 
 def save_arch_file(path: Path, arch: dict[str, Any]) -> None:
     """Write an architecture file in the released format (numpy arrays), atomically."""
-    from .atomic import atomic_path
+    from PancreasDiNTSLib.core.atomic import atomic_path
 
     payload = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in arch.items()}
     for key in ARCH_KEYS + ("arch_code_a_max",):
@@ -266,7 +233,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------- config reading
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -277,7 +244,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-class _Resolver:
+class Resolver:
     """Resolves literal values and ``@name`` / ``@a#b`` references; refuses ``$`` expressions."""
 
     def __init__(self, config: dict[str, Any], source: Path) -> None:
@@ -310,7 +277,7 @@ class _Resolver:
         return raw
 
 
-def _find_config(root: Path) -> Path:
+def find_config(root: Path) -> Path:
     for name in CONFIG_NAMES:
         if (root / "configs" / name).is_file():
             return root / "configs" / name
@@ -346,7 +313,7 @@ def _find_arch(root: Path, config: dict[str, Any]) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def _parse_network(res: _Resolver, config: dict[str, Any]) -> NetworkSpec:
+def parse_network(res: Resolver, config: dict[str, Any]) -> NetworkSpec:
     space = config.get("dints_space")
     net = config.get("network_def")
     if not isinstance(space, dict) or not isinstance(net, dict):
@@ -372,7 +339,7 @@ def _parse_network(res: _Resolver, config: dict[str, Any]) -> NetworkSpec:
     return spec
 
 
-def _transforms(res: _Resolver, section: Any, name: str) -> list[dict[str, Any]]:
+def _transforms(res: Resolver, section: Any, name: str) -> list[dict[str, Any]]:
     if isinstance(section, dict) and "transforms" in section:
         section = section["transforms"]
     if not isinstance(section, list):
@@ -385,7 +352,7 @@ def _transforms(res: _Resolver, section: Any, name: str) -> list[dict[str, Any]]
     return out
 
 
-def _parse_inference(res: _Resolver, config: dict[str, Any]) -> InferenceSpec:
+def parse_inference(res: Resolver, config: dict[str, Any]) -> InferenceSpec:
     spec = InferenceSpec()
     for t in _transforms(res, config.get("preprocessing"), "preprocessing"):
         target = str(t["_target_"]).rsplit(".", 1)[-1]
@@ -434,7 +401,7 @@ def _parse_inference(res: _Resolver, config: dict[str, Any]) -> InferenceSpec:
     return spec
 
 
-def _read_metadata(root: Path) -> dict[str, Any]:
+def read_metadata(root: Path) -> dict[str, Any]:
     p = root / "configs" / "metadata.json"
     if not p.is_file():
         return {}
@@ -445,7 +412,7 @@ def _read_metadata(root: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+def read_bundle_folder(path: str | Path, verify: bool = True) -> Bundle:
     """Read a model folder as data and check that its files are usable (no code from it is run).
 
     ``path`` may be a bundle folder, or the ``configs``/``models`` folder inside one.
@@ -453,18 +420,14 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     root = Path(path).expanduser()
     if not root.exists():
         raise ModelError(f"{root}: model folder not found; give a MONAI bundle folder (see `pancreas-dints download`)")
-    if root.is_file():
-        from .exported import load_exported_bundle
-
-        return load_exported_bundle(root)
     if root.name in ("configs", "models") and not (root / "configs").is_dir():
         root = root.parent
     root = root.resolve()
-    config_path = _find_config(root)
-    config = _read_config(config_path)
-    res = _Resolver(config, config_path)
-    network = _parse_network(res, config)
-    inference = _parse_inference(res, config)
+    config_path = find_config(root)
+    config = read_config(config_path)
+    res = Resolver(config, config_path)
+    network = parse_network(res, config)
+    inference = parse_inference(res, config)
     weights = _bundle_relative_path(root, (config.get("checkpointloader") or {}).get("load_path"))
     if weights is None or not weights.is_file():
         weights = root / "models" / "model.pt"
@@ -477,7 +440,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise ModelError(f"{root / 'models'}: missing the architecture file search_code_*.pt")
     if verify:
         verify_checksums(root)
-    meta = _read_metadata(root)
+    meta = read_metadata(root)
     return Bundle(
         root=root,
         name=str(meta.get("name", root.name)),

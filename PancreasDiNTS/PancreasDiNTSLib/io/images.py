@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from PancreasDiNTSLib.core.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")

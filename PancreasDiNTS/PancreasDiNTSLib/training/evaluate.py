@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from PancreasDiNTSLib.core.errors import InputError
 
 CLASSES = {1: "pancreas", 2: "tumour"}
 CSV_FIELDS = ["case", "dice_pancreas", "dice_tumour", "hd95_pancreas_mm", "hd95_tumour_mm",
@@ -70,7 +70,7 @@ def bundle_mean_dice(per_case: np.ndarray) -> float:
 
 def predict_case(segmenter: Any, image_path: str) -> tuple[np.ndarray, Any]:
     """The one prediction call: labels on the grid of the image file, and the loaded image."""
-    from .imaging import read_image
+    from PancreasDiNTSLib.io.images import read_image
 
     loaded = read_image(image_path)
     return segmenter.predict(loaded.image), loaded
@@ -109,11 +109,11 @@ def evaluate(
     save_predictions: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` of ``datalist``; writes metrics.csv and summary.json in ``out_dir``."""
-    from .atomic import write_text_atomic
-    from .bundle import load_bundle
-    from .data import case_id, check_cases, load_datalist
-    from .inference import Segmenter
-    from .progress import Progress
+    from PancreasDiNTSLib.core.atomic import write_text_atomic
+    from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.inference.segmenter import Segmenter
+    from PancreasDiNTSLib.model.loader import load_bundle
+    from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist
 
     t0 = time.perf_counter()
     progress = progress or Progress("none")
@@ -152,7 +152,7 @@ def evaluate(
         row["seconds"] = round(time.perf_counter() - tc, 2)
         rows.append(row)
         if save_predictions:
-            from .phantom import save_nifti
+            from PancreasDiNTSLib.io.writers import save_nifti
 
             save_nifti(out / "predictions" / f"{name}.nii.gz", pred.astype(np.uint8), ref_affine, np.uint8)
         progress.update(name, "done", 1.0, f"Dice {_fmt(row.get('dice_pancreas'), 3)} / {_fmt(row.get('dice_tumour'), 3)}")

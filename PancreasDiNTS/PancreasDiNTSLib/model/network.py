@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import NetworkSpec
-from .errors import ModelError
+from PancreasDiNTSLib.core.errors import ModelError
+from PancreasDiNTSLib.model.spec import NetworkSpec
 
 
 def check_arch(spec: NetworkSpec, arch: dict[str, Any]) -> None:

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_text_atomic
-from .bundle import NetworkSpec, save_arch_file
+from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.model.bundle import save_arch_file
+from PancreasDiNTSLib.model.spec import NetworkSpec
 
 _ARCH_NAME = re.compile(r"^search_code_\d+\.pt$")
 
@@ -180,7 +181,7 @@ def metadata(spec: NetworkSpec, roi_size: tuple[int, int, int], name: str, train
     import numpy
     import torch
 
-    from . import __version__
+    from PancreasDiNTSLib import __version__
 
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",

@@ -1,0 +1,1 @@
+"""Torch-free helpers the Slicer modules import: command lines, progress parsing, process handling."""

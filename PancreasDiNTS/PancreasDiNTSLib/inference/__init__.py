@@ -1,0 +1,1 @@
+"""The case pipeline: segmenter, fast path, inversion, ROI, and the batch driver."""

@@ -1,0 +1,1 @@
+"""Reading images and DICOM series, writing results."""

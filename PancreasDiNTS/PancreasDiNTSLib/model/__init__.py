@@ -1,0 +1,1 @@
+"""Model folders read as data, the DiNTS network, export, exported models, download, random bundles."""

@@ -1,0 +1,1 @@
+"""Synthetic CT phantoms and the offline demo."""

@@ -1,0 +1,1 @@
+"""Settings, data, the training and search loops, checkpoints, distributed helpers, evaluation."""
