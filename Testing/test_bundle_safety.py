@@ -102,12 +102,12 @@ def test_dollar_expressions_in_used_values_are_refused(tmp_path, tiny_bundle, ke
 
 def test_released_config_reads_as_data(reference_bundle):
     """The released inference.yaml (with its `$` imports, device and arch expressions) parses without eval."""
-    from PancreasDiNTSLib.model.bundle import _parse_inference, _parse_network, _read_config, _Resolver
+    from PancreasDiNTSLib.model.bundle import parse_inference, parse_network, read_config, Resolver
 
     path = reference_bundle / "configs" / "inference.yaml"
-    cfg = _read_config(path)
-    net = _parse_network(_Resolver(cfg, path), cfg)
-    inf = _parse_inference(_Resolver(cfg, path), cfg)
+    cfg = read_config(path)
+    net = parse_network(Resolver(cfg, path), cfg)
+    inf = parse_inference(Resolver(cfg, path), cfg)
     assert (net.channel_mul, net.num_blocks, net.num_depths, net.use_downsample) == (1.0, 12, 4, True)
     assert (net.in_channels, net.num_classes) == (1, 3)
     assert inf.roi_size == (96, 96, 96) and inf.sw_batch_size == 4 and inf.overlap == 0.625
