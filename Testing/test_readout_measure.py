@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist
-
 from PancreasDiNTSLib.readout import geometry as geo
 from PancreasDiNTSLib.readout.measure import ajcc_size_category, measure
+from scipy.spatial.distance import pdist
+
+IDENTITY = np.eye(3)
 
 
 def rot(axis: str, deg: float) -> np.ndarray:
@@ -21,14 +22,14 @@ def rot(axis: str, deg: float) -> np.ndarray:
     return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
 
 
-def make_affine(spacing, r=np.eye(3), origin=(0.0, 0.0, 0.0)) -> np.ndarray:
+def make_affine(spacing, r=IDENTITY, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
     a = np.eye(4)
     a[:3, :3] = r @ np.diag(spacing)
     a[:3, 3] = origin
     return a
 
 
-def centred_grid(shape, spacing, r=np.eye(3)):
+def centred_grid(shape, spacing, r=IDENTITY):
     """Affine with the volume centre at RAS 0, and the RAS coordinates of every voxel centre (3, X, Y, Z)."""
     sp = np.asarray(spacing, float)
     origin = -(r @ np.diag(sp)) @ ((np.array(shape) - 1) / 2.0)
@@ -38,7 +39,7 @@ def centred_grid(shape, spacing, r=np.eye(3)):
     return aff, ras
 
 
-def ellipsoid_labels(shape, spacing, semi_mm, r=np.eye(3), rz_shape=0.0, centre=(0.0, 0.0, 0.0)):
+def ellipsoid_labels(shape, spacing, semi_mm, r=IDENTITY, rz_shape=0.0, centre=(0.0, 0.0, 0.0)):
     """Lesion (2) = voxels whose RAS centre is in an ellipsoid (axes along R, A, S turned by rz_shape degrees about S)."""
     aff, ras = centred_grid(shape, spacing, r)
     q = rot("z", rz_shape).T @ (ras.reshape(3, -1) - np.array(centre)[:, None])
