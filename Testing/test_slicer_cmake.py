@@ -59,9 +59,9 @@ def test_module_cmake_installs_the_whole_demo_model():
     """The GUI module ships the demo model next to itself, where demo.demo_model_dir() looks for it."""
     text = cmake_text(facts.MODULES["PancreasDiNTS"] / "CMakeLists.txt")
     listed = set(cmake_set(text, "DEMO_MODEL_FILES"))
-    demo = facts.REPO / "Resources" / "Models" / "demo"
+    demo = facts.MODULES["PancreasDiNTS"] / "PancreasDiNTSLib" / "resources" / "models" / "demo"
     assert listed == {p.relative_to(demo).as_posix() for p in facts.repo_files(demo)}
-    assert "Resources/Models/demo" in text and "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in text
+    assert "PancreasDiNTSLib/resources/models/demo" in text and "Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR" in text
 
 
 @pytest.mark.parametrize("name", list(facts.MODULES))

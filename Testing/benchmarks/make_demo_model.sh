@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the offline demo model (Resources/Models/demo) end to end on the CPU:
+# Reproduce the offline demo model (PancreasDiNTS/PancreasDiNTSLib/resources/models/demo) end to end on the CPU:
 #
 #     bash Testing/benchmarks/make_demo_model.sh [WORKDIR]        (default WORKDIR: ./demo-model-work)
 #
@@ -15,7 +15,7 @@
 # 6. evaluate the trained run on all 16 held-out phantoms (Dice in the original image space)
 # 7. copy the model folder to WORKDIR/demo-model (configs/, models/model.pt, models/search_code_*.pt)
 #
-# Install it with: cp -r WORKDIR/demo-model/. Resources/Models/demo/  (keep Resources/Models/demo/README.md).
+# Install it with: cp -r WORKDIR/demo-model/. PancreasDiNTS/PancreasDiNTSLib/resources/models/demo/  (keep PancreasDiNTS/PancreasDiNTSLib/resources/models/demo/README.md).
 # Environment: PANCREAS_DINTS (the CLI, default `pancreas-dints`), DEVICE (default cpu).
 set -euo pipefail
 

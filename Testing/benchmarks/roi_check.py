@@ -1,6 +1,6 @@
 """ROI mode with a trained model: a 10 cm cube against the full exact run, on a large synthetic CT.
 
-    python Testing/benchmarks/roi_check.py [--model Resources/Models/demo] [--tiles 5,5,3] [--cube-mm 100]
+    python Testing/benchmarks/roi_check.py [--model PancreasDiNTS/PancreasDiNTSLib/resources/models/demo] [--tiles 5,5,3] [--cube-mm 100]
 
 Agreement of ROI labels with the full run only means something for a trained network: with random weights
 every voxel's label hangs on rounding-level logit differences, so any change of window positions flips many
@@ -61,7 +61,7 @@ def make_mosaic(dest: Path, tiles: tuple[int, int, int]) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=ROOT / "Resources" / "Models" / "demo")
+    p.add_argument("--model", type=Path, default=ROOT / "PancreasDiNTS" / "PancreasDiNTSLib" / "resources" / "models" / "demo")
     p.add_argument("--tiles", default="5,5,3", help="phantoms along x,y,z (default 5,5,3)")
     p.add_argument("--cube-mm", type=float, default=100.0)
     p.add_argument("--threads", type=int, default=1)

@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from PancreasDiNTSLib.core.paths import OUTPUT_NAMES, demo_model_location, is_model_folder, model_cache_root
+
 ENGINE_MODULE = "PancreasDiNTSLib.cli"
-SEG_NRRD_NAME = "segmentation.seg.nrrd"
-REPORT_NAME = "report.json"
+SEG_NRRD_NAME = OUTPUT_NAMES["seg.nrrd"]
+REPORT_NAME = OUTPUT_NAMES["report"]
 # The folder that holds the PancreasDiNTSLib package (the Slicer module folder, or PancreasDiNTS/ here).
-ENGINE_PARENT_DIR = Path(__file__).resolve().parent.parent
+ENGINE_PARENT_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_DEVICES = [("auto", "Automatic (GPU if available)"), ("cpu", "CPU")]
-# The engine's model cache (PancreasDiNTSLib.model.download.cache_root, which imports torch: mirrored here and kept
-# equal by Testing/test_slicer_background.py) so that Slicer and the command line share downloaded models.
-MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
 # "pancreas-dints <command>: error: <message>" is how cli.main() reports a PancreasDiNTSError.
 _ENGINE_ERROR = re.compile(r"^pancreas-dints(?: [\w-]+)?: error: (?P<message>.+)$")
 
@@ -463,17 +462,7 @@ def format_volumes(volumes: dict[str, float]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def model_cache_folder() -> Path:
-    """The engine's model cache: $PANCREAS_DINTS_HOME/models, else ~/.cache/pancreas-dints/models."""
-    home = os.environ.get(MODEL_HOME_ENV)
-    return Path(home).expanduser() / "models" if home else Path.home() / ".cache" / "pancreas-dints" / "models"
-
-
-def is_model_folder(path: str | Path) -> bool:
-    """A bundle folder (configs/inference.* and a models/ folder): a quick check before the engine's own."""
-    root = Path(path)
-    configs = [root / "configs" / name for name in ("inference.yaml", "inference.yml", "inference.json")]
-    return any(c.is_file() for c in configs) and (root / "models").is_dir()
+model_cache_folder = model_cache_root  # the bridge's name for it
 
 
 def official_model_folder(cache: str | Path | None = None) -> Path | None:
@@ -488,16 +477,10 @@ def official_model_folder(cache: str | Path | None = None) -> Path | None:
 
 
 def demo_model_folder() -> Path | None:
-    """The demo model (trained on phantoms): $PANCREAS_DINTS_DEMO_MODEL, else ``Resources/Models/demo`` in the
-    module folder or its parent (as PancreasDiNTSLib.synthetic.demo.demo_model_dir, which imports torch), or None."""
-    env = os.environ.get("PANCREAS_DINTS_DEMO_MODEL")
-    if env:
-        return Path(env).expanduser() if is_model_folder(Path(env).expanduser()) else None
-    for root in (ENGINE_PARENT_DIR, ENGINE_PARENT_DIR.parent):
-        folder = root / "Resources" / "Models" / "demo"
-        if is_model_folder(folder):
-            return folder
-    return None
+    """The demo model (trained on phantoms): $PANCREAS_DINTS_DEMO_MODEL, else the one shipped inside the engine
+    package (core.paths, as PancreasDiNTSLib.synthetic.demo.demo_model_dir, which imports torch), or None."""
+    path, _ = demo_model_location()
+    return path if is_model_folder(path) else None
 
 
 def engine_has_command(name: str) -> bool:

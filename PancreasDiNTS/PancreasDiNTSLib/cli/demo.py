@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"phantom seed (default {DEFAULT_SEED}); seeds {TRAINING_SEEDS.start}..{TRAINING_SEEDS.stop - 1} "
                         "trained the demo model and are refused")
     p.add_argument("--model", default=None, metavar="BUNDLE_DIR",
-                   help=f"model folder or `official` (default: ${DEMO_MODEL_ENV}, else Resources/Models/demo)")
+                   help=f"model folder or `official` (default: ${DEMO_MODEL_ENV}, else the packaged demo model)")
     p.add_argument("--progress", default="auto", choices=MODES,
                    help="bar, json (JSON lines on stdout, the summary last), none; auto = bar on a terminal")
 

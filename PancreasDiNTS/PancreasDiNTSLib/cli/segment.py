@@ -7,8 +7,8 @@ import os
 import sys
 
 from PancreasDiNTSLib.core.errors import EXIT_CASE_FAILED, EXIT_OK, InputError
+from PancreasDiNTSLib.core.paths import FORMATS
 from PancreasDiNTSLib.core.progress import MODES
-from PancreasDiNTSLib.io.writers import FORMATS
 
 HELP = "segment pancreas and pancreatic tumour in CT images (NIfTI, NRRD, MetaImage, DICOM folders)"
 

@@ -19,11 +19,10 @@ from typing import Any
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import atomic_dir, write_text_atomic
 from PancreasDiNTSLib.core.errors import InputError, OutputError, PancreasDiNTSError
+from PancreasDiNTSLib.core.paths import FORMATS, OUTPUT_NAMES
 from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
 from PancreasDiNTSLib.io.images import LoadedImage, case_name, expand_inputs, read_image
 from PancreasDiNTSLib.io.writers import (
-    FORMATS,
-    OUTPUT_NAMES,
     volumes_ml,
     write_dicom_seg,
     write_label_nifti,

@@ -18,14 +18,6 @@ from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage
 
-OUTPUT_NAMES = {
-    "nifti": "labels.nii.gz",
-    "seg.nrrd": "segmentation.seg.nrrd",
-    "dicom-seg": "segmentation.dcm",
-    "report": "report.json",
-}
-FORMATS = ("nifti", "seg.nrrd", "dicom-seg")
-
 
 def write_label_nifti(dest: Path, labels: np.ndarray, case: LoadedImage) -> Path:
     """uint8 label map on exactly the input's grid (the input's NIfTI header when it was NIfTI)."""

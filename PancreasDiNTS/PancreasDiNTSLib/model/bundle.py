@@ -21,11 +21,11 @@ import torch
 import yaml
 
 from PancreasDiNTSLib.core.errors import ModelError
+from PancreasDiNTSLib.core.paths import CONFIG_NAMES
 from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
 
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
 ARCH_KEYS = ("node_a", "arch_code_a", "arch_code_c")
-CONFIG_NAMES = ("inference.yaml", "inference.yml", "inference.json")
 # Transforms the engine knows how to reproduce exactly (keys read as data).
 KNOWN_PREPROCESSING = {
     "LoadImaged", "EnsureChannelFirstd", "Orientationd", "Spacingd", "ScaleIntensityRanged", "EnsureTyped",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PancreasDiNTSLib.core.atomic import atomic_dir
 from PancreasDiNTSLib.core.errors import EXIT_DOWNLOAD, ModelError, PancreasDiNTSError
+from PancreasDiNTSLib.core.paths import model_cache_root
 from PancreasDiNTSLib.model.bundle import OFFICIAL_BUNDLE_NAME, file_md5, read_large_files
 
 DEFAULT_VERSION = "0.5.0"
@@ -41,9 +42,7 @@ class DownloadError(PancreasDiNTSError):
     exit_code = EXIT_DOWNLOAD
 
 
-def cache_root() -> Path:
-    home = os.environ.get("PANCREAS_DINTS_HOME")
-    return Path(home).expanduser() / "models" if home else Path.home() / ".cache" / "pancreas-dints" / "models"
+cache_root = model_cache_root
 
 
 def installed_path(version: str = DEFAULT_VERSION, dest: Path | None = None) -> Path:

@@ -6,14 +6,13 @@ as a NIfTI CT, reads it back through the engine (:func:`.imaging.read_image`), s
 ``segmentation.seg.nrrd``, ``report.json``) plus the phantom's truth, a PNG with three orthogonal slices and
 Dice against the truth. Everything is assembled in a temporary folder that replaces ``OUT`` at the end.
 
-The demo model (``Resources/Models/demo``) was trained on synthetic phantoms only: it shows that the pipeline
+The demo model (``PancreasDiNTSLib/resources/models/demo``) was trained on synthetic phantoms only: it shows that the pipeline
 works and is NOT a clinical model. The released MSD Task07 model is installed by ``pancreas-dints download``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -23,9 +22,8 @@ import numpy as np
 
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
+from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
 
-DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
-DEMO_MODEL_PARTS = ("Resources", "Models", "demo")
 # The demo model was trained on data-set seed 1 (case seeds 100004..100243) and evaluated on data-set seed 2
 # (case seeds 200007..200022) of `make-phantoms`; the demo draws its phantom from seed DEFAULT_SEED + n, far from
 # both. Seeds in TRAINING_SEEDS are refused (a phantom seen in training would overstate the Dice).
@@ -47,26 +45,15 @@ CT_WINDOW = (-150.0, 250.0)  # abdomen window (level 50, width 400)
 
 
 def demo_model_dir() -> Path:
-    """The demo model folder: ``$PANCREAS_DINTS_DEMO_MODEL``, else ``Resources/Models/demo`` next to the package.
-
-    The package sits in ``<repo>/PancreasDiNTS/PancreasDiNTSLib`` (editable install) or in the Slicer module
-    folder, so the module folder and its parent are searched.
-    """
-    env = os.environ.get(DEMO_MODEL_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not (path / "configs").is_dir():
-            raise ModelError(f"{path}: ${DEMO_MODEL_ENV} does not point to a model folder (configs/, models/); "
-                             f"unset it or point it to Resources/Models/demo")
+    """The demo model folder: ``$PANCREAS_DINTS_DEMO_MODEL``, else the one shipped inside the package."""
+    path, from_env = demo_model_location()
+    if is_model_folder(path):
         return path
-    package = Path(__file__).resolve().parent
-    candidates = [root.joinpath(*DEMO_MODEL_PARTS) for root in (package.parent, package.parent.parent)]
-    for folder in candidates:
-        if (folder / "configs").is_dir() and (folder / "models").is_dir():
-            return folder
-    raise ModelError(f"demo model not found (looked in {', '.join(str(c) for c in candidates)}); use a source "
-                     f"checkout with Resources/Models/demo, set ${DEMO_MODEL_ENV} to the folder, or rebuild it with "
-                     "`bash Testing/benchmarks/make_demo_model.sh`")
+    if from_env:
+        raise ModelError(f"{path}: ${DEMO_MODEL_ENV} does not point to a model folder (configs/, models/); "
+                         "unset it to use the demo model shipped with the package")
+    raise ModelError(f"demo model not found in {path}; reinstall the package, set ${DEMO_MODEL_ENV} to a model "
+                     "folder, or rebuild it with `bash Testing/benchmarks/make_demo_model.sh`")
 
 
 class SeedError(PancreasDiNTSError):

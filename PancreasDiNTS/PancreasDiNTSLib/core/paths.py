@@ -1,0 +1,41 @@
+"""Where the engine's own files live (one place, torch-free: the Slicer modules use it too)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# The offline demo model ships inside the package (wheel, editable install and Slicer module alike).
+PACKAGED_DEMO_MODEL = PACKAGE_DIR / "resources" / "models" / "demo"
+DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
+MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
+CONFIG_NAMES = ("inference.yaml", "inference.yml", "inference.json")
+# The files `segment` writes into OUTDIR/<case>/, by output format (the report is always written).
+OUTPUT_NAMES = {
+    "nifti": "labels.nii.gz",
+    "seg.nrrd": "segmentation.seg.nrrd",
+    "dicom-seg": "segmentation.dcm",
+    "report": "report.json",
+}
+FORMATS = ("nifti", "seg.nrrd", "dicom-seg")
+
+
+def model_cache_root() -> Path:
+    """The model cache: ``$PANCREAS_DINTS_HOME/models``, else ``~/.cache/pancreas-dints/models``."""
+    home = os.environ.get(MODEL_HOME_ENV)
+    return Path(home).expanduser() / "models" if home else Path.home() / ".cache" / "pancreas-dints" / "models"
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """A bundle folder (configs/inference.* and a models/ folder): a quick look, nothing in it is read."""
+    root = Path(path)
+    return any((root / "configs" / name).is_file() for name in CONFIG_NAMES) and (root / "models").is_dir()
+
+
+def demo_model_location() -> tuple[Path, bool]:
+    """(the demo model folder to use, whether it came from ``$PANCREAS_DINTS_DEMO_MODEL``)."""
+    env = os.environ.get(DEMO_MODEL_ENV)
+    if env:
+        return Path(env).expanduser(), True
+    return PACKAGED_DEMO_MODEL, False
