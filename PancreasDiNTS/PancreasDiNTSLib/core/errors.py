@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Exit codes of `pancreas-dints` (documented in README.md).
+# Exit codes of `pancreas-dints` (documented in docs/CLI.md, summarised in README.md).
 EXIT_OK = 0  # every case succeeded (or was skipped because its outputs exist)
 EXIT_CASE_FAILED = 1  # at least one case failed; the others were processed
 EXIT_USAGE = 2  # bad command line (argparse) or no input found
