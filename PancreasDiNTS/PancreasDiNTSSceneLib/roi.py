@@ -1,0 +1,41 @@
+"""A markups ROI node -> the engine's ``--roi X0,Y0,Z0,X1,Y1,Z1`` box in world RAS millimetres."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from PancreasDiNTSSceneLib.common import SceneLayerError
+
+
+def roi_box_ras(roi_node: Any) -> tuple[float, float, float, float, float, float]:
+    """The axis-aligned world box (x0, y0, z0, x1, y1, z1) enclosing the ROI, rotated or under a transform.
+
+    The ROI's eight corners (its object bounds) are taken through its object-to-world matrix (the ROI's own
+    rotation and its linear parent transforms) and the box encloses them. The engine's input is written in world
+    coordinates too (volumes.py), so the box and the CT agree.
+    """
+    if roi_node is None or not roi_node.IsA("vtkMRMLMarkupsROINode"):
+        raise SceneLayerError("select a markups ROI (vtkMRMLMarkupsROINode)")
+    parent = roi_node.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        raise SceneLayerError(f"{roi_node.GetName()}: its parent transform is not linear; harden it first")
+    bounds = [0.0] * 6
+    roi_node.GetObjectBounds(bounds)
+    matrix = roi_node.GetObjectToWorldMatrix()
+    corners = []
+    for x, y, z in itertools.product(bounds[0:2], bounds[2:4], bounds[4:6]):
+        corners.append(matrix.MultiplyPoint((x, y, z, 1.0))[:3])
+    low = [min(c[a] for c in corners) for a in range(3)]
+    high = [max(c[a] for c in corners) for a in range(3)]
+    if any(h - lo <= 0 for lo, h in zip(low, high, strict=True)):
+        raise SceneLayerError(f"{roi_node.GetName()}: the ROI has no volume")
+    return (*low, *high)  # type: ignore[return-value]
+
+
+def roi_argument(box: Sequence[float]) -> str:
+    """The ``--roi`` value for a box (six numbers, two opposite corners), rounded to 1/1000 mm."""
+    if len(box) != 6:
+        raise ValueError(f"an ROI box has six numbers, not {len(box)}")
+    return ",".join(f"{float(v):.3f}" for v in box)
