@@ -58,12 +58,10 @@ def case_name(path: Path) -> str:
 
 
 def is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    """A DICOM file, with or without the 128-byte preamble (io.dicom.is_dicom_file)."""
+    from PancreasDiNTSLib.io.dicom import is_dicom_file as _is_dicom
+
+    return _is_dicom(path)
 
 
 def _is_dicom_folder(path: Path) -> bool:
@@ -174,34 +172,12 @@ def _read_itk(path: Path):
     return _sitk_to_metatensor(img, path)
 
 
-def _read_dicom(folder: Path):
-    import SimpleITK as sitk
+def _read_dicom(source: Path, series_uid: str | None = None):
+    """A DICOM series through io.dicom (geometry checked, irregular stacks resampled or refused)."""
+    from PancreasDiNTSLib.io.dicom import read_dicom_series
 
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputError(f"{folder}: no DICOM series found")
-    if len(series) > 1:
-        # Several series in one folder: take the one with most slices, tell the user.
-        best = max(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
-    else:
-        best = series[0]
-    files = list(reader.GetGDCMSeriesFileNames(str(folder), best))
-    if len(files) < 2:
-        raise InputError(f"{folder}: the DICOM series has {len(files)} slice(s); a 3D CT series is needed")
-    reader.SetFileNames(files)
-    try:
-        img = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{folder}: DICOM series cannot be read ({_first_line(exc)})") from None
-    import pydicom
-
-    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-    modality = str(getattr(ds, "Modality", ""))
-    if modality and modality != "CT":
-        raise InputError(f"{folder}: DICOM modality is {modality}, not CT; the model segments CT only")
-    tensor = _sitk_to_metatensor(img, folder)
-    return tensor, [Path(f) for f in files], (len(series) > 1)
+    volume = read_dicom_series(source, series_uid)
+    return volume.to_metatensor(source), volume.files, volume.notes
 
 
 def check_ct(data: np.ndarray, path: Path, allow_non_ct: bool = False) -> list[str]:
@@ -227,18 +203,20 @@ def check_ct(data: np.ndarray, path: Path, allow_non_ct: bool = False) -> list[s
     raise InputError(message)
 
 
-def read_image(path: str | Path, allow_non_ct: bool = False) -> LoadedImage:
-    """Read one case (image file or DICOM series folder) and validate it as a 3D CT."""
+def read_image(path: str | Path, allow_non_ct: bool = False, series_uid: str | None = None) -> LoadedImage:
+    """Read one case (image file or DICOM series folder) and validate it as a 3D CT.
+
+    ``series_uid`` picks one DICOM series of a folder that holds several (io.dicom.list_series lists them).
+    """
     path = Path(path)
     _check_file(path)
     warnings: list[str] = []
     dicom_files: list[Path] = []
     lower = path.name.lower()
     if path.is_dir():
-        image, dicom_files, several = _read_dicom(path)
+        image, dicom_files, notes = _read_dicom(path, series_uid)
         fmt = "dicom"
-        if several:
-            warnings.append("several DICOM series in the folder; the one with most slices was used")
+        warnings += notes
     elif lower.endswith(NIFTI_SUFFIXES):
         image = _read_nifti(path)
         fmt = "nifti"
@@ -246,8 +224,13 @@ def read_image(path: str | Path, allow_non_ct: bool = False) -> LoadedImage:
         image = _read_itk(path)
         fmt = "mha" if lower.endswith((".mha", ".mhd")) else "nrrd"
     elif is_dicom_file(path):
-        image, dicom_files, several = _read_dicom(path.parent)
+        from PancreasDiNTSLib.io.dicom import read_header
+
+        header = read_header(path)  # a file of a series: that file's series in its folder
+        uid = series_uid or (str(header.get("SeriesInstanceUID", "") or "") if header is not None else "") or None
+        image, dicom_files, notes = _read_dicom(path.parent, uid)
         fmt = "dicom"
+        warnings += notes
         path = path.parent
     else:
         raise InputError(f"{path}: unsupported file type; give .nii/.nii.gz, .nrrd/.nhdr, .mha/.mhd or a DICOM folder")
