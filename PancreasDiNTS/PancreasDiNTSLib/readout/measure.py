@@ -40,7 +40,7 @@ MM_DECIMALS = 2
 ML_DECIMALS = 4
 SCHEMA = "pancreas-dints.readout/1"
 LESION_TERM = ("pancreatic lesion: the Task07 'tumour' label, which covers pancreatic masses and cysts "
-               "(e.g. PDAC, IPMN, PNET); a segmented lesion is not a diagnosis of cancer")
+               "(e.g. PDAC, IPMN, PNET); the label says neither which nor whether it is malignant")
 SIZE_LABEL = "by size only, not a stage"
 # (category, upper bound mm, upper bound inclusive)
 AJCC_SIZE_T = (("T1a", 5.0, True), ("T1b", 10.0, False), ("T1c", 20.0, True), ("T2", 40.0, True))
@@ -81,7 +81,7 @@ def _pt(p: np.ndarray) -> list[float]:
 def ajcc_size_category(diameter_mm: float | None) -> dict[str, Any]:
     """AJCC 8th edition pancreatic T category from size alone (None with a reason when no diameter)."""
     out: dict[str, Any] = {"category": None, "diameter_mm": None, "label": SIZE_LABEL, "rules": AJCC_RULES,
-                           "edition": "AJCC Cancer Staging Manual, 8th edition (pancreas, exocrine)",
+                           "edition": "AJCC staging manual, 8th edition (exocrine pancreas, T by size)",
                            "reason": None}
     if diameter_mm is None or not np.isfinite(diameter_mm) or diameter_mm <= 0:
         out["reason"] = "no lesion diameter to categorise"
