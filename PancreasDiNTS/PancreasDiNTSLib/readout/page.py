@@ -11,6 +11,7 @@ of the sagittal view.
 from __future__ import annotations
 
 import datetime as _dt
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,7 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.transforms import Bbox
 
     dest = Path(dest)
     affine = geo.check_affine(affine_ras)
@@ -196,7 +198,7 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
            for a in range(3)]  # mm, display coordinates
 
     fig = Figure(figsize=PAGE_INCHES, dpi=DPI)
-    gs = fig.add_gridspec(4, 3, height_ratios=[0.5, 2.3, 2.3, 2.0], hspace=0.1, wspace=0.03,
+    gs = fig.add_gridspec(4, 3, height_ratios=[0.75, 2.2, 2.2, 2.1], hspace=0.1, wspace=0.03,
                           left=0.03, right=0.97, top=0.97, bottom=0.02)
     lut = np.zeros((256, 4), dtype=np.float32)
     for seg in SEGMENTS:
@@ -229,17 +231,16 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
                         ax.contour(xx, yy, t2.astype(np.float32), levels=[0.5], colors="white",
                                    linewidths=0.8, linestyles=style)
             if name == "axial":
-                for n, (e, style, text) in enumerate(lines):
+                for e, style, _ in lines:
                     ax.plot(e[:, 0] * sp[0], e[:, 1] * sp[1], style, color="yellow", lw=1.4)
-                    if row == 2:
-                        end = e[np.argmax(e[:, 1])] if n == 0 else e[np.argmin(e[:, 0])]
-                        ax.annotate(text, (float(end[0] * sp[0]), float(end[1] * sp[1])), color="yellow",
-                                    fontsize=7, xytext=(-4, 4) if n == 0 else (-6, -3), textcoords="offset points")
             _fit(ax, box[h] if row == 2 else extent[:2], box[v] if row == 2 else extent[2:], fig)
             ax.invert_xaxis()
             ax.set_xticks([])
             ax.set_yticks([])
-            idx = {"axial": k, "coronal": j, "sagittal": i}[name]
+            r_axis = {"axial": 2, "coronal": 1, "sagittal": 0}[name]
+            c_idx = {"axial": k, "coronal": j, "sagittal": i}[name]
+            n_ax = labels.shape[order[r_axis]]
+            idx = n_ax - 1 - c_idx if flips[r_axis] else c_idx  # the slice number on the input grid
             ax.set_title(f"{name} (slice {idx})" if row == 1 else f"{name}, close-up", fontsize=8, pad=2)
 
     # header
@@ -248,7 +249,9 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
     head = fig.add_subplot(gs[0, :])
     head.axis("off")
     title = meta.get("title") or "PancreasDiNTS case report: pancreas and pancreatic lesion segmentation"
-    head.text(0.0, 1.0, title, fontsize=10, fontweight="bold", va="top", transform=head.transAxes, wrap=True)
+    title_lines = [w for line in str(title).splitlines() for w in (textwrap.wrap(line, 100) or [""])]
+    head.text(0.0, 1.0, "\n".join(title_lines), fontsize=10, fontweight="bold", va="top",
+              transform=head.transAxes)
     facts = [f"input: {meta.get('input', 'n/a')}    date: {date}",
              f"model: {model.get('name', 'n/a')} {model.get('version', '')}    weights md5: "
              f"{model.get('weights_md5', 'n/a')}"]
@@ -256,24 +259,28 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
     if obl:
         facts.append(f"oblique grid ({obl:.1f} deg): shown in the nearest RAS orientation, measured on the grid")
     facts += [str(n) for n in meta.get("notes", [])]
-    head.text(0.0, 0.55, "\n".join(facts), fontsize=7.5, va="top", transform=head.transAxes, family="monospace")
+    head.annotate("\n".join(facts), xy=(0.0, 1.0), xycoords="axes fraction", xytext=(0, -14 * len(title_lines) - 4),
+                  textcoords="offset points", fontsize=7.5, va="top", family="monospace")
     handles: list[Any] = [Line2D([], [], color=s.color_float, lw=1.5, label=s.name.replace("tumor", "lesion"))
                           for s in SEGMENTS]
     if lines:
-        handles.append(Line2D([], [], color="yellow", lw=1.5, label="longest axial diameter / perpendicular"))
+        handles.append(Line2D([], [], color="yellow", lw=1.5, label=f"longest axial diameter {lines[0][2]}"))
+    if len(lines) > 1:
+        handles.append(Line2D([], [], color="yellow", lw=1.5, ls="--", label=f"perpendicular {lines[1][2]}"))
     if truth is not None:
         handles.append(Patch(facecolor="none", edgecolor="grey", label="truth outline (lesion dashed)"))
-    head.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, -0.2), fontsize=7, ncol=len(handles),
-                frameon=False)
-    # table and footer
+    # legend, table and footer
     tab = fig.add_subplot(gs[3, :])
     tab.axis("off")
+    tab.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.03), fontsize=7, ncol=len(handles),
+               frameon=False, handlelength=1.6, columnspacing=1.2)
     rows = _rows(measurements)
-    table = tab.table(cellText=[[a, b] for a, b in rows], colLabels=["measurement", "value"], loc="upper center",
-                      cellLoc="left", colLoc="left", colWidths=[0.42, 0.58])
+    height = min(0.8, 0.068 * (len(rows) + 1))
+    table = tab.table(cellText=[[a, b] for a, b in rows], colLabels=["measurement", "value"], cellLoc="left",
+                      colLoc="left", colWidths=[0.42, 0.58],
+                      bbox=Bbox.from_bounds(0.0, 0.91 - height, 1.0, height))
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
-    table.scale(1.0, 1.2)
     lesion_term = "Lesion = the Task07 'tumour' label (masses and cysts, e.g. PDAC, IPMN, PNET), not a diagnosis."
     tab.text(0.0, 0.0, f"{lesion_term}\n{meta.get('notice') or NOTICE}", fontsize=8, va="bottom",
              transform=tab.transAxes, color="darkred", fontweight="bold")
