@@ -94,8 +94,9 @@ def confidence_summary(probabilities: np.ndarray, labels: np.ndarray, affine_ras
         raise ValueError(f"labels {lab.shape} and probabilities {p.shape[1:]} are not on the same grid")
     affine = geo.check_affine(affine_ras)
     vml = geo.voxel_volume_ml(affine)
-    pmax = max_probability(p)
-    low = pmax < low_threshold
+    low = np.empty(p.shape[1:], dtype=bool)  # max probability < threshold, slab by slab (no float copy)
+    for sl in _slabs(p.shape):
+        low[..., sl] = p[..., sl].max(axis=0) < low_threshold
     segments: dict[str, Any] = {}
     for seg in SEGMENTS:
         mask = lab == seg.label
