@@ -161,12 +161,9 @@ def _diameters(local: np.ndarray, offset: np.ndarray, affine: np.ndarray, ax: in
     return out
 
 
-def _component(comp: np.ndarray, crop: tuple[slice, ...], lab: int, affine: np.ndarray, shape: tuple[int, ...],
-               vml: float, ax: int, rank: int) -> dict[str, Any]:
-    sub = comp == lab
-    nz = [np.flatnonzero(sub.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
-    box = tuple(slice(int(z[0]), int(z[-1]) + 1) for z in nz)
-    local = sub[box]
+def _component(comp: np.ndarray, crop: tuple[slice, ...], lab: int, box: tuple[slice, ...], affine: np.ndarray,
+               shape: tuple[int, ...], vml: float, ax: int, rank: int) -> dict[str, Any]:
+    local = comp[box] == lab
     offset = np.array([c.start + b.start for c, b in zip(crop, box, strict=True)], dtype=np.float64)
     index = np.argwhere(local) + offset.astype(np.int64)
     n = len(index)
@@ -233,7 +230,8 @@ def measure(labels: np.ndarray, affine_ras: np.ndarray) -> dict[str, Any]:
         lesion["reason"] = "no lesion segmented (no voxel labelled 2)"
     else:
         comp, crop, order = comps
-        lesion["components"] = [_component(comp, crop, k, affine, lab.shape, vml, ax, r + 1)
+        boxes = ndimage.find_objects(comp)
+        lesion["components"] = [_component(comp, crop, k, boxes[k - 1], affine, lab.shape, vml, ax, r + 1)
                                 for r, k in enumerate(order)]
         lesion["count"] = len(order)
         lesion["largest"] = lesion["components"][0]
