@@ -12,6 +12,7 @@ tested with the real Slicer classes outside the desktop application (Testing/tes
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
 from PancreasDiNTSSceneLib.report import add_line, report_rows, report_table
 from PancreasDiNTSSceneLib.roi import roi_argument, roi_box_ras
+from PancreasDiNTSSceneLib.runs import SegmentationJob, SegmentationResult
 from PancreasDiNTSSceneLib.segmentations import (
     import_segmentation,
     our_segment_ids,
@@ -27,6 +28,8 @@ from PancreasDiNTSSceneLib.volumes import (
 __all__ = [
     "CONFIDENCE_COLOR_NODE_NAME",
     "SceneLayerError",
+    "SegmentationJob",
+    "SegmentationResult",
     "add_line",
     "import_segmentation",
     "load_confidence_volume",

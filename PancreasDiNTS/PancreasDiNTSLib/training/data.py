@@ -114,10 +114,10 @@ def read_datalist_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: datalist not found; create one with `pancreas-dints prepare-datalist`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a valid JSON datalist ({str(exc).splitlines()[0]})") from None
+    from PancreasDiNTSLib.core.safeparse import MAX_DATALIST_BYTES, parse_json, read_text_bounded
+
+    # bounded (64 MiB, 64 levels deep): a hostile datalist is one InputError line, never a RecursionError
+    data = parse_json(read_text_bounded(path, MAX_DATALIST_BYTES, InputError), path, error=InputError)
     if not isinstance(data, dict):
         raise InputError(f"{path}: a datalist is a JSON object with training/validation/testing lists")
     return data

@@ -1,0 +1,132 @@
+"""One Segment run, scene side: write the input, build the engine command, then import the result or clean up.
+
+The process itself is started by the caller (the module through ``slicer.util.launchConsoleProcess``, tests with
+``subprocess``), so this file needs neither Qt nor the application. The scene is changed only by
+:meth:`SegmentationJob.complete` after the engine succeeded and every output was read; a failed or cancelled
+run changes nothing and leaves no temporary files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
+
+from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
+from PancreasDiNTSSceneLib.roi import roi_argument
+from PancreasDiNTSSceneLib.segmentations import import_segmentation
+from PancreasDiNTSSceneLib.volumes import load_confidence_volume, write_engine_input
+
+INPUT_FILE_NAME = "input.nrrd"  # the case folder the engine writes is named after it: OUTPUT/input/
+MODES = ("fast", "exact")  # the panel's speed/precision choice: fast (default, same labels) or MONAI's own path
+
+
+@dataclass
+class SegmentationResult:
+    """Outcome of one Segment run."""
+
+    success: bool
+    message: str = ""
+    segmentationNode: Any = None
+    volumes: dict[str, float] = field(default_factory=dict)
+    log: str = ""
+    cancelled: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
+    confidenceNode: Any = None
+
+
+@dataclass
+class SegmentationJob:
+    """Everything one run needs; :meth:`prepare` returns the command line, :meth:`complete` imports.
+
+    roi_box: world RAS box (x0, y0, z0, x1, y1, z1) from :func:`roi.roi_box_ras`, or None for the whole CT.
+    keep_outputs: leave the engine's output folder in place (tests compare it with the scene).
+    """
+
+    input_volume: Any
+    model: str | Path
+    output_segmentation: Any = None
+    device: str = "auto"
+    scene: Any = None
+    roi_box: tuple[float, ...] | None = None
+    roi_mode: str = "grid"
+    mode: str = "fast"
+    allow_non_ct: bool = False
+    formats: tuple[str, ...] = ("seg.nrrd",)
+    python: str | None = None
+    work_dir: Path | None = None
+    keep_outputs: bool = False
+    load_confidence: bool = True
+
+    @property
+    def output_dir(self) -> Path:
+        assert self.work_dir is not None, "prepare() first"
+        return self.work_dir / "output"
+
+    def prepare(self) -> list[str]:
+        """Check the choices, write the input volume (world coordinates) and return the engine command."""
+        self.scene = resolve_scene(self.scene)
+        if self.input_volume is None:
+            raise SceneLayerError("select an input CT volume")
+        if not self.model:
+            raise SceneLayerError("select a model: download the official model or choose a local model folder")
+        if not Path(self.model).exists():
+            raise SceneLayerError(f"model not found: {self.model}; choose a bundle folder or an exported model file")
+        if self.mode not in MODES:
+            raise SceneLayerError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        created = self.work_dir is None
+        if created:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="PancreasDiNTS-"))
+        try:
+            input_path = write_engine_input(self.input_volume, Path(self.work_dir) / INPUT_FILE_NAME)
+            command = background.segment_command(background.python_executable() if self.python is None
+                                                 else self.python, input_path, self.output_dir, self.model,
+                                                 self.device, formats=self.formats, allow_non_ct=self.allow_non_ct)
+        except Exception:
+            self.cleanup()
+            raise
+        command += ["--mode", self.mode]
+        if self.roi_box is not None:
+            # "--roi=..." in one word: a box starting with a negative number would read as an option
+            command += [f"--roi={roi_argument(self.roi_box)}", "--roi-space", "ras", "--roi-mode", self.roi_mode]
+        return command
+
+    def complete(self, returncode: int | None, cancelled: bool = False,
+                 parser: background.ProgressParser | None = None) -> SegmentationResult:
+        """After the process ended: import the result on success; always clean up (unless keep_outputs)."""
+        log = "\n".join(parser.log) if parser else ""
+        try:
+            if cancelled:
+                return SegmentationResult(False, "Cancelled.", log=log, cancelled=True)
+            if returncode != 0:
+                message = parser.error_message(returncode) if parser else f"the engine stopped with exit code {returncode}"
+                return SegmentationResult(False, message, log=log)
+            try:
+                folder = background.case_folder(self.output_dir)
+                report = background.read_report(folder)
+                node = import_segmentation(background.seg_nrrd_path(folder), self.input_volume,
+                                           self.output_segmentation, self.scene)
+            except (SceneLayerError, FileNotFoundError, ValueError) as exc:
+                return SegmentationResult(False, str(exc), log=log)
+            result = SegmentationResult(True, "", node, background.volumes_ml(report), log, report=report)
+            # The engine's confidence map, once it writes one (its name comes from the engine's table).
+            name = OUTPUT_NAMES.get("confidence")
+            if self.load_confidence and name and (folder / name).is_file():
+                try:
+                    result.confidenceNode = load_confidence_volume(folder / name, self.input_volume, self.scene)
+                except SceneLayerError as exc:
+                    result.message = f"segments imported; the confidence map was not: {exc}"
+            return result
+        finally:
+            if not self.keep_outputs:
+                self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (input copy and outputs)."""
+        if self.work_dir is not None and not self.keep_outputs:
+            shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -1,0 +1,222 @@
+"""The scene layer (PancreasDiNTSSceneLib) with the REAL Slicer MRML classes (PyPI slicer-core) and the REAL
+engine in a subprocess: volume node -> input file -> ``python -m PancreasDiNTSLib.cli segment`` -> import.
+
+The imported segments are exported back onto the input volume with the real
+``vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode`` and compared with the engine's own
+``labels.nii.gz`` voxel by voxel through world (RAS) coordinates (Slicer may order IJK differently from the
+file): they must be 100 % equal, on a crop of a real CT and on copies with an oblique direction, LPS axes, a
+negative slice step and a linear parent transform.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_scene_support as support
+from conftest import EXAMPLE_CT_SM, require
+
+slicer = support.import_slicer_core()
+
+import PancreasDiNTSSceneLib as scenelib  # noqa: E402
+from PancreasDiNTSLib.bridge import background  # noqa: E402
+from PancreasDiNTSLib.core import terminology  # noqa: E402
+
+VARIANTS = ("ras", "oblique", "lps", "negative_slice_step", "parent_transform")
+
+
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory, tiny_bundle, cli_env):
+    """Every variant loaded as a volume node, written by the scene layer, segmented in ONE engine call."""
+    require(EXAMPLE_CT_SM)
+    work = tmp_path_factory.mktemp("scene_engine")
+    files = support.make_variants(EXAMPLE_CT_SM, work / "files")
+    scene = slicer.vtkMRMLScene()
+    volumes = {}
+    for name in VARIANTS:
+        volumes[name] = support.load_volume(scene, files["ras" if name == "parent_transform" else name], name)
+    support.add_parent_transform(scene, volumes["parent_transform"])
+    inputs = work / "inputs"
+    paths = [scenelib.write_engine_input(volumes[name], inputs / f"{name}.nrrd") for name in VARIANTS]
+    command = background.segment_command(sys.executable, paths[0], work / "out", tiny_bundle, "cpu",
+                                         formats=("nifti", "seg.nrrd"))
+    command[command.index(str(paths[0])) + 1:command.index(str(paths[0])) + 1] = [str(p) for p in paths[1:]]
+    done = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    print(f"engine: {len(paths)} inputs in one call")
+    return {"scene": scene, "volumes": volumes, "out": work / "out", "work": work, "bundle": tiny_bundle}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_import_equals_engine_labels_in_ras(engine_run, variant):
+    scene, volume = engine_run["scene"], engine_run["volumes"][variant]
+    case = engine_run["out"] / variant
+    nodes_before = scene.GetNumberOfNodes()
+    segmentation = scenelib.import_segmentation(case / "segmentation.seg.nrrd", volume, None, scene)
+    assert scene.GetNumberOfNodes() > nodes_before
+    exported = support.export_labels(scene, segmentation, volume)
+    truth = support.nifti_labels_at(case / "labels.nii.gz", exported)
+    counts = np.bincount(truth.ravel(), minlength=3)
+    assert counts[1] > 0 and counts[2] > 0, f"the engine found no pancreas or no tumour: {counts}"
+    equal = float(np.mean(exported["labels"] == truth))
+    print(f"{variant}: {exported['labels'].size} voxels, labels {counts.tolist()}, equal {100 * equal:.4f} %")
+    assert equal == 1.0
+    # the segmentation observes the input's transform, so it stays on the CT when the transform changes
+    assert segmentation.GetTransformNodeID() == volume.GetTransformNodeID()
+
+
+def test_terminology_tags_parse_with_the_real_terminology_logic(engine_run):
+    scene = engine_run["scene"]
+    segmentation = scenelib.import_segmentation(engine_run["out"] / "ras" / "segmentation.seg.nrrd",
+                                                engine_run["volumes"]["ras"], None, scene)
+    ids = scenelib.our_segment_ids(segmentation.GetSegmentation())
+    codes = {name: scenelib.terminology_codes(segmentation.GetSegmentation().GetSegment(i))
+             for name, i in ids.items()}
+    assert codes["Pancreas"]["category"] == "123037004" and codes["Pancreas"]["type"] == "15776009"
+    assert codes["Pancreatic tumor"]["type"] == "108369006" and codes["Pancreatic tumor"]["region"] == "15776009"
+    for info in terminology.SEGMENTS:
+        segment = segmentation.GetSegmentation().GetSegment(ids[info.name])
+        assert segment.GetColor() == pytest.approx(info.color_float, abs=1e-4)
+    assert scene.GetFirstNodeByName("ras pancreas") is not None
+
+
+def test_existing_segmentation_keeps_other_segments_and_second_run_replaces_ours(engine_run):
+    scene, volume = engine_run["scene"], engine_run["volumes"]["oblique"]
+    case = engine_run["out"] / "oblique"
+    existing = support.segmentation_with_liver(scene, volume)
+    liver_before = support.segment_fingerprint(existing, "Liver")
+    for _run in range(2):
+        returned = scenelib.import_segmentation(case / "segmentation.seg.nrrd", volume, existing, scene)
+        assert returned is existing
+        segmentation = existing.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        assert sorted(names) == sorted(["Liver", "Pancreas", "Pancreatic tumor"]), names
+        assert support.segment_fingerprint(existing, "Liver") == liver_before
+    exported = support.export_labels(scene, existing, volume)
+    assert np.array_equal(exported["labels"], support.nifti_labels_at(case / "labels.nii.gz", exported))
+
+
+def test_new_segmentation_sits_next_to_the_input_in_the_subject_hierarchy(engine_run):
+    scene, volume = engine_run["scene"], engine_run["volumes"]["lps"]
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "patient")
+    study = sh.CreateStudyItem(patient, "study")
+    sh.SetItemParent(scenelib.common.subject_hierarchy_item(scene, volume), study)
+    segmentation = scenelib.import_segmentation(engine_run["out"] / "lps" / "segmentation.seg.nrrd", volume,
+                                                None, scene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(segmentation)) == study
+    assert "lps" in segmentation.GetName()
+
+
+def _scene_state(scene, segmentation_node):
+    return scene.GetNumberOfNodes(), {name: support.segment_fingerprint(segmentation_node, name)
+                                      for name in ("Liver", "Pancreas", "Pancreatic tumor")}
+
+
+def test_failed_run_and_bad_file_leave_the_scene_unchanged(engine_run, tmp_path, cli_env):
+    scene, volume = engine_run["scene"], engine_run["volumes"]["ras"]
+    existing = support.segmentation_with_liver(scene, volume)
+    scenelib.import_segmentation(engine_run["out"] / "ras" / "segmentation.seg.nrrd", volume, existing, scene)
+    before = _scene_state(scene, existing)
+    bad_model = tmp_path / "not_a_model"
+    bad_model.mkdir()
+    job = scenelib.SegmentationJob(volume, bad_model, existing, device="cpu", scene=scene, python=sys.executable)
+    command = job.prepare()
+    done = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=600)
+    parser = background.ProgressParser()
+    parser.feed_all((done.stdout + done.stderr).splitlines())
+    result = job.complete(done.returncode, parser=parser)
+    assert not result.success and "not_a_model" in result.message
+    assert _scene_state(scene, existing) == before
+    assert not job.work_dir.exists()
+    # a file without our segments, and an unreadable file: SceneLayerError, nothing changed
+    for broken in (support.seg_without_tumor(engine_run["out"] / "ras" / "segmentation.seg.nrrd", tmp_path),
+                   tmp_path / "missing.seg.nrrd"):
+        for target in (existing, None):
+            with pytest.raises(scenelib.SceneLayerError):
+                scenelib.import_segmentation(broken, volume, target, scene)
+            assert _scene_state(scene, existing) == before
+
+
+def test_cancelled_run_leaves_the_scene_unchanged(engine_run, cli_env):
+    scene, volume = engine_run["scene"], engine_run["volumes"]["ras"]
+    existing = support.segmentation_with_liver(scene, volume)
+    before = _scene_state(scene, existing)
+    job = scenelib.SegmentationJob(volume, engine_run["bundle"], existing, device="cpu", scene=scene,
+                                   python=sys.executable)
+    proc = subprocess.Popen(job.prepare(), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    parser = background.ProgressParser()
+    for line in proc.stdout:  # cancel as soon as the engine reports its first stage
+        if parser.feed(line).kind == "progress":
+            break
+    background.kill_process_tree(proc.pid)
+    proc.wait(timeout=60)
+    result = job.complete(proc.returncode, cancelled=True, parser=parser)
+    assert result.cancelled and not result.success
+    assert _scene_state(scene, existing) == before
+    assert not job.work_dir.exists()
+
+
+@pytest.mark.parametrize("rotated", [False, True], ids=["axis_aligned_roi", "rotated_roi"])
+def test_roi_node_box_segments_only_inside(engine_run, rotated, cli_env):
+    """ROI node -> box -> ``segment --roi`` (grid mode) -> import: labels only inside the box, and inside it
+    the full run's labels (grid mode's guarantee)."""
+    scene, volume = engine_run["scene"], engine_run["volumes"]["ras"]
+    roi = support.roi_in_volume(scene, volume, rotated)
+    box = scenelib.roi_box_ras(roi)
+    job = scenelib.SegmentationJob(volume, engine_run["bundle"], None, device="cpu", scene=scene,
+                                   python=sys.executable, roi_box=box, formats=("nifti", "seg.nrrd"),
+                                   keep_outputs=True)
+    done = subprocess.run(job.prepare(), env=cli_env, capture_output=True, text=True, timeout=600)
+    parser = background.ProgressParser()
+    parser.feed_all(done.stdout.splitlines())
+    result = job.complete(done.returncode, parser=parser)
+    assert result.success, result.message + done.stderr[-2000:]
+    assert result.report["inference"]["roi"]["box"] == pytest.approx(list(box), abs=1e-3)
+    exported = support.export_labels(scene, result.segmentationNode, volume)
+    world = exported["world"]
+    inside = np.all((world >= np.array(box[:3]) - 1e-3) & (world <= np.array(box[3:]) + 1e-3), axis=-1)
+    labels = exported["labels"]
+    assert labels[inside].any(), "no label inside the ROI"
+    assert not labels[~inside].any(), f"{int((labels[~inside] > 0).sum())} labelled voxels outside the ROI"
+    full = support.nifti_labels_at(engine_run["out"] / "ras" / "labels.nii.gz", exported)
+    assert np.array_equal(labels[inside], full[inside])
+    job.keep_outputs = False
+    job.cleanup()
+
+
+def test_report_of_a_real_run_fills_a_table(engine_run):
+    scene = engine_run["scene"]
+    report = json.loads((engine_run["out"] / "ras" / "report.json").read_text())
+    table = scenelib.report_table(report, scene, reference=engine_run["volumes"]["ras"])
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert columns[0] == "Segment" and {"volumes_ml", "voxels"} <= set(columns)
+    assert table.GetNumberOfRows() == len(terminology.SEGMENTS)
+    column = columns.index("volumes_ml")
+    for row, info in enumerate(terminology.SEGMENTS):
+        assert table.GetCellText(row, 0) == info.name
+        assert math.isclose(float(table.GetCellText(row, column)), report["volumes_ml"][info.name], rel_tol=1e-6)
+
+
+def test_scene_layer_imports_no_qt_and_no_application():
+    """The layer is Qt-free: it imports in slicer-core, where slicer.app and slicer.mrmlScene do not exist."""
+    import ast
+
+    assert getattr(slicer, "app", None) is None and getattr(slicer, "mrmlScene", None) is None
+    for path in Path(scenelib.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}, path
+        used = {f"{n.value.id}.{n.attr}" for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+        assert "slicer.app" not in used, f"{path.name} uses slicer.app"
+    with pytest.raises(scenelib.SceneLayerError):
+        scenelib.resolve_scene(None)
