@@ -102,7 +102,7 @@ def test_dollar_expressions_in_used_values_are_refused(tmp_path, tiny_bundle, ke
 
 def test_released_config_reads_as_data(reference_bundle):
     """The released inference.yaml (with its `$` imports, device and arch expressions) parses without eval."""
-    from PancreasDiNTSLib.model.bundle import parse_inference, parse_network, read_config, Resolver
+    from PancreasDiNTSLib.model.bundle import Resolver, parse_inference, parse_network, read_config
 
     path = reference_bundle / "configs" / "inference.yaml"
     cfg = read_config(path)
@@ -135,3 +135,58 @@ def test_checksums_from_large_files_are_enforced(tmp_path, tiny_bundle):
     (b / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
     with pytest.raises(ModelError, match="md5"):
         load_bundle(b)
+
+
+@pytest.mark.parametrize("text", [
+    "- just a list\n",
+    "large_files: 3\n",
+    "large_files:\n- url: x\n",
+    "large_files:\n- path: [1, 2]\n",
+    "large_files:\n- path: models/model.pt\n  hash_val: {a: 1}\n",
+    "large_files:\n- path: models/model.pt\n  hash_val: not-an-md5\n  hash_type: md5\n",
+])
+def test_malformed_large_files_is_one_model_error(tmp_path, tiny_bundle, text):
+    b = copy_bundle(tiny_bundle, tmp_path / "b")
+    (b / "large_files.yml").write_text(text)
+    with pytest.raises(ModelError) as info:
+        load_bundle(b)
+    assert "\n" not in str(info.value)
+
+
+def test_oversized_config_is_refused(tmp_path, tiny_bundle):
+    b = copy_bundle(tiny_bundle, tmp_path / "b")
+    cfg = (b / "configs" / "inference.yaml").read_text()
+    (b / "configs" / "inference.yaml").write_text(cfg + "#" * (1 << 20) + "\n")
+    with pytest.raises(ModelError, match="allowed for this file"):
+        load_bundle(b)
+
+
+def test_exported_sidecar_is_bounded(tmp_path):
+    from PancreasDiNTSLib.model.exported import read_sidecar
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    Path(str(model) + ".json").write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ModelError, match="levels deep"):
+        read_sidecar(model)
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"a": "@b", "b": "@a", ("inferer", "overlap"): "@a"}, "@references"),  # a cycle
+    ({"f0": [0, 0], **{f"f{i}": [f"@f{i - 1}", f"@f{i - 1}"] for i in range(1, 40)},
+      ("inferer", "roi_size"): "@f39"}, "more than"),  # 2**39 values by fan-out
+    ({("dints_space", "num_blocks"): "twelve"}, "wrong type"),
+    ({("inferer", "roi_size"): "@inferer#roi_size#x"}, "points nowhere"),
+])
+def test_hostile_references_and_values_are_one_model_error(tmp_path, tiny_bundle, edit, match):
+    b = copy_bundle(tiny_bundle, tmp_path / "b")
+    cfg = yaml.safe_load((b / "configs" / "inference.yaml").read_text())
+    for key, value in edit.items():
+        if isinstance(key, tuple):
+            cfg[key[0]][key[1]] = value
+        else:
+            cfg[key] = value
+    (b / "configs" / "inference.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ModelError, match=match) as info:
+        load_bundle(b)
+    assert "\n" not in str(info.value)

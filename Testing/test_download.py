@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core.errors import EXIT_DOWNLOAD, EXIT_OK
 from PancreasDiNTSLib.model import download as dl
@@ -23,6 +24,9 @@ def fake_release(tmp_path, tiny_bundle, monkeypatch):
     src = shutil.copytree(tiny_bundle, tmp_path / "pancreas_ct_dints_segmentation")
     released = {rel: (file_md5(src / rel), url) for rel, (_md5, url) in dl.RELEASED_FILES.items()}
     monkeypatch.setattr(dl, "RELEASED_FILES", released)
+    # as in the real release, the bundle carries its own large_files.yml (with the released md5s)
+    entries = [{"path": rel, "url": url, "hash_val": md5, "hash_type": "md5"} for rel, (md5, url) in released.items()]
+    (src / "large_files.yml").write_text(yaml.safe_dump({"large_files": entries}))
     return src
 
 
@@ -52,7 +56,20 @@ def test_corrupt_weights_are_refused_and_nothing_installed(tmp_path, fake_releas
     assert main(["download", "--from", str(fake_release), "--dest", str(cache)]) == EXIT_DOWNLOAD
     err = capsys.readouterr().err
     assert "md5" in err and "model.pt" in err
-    assert not (cache / "pancreas_ct_dints_segmentation" / dl.DEFAULT_VERSION).exists()
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_copy_without_list_and_other_weights_is_only_a_local_model(tmp_path, fake_release, capsys):
+    """Weights that are not the released ones never become `official`, whatever the copy says about itself."""
+    (fake_release / "large_files.yml").unlink()
+    with open(fake_release / "models" / "model.pt", "ab") as fh:
+        fh.write(b"junk")
+    cache = tmp_path / "cache"
+    assert main(["download", "--from", str(fake_release), "--dest", str(cache)]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out.strip() == str(cache / "local" / fake_release.name)
+    assert "NOT the official" in err
+    assert not (cache / "pancreas_ct_dints_segmentation").exists()
 
 
 def test_zip_slip_is_refused(tmp_path, fake_release, capsys):

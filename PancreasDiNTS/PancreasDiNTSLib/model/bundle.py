@@ -5,12 +5,15 @@ The released bundle's ``configs/inference.yaml`` mixes plain values with ``$`` e
 recognises a few fixed path patterns, and refuses anything else with a clear message. Weights and architecture
 files are loaded with ``torch.load(weights_only=True)``; the architecture file may hold numpy arrays, so exactly
 the numpy reconstruction types are allowed and nothing else.
+
+Every path read from a model folder (the config, ``metadata.json``, ``large_files.yml`` and the paths it lists, the
+weights and architecture files a config names) must resolve, symlinks included, inside the folder; configs are
+parsed within the size, depth and no-alias limits of :mod:`PancreasDiNTSLib.core.safeparse`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from PancreasDiNTSLib.core.errors import ModelError
 from PancreasDiNTSLib.core.paths import CONFIG_NAMES
+from PancreasDiNTSLib.core.safeparse import MAX_CONFIG_BYTES, load_data_file
 from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
 
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
@@ -99,38 +102,85 @@ def file_md5(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+class ChecksumError(ModelError):
+    """A file differs from the md5 its model folder lists for it."""
+
+
+LARGE_FILES_NAMES = ("large_files.yml", "large_files.yaml", "large_files.json")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def _shown(text: object) -> str:
+    """``text`` with control characters escaped (names read from a model folder go into messages)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
+def inside(root: Path, rel: str | Path, what: str) -> Path:
+    """``root / rel`` resolved (symlinks followed); a ModelError unless it lies inside the resolved ``root``.
+
+    ``what`` names where the path came from (e.g. "large_files.yml path"). The refused target is never opened.
+    """
+    base = Path(root).resolve()
+    target = (base / rel).resolve()
+    if target != base and not target.is_relative_to(base):
+        raise ModelError(
+            f"{_shown(base)}: the {what} {_shown(str(rel))[:160]!r} resolves outside the model folder; refused "
+            "(a model folder is data and may only name its own files)"
+        )
+    return target
+
+
 def read_large_files(root: Path) -> list[dict[str, str]]:
-    """Entries of ``large_files.yml`` (path, url, hash_val, hash_type); empty if absent."""
-    for name in ("large_files.yml", "large_files.yaml", "large_files.json"):
-        p = root / name
-        if p.is_file():
-            try:
-                data = yaml.safe_load(p.read_text()) if p.suffix != ".json" else json.loads(p.read_text())
-            except (yaml.YAMLError, json.JSONDecodeError) as exc:
-                raise ModelError(f"{p}: not valid YAML/JSON ({exc})") from None
-            return list((data or {}).get("large_files", []))
+    """Entries of ``large_files.yml`` (path, url, hash_val, hash_type); empty if absent.
+
+    Every entry must name a relative path inside ``root``; a malformed list is a ModelError.
+    """
+    for name in LARGE_FILES_NAMES:
+        if not (Path(root) / name).is_file() and not (Path(root) / name).is_symlink():
+            continue
+        p = inside(root, name, "checksum list")
+        data = load_data_file(p, MAX_CONFIG_BYTES)
+        entries = data.get("large_files", []) if isinstance(data, dict) else None
+        if data is None:
+            return []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ModelError(f"{p}: expected `large_files:` with a list of entries (path, url, hash_val, hash_type)")
+        for entry in entries:
+            rel = entry.get("path")
+            if not isinstance(rel, str) or not rel:
+                raise ModelError(f"{p}: an entry has no `path` string; fix or delete the file")
+            inside(root, rel, f"{name} path")
+            for key in ("hash_val", "hash_type", "url"):
+                if key in entry and not isinstance(entry[key], str):
+                    raise ModelError(f"{p}: `{key}` of {_shown(rel)[:160]!r} is not a string")
+        return entries
     return []
 
 
 def verify_checksums(root: Path, only_present: bool = True) -> dict[str, str]:
     """Check every file listed in ``large_files.yml`` against its md5; return {path: md5}.
 
-    Raises ModelError naming the first file whose checksum differs (or is missing, unless ``only_present``).
+    Raises ModelError for a path outside ``root`` (before anything is read) and ChecksumError naming the first
+    file whose checksum differs (or is missing, unless ``only_present``).
     """
     checked: dict[str, str] = {}
     for entry in read_large_files(root):
-        rel = entry.get("path", "")
-        target = root / rel
+        rel = entry["path"]
+        target = inside(root, rel, "large_files.yml path")
         if not target.is_file():
             if only_present:
                 continue
-            raise ModelError(f"{target}: missing; run `pancreas-dints download` or copy it from {entry.get('url')}")
+            raise ModelError(f"{target}: missing; run `pancreas-dints download` or copy it from "
+                             f"{_shown(entry.get('url'))[:200]}")
         if str(entry.get("hash_type", "md5")).lower() != "md5":
             continue
+        want = str(entry.get("hash_val", "")).lower()
+        if not _MD5.fullmatch(want):
+            raise ModelError(f"{root}: large_files.yml gives {rel!r} no valid md5 (32 hex digits)")
         digest = file_md5(target)
-        if digest != entry.get("hash_val"):
-            raise ModelError(
-                f"{target}: md5 {digest} differs from {entry.get('hash_val')} in large_files.yml; the file is "
+        if digest != want:
+            raise ChecksumError(
+                f"{target}: md5 {digest} differs from {want} in large_files.yml; the file is "
                 "corrupt or not the released one. Download it again (`pancreas-dints download`), or delete "
                 "large_files.yml if you replaced the weights on purpose."
             )
@@ -234,11 +284,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot be read as YAML/JSON ({str(exc).splitlines()[0]})") from None
+    """A model config as data: at most 1 MiB, 64 levels deep, no YAML aliases (see core.safeparse)."""
+    data = load_data_file(path, MAX_CONFIG_BYTES)
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a mapping at the top level")
     return data
@@ -250,37 +297,48 @@ class Resolver:
     def __init__(self, config: dict[str, Any], source: Path) -> None:
         self.config = config
         self.source = source
+        self._budget = self.MAX_STEPS
+
+    MAX_STEPS = 100_000  # values visited while resolving one config (lists of @references can fan out)
+
+    MAX_HOPS = 32  # a chain of @references longer than this (or a cycle) is refused
 
     def lookup(self, ref: str) -> Any:
         node: Any = self.config
         for part in ref.split("#"):
-            if isinstance(node, list):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
             elif isinstance(node, dict) and part in node:
                 node = node[part]
             else:
-                raise ModelError(f"{self.source}: reference @{ref} points nowhere")
+                raise ModelError(f"{self.source}: reference @{_shown(ref)[:80]} points nowhere")
         return node
 
-    def value(self, raw: Any, what: str, default: Any = None) -> Any:
+    def value(self, raw: Any, what: str, default: Any = None, _hops: int = 0) -> Any:
+        self._budget -= 1
+        if self._budget < 0:
+            raise ModelError(f"{self.source}: {what} expands to more than {self.MAX_STEPS} values; refused")
         if raw is None:
             return default
         if isinstance(raw, str) and raw.startswith("@"):
-            return self.value(self.lookup(raw[1:]), what, default)
+            if _hops >= self.MAX_HOPS:
+                raise ModelError(f"{self.source}: {what} follows more than {self.MAX_HOPS} @references "
+                                 "(a cycle?); refused")
+            return self.value(self.lookup(raw[1:]), what, default, _hops + 1)
         if isinstance(raw, str) and raw.startswith("$"):
             raise ModelError(
                 f"{self.source}: {what} is a Python expression ({raw[:60]!r}); the engine reads model configs "
                 "as data and never evaluates them. Replace it by a literal value."
             )
         if isinstance(raw, list):
-            return [self.value(v, what) for v in raw]
+            return [self.value(v, what, None, _hops) for v in raw]
         return raw
 
 
 def find_config(root: Path) -> Path:
     for name in CONFIG_NAMES:
         if (root / "configs" / name).is_file():
-            return root / "configs" / name
+            return inside(root, Path("configs") / name, "config")
     raise ModelError(f"{root}: no configs/inference.yaml; a model folder is a MONAI bundle (configs/, models/)")
 
 
@@ -293,10 +351,9 @@ def _bundle_relative_path(root: Path, raw: Any) -> Path | None:
         return None
     m = _PATH_EXPR.match(raw)
     if m:
-        return root / m.group(1)
+        return inside(root, m.group(1), "config path")
     if not raw.startswith(("$", "@")):
-        p = Path(raw)
-        return p if p.is_absolute() else root / p
+        return inside(root, raw, "config path")  # an absolute path outside the folder is refused too
     return None
 
 
@@ -304,7 +361,8 @@ def _find_arch(root: Path, config: dict[str, Any]) -> Path | None:
     named = _bundle_relative_path(root, config.get("arch_ckpt_path"))
     if named is not None and named.is_file():
         return named
-    candidates = sorted((root / "models").glob("search_code_*.pt"))
+    candidates = [inside(root, c.relative_to(root), "architecture file")
+                  for c in sorted((root / "models").glob("search_code_*.pt"))]
     if len(candidates) > 1:
         raise ModelError(
             f"{root / 'models'}: several architecture files ({', '.join(c.name for c in candidates)}) and "
@@ -401,14 +459,20 @@ def parse_inference(res: Resolver, config: dict[str, Any]) -> InferenceSpec:
     return spec
 
 
-def read_metadata(root: Path) -> dict[str, Any]:
-    p = root / "configs" / "metadata.json"
-    if not p.is_file():
-        return {}
+def parse_specs(res: Resolver, config: dict[str, Any]) -> tuple[NetworkSpec, InferenceSpec]:
+    """The network and inference settings; a value of the wrong type is one ModelError line."""
     try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{p}: not valid JSON ({exc})") from None
+        return parse_network(res, config), parse_inference(res, config)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ModelError(f"{res.source}: a setting has the wrong type or value ({_shown(exc)[:160]})") from None
+
+
+def read_metadata(root: Path) -> dict[str, Any]:
+    """``configs/metadata.json`` as data (bounded, inside ``root``); {} if absent."""
+    p = root / "configs" / "metadata.json"
+    if not p.is_file() and not p.is_symlink():
+        return {}
+    data = load_data_file(inside(root, "configs/metadata.json", "metadata file"), MAX_CONFIG_BYTES)
     return data if isinstance(data, dict) else {}
 
 
@@ -426,11 +490,10 @@ def read_bundle_folder(path: str | Path, verify: bool = True) -> Bundle:
     config_path = find_config(root)
     config = read_config(config_path)
     res = Resolver(config, config_path)
-    network = parse_network(res, config)
-    inference = parse_inference(res, config)
+    network, inference = parse_specs(res, config)
     weights = _bundle_relative_path(root, (config.get("checkpointloader") or {}).get("load_path"))
     if weights is None or not weights.is_file():
-        weights = root / "models" / "model.pt"
+        weights = inside(root, "models/model.pt", "weights file")
     if not weights.is_file():
         raise ModelError(f"{weights}: missing model weights; run `pancreas-dints download` or copy model.pt there")
     if weights.stat().st_size == 0:

@@ -1,39 +1,52 @@
 """Getting the official bundle into a versioned cache: online with MONAI's downloader, or offline from a zip/folder.
 
-Cache layout: ``<cache>/pancreas_ct_dints_segmentation/<version>/`` (a complete bundle folder). The cache root is
-``$PANCREAS_DINTS_HOME/models`` if set, else ``~/.cache/pancreas-dints/models``. Every weight file is checked
-against the released md5 before the folder appears under its final name.
+Cache layout: ``<cache>/pancreas_ct_dints_segmentation/<version>/`` (the official bundle) and ``<cache>/local/<name>/``
+(any other model installed with ``--from``). The cache root is ``$PANCREAS_DINTS_HOME/models`` if set, else
+``~/.cache/pancreas-dints/models``.
+
+Provenance: a folder is installed as the official release only when its weights have the md5s compiled into the
+package (:mod:`PancreasDiNTSLib.model.release`); the ``large_files.yml`` that comes with a zip only checks that the zip
+is internally intact. Installing is atomic: files are unpacked into a hidden ``.part`` folder inside the cache, checked,
+and renamed into place; a failure (bad zip, checksum, full disk) leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from PancreasDiNTSLib.core.atomic import atomic_dir
-from PancreasDiNTSLib.core.errors import EXIT_DOWNLOAD, ModelError, PancreasDiNTSError
+from PancreasDiNTSLib.core.errors import (
+    EXIT_DOWNLOAD,
+    ModelError,
+    OutputError,
+    PancreasDiNTSError,
+    UsageError,
+)
 from PancreasDiNTSLib.core.paths import model_cache_root
-from PancreasDiNTSLib.model.bundle import OFFICIAL_BUNDLE_NAME, file_md5, read_large_files
+from PancreasDiNTSLib.model.bundle import OFFICIAL_BUNDLE_NAME, ChecksumError, file_md5, read_bundle_folder
+from PancreasDiNTSLib.model.release import RELEASED_OPTIONAL, RELEASED_REQUIRED
 
 DEFAULT_VERSION = "0.5.0"
-# The released weights (bundle versions 0.3.7 - 0.5.x): path -> (md5, url). Used when a copy lacks large_files.yml.
-RELEASED_FILES = {
-    "models/search_code_18590.pt": (
-        "2ff53724aa9d80d9025034d36785cdb8",
-        "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo/"
-        "model_pancreas_ct_dints_segmentation_search_code.pt",
-    ),
-    "models/model.pt": (
-        "ce8531b5143b417f65d5b481f72bc911",
-        "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo/"
-        "model_pancreas_ct_dints_segmentation.pt",
-    ),
-}
+# The released weights: path -> (md5, url). Every official install has exactly these digests.
+RELEASED_FILES = dict(RELEASED_REQUIRED)
 REQUIRED = ("configs/inference.yaml", "models/model.pt", "models/search_code_18590.pt")
+LOCAL_DIR = "local"
+
+VERSION_RE = re.compile(r"\d+(\.\d+){0,3}")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Zip bombs and runaway folders: at most this many files and bytes are unpacked/copied for one install.
+MAX_MEMBERS = 10_000
+MAX_INSTALL_BYTES = 4 << 30  # 4 GiB (the released bundle with model.ts is well under 1 GiB)
+_CHUNK = 1 << 20
 
 
 class DownloadError(PancreasDiNTSError):
@@ -45,9 +58,29 @@ class DownloadError(PancreasDiNTSError):
 cache_root = model_cache_root
 
 
+def check_version(version: str) -> str:
+    """``version`` if it is a version string (``0.5.0``: up to four dot-separated numbers); else a UsageError."""
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        raise UsageError(f"--version {str(version)[:40]!r}: not a version (expected digits and dots, e.g. "
+                         f"{DEFAULT_VERSION})")
+    return version
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a safe local model name (letters, digits, ``._-``; 64 characters); else a UsageError."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UsageError(f"--name {str(name)[:40]!r}: use 1-64 letters, digits, '.', '_' or '-' (not first)")
+    return name
+
+
 def installed_path(version: str = DEFAULT_VERSION, dest: Path | None = None) -> Path:
     """Where the official bundle of ``version`` lives (whether or not it is there yet)."""
-    return (Path(dest) if dest else cache_root()) / OFFICIAL_BUNDLE_NAME / version
+    return (Path(dest) if dest else cache_root()) / OFFICIAL_BUNDLE_NAME / check_version(version)
+
+
+def local_path(name: str, dest: Path | None = None) -> Path:
+    """Where a non-official model installed with ``--from`` under ``name`` lives."""
+    return (Path(dest) if dest else cache_root()) / LOCAL_DIR / check_name(name)
 
 
 def manual_instructions(target: Path) -> str:
@@ -67,54 +100,212 @@ def _bundle_root_in(folder: Path) -> Path:
     return min(hits, key=lambda p: len(p.parts))
 
 
+# ---------------------------------------------------------------------------------------------- unpacking
+
+
+class _Budget:
+    """Counts files and bytes of one install against MAX_MEMBERS / MAX_INSTALL_BYTES."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.files = 0
+        self.bytes = 0
+
+    def add_file(self) -> None:
+        self.files += 1
+        if self.files > MAX_MEMBERS:
+            raise DownloadError(f"{self.source}: more than {MAX_MEMBERS} files; not a model bundle, refused")
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        if self.bytes > MAX_INSTALL_BYTES:
+            raise _too_big(self.source)
+
+
+def _too_big(source: Path) -> DownloadError:
+    limit = f"{MAX_INSTALL_BYTES >> 20} MiB" if MAX_INSTALL_BYTES >= 1 << 20 else f"{MAX_INSTALL_BYTES} bytes"
+    return DownloadError(f"{source}: unpacks to more than {limit}; refused (not a model bundle, or a zip bomb)")
+
+
+def _copy_stream(src: IO[bytes], dst: IO[bytes], budget: _Budget) -> None:
+    """Copy ``src`` to ``dst`` in chunks, counting every byte against ``budget``."""
+    while chunk := src.read(_CHUNK):
+        budget.add_bytes(len(chunk))
+        dst.write(chunk)
+
+
+def _member_parts(name: str) -> list[str] | None:
+    """The path parts of a zip member name, or None if it is absolute, has ``..`` or a drive/backslash."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name or re.match(r"[A-Za-z]:", name):
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return None if any(p == ".." for p in parts) else parts
+
+
 def _safe_extract(zip_path: Path, dest: Path) -> None:
+    """Unpack ``zip_path`` into ``dest``: no member outside it, no symlinks, bounded count and size."""
+    budget = _Budget(zip_path)
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            for member in zf.infolist():
-                target = (dest / member.filename).resolve()
-                if not str(target).startswith(str(dest.resolve()) + os.sep) and target != dest.resolve():
-                    raise DownloadError(f"{zip_path}: member {member.filename!r} would be written outside the folder")
-            zf.extractall(dest)
-    except zipfile.BadZipFile:
-        raise DownloadError(f"{zip_path}: not a valid zip file; download it again") from None
+            members = zf.infolist()
+            if len(members) > MAX_MEMBERS:
+                raise DownloadError(f"{zip_path}: {len(members)} members, more than {MAX_MEMBERS}; refused")
+            if sum(m.file_size for m in members) > MAX_INSTALL_BYTES:
+                raise _too_big(zip_path)
+            for member in members:
+                parts = _member_parts(member.filename)
+                if parts is None:
+                    raise DownloadError(f"{zip_path}: member {member.filename[:120]!r} would be written outside the "
+                                        "folder; refused")
+                mode = member.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise DownloadError(f"{zip_path}: member {member.filename[:120]!r} is a symbolic link; refused")
+                target = dest.joinpath(*parts) if parts else dest
+                if member.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                budget.add_file()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(target, "xb") as dst:
+                    _copy_stream(src, dst, budget)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression
+        raise DownloadError(f"{zip_path}: not a valid bundle zip ({str(exc)[:120] or type(exc).__name__}); "
+                            "download it again") from None
+    except FileExistsError:
+        raise DownloadError(f"{zip_path}: a member appears twice; refused") from None
+
+
+def _copy_folder(src: Path, dest: Path) -> None:
+    """Copy the bundle folder ``src`` into ``dest``: regular files only, symlinks only to files inside ``src``."""
+    base = src.resolve()
+    budget = _Budget(src)
+    for dirpath, dirnames, filenames in os.walk(base):
+        here = Path(dirpath)
+        for name in dirnames + filenames:
+            p = here / name
+            if p.is_symlink():
+                real = p.resolve()
+                if not real.is_relative_to(base) or real.is_dir():
+                    where = "a folder" if real.is_dir() else "outside the folder"
+                    raise DownloadError(f"{p}: a symbolic link to {where}; copy the real files in, then install again")
+        for name in filenames:
+            p = here / name
+            if not p.resolve().is_file():
+                raise DownloadError(f"{p}: not a regular file; refused")
+            budget.add_file()
+            out = dest / p.relative_to(base)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "rb") as fin, open(out, "xb") as fout:
+                _copy_stream(fin, fout, budget)
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def release_mismatch(root: Path) -> str | None:
+    """Why ``root`` is not the official release (first differing or missing weight file), or None if it is.
+
+    Compares with the md5s compiled into the package only; ``root``'s own ``large_files.yml`` plays no part.
+    """
+    for rel, (md5, _url) in RELEASED_FILES.items():
+        p = root / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        got = file_md5(p)
+        if got != md5:
+            return f"md5 of {rel} is {got}, the released one is {md5}"
+    for rel, (md5, _url) in RELEASED_OPTIONAL.items():
+        p = root / rel
+        if p.is_file() and file_md5(p) != md5:
+            return f"{rel} is not the released file"
+    return None
 
 
 def verify_release(root: Path) -> dict[str, str]:
     """Check that ``root`` has the released files with the released md5s; return {path: md5}."""
-    expected = {e["path"]: e["hash_val"] for e in read_large_files(root) if e.get("path") in RELEASED_FILES}
-    checked = {}
     for rel in REQUIRED:
         if not (root / rel).is_file():
             raise DownloadError(f"{root / rel}: missing from the bundle; {manual_instructions(root)}")
-    for rel, (md5, _url) in RELEASED_FILES.items():
-        want = expected.get(rel, md5)
-        got = file_md5(root / rel)
-        if got != want:
-            raise DownloadError(f"{root / rel}: md5 {got} is not the released {want}; the file is corrupt or "
-                                "not the official one. Download it again.")
-        checked[rel] = got
-    return checked
+    reason = release_mismatch(root)
+    if reason:
+        raise DownloadError(f"{root}: {reason}; the files are corrupt or not the official release. Download again.")
+    return {rel: md5 for rel, (md5, _url) in RELEASED_FILES.items()}
+
+
+def _local_name(source: Path) -> str:
+    stem = source.name[:-4] if source.name.lower().endswith(".zip") else source.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip("._-")[:64]
+    return name or "model"
+
+
+def _install_tree(root: Path, target: Path) -> None:
+    """Move the checked folder ``root`` to ``target`` atomically (replacing an earlier install there)."""
+    with atomic_dir(target) as staging:
+        for child in root.iterdir():
+            shutil.move(str(child), str(staging / child.name))
+
+
+def _work_dir(cache: Path) -> Path:
+    """A hidden scratch folder inside the cache (same file system as the install, so the final move is a rename)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".incoming-", suffix=".part", dir=cache))
+
+
+def _io_failure(what: str, exc: OSError | OutputError) -> DownloadError:
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:160] or type(exc).__name__
+    return DownloadError(f"{what}: installing failed ({reason}); nothing was installed. Free space (or choose "
+                         "another --dest) and try again.")
 
 
 def install_from(source: Path, version: str = DEFAULT_VERSION, dest: Path | None = None,
-                 log: Callable[[str], None] = print) -> Path:
-    """Install the bundle from a zip or an unpacked folder the user downloaded elsewhere."""
+                 log: Callable[[str], None] = print, name: str | None = None) -> Path:
+    """Install a bundle from a zip or an unpacked folder the user downloaded elsewhere; return where it went.
+
+    Official (weights with the released md5s) -> ``<cache>/pancreas_ct_dints_segmentation/<version>``; anything else
+    that reads as a valid, internally consistent model -> ``<cache>/local/<name>`` with a line saying so.
+    """
+    check_version(version)
+    if name is not None:
+        check_name(name)
     source = Path(source).expanduser()
     if not source.exists():
         raise DownloadError(f"{source}: no such zip file or folder")
-    target = installed_path(version, dest)
-    with tempfile.TemporaryDirectory(prefix="pancreas-dints-") as tmp:
+    cache = Path(dest) if dest else cache_root()
+    work: Path | None = None
+    try:
+        work = _work_dir(cache)
+        unpacked = work / "bundle"
+        unpacked.mkdir()
         if source.is_file():
             log(f"extracting {source}")
-            _safe_extract(source, Path(tmp))
-            root = _bundle_root_in(Path(tmp))
+            _safe_extract(source, unpacked)
         else:
-            root = _bundle_root_in(source)
+            log(f"copying {source}")
+            _copy_folder(source, unpacked)
+        root = _bundle_root_in(unpacked)
+        for rel in REQUIRED:
+            if not (root / rel).is_file():
+                raise DownloadError(f"{source}: {rel} is missing; {manual_instructions(installed_path(version, dest))}")
         log("verifying md5 checksums")
-        verify_release(root)
-        with atomic_dir(target) as staging:
-            shutil.copytree(root, staging, dirs_exist_ok=True)
-    log(f"installed {OFFICIAL_BUNDLE_NAME} {version} in {target}")
+        try:
+            read_bundle_folder(root, verify=True)  # reads as data, within limits, and matches its own list
+        except ModelError as exc:  # name the user's zip/folder, not the scratch folder
+            msg = str(exc).replace(str(root.resolve()), str(source)).replace(str(root), str(source))
+            raise (DownloadError if isinstance(exc, ChecksumError) else ModelError)(msg) from None
+        reason = release_mismatch(root)
+        target = installed_path(version, dest) if reason is None else local_path(name or _local_name(source), dest)
+        _install_tree(root, target)
+    except (OSError, OutputError) as exc:
+        raise _io_failure(str(cache), exc) from None
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    if reason is None:
+        log(f"installed the official {OFFICIAL_BUNDLE_NAME} {version} in {target}")
+    else:
+        log(f"installed {target} as a local model named {target.name!r}; it is NOT the official {OFFICIAL_BUNDLE_NAME}"
+            f" release ({reason}); use it with --model {target}")
     return target
 
 
@@ -128,31 +319,40 @@ def download(version: str = DEFAULT_VERSION, dest: Path | None = None, source: s
             log(f"{OFFICIAL_BUNDLE_NAME} {version} is already installed in {target}")
             return target
         except DownloadError as exc:
-            log(f"re-downloading: {exc}")
+            log(f"re-downloading: {str(exc).splitlines()[0]}")
     from monai.bundle import download as monai_download
 
-    with tempfile.TemporaryDirectory(prefix="pancreas-dints-") as tmp:
+    cache = Path(dest) if dest else cache_root()
+    work: Path | None = None
+    try:
+        work = _work_dir(cache)
         log(f"downloading {OFFICIAL_BUNDLE_NAME} {version} from {source}")
         try:
-            monai_download(name=OFFICIAL_BUNDLE_NAME, version=version, bundle_dir=tmp, source=source, progress=True)
+            monai_download(name=OFFICIAL_BUNDLE_NAME, version=version, bundle_dir=str(work), source=source,
+                           progress=True)
         except Exception as exc:  # URLError, HTTPError, timeouts, hub errors
             raise DownloadError(
                 f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}).\n"
                 + manual_instructions(target)
             ) from None
-        root = _bundle_root_in(Path(tmp))
-        for rel, (_md5, url) in RELEASED_FILES.items():  # older zips leave weights to large_files.yml
+        root = _bundle_root_in(work)
+        for rel, (md5, url) in RELEASED_FILES.items():  # older zips leave weights to large_files.yml
             if not (root / rel).is_file():
                 from monai.apps import download_url
 
                 log(f"fetching {rel}")
                 try:
-                    download_url(url, str(root / rel), hash_val=RELEASED_FILES[rel][0], hash_type="md5")
+                    download_url(url, str(root / rel), hash_val=md5, hash_type="md5")
                 except Exception as exc:
                     raise DownloadError(f"{url}: {type(exc).__name__}.\n" + manual_instructions(target)) from None
         verify_release(root)
-        with atomic_dir(target) as staging:
-            shutil.copytree(root, staging, dirs_exist_ok=True)
+        read_bundle_folder(root, verify=False)
+        _install_tree(root, target)
+    except (OSError, OutputError) as exc:
+        raise _io_failure(str(cache), exc) from None
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     log(f"installed in {target}")
     return target
 

@@ -21,7 +21,6 @@ trust, as with any model.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,14 @@ import numpy as np
 import torch
 
 from PancreasDiNTSLib.core.errors import DeviceError, ModelError
+from PancreasDiNTSLib.core.safeparse import MAX_CONFIG_BYTES, load_data_file
 from PancreasDiNTSLib.model.bundle import (
     Bundle,
     Resolver,
     file_md5,
     find_config,
-    parse_inference,
-    parse_network,
+    inside,
+    parse_specs,
     read_config,
     read_metadata,
     verify_checksums,
@@ -159,12 +159,10 @@ class ExportedBundle(Bundle):
 def read_sidecar(path: Path) -> dict[str, Any] | None:
     """The export sidecar ``<file>.json`` as a dict, or None if there is none."""
     side = Path(str(path) + SIDECAR_SUFFIX)
-    if not side.is_file():
+    if not side.is_file() and not side.is_symlink():
         return None
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{side}: not valid JSON ({exc}); export the model again or delete the file") from None
+    side = inside(Path(path).parent, side.name, "export sidecar")  # a symlink out of the folder is refused
+    data = load_data_file(side, MAX_CONFIG_BYTES)  # bounded: size, depth; problems are one-line ModelErrors
     if not isinstance(data, dict) or data.get("format") not in KINDS:
         raise ModelError(f"{side}: not an export sidecar (needs \"format\": one of {', '.join(KINDS)})")
     return data
@@ -243,8 +241,7 @@ def load_exported_bundle(path: Path, verify: bool = True) -> ExportedBundle:
     if root is not None:
         config_path = find_config(root)
         res = Resolver(read_config(config_path), config_path)
-        network = parse_network(res, res.config)
-        inference = parse_inference(res, res.config)
+        network, inference = parse_specs(res, res.config)
         meta = read_metadata(root)
         if verify:
             verify_checksums(root)
