@@ -12,9 +12,16 @@ import numpy as np
 import pytest
 from conftest import PYTHON
 from image_files import crop_nifti, load_nifti, write_dicom_series, write_itk
+from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.core.terminology import SEGMENTS
-from PancreasDiNTSLib.inference.batch import run_segment
+from PancreasDiNTSLib.inference.batch import SegmentSettings
+from PancreasDiNTSLib.inference.batch import run_segment as _run_segment
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, read_image
+
+
+def run_segment(inputs, out, model, **kw):
+    return _run_segment(SegmentSettings(tuple(inputs), out, model, **kw))
+
 
 CROP = (slice(30, 78), slice(25, 73), slice(0, 30))  # 48x48x30 voxels of 3 mm: 9 windows at 1 mm
 
@@ -190,7 +197,7 @@ def test_skip_existing_then_overwrite(tmp_path, small_ct, tiny_bundle):
     redo = run_segment([str(small_ct)], out, tiny_bundle, device="cpu", formats="nifti", progress="none",
                        overwrite=True)
     assert [r.status for r in redo.results] == ["ok"] and label.stat().st_mtime_ns != stamp
-    assert not [p for p in out.rglob("*") if ".part" in p.name or p.name.startswith(".")]
+    assert not [p for p in out.rglob("*") if ".part" in p.name or (p.name.startswith(".") and p.name != MANIFEST_NAME)]
 
 
 def test_prefetch_keeps_labels_order_and_case_isolation(tmp_path, small_ct, tiny_bundle):

@@ -7,15 +7,27 @@ code from :mod:`PancreasDiNTSLib.core.errors`). Also runnable as ``python -m Pan
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 from PancreasDiNTSLib import __version__
-from PancreasDiNTSLib.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, PancreasDiNTSError
+from PancreasDiNTSLib.core.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    PancreasDiNTSError,
+    disk_full_error,
+    is_disk_full,
+    printable,
+)
 
 # sub-command name -> module under PancreasDiNTSLib.cli
 COMMANDS = {
@@ -59,6 +71,27 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: temporary files are removed on the way out, exit 130."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While running a command, SIGTERM raises :class:`Terminated` (main thread only; restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pancreas-dints`` console script."""
     quiet_libraries()
@@ -67,11 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    prog = f"pancreas-dints {args.command}"
     try:
-        return int(args._run(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args._run(args) or 0)
     except PancreasDiNTSError as exc:
-        print(f"pancreas-dints {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"pancreas-dints {args.command}: interrupted", file=sys.stderr)
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); finished cases are kept, the case in progress left no partial files",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"{prog}: error: {printable(disk_full_error(exc.filename or '?', exc))}", file=sys.stderr)
+        return EXIT_OUTPUT

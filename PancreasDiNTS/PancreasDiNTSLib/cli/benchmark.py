@@ -274,9 +274,8 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         from PancreasDiNTSLib.inference.fastpath import FastInferer, box_to_voxels, predict_roi
+        from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, segment_case
         from PancreasDiNTSLib.inference.segmenter import Segmenter
-        from PancreasDiNTSLib.io.images import read_image
-        from PancreasDiNTSLib.io.writers import write_label_nifti
         from PancreasDiNTSLib.model.loader import load_bundle
 
         t_import = time.perf_counter()
@@ -284,34 +283,22 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         if dev.startswith("cuda"):
             torch.backends.cudnn.benchmark = True
         bundle = load_bundle(Path(cfg["bundle"]))
-        seg = Segmenter(bundle, dev)
-        fast = None
-        if cfg["mode"] in ("fast", "fastmm"):
-            bs = cfg.get("sw_batch_size") or seg.sw_batch_size
-            bs = bs if bs == "auto" else int(bs)
-            fast = FastInferer(seg.network, seg.spec.roi_size, seg.spec.overlap, seg.device, seg.amp, bs,
-                               engine=cfg.get("engine", "eager"),
-                               upsample="matmul" if cfg["mode"] == "fastmm" else "native")
+        bs = cfg.get("sw_batch_size")
+        seg = Segmenter(bundle, dev, sw_batch_size=None if bs in (None, "auto") else int(bs),
+                        mode=cfg["mode"], engine=cfg.get("engine", "eager"))
+        fast = seg.fast
         _sync(dev)
         t_init = time.perf_counter()
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        stages: dict[str, float] = {}
         c_run = _cpu_seconds()
-
-        def step(name: str, fn):
-            t0 = time.perf_counter()
-            out = fn()
-            _sync(dev)
-            stages[name] = time.perf_counter() - t0
-            return out
-
-        case = step("read", lambda: read_image(Path(cfg["input"])))
-        pre = step("preprocess", lambda: seg.preprocess(case.image))
-        logits = step("infer", lambda: fast(pre) if fast is not None else seg.infer(pre))
-        labels = step("invert", lambda: seg.postprocess(logits, pre))
+        # the one case pipeline (read, preprocess, infer, invert, write), each stage timed and CUDA-synchronised
+        outcome = segment_case(Path(cfg["input"]), seg, CaseOptions(formats=("nifti",), report=False),
+                               PlainFolder(Path(cfg["out_dir"])))
+        case, t, labels = outcome.case, outcome.timings, outcome.labels
+        stages = {"read": t["read"], "preprocess": t["preprocess"], "infer": t["infer"],
+                  "invert": t["postprocess"], "write": t["write"]}
         out_path = Path(cfg["out_dir"]) / "labels.nii.gz"
-        step("write", lambda: write_label_nifti(out_path, labels, case))
         pipeline = sum(stages.values())
         result: dict[str, Any] = {
             "stages": stages,

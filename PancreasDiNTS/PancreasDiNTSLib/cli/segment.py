@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from PancreasDiNTSLib.core.errors import EXIT_CASE_FAILED, EXIT_OK, InputError
+from PancreasDiNTSLib.core.errors import EXIT_CASE_FAILED, EXIT_OK, printable
 from PancreasDiNTSLib.core.paths import FORMATS
 from PancreasDiNTSLib.core.progress import MODES
+
+if TYPE_CHECKING:
+    from PancreasDiNTSLib.inference.batch import SegmentSettings
 
 HELP = "segment pancreas and pancreatic tumour in CT images (NIfTI, NRRD, MetaImage, DICOM folders)"
 
@@ -28,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
     p.add_argument("--allow-non-ct", action="store_true",
                    help="segment images whose intensities do not look like CT Hounsfield units (with a warning)")
-    p.add_argument("--sw-batch-size", type=int, default=None,
+    p.add_argument("--sw-batch-size", type=positive_int, default=None,
                    help="windows per network call (default: the bundle's; on a GPU the fast modes size it by free memory)")
     p.add_argument("--mode", default="fast", choices=("fast", "exact", "fastmm"),
                    help="fast (default): static DiNTS forward, constant windows computed once, same labels as the "
@@ -48,35 +52,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "memory of one case in batch mode)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from PancreasDiNTSLib.inference.batch import run_segment
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{printable(text)}: give a whole number, 1 or more")
+    return value
+
+
+def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
+    """The command line as SegmentSettings (UsageError, exit 2, for values argparse cannot check)."""
+    # the engine (torch) is imported when the command runs, not when `pancreas-dints --help` builds the parser
+    from PancreasDiNTSLib.inference.batch import SegmentSettings
+    from PancreasDiNTSLib.inference.pipeline import RoiRequest
+    from PancreasDiNTSLib.training.distributed import device_for_rank
 
     # Under torchrun each process takes every WORLD_SIZE-th case; no process group is needed for that.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
     if world > 1 and device in ("auto", "cuda"):
-        from PancreasDiNTSLib.training.distributed import device_for_rank
-
         device = str(device_for_rank(device))  # cuda:LOCAL_RANK on a multi-GPU node
-    roi = None
-    if args.roi:
-        try:
-            box = [float(v) for v in args.roi.split(",")]
-        except ValueError:
-            box = []
-        if len(box) != 6:
-            raise InputError(f"--roi {args.roi}: give six numbers X0,Y0,Z0,X1,Y1,Z1 (two opposite corners)")
-        roi = (box, args.roi_space, args.roi_mode)
-    summary = run_segment(
-        args.inputs, args.output, args.model, device=device, formats=args.formats, progress=args.progress,
-        overwrite=args.overwrite, allow_non_ct=args.allow_non_ct, sw_batch_size=args.sw_batch_size,
-        rank=rank, world_size=world, mode=args.mode, engine=args.engine, roi=roi, prefetch=args.prefetch,
+    roi = RoiRequest.parse(args.roi, args.roi_space, args.roi_mode) if args.roi else None
+    return SegmentSettings(
+        inputs=tuple(args.inputs), out_dir=args.output, model=args.model, device=device, formats=args.formats,
+        progress=args.progress, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct,
+        sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, prefetch=args.prefetch,
+        rank=rank, world_size=world,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from PancreasDiNTSLib.inference.batch import run_segment
+
+    summary = run_segment(settings_from_args(args))
     if args.progress != "json":
         for r in summary.results:
             extra = ", ".join(f"{k} {v:.1f} mL" for k, v in r.volumes_ml.items()) if r.status == "ok" else r.message
-            print(f"{r.status:>7}  {r.case}: {extra}", file=sys.stderr)
+            print(f"{r.status:>7}  {printable(r.case)}: {printable(extra)}", file=sys.stderr)
         d = summary.as_dict()
-        print(f"{d['succeeded']} succeeded, {d['skipped']} skipped, {d['failed']} failed; results in {args.output}",
-              file=sys.stderr)
+        print(f"{d['succeeded']} succeeded, {d['skipped']} skipped, {d['failed']} failed; results in "
+              f"{printable(args.output)}", file=sys.stderr)
     return EXIT_OK if summary.ok else EXIT_CASE_FAILED

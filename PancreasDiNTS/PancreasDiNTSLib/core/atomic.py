@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from PancreasDiNTSLib.core.errors import disk_full_error, is_disk_full
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,20 +23,27 @@ def atomic_path(dest: Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it to ``dest`` if the block succeeds.
 
     The temporary name keeps the destination's full suffix (e.g. ``.nii.gz``) so format-sniffing writers work.
+    The temporary file is removed whatever happens (error, Ctrl-C, SIGTERM). A full disk (ENOSPC, EDQUOT, EFBIG)
+    anywhere in the block becomes :class:`DiskFullError` (exit 5) naming ``dest``.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(dest.suffixes[-2:]) if dest.name.endswith((".nii.gz", ".seg.nrrd")) else dest.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{suffix}", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(dest, exc) from None
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 

@@ -39,6 +39,7 @@ class SegmentInfo:
     category: Code
     type: Code
     region: Code = NO_CODE
+    key: str = ""  # short key in report/metric names: dice_<key>, volume_<key>_ml
 
     @property
     def color_float(self) -> tuple[float, float, float]:
@@ -60,12 +61,17 @@ class SegmentInfo:
 
 
 SEGMENTS: tuple[SegmentInfo, ...] = (
-    SegmentInfo(1, "Pancreas", "pancreas", (249, 180, 111), ANATOMICAL_STRUCTURE, PANCREAS),
+    SegmentInfo(1, "Pancreas", "pancreas", (249, 180, 111), ANATOMICAL_STRUCTURE, PANCREAS, key="pancreas"),
     # No recommended colour exists for Neoplasm in Slicer's terminology; this red stands out against pancreas.
-    SegmentInfo(2, "Pancreatic tumor", "pancreatic_tumor", (216, 101, 79), MORPH_ALTERED, NEOPLASM, PANCREAS),
+    SegmentInfo(2, "Pancreatic tumor", "pancreatic_tumor", (216, 101, 79), MORPH_ALTERED, NEOPLASM, PANCREAS,
+                key="tumour"),
 )
 
 LABEL_NAMES = {0: "background", **{s.label: s.name for s in SEGMENTS}}
+# report.json's "labels": label value (as a JSON key) -> segment name
+LABEL_TABLE = {str(k): v for k, v in LABEL_NAMES.items()}
+# label value -> the one spelling of the class in report and metric keys (dice_pancreas, dice_tumour, ...)
+METRIC_KEYS = {s.label: s.key for s in SEGMENTS}
 
 
 def segment_by_label(label: int) -> SegmentInfo:

@@ -1,42 +1,101 @@
-"""The ``segment`` pipeline over many cases: skip/overwrite, per-case isolation, atomic case folders, summary.
+"""The ``segment`` batch driver: it loops, names, skips, shards and summarises; each case is
+:func:`.pipeline.segment_case`.
 
-Each case's outputs are written into a temporary folder that replaces ``OUTDIR/<case>/`` only when everything
-succeeded, so a failed or interrupted case leaves nothing behind. A failing case does not stop the others.
-With ``prefetch`` (the default), reading and preprocessing case i+1 run in a background thread while case i is
-inferred (fastpath.prefetched); the labels are the same either way.
+- Names and folders: :func:`.io.placement.plan_cases` (safe names from the resolved input, a folder per input
+  identity, ``ct``, ``ct-2``...; overlaps with inputs refused before any work, exit 2).
+- Ownership: every case folder carries a manifest (core.ownership); a rerun replaces only the engine's own
+  unchanged files, each atomically; files a user added survive every rerun.
+- Skip: a case is skipped (without ``--overwrite``) only when its folder's manifest names the same input and
+  lists every requested output.
+- A failing case does not stop the others; a full disk stops the run (DiskFullError, exit 5).
+- ``prefetch``: reading, checking and preprocessing case i+1 run in a background thread while case i is inferred
+  (fastpath.prefetched); the labels are the same either way. Under torchrun rank r takes cases r, r+W, ...
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import json
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib import __version__
-from PancreasDiNTSLib.core.atomic import atomic_dir, write_text_atomic
-from PancreasDiNTSLib.core.errors import InputError, OutputError, PancreasDiNTSError
-from PancreasDiNTSLib.core.paths import FORMATS, OUTPUT_NAMES
-from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
-from PancreasDiNTSLib.io.images import LoadedImage, case_name, expand_inputs, read_image
-from PancreasDiNTSLib.io.writers import (
-    volumes_ml,
-    write_dicom_seg,
-    write_label_nifti,
-    write_report,
-    write_seg_nrrd,
+from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.core.errors import (
+    DiskFullError,
+    InputError,
+    OutputError,
+    PancreasDiNTSError,
+    UsageError,
+    disk_full_error,
+    is_disk_full,
+    printable,
 )
-from PancreasDiNTSLib.model.bundle import Bundle
+from PancreasDiNTSLib.core.ownership import CaseFolder
+from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
+from PancreasDiNTSLib.inference.fastpath import prefetched
+from PancreasDiNTSLib.inference.pipeline import (
+    OUTPUTS,
+    REPORT_NAME,
+    CaseOptions,
+    Prepared,
+    RoiRequest,
+    parse_formats,
+    prepare_case,
+    segment_case,
+)
+from PancreasDiNTSLib.inference.segmenter import MODES, Segmenter, resolve_device
+from PancreasDiNTSLib.io.images import expand_inputs
+from PancreasDiNTSLib.io.placement import PlannedCase, case_base_name, plan_cases
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
+
+ENGINES = ("eager", "cuda-graph", "compile")
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Everything ``segment`` is asked to do (the CLI options)."""
+
+    inputs: tuple[str, ...]
+    out_dir: Path
+    model: str | Path
+    device: str = "auto"
+    formats: tuple[str, ...] = ("nifti", "seg.nrrd")
+    progress: str = "auto"
+    overwrite: bool = False
+    allow_non_ct: bool = False
+    sw_batch_size: int | None = None  # windows per network call; None: the bundle's (GPU: sized by memory)
+    mode: str = "fast"  # see Segmenter: fast | exact | fastmm
+    engine: str = "eager"  # eager | cuda-graph | compile
+    roi: RoiRequest | None = None
+    prefetch: bool = True
+    rank: int = 0  # torchrun: this process takes cases rank, rank + world_size, ...
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", parse_formats(self.formats))
+        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
+        object.__setattr__(self, "out_dir", Path(self.out_dir).expanduser())
+        if self.sw_batch_size is not None and (not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1):
+            raise UsageError(f"--sw-batch-size {self.sw_batch_size}: give a whole number of windows, 1 or more")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {printable(self.mode)}: choose one of {', '.join(MODES)}")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine {printable(self.engine)}: choose one of {', '.join(ENGINES)}")
+        if not (0 <= self.rank < max(1, self.world_size)):
+            raise UsageError(f"rank {self.rank} of world size {self.world_size}: check RANK / WORLD_SIZE")
+
+    def case_options(self, planned: PlannedCase) -> CaseOptions:
+        extra = {"case": planned.name, "input": str(planned.path), "input_identity": planned.identity}
+        return CaseOptions(self.formats, self.roi, self.allow_non_ct, report=True, report_extra=extra)
 
 
 @dataclass
 class CaseResult:
-    """What happened to one input."""
+    """What happened to one input (a line of summary.json)."""
 
     case: str
     input: str
@@ -45,6 +104,7 @@ class CaseResult:
     output_dir: str = ""
     volumes_ml: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    failed_outputs: dict[str, str] = field(default_factory=dict)  # format -> why (the other outputs were kept)
 
 
 @dataclass
@@ -70,70 +130,135 @@ class SegmentSummary:
         }
 
 
-def parse_formats(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``"nifti,seg.nrrd"`` -> ["nifti", "seg.nrrd"]; InputError for an unknown format."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out = []
-    for item in (i.strip().lower() for i in items):
-        if not item:
-            continue
-        aliases = {"nii": "nifti", "nii.gz": "nifti", "seg": "seg.nrrd", "dicomseg": "dicom-seg", "dcm": "dicom-seg"}
-        item = aliases.get(item, item)
-        if item not in FORMATS:
-            raise InputError(f"--format {item}: unknown output format; choose from {', '.join(FORMATS)}")
-        if item not in out:
-            out.append(item)
-    if not out:
-        raise InputError("--format: give at least one of " + ", ".join(FORMATS))
-    return out
-
-
 def check_writable(out_dir: Path) -> None:
-    """OutputError unless ``out_dir`` can be created and written."""
+    """OutputError (exit 5) unless ``out_dir`` can be created and written."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
+        probe = out_dir / f".write-test-{time.time_ns()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc}); choose another -o") from None
+        if is_disk_full(exc):
+            raise disk_full_error(out_dir, exc) from None
+        raise OutputError(f"{printable(out_dir)}: output folder is not writable ({exc.strerror or exc}); "
+                          "choose another -o") from None
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
-    names: list[str] = []
-    for p in paths:
-        base = case_name(p)
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
+def expected_names(formats: tuple[str, ...], path: Path) -> list[str]:
+    """The files a finished case of ``path`` holds (DICOM-only outputs only for DICOM inputs)."""
+    is_dicom = path.is_dir() or path.suffix.lower() == ".dcm"
+    return [OUTPUTS[f].filename for f in formats if is_dicom or not OUTPUTS[f].dicom_only] + [REPORT_NAME]
 
 
-def expected_outputs(case_dir: Path, formats: list[str], is_dicom: bool) -> list[Path]:
-    outs = [case_dir / OUTPUT_NAMES["report"]]
-    for fmt in formats:
-        if fmt == "dicom-seg" and not is_dicom:
-            continue
-        outs.append(case_dir / OUTPUT_NAMES[fmt])
-    return outs
+def expand_all(inputs: tuple[str, ...]) -> tuple[list[Path], list[CaseResult]]:
+    """Every input argument expanded; an argument that matches nothing becomes a failed result."""
+    paths: list[Path] = []
+    failures: list[CaseResult] = []
+    for arg in inputs:
+        try:
+            paths.extend(p for p in expand_inputs([arg]) if p not in paths)
+        except InputError as exc:
+            failures.append(CaseResult(case_base_name(Path(arg)), arg, "failed", printable(exc)))
+    return paths, failures
 
 
-def _write_case(tmp_dir: Path, case: LoadedImage, labels, formats: list[str], bundle: Bundle) -> list[str]:
-    written, notes = [], []
-    for fmt in formats:
-        dest = tmp_dir / OUTPUT_NAMES[fmt]
-        if fmt == "nifti":
-            write_label_nifti(dest, labels, case)
-        elif fmt == "seg.nrrd":
-            write_seg_nrrd(dest, labels, case)
-        elif fmt == "dicom-seg":
-            if case.fmt != "dicom":
-                notes.append("DICOM SEG not written: the input is not a DICOM series")
-                continue
-            write_dicom_seg(dest, labels, case, bundle.name, bundle.version)
-        written.append(dest.name)
-    return written + [f"note: {n}" for n in notes]
+class _Batch:
+    """One ``segment`` run over its share of the planned cases."""
+
+    def __init__(self, settings: SegmentSettings, segmenter: Segmenter | None, reporter: Progress,
+                 load_model_s: float) -> None:
+        self.settings = settings
+        self.segmenter = segmenter
+        self.reporter = reporter
+        self.load_model_s = load_model_s
+        self.results: list[CaseResult] = []
+
+    def skipped(self, planned: PlannedCase) -> bool:
+        if self.settings.overwrite or not planned.existing:
+            return False
+        folder = CaseFolder(planned.folder, planned.identity, planned.name)
+        return folder.same_input() and folder.has(expected_names(self.settings.formats, planned.path))
+
+    def load(self, planned: PlannedCase) -> Prepared:
+        """Read, check and preprocess one case (runs in the prefetch thread)."""
+        return prepare_case(planned.path, self.segmenter, self.settings.case_options(planned),
+                            CaseFolder(planned.folder, planned.identity, planned.name))
+
+    def fail(self, planned: PlannedCase, message: str, t0: float, details: str = "") -> None:
+        message = printable(message)
+        self.results.append(CaseResult(planned.name, str(planned.path), "failed", message,
+                                       seconds=round(time.perf_counter() - t0, 3)))
+        extra = {"details": details} if details else {}
+        self.reporter.update(planned.name, "error", 1.0, message, **extra)
+
+    def run_case(self, planned: PlannedCase, got: Prepared | BaseException) -> None:
+        """One case through segment_case; its failure is recorded (a full disk is raised)."""
+        t0 = time.perf_counter()
+        name, settings = planned.name, self.settings
+        try:
+            self.reporter.update(name, "load", 0.0, printable(f"reading {planned.path.name}"))
+            if isinstance(got, BaseException):
+                raise got
+            got.timings["wait_for_read"] = time.perf_counter() - t0
+            got.timings["load_model"] = self.load_model_s
+            for w in got.case.warnings:
+                self.reporter.write(f"warning: {name}: {printable(w)}")
+            assert self.segmenter is not None
+            folder = CaseFolder(planned.folder, planned.identity, planned.name)
+            outcome = segment_case(got, self.segmenter, settings.case_options(planned), folder,
+                                   on_stage=lambda s, p, m: self.reporter.update(name, s, p, m), started=t0)
+        except DiskFullError as exc:
+            self.fail(planned, str(exc), t0)
+            raise
+        except PancreasDiNTSError as exc:
+            return self.fail(planned, str(exc), t0)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # an engine bug or an unforeseen input: keep going, keep the details
+            if is_disk_full(exc):
+                err = disk_full_error(planned.folder, exc)  # type: ignore[arg-type]
+                self.fail(planned, str(err), t0)
+                raise err from None
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            return self.fail(planned, f"{planned.path}: unexpected {type(exc).__name__}: {first}", t0,
+                             traceback.format_exc(limit=6))
+        seconds = round(time.perf_counter() - t0, 3)
+        ml = outcome.volumes_ml
+        if outcome.failed_outputs:
+            why = "; ".join(f"{fmt} not written: {r}" for fmt, r in outcome.failed_outputs.items())
+            message = f"{why} (the other outputs were kept in {planned.folder})"
+            self.results.append(CaseResult(name, str(planned.path), "failed", printable(message), str(planned.folder),
+                                           ml, seconds, outcome.failed_outputs))
+            self.reporter.update(name, "error", 1.0, printable(message), output_dir=str(planned.folder))
+            return None
+        self.results.append(CaseResult(name, str(planned.path), "ok", "", str(planned.folder), ml, seconds))
+        self.reporter.update(name, "done", 1.0, ", ".join(f"{k} {v:.1f} mL" for k, v in ml.items()),
+                             volumes_ml=ml, output_dir=str(planned.folder))
+        return None
+
+    def loop(self, cases: list[PlannedCase]) -> None:
+        skip = {p.name for p in cases if self.skipped(p)}  # decided once: the prefetch order follows it
+        todo = [p for p in cases if p.name not in skip]
+        loaded: Iterator[tuple[PlannedCase, Any]]
+        if self.settings.prefetch and len(todo) > 1:
+            loaded = prefetched(todo, self.load)
+        else:
+            loaded = ((p, _call(self.load, p)) for p in todo)
+        try:
+            for index, planned in enumerate(cases):
+                self.reporter.start_item(index)
+                if planned.name in skip:
+                    self.results.append(CaseResult(planned.name, str(planned.path), "skipped",
+                                                   "outputs exist (use --overwrite)", str(planned.folder)))
+                    self.reporter.update(planned.name, "skipped", 1.0, "outputs exist; use --overwrite to redo")
+                    continue
+                got_case, got = next(loaded)
+                assert got_case is planned
+                self.run_case(planned, got)
+        finally:
+            close = getattr(loaded, "close", None)
+            if close is not None:
+                close()  # stops the prefetch thread when a case raised out of the loop
 
 
 def _call(fn: Any, arg: Any) -> Any:
@@ -146,166 +271,46 @@ def _call(fn: Any, arg: Any) -> Any:
         return exc
 
 
-def run_segment(
-    inputs: list[str],
-    out_dir: str | Path,
-    model: str | Path,
-    device: str = "auto",
-    formats: str | list[str] = ("nifti", "seg.nrrd"),
-    progress: str = "auto",
-    overwrite: bool = False,
-    allow_non_ct: bool = False,
-    sw_batch_size: int | None = None,
-    callback: ProgressCallback | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    mode: str = "fast",
-    engine: str = "eager",
-    roi: tuple[list[float], str, str] | None = None,
-    prefetch: bool = True,
-) -> SegmentSummary:
-    """Segment every input into ``out_dir/<case>/``; see the module docstring for the guarantees.
+def _write_summary(settings: SegmentSettings, summary: SegmentSummary) -> None:
+    name = "summary.json" if settings.world_size == 1 else f"summary-rank{settings.rank}.json"
+    write_text_atomic(settings.out_dir / name, json.dumps(summary.as_dict(), indent=2) + "\n")
 
-    Raises ModelError/DeviceError/OutputError before any case when the model, device or output folder is unusable.
-    Under torchrun (``world_size`` > 1) rank ``r`` processes cases r, r+W, r+2W, ...
-    ``mode``/``engine``: see inference.Segmenter. ``roi`` = (box [x0, y0, z0, x1, y1, z1], space "ras"|"voxel",
-    roi mode "grid"|"local"): only the sliding windows touching the box run; labels outside it are 0.
-    ``prefetch``: read and preprocess the next case in a background thread during this one's inference.
-    """
-    from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
 
-    fmts = parse_formats(formats)
-    out = Path(out_dir).expanduser()
-    dev = resolve_device(device)
-    bundle = load_bundle(resolve_model(model))
+def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = None,
+                segmenter: Segmenter | None = None) -> SegmentSummary:
+    """Segment every input into ``OUTDIR/<case>/``; see the module docstring for the guarantees.
+
+    Raises ModelError/DeviceError/OutputError/PlacementError before any case when the model, device, output
+    folder or placement is unusable, and DiskFullError (after writing what it can) when the disk fills up.
+    ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings."""
+    out = settings.out_dir
+    if segmenter is None:
+        dev = resolve_device(settings.device)
+        bundle = load_bundle(resolve_model(settings.model))
+    paths, failures = expand_all(settings.inputs)
+    plan = plan_cases(paths, out)  # PlacementError (exit 2) before anything is written
     check_writable(out)
-
-    results: list[CaseResult] = []
-    paths: list[Path] = []
-    for arg in inputs:
-        try:
-            paths.extend(p for p in expand_inputs([arg]) if p not in paths)
-        except InputError as exc:
-            results.append(CaseResult(case=case_name(Path(arg)), input=arg, status="failed", message=str(exc)))
-    names = _unique_names(paths)
-    cases = list(zip(names, paths, strict=True))[rank::world_size]
-
-    reporter = Progress(progress, total=max(1, len(cases)), callback=callback)
+    cases = plan[settings.rank::settings.world_size]
+    reporter = Progress(settings.progress, total=max(1, len(cases)), callback=callback)
     # Model problems (weights that do not fit the architecture...) concern every case: fail before the first.
     t_model = time.perf_counter()
-    segmenter = Segmenter(bundle, dev, sw_batch_size=sw_batch_size, mode=mode, engine=engine) if cases else None
-    load_model_s = time.perf_counter() - t_model
-
-    def skipped(name: str, path: Path) -> bool:
-        is_dicom = path.is_dir() or path.suffix.lower() == ".dcm"
-        return not overwrite and all(p.exists() for p in expected_outputs(out / name, fmts, is_dicom))
-
-    def load(path: Path) -> tuple[LoadedImage, Any, dict[str, float]]:
-        """Read (and, without ROI, preprocess) one case; runs in the prefetch thread."""
-        t = time.perf_counter()
-        case = read_image(path, allow_non_ct=allow_non_ct)
-        spent = {"read": time.perf_counter() - t}
-        pre = None
-        if roi is None and segmenter is not None:
-            t = time.perf_counter()
-            pre = segmenter.preprocess(case.image)
-            spent["preprocess"] = time.perf_counter() - t
-        return case, pre, spent
-
-    skip = {name for name, path in cases if skipped(name, path)}  # decided once: the prefetch order follows it
-    todo = [path for name, path in cases if name not in skip]
-    if prefetch and len(todo) > 1:
-        from PancreasDiNTSLib.inference.fastpath import prefetched
-
-        loaded = prefetched(todo, load)
-    else:
-        loaded = ((p, _call(load, p)) for p in todo)
+    if segmenter is None and cases:
+        segmenter = Segmenter(bundle, dev, sw_batch_size=settings.sw_batch_size, mode=settings.mode,
+                              engine=settings.engine)
+    batch = _Batch(settings, segmenter, reporter, time.perf_counter() - t_model)
+    batch.results.extend(failures)
     try:
-        for index, (name, path) in enumerate(cases):
-            reporter.start_item(index)
-            case_dir = out / name
-            t0 = time.perf_counter()
-            if name in skip:
-                results.append(CaseResult(name, str(path), "skipped", "outputs exist (use --overwrite)", str(case_dir)))
-                reporter.update(name, "skipped", 1.0, "outputs exist; use --overwrite to redo")
-                continue
-            try:
-                reporter.update(name, "load", 0.0, f"reading {path.name}")
-                got_path, got = next(loaded)
-                assert got_path == path
-                if isinstance(got, BaseException):
-                    raise got
-                case, pre, timings = got
-                timings["wait_for_read"] = time.perf_counter() - t0
-                for w in case.warnings:
-                    reporter.write(f"warning: {name}: {w}")
-                assert segmenter is not None
-                timings["load_model"] = load_model_s
-                if roi is None:
-                    if pre is not None:  # preprocessed by the loader (prefetch thread or just before)
-                        reporter.update(name, "preprocess", 0.05, "resampled to the model's grid")
-                    labels = segmenter.predict(case.image, lambda s, p, m, n=name: reporter.update(n, s, p, m),
-                                               pre=pre)
-                    # the loader's read/preprocess times stand; predict adds infer and postprocess
-                    timings = {**segmenter.timings, **timings}
-                else:
-                    from PancreasDiNTSLib.inference.fastpath import predict_roi
-
-                    t_roi = time.perf_counter()
-                    reporter.update(name, "infer", 0.1, f"ROI {roi[0]} ({roi[1]}, {roi[2]} mode)")
-                    labels = predict_roi(segmenter, case.image, roi[0], space=roi[1], mode=roi[2],
-                                         fast=segmenter.fast)
-                    timings["roi_infer"] = time.perf_counter() - t_roi
-                reporter.update(name, "write", 0.95, "writing outputs")
-                t_write = time.perf_counter()
-                voxels, ml = volumes_ml(labels, case)
-                with atomic_dir(case_dir) as tmp_dir:
-                    written = _write_case(tmp_dir, case, labels, fmts, bundle)
-                    timings["write"] = time.perf_counter() - t_write
-                    timings["total"] = time.perf_counter() - t0
-                    report = {
-                        "case": name,
-                        "input": str(path),
-                        "input_format": case.fmt,
-                        "shape": list(case.shape),
-                        "spacing_mm": [round(s, 6) for s in case.spacing],
-                        "labels": {"0": "background", "1": "Pancreas", "2": "Pancreatic tumor"},
-                        "voxels": voxels,
-                        "volumes_ml": ml,
-                        "timings_s": {k: round(v, 4) for k, v in timings.items()},
-                        "device": str(dev),
-                        "inference": segmenter.describe() | ({"roi": {"box": roi[0], "space": roi[1], "mode": roi[2]}}
-                                                             if roi else {}),
-                        "model": bundle.describe(),
-                        "outputs": [w for w in written if not w.startswith("note:")] + [OUTPUT_NAMES["report"]],
-                        "notes": [w[6:] for w in written if w.startswith("note:")] + case.warnings,
-                        "software": {"pancreas_dints": __version__, "python": platform.python_version()},
-                    }
-                    write_report(tmp_dir / OUTPUT_NAMES["report"], report)
-                seconds = time.perf_counter() - t0
-                results.append(CaseResult(name, str(path), "ok", "", str(case_dir), ml, round(seconds, 3)))
-                reporter.update(name, "done", 1.0, ", ".join(f"{k} {v:.1f} mL" for k, v in ml.items()),
-                                volumes_ml=ml, output_dir=str(case_dir))
-            except PancreasDiNTSError as exc:
-                results.append(CaseResult(name, str(path), "failed", str(exc), seconds=time.perf_counter() - t0))
-                reporter.update(name, "error", 1.0, str(exc))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # an engine bug or an unforeseen input: keep going, keep the details
-                detail = traceback.format_exc(limit=6)
-                msg = f"{path}: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                results.append(CaseResult(name, str(path), "failed", msg, seconds=time.perf_counter() - t0))
-                reporter.update(name, "error", 1.0, msg, details=detail)
+        batch.loop(cases)
+    except DiskFullError:
+        try:
+            _write_summary(settings, SegmentSummary(batch.results))
+        except PancreasDiNTSError:
+            pass  # the disk is still full; the one-line error says so
+        raise
     finally:
-        close = getattr(loaded, "close", None)
-        if close is not None:
-            close()  # stops the prefetch thread when a case raised out of the loop
         reporter.close()
-    summary = SegmentSummary(results)
-    if results:
-        import json
-
-        name = "summary.json" if world_size == 1 else f"summary-rank{rank}.json"
-        write_text_atomic(out / name, json.dumps(summary.as_dict(), indent=2) + "\n")
+    summary = SegmentSummary(batch.results)
+    if batch.results:
+        _write_summary(settings, summary)
     reporter.emit(summary.as_dict())
     return summary

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import gzip
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -68,41 +71,74 @@ def _is_dicom_folder(path: Path) -> bool:
     return path.is_dir() and any(is_dicom_file(p) for p in list(path.iterdir())[:50] if p.is_file())
 
 
+def is_case_folder(path: Path) -> bool:
+    """A folder the engine wrote (it holds the engine's manifest): never taken as an input."""
+    return (path / MANIFEST_NAME).is_file()
+
+
+def _expand_folder(p: Path) -> list[Path]:
+    if _is_dicom_folder(p):
+        return [p]
+    entries = sorted(p.iterdir())
+    inner = [q for q in entries if q.is_file() and q.name.lower().endswith(IMAGE_SUFFIXES)]
+    subdirs = [q for q in entries if q.is_dir() and not is_case_folder(q) and _is_dicom_folder(q)]
+    if not inner and not subdirs:
+        raise InputError(f"{p}: folder holds no NIfTI/NRRD/MetaImage files and no DICOM series")
+    return inner + subdirs
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files, DICOM folders, folders of images and globs -> a sorted list of cases (files or DICOM folders).
 
-    Raises InputError for an argument that matches nothing.
+    The same file named twice (also through another path or a symlink) is one case; folders written by the engine
+    (they hold its manifest) are not inputs. Raises InputError for an argument that matches nothing.
     """
     found: list[Path] = []
     for arg in inputs:
         matches = [Path(m) for m in sorted(glob.glob(arg))] if any(c in arg for c in "*?[") else [Path(arg)]
-        if not matches or not matches[0].exists():
+        if not matches or not (matches[0].exists() or matches[0].is_symlink()):
             raise InputError(f"{arg}: no such file or folder")
         globbed = len(matches) > 1 or str(matches[0]) != arg
         for p in matches:
             if globbed and p.is_file() and not p.name.lower().endswith(IMAGE_SUFFIXES) and not is_dicom_file(p):
                 continue  # e.g. the .raw.gz of a detached .nhdr header matched by the same glob
             if p.is_dir():
-                if _is_dicom_folder(p):
-                    found.append(p)
+                if globbed and is_case_folder(p):
                     continue
-                inner = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(IMAGE_SUFFIXES))
-                subdirs = sorted(q for q in p.iterdir() if q.is_dir() and _is_dicom_folder(q))
-                if not inner and not subdirs:
-                    raise InputError(f"{p}: folder holds no NIfTI/NRRD/MetaImage files and no DICOM series")
-                found.extend(inner + subdirs)
+                found.extend(_expand_folder(p))
             else:
                 found.append(p)
     unique: list[Path] = []
+    seen: set[str] = set()
     for p in found:
-        if p not in unique:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
             unique.append(p)
     return unique
+
+
+def special_file_kind(path: Path) -> str | None:
+    """"a FIFO (named pipe)", "a device", "a socket" for such a path (never opened: a FIFO would block), else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
 
 
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    kind = special_file_kind(path)
+    if kind:
+        raise InputError(f"{path}: is {kind}, not a regular file; give an image file or a DICOM folder")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
 

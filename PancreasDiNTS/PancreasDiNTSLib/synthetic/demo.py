@@ -13,16 +13,19 @@ works and is NOT a clinical model. The released MSD Task07 model is installed by
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.atomic import atomic_dir, atomic_path
 from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
 from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
+from PancreasDiNTSLib.core.progress import Progress
+from PancreasDiNTSLib.core.terminology import METRIC_KEYS, SEGMENTS
+from PancreasDiNTSLib.io.writers import save_nifti, volumes_ml, write_report
+from PancreasDiNTSLib.synthetic.phantom import make_phantom
 
 # The demo model was trained on data-set seed 1 (case seeds 100004..100243) and evaluated on data-set seed 2
 # (case seeds 200007..200022) of `make-phantoms`; the demo draws its phantom from seed DEFAULT_SEED + n, far from
@@ -114,8 +117,6 @@ def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, t
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from PancreasDiNTSLib.core.atomic import atomic_path
-    from PancreasDiNTSLib.core.terminology import SEGMENTS
 
     ct, sp = _canonical(ct_path)
     pred = _canonical(labels_path)[0].astype(np.uint8)
@@ -171,31 +172,60 @@ def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, t
 
 
 def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
-    """Dice per class with MONAI (as ``evaluate``); None where the truth lacks the class."""
+    """Dice per class with MONAI (as ``evaluate``), keyed by the terminology's metric keys; None where the
+    truth lacks the class."""
     from PancreasDiNTSLib.training.evaluate import dice_per_class
 
     d = dice_per_class(pred, truth)
-    return {name: (None if np.isnan(v) else round(float(v), 4)) for name, v in zip(("pancreas", "tumor"), d,
-                                                                                    strict=True)}
+    return {METRIC_KEYS[k]: (None if np.isnan(d[k - 1]) else round(float(d[k - 1]), 4)) for k in METRIC_KEYS}
+
+
+def _make_phantom_files(tmp: Path, seed: int) -> tuple[np.ndarray, Any]:
+    """The phantom CT and its truth as NIfTI in ``tmp``; returns the truth and the phantom's info."""
+    hu, truth, affine, info = make_phantom(seed, size=PHANTOM_SIZE, tumour=True, return_info=True,
+                                           slice_mm=PHANTOM_SLICE_MM)
+    save_nifti(tmp / OUTPUT_FILES["ct"], np.round(hu).astype(np.int16), affine, np.int16)
+    save_nifti(tmp / OUTPUT_FILES["truth"], truth, affine, np.uint8)
+    return truth, info
+
+
+def _demo_report(outcome: Any, segmenter: Any, truth: np.ndarray, info: Any, seed: int, out: Path) -> dict[str, Any]:
+    """report.json of the demo: the case report of segment_case plus Dice, truth volumes and the phantom."""
+    from PancreasDiNTSLib.inference.pipeline import CaseOptions, case_report
+
+    dice = dice_scores(outcome.labels, truth)
+    report = case_report(outcome, segmenter, CaseOptions(report=False))
+    for key in ("status", "outputs_failed", "notes", "inference"):
+        report.pop(key, None)
+    report.update({
+        "demo": True,
+        "notice": NOT_CLINICAL,
+        **{f"dice_{k}": v for k, v in dice.items()},
+        "dice_tumor": dice["tumour"],  # the spelling before 0.2 (README), kept as an alias of dice_tumour
+        "dice_metric": "MONAI compute_dice, include_background=False, on the phantom's own grid",
+        "phantom": {"seed": seed, "size": PHANTOM_SIZE, "shape": list(info.shape),
+                    "spacing_mm": [round(s, 4) for s in info.spacing], "orientation": info.orientation,
+                    "slice_mm": list(PHANTOM_SLICE_MM),
+                    "generator": "PancreasDiNTSLib.synthetic.phantom.make_phantom(seed, size, tumour=True, slice_mm)"},
+        "case": "phantom_ct",
+        "input": str(out / OUTPUT_FILES["ct"]),
+        "truth": str(out / OUTPUT_FILES["truth"]),
+        "truth_volumes_ml": volumes_ml(truth, outcome.case)[1],
+        "sw_batch_size": segmenter.sw_batch_size,
+        "outputs": {k: str(out / v) for k, v in OUTPUT_FILES.items()},
+    })
+    return report
 
 
 def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED, progress: str = "auto",
              model: str | Path | None = None) -> dict[str, Any]:
-    """Make a phantom, segment it with the demo model, write the outputs into ``out_dir``; return the report."""
-    from PancreasDiNTSLib.core.atomic import atomic_dir
-    from PancreasDiNTSLib.core.progress import Progress
+    """Make a phantom, segment it with the demo model (pipeline.segment_case), write the outputs into
+    ``out_dir``; return the report."""
+    # torch-heavy engine modules load when the demo runs, not when the CLI builds its parser
+    from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, segment_case
     from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
-    from PancreasDiNTSLib.io.images import read_image
-    from PancreasDiNTSLib.io.writers import (
-        save_nifti,
-        volumes_ml,
-        write_label_nifti,
-        write_report,
-        write_seg_nrrd,
-    )
     from PancreasDiNTSLib.model.download import resolve_model
     from PancreasDiNTSLib.model.loader import load_bundle
-    from PancreasDiNTSLib.synthetic.phantom import make_phantom
 
     out = Path(out_dir).expanduser()
     check_seed(seed)
@@ -204,70 +234,33 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
     dev = resolve_device(device)
     bundle = load_bundle(model_dir)
     reporter = Progress(progress, total=1)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
         with atomic_dir(out) as tmp:
             reporter.update("phantom", "phantom", 0.0, f"making phantom seed {seed}")
-            hu, truth, affine, info = make_phantom(seed, size=PHANTOM_SIZE, tumour=True, return_info=True,
-                                                   slice_mm=PHANTOM_SLICE_MM)
-            save_nifti(tmp / OUTPUT_FILES["ct"], np.round(hu).astype(np.int16), affine, np.int16)
-            save_nifti(tmp / OUTPUT_FILES["truth"], truth, affine, np.uint8)
-            timings["phantom"] = time.perf_counter() - t0
-
-            t1 = time.perf_counter()
+            truth, info = _make_phantom_files(tmp, seed)
+            t_phantom = time.perf_counter() - t0
             reporter.update("phantom", "load", 0.02, "loading the demo model")
+            t1 = time.perf_counter()
             segmenter = Segmenter(bundle, dev)
-            case = read_image(tmp / OUTPUT_FILES["ct"])
-            timings["load"] = time.perf_counter() - t1
-            labels = segmenter.predict(case.image, lambda s, p, m: reporter.update("phantom", s, p, m))
-            timings.update(segmenter.timings)
-
-            t2 = time.perf_counter()
-            reporter.update("phantom", "write", 0.95, "writing outputs")
-            write_label_nifti(tmp / OUTPUT_FILES["labels"], labels, case)
-            write_seg_nrrd(tmp / OUTPUT_FILES["seg"], labels, case)
-            dice = dice_scores(labels, truth)
-            voxels, ml = volumes_ml(labels, case)
-            _, truth_ml = volumes_ml(truth, case)
-            timings["write"] = time.perf_counter() - t2
+            t_load = time.perf_counter() - t1
+            outcome = segment_case(tmp / OUTPUT_FILES["ct"], segmenter,
+                                   CaseOptions(formats=("nifti", "seg.nrrd"), report=False), PlainFolder(tmp),
+                                   on_stage=lambda s, p, m: reporter.update("phantom", s, p, m))
+            outcome.timings.update(phantom=t_phantom, load=t_load)
+            report = _demo_report(outcome, segmenter, truth, info, seed, out)
             t3 = time.perf_counter()
             title = (f"PancreasDiNTS demo - synthetic phantom (seed {seed}), demo model trained on phantoms, "
-                     f"NOT for clinical use\nDice pancreas {_fmt(dice['pancreas'])}, "
-                     f"tumour {_fmt(dice['tumor'])}")
+                     f"NOT for clinical use\nDice pancreas {_fmt(report['dice_pancreas'])}, "
+                     f"tumour {_fmt(report['dice_tumour'])}")
             render_png(tmp / OUTPUT_FILES["png"], tmp / OUTPUT_FILES["ct"], tmp / OUTPUT_FILES["labels"],
                        tmp / OUTPUT_FILES["truth"], title)
-            timings["png"] = time.perf_counter() - t3
-            timings["total"] = time.perf_counter() - t0
-            report = {
-                "demo": True,
-                "notice": NOT_CLINICAL,
-                "dice_pancreas": dice["pancreas"],
-                "dice_tumor": dice["tumor"],
-                "dice_metric": "MONAI compute_dice, include_background=False, on the phantom's own grid",
-                "phantom": {"seed": seed, "size": PHANTOM_SIZE, "shape": list(info.shape),
-                            "spacing_mm": [round(s, 4) for s in info.spacing], "orientation": info.orientation,
-                            "slice_mm": list(PHANTOM_SLICE_MM),
-                            "generator": "PancreasDiNTSLib.synthetic.phantom.make_phantom(seed, size, tumour=True, slice_mm)"},
-                "case": "phantom_ct",
-                "input": str(out / OUTPUT_FILES["ct"]),
-                "truth": str(out / OUTPUT_FILES["truth"]),
-                "shape": list(case.shape),
-                "spacing_mm": [round(s, 6) for s in case.spacing],
-                "labels": {"0": "background", "1": "Pancreas", "2": "Pancreatic tumor"},
-                "voxels": voxels,
-                "volumes_ml": ml,
-                "truth_volumes_ml": truth_ml,
-                "timings_s": {k: round(v, 4) for k, v in timings.items()},
-                "device": str(dev),
-                "sw_batch_size": segmenter.sw_batch_size,
-                "model": bundle.describe(),
-                "outputs": {k: str(out / v) for k, v in OUTPUT_FILES.items()},
-                "software": {"pancreas_dints": __version__, "python": platform.python_version()},
-            }
+            timings = {**outcome.timings, "png": time.perf_counter() - t3, "total": time.perf_counter() - t0}
+            report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
             write_report(tmp / OUTPUT_FILES["report"], report)
-            reporter.update("phantom", "done", 1.0, f"Dice pancreas {_fmt(dice['pancreas'])}",
-                            output_dir=str(out), dice_pancreas=dice["pancreas"], dice_tumor=dice["tumor"])
+            reporter.update("phantom", "done", 1.0, f"Dice pancreas {_fmt(report['dice_pancreas'])}",
+                            output_dir=str(out), dice_pancreas=report["dice_pancreas"],
+                            dice_tumour=report["dice_tumour"], dice_tumor=report["dice_tumour"])
     finally:
         reporter.close()
     return report
@@ -285,7 +278,7 @@ def summary_text(report: dict[str, Any]) -> str:
         f"PancreasDiNTS demo: synthetic CT phantom (seed {report['phantom']['seed']}, "
         f"{'x'.join(map(str, report['shape']))} voxels) segmented on {report['device']} in "
         f"{report['timings_s']['total']:.1f} s",
-        f"  Dice vs phantom truth: pancreas {_fmt(report['dice_pancreas'])}   tumour {_fmt(report['dice_tumor'])}",
+        f"  Dice vs phantom truth: pancreas {_fmt(report['dice_pancreas'])}   tumour {_fmt(report['dice_tumour'])}",
     ]
     for name in vol:
         lines.append(f"  {name + ' volume:':<26}{vol[name]:8.2f} mL (truth {ref[name]:.2f} mL)")

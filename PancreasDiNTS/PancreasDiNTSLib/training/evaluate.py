@@ -23,11 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from PancreasDiNTSLib.core.atomic import write_text_atomic
 from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.progress import Progress
+from PancreasDiNTSLib.core.terminology import METRIC_KEYS
+from PancreasDiNTSLib.inference.pipeline import CaseOptions, segment_case
+from PancreasDiNTSLib.inference.segmenter import Segmenter
+from PancreasDiNTSLib.io.images import LoadedImage
+from PancreasDiNTSLib.io.writers import save_nifti
+from PancreasDiNTSLib.model.loader import load_bundle
+from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist
 
-CLASSES = {1: "pancreas", 2: "tumour"}
-CSV_FIELDS = ["case", "dice_pancreas", "dice_tumour", "hd95_pancreas_mm", "hd95_tumour_mm",
-              "volume_pancreas_ml", "volume_pancreas_ref_ml", "volume_tumour_ml", "volume_tumour_ref_ml", "seconds"]
+CLASSES = METRIC_KEYS  # label -> key in metric names (dice_<key>): the terminology's one spelling
+CSV_FIELDS = (["case"] + [f"dice_{k}" for k in CLASSES.values()] + [f"hd95_{k}_mm" for k in CLASSES.values()]
+              + [f"volume_{k}{ref}_ml" for k in CLASSES.values() for ref in ("", "_ref")] + ["seconds"])
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int = 3) -> np.ndarray:
@@ -68,12 +77,10 @@ def bundle_mean_dice(per_case: np.ndarray) -> float:
     return float(np.nanmean(case_means)) if (counts > 0).any() else float("nan")
 
 
-def predict_case(segmenter: Any, image_path: str) -> tuple[np.ndarray, Any]:
-    """The one prediction call: labels on the grid of the image file, and the loaded image."""
-    from PancreasDiNTSLib.io.images import read_image
-
-    loaded = read_image(image_path)
-    return segmenter.predict(loaded.image), loaded
+def predict_case(segmenter: Segmenter, image_path: str) -> tuple[np.ndarray, LoadedImage]:
+    """Labels on the grid of the image file, and the loaded image: pipeline.segment_case, nothing written."""
+    outcome = segment_case(Path(image_path), segmenter, CaseOptions(formats=(), report=False))
+    return outcome.labels, outcome.case
 
 
 def _load_reference(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,12 +116,6 @@ def evaluate(
     save_predictions: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``split`` of ``datalist``; writes metrics.csv and summary.json in ``out_dir``."""
-    from PancreasDiNTSLib.core.atomic import write_text_atomic
-    from PancreasDiNTSLib.core.progress import Progress
-    from PancreasDiNTSLib.inference.segmenter import Segmenter
-    from PancreasDiNTSLib.model.loader import load_bundle
-    from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist
-
     t0 = time.perf_counter()
     progress = progress or Progress("none")
     bundle = load_bundle(model)
@@ -152,8 +153,6 @@ def evaluate(
         row["seconds"] = round(time.perf_counter() - tc, 2)
         rows.append(row)
         if save_predictions:
-            from PancreasDiNTSLib.io.writers import save_nifti
-
             save_nifti(out / "predictions" / f"{name}.nii.gz", pred.astype(np.uint8), ref_affine, np.uint8)
         progress.update(name, "done", 1.0, f"Dice {_fmt(row.get('dice_pancreas'), 3)} / {_fmt(row.get('dice_tumour'), 3)}")
         progress.emit({"stage": "case", "case": name, **{k: (None if isinstance(v, float) and math.isnan(v) else v)

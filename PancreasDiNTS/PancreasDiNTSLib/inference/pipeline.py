@@ -1,0 +1,470 @@
+"""One case end to end: read -> check -> preprocess -> infer -> invert -> measure -> write -> report.
+
+:func:`segment_case` is the only place the pipeline is assembled; ``segment`` (batch.py), ``demo``, ``evaluate``
+and ``benchmark`` call it. Stages and their ``report.json`` timing keys:
+
+=========== ================================================================ ==============
+stage       what                                                             timing key
+=========== ================================================================ ==============
+read/check  io.images.read_image (format, 3D, CT intensities) and            read
+            :func:`check_outputs`: every requested output's preconditions
+            (not applicable -> note; its own check; the destination:
+            ownership, writability, free space) before any inference
+preprocess  Segmenter.preprocess (the bundle's transforms)                   preprocess
+infer       Segmenter.infer (sliding window; ROI: fastpath.predict_roi)       infer / roi_infer
+invert      Segmenter.postprocess (softmax, inversion, argmax)               postprocess
+measure     voxel counts and mL; ``CaseOptions.measure`` adds more           measure
+write       every output through the sink (atomic, ownership-checked)         write
+report      report.json (``CaseOptions.report``)                             total
+=========== ================================================================ ==============
+
+Outputs are a registry (:data:`OUTPUTS`): a format name, a file name, a writer, a size estimate and an optional
+precondition. New formats (the read-out's "confidence" and "report-png") are added with :func:`register_output`;
+their writers get :class:`CaseData` (labels, case, measurements).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.errors import (
+    DiskFullError,
+    OutputError,
+    PancreasDiNTSError,
+    UsageError,
+    disk_full_error,
+    is_disk_full,
+    printable,
+)
+from PancreasDiNTSLib.core.ownership import free_bytes
+from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
+from PancreasDiNTSLib.core.terminology import LABEL_TABLE
+from PancreasDiNTSLib.inference.fastpath import predict_roi
+from PancreasDiNTSLib.inference.segmenter import Segmenter
+from PancreasDiNTSLib.io import writers
+from PancreasDiNTSLib.io.images import LoadedImage, read_image
+
+StageCallback = Callable[[str, float, str], None]  # (stage, fraction of this case, message)
+Measure = Callable[[np.ndarray, LoadedImage], dict[str, Any]]  # extra measurements -> report["measurements"]
+REPORT_NAME = OUTPUT_NAMES["report"]
+ROI_SPACES = ("ras", "voxel")
+ROI_MODES = ("grid", "local")
+FORMAT_ALIASES = {"nii": "nifti", "nii.gz": "nifti", "seg": "seg.nrrd", "dicomseg": "dicom-seg", "dcm": "dicom-seg"}
+REPORT_RESERVE_BYTES = 1 << 20  # report.json, manifest and slack in the free-space estimate
+
+
+@dataclass(frozen=True)
+class RoiRequest:
+    """Segment only inside ``box`` (two opposite corners X0,Y0,Z0,X1,Y1,Z1) in ``space`` with ``mode``."""
+
+    box: tuple[float, ...]
+    space: str = "ras"  # "ras" (millimetres, a Slicer ROI's bounds) | "voxel" (indices)
+    mode: str = "grid"  # "grid" (the full run's windows) | "local" (crop plus context)
+
+    def __post_init__(self) -> None:
+        if len(self.box) != 6 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.box):
+            raise UsageError(f"--roi {printable(','.join(map(str, self.box)))}: give six finite numbers "
+                             "X0,Y0,Z0,X1,Y1,Z1 (two opposite corners)")
+        if self.space not in ROI_SPACES:
+            raise UsageError(f"--roi-space {printable(self.space)}: choose {' or '.join(ROI_SPACES)}")
+        if self.mode not in ROI_MODES:
+            raise UsageError(f"--roi-mode {printable(self.mode)}: choose {' or '.join(ROI_MODES)}")
+
+    @classmethod
+    def parse(cls, text: str, space: str = "ras", mode: str = "grid") -> RoiRequest:
+        """``"X0,Y0,Z0,X1,Y1,Z1"`` -> RoiRequest; UsageError (exit 2) for anything else (NaN, inf, text)."""
+        try:
+            box = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(f"--roi {printable(text)}: give six numbers X0,Y0,Z0,X1,Y1,Z1 (two opposite "
+                             "corners)") from None
+        if len(box) != 6 or not all(math.isfinite(v) for v in box):
+            raise UsageError(f"--roi {printable(text)}: give six finite numbers X0,Y0,Z0,X1,Y1,Z1")
+        return cls(box, space, mode)
+
+    def describe(self) -> dict[str, Any]:
+        return {"box": list(self.box), "space": self.space, "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class CaseData:
+    """What an output writer gets."""
+
+    case: LoadedImage
+    labels: np.ndarray
+    model_name: str
+    model_version: str
+    measurements: dict[str, Any] = field(default_factory=dict)
+    # Seam for the read-out's "confidence" output: the softmax on the input grid is not kept yet (the Segmenter's
+    # postprocess returns labels only); the read-out wiring hands it over here.
+    probabilities: Any = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output format."""
+
+    fmt: str
+    filename: str
+    write: Callable[[Path, CaseData], Any]
+    estimate_bytes: Callable[[LoadedImage], int]  # an upper bound, for the free-space check
+    dicom_only: bool = False  # written for DICOM inputs only (otherwise a note)
+    # (case, model name, model version) -> notes; raises when the output cannot be made for this case
+    precheck: Callable[[LoadedImage, str, str], list[str]] | None = None
+
+
+OUTPUTS: dict[str, OutputSpec] = {}
+
+
+def register_output(spec: OutputSpec) -> None:
+    """Add (or replace) an output format; ``--format`` accepts its name."""
+    OUTPUTS[spec.fmt] = spec
+
+
+def _voxels(case: LoadedImage) -> int:
+    return int(np.prod(case.shape))
+
+
+def _dicom_seg_precheck(case: LoadedImage, model_name: str, model_version: str) -> list[str]:
+    """The DICOM SEG checks before inference: ``io.writers.check_dicom_seg_preconditions(case)`` when io has it,
+    else ``io.dicom_seg.check_preconditions`` (a trial SEG of the series); returns notes, raises when no SEG can
+    be made."""
+    check = getattr(writers, "check_dicom_seg_preconditions", None)
+    if check is not None:
+        return list(check(case) or [])
+    try:  # seam: io.dicom_seg is the DICOM engineer's module (optional until it lands)
+        from PancreasDiNTSLib.io import dicom_seg
+    except ImportError:
+        return []
+    return list(dicom_seg.check_preconditions(case.dicom_files, model_name, model_version) or [])
+
+
+register_output(OutputSpec("nifti", OUTPUT_NAMES["nifti"], lambda d, c: writers.write_label_nifti(d, c.labels, c.case),
+                           lambda case: _voxels(case) + 4096))
+register_output(OutputSpec("seg.nrrd", OUTPUT_NAMES["seg.nrrd"],
+                           lambda d, c: writers.write_seg_nrrd(d, c.labels, c.case), lambda case: _voxels(case) + 8192))
+register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
+                           lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version),
+                           lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True,
+                           precheck=_dicom_seg_precheck))
+# Hook: the read-out registers "confidence" (confidence.nii.gz from CaseData.probabilities) and "report-png"
+# (one-page report from CaseData.measurements) here, with register_output(OutputSpec(...)).
+
+
+def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"nifti,seg.nrrd"`` -> ("nifti", "seg.nrrd"); UsageError (exit 2) for an unknown format."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        item = FORMAT_ALIASES.get(item, item)
+        if item not in OUTPUTS:
+            raise UsageError(f"--format {printable(item)}: unknown output format; choose from {', '.join(OUTPUTS)}")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise UsageError("--format: give at least one of " + ", ".join(OUTPUTS))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class CaseOptions:
+    """How one case is segmented and what is written."""
+
+    formats: tuple[str, ...] = ("nifti", "seg.nrrd")
+    roi: RoiRequest | None = None
+    allow_non_ct: bool = False
+    report: bool = True  # write report.json (the batch does; demo and benchmark write their own or none)
+    measure: Measure | None = None  # hook: the read-out's measurements, merged into report["measurements"]
+    report_extra: dict[str, Any] = field(default_factory=dict)  # keys added to (or replacing) report.json's
+
+
+class OutputSink(Protocol):
+    """Where a case's files go: core.ownership.CaseFolder (segment) or :class:`PlainFolder`."""
+
+    path: Path
+
+    def conflicts(self, names: list[str]) -> list[str]: ...
+    def begin(self, names: list[str]) -> None: ...
+    def write(self, name: str, writer: Callable[[Path], Any]) -> None: ...
+    def finish(self, keep: list[str]) -> None: ...
+
+
+class PlainFolder:
+    """A folder the caller owns (the demo's staging folder, the benchmark's): atomic writes, no manifest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def conflicts(self, names: list[str]) -> list[str]:
+        return []
+
+    def begin(self, names: list[str]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, name: str, writer: Callable[[Path], Any]) -> None:
+        try:
+            writer(self.path / name)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.path / name, exc) from None
+            raise
+
+    def finish(self, keep: list[str]) -> None:
+        pass
+
+
+@dataclass
+class OutputPlan:
+    """The outputs a case will write, the notes (not applicable) and the outputs that failed their checks."""
+
+    formats: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def names(self, report: bool) -> list[str]:
+        return [OUTPUTS[f].filename for f in self.formats] + ([REPORT_NAME] if report else [])
+
+
+def check_destination(sink: OutputSink, names: list[str], need_bytes: int) -> None:
+    """Ownership, writability and free space of ``sink`` for ``names``: OutputError / DiskFullError."""
+    taken = sink.conflicts(names)
+    if taken:
+        raise OutputError(f"{printable(sink.path / taken[0])}: exists and was not written by pancreas-dints (or "
+                          "was changed since); move or rename it, then rerun")
+    probe_dir = sink.path if sink.path.is_dir() else sink.path.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(probe_dir, exc) from None
+        raise OutputError(f"{printable(probe_dir)}: output folder is not writable ({exc.strerror or exc}); "
+                          "check its permissions or choose another -o") from None
+    free = free_bytes(probe_dir)
+    if free is not None and free < need_bytes:
+        raise DiskFullError(f"{printable(probe_dir)}: {free / 2**20:.0f} MiB free, the outputs of this case need up "
+                            f"to {need_bytes / 2**20:.0f} MiB; free space or choose another -o")
+
+
+def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | None,
+                  model: tuple[str, str] = ("", "")) -> OutputPlan:
+    """Preconditions of every requested output, right after reading and before inference.
+
+    An output that does not apply is a note; one whose own check fails is recorded as failed (the others are
+    still made); when none is left, OutputError fails the case before inference."""
+    plan = OutputPlan()
+    for fmt in options.formats:
+        spec = OUTPUTS[fmt]
+        if spec.dicom_only and case.fmt != "dicom":
+            plan.notes.append(f"{fmt} not written: the input is not a DICOM series")
+            continue
+        try:
+            if spec.precheck is not None:
+                plan.notes.extend(spec.precheck(case, *model))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed precondition fails this output only
+            plan.failed[fmt] = _reason(exc)
+            continue
+        plan.formats.append(fmt)
+    if sink is not None:
+        need = sum(OUTPUTS[f].estimate_bytes(case) for f in plan.formats) + REPORT_RESERVE_BYTES
+        check_destination(sink, plan.names(options.report), need)
+    if plan.failed and not plan.formats:
+        raise OutputError("; ".join(f"{fmt} cannot be written: {why}" for fmt, why in plan.failed.items()))
+    return plan
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return printable(text[0] if text else type(exc).__name__)[:300]
+
+
+class _Stages:
+    """Times stages (CUDA synchronised) and reports them to the progress callback."""
+
+    def __init__(self, device: torch.device, on_stage: StageCallback | None, timings: dict[str, float] | None = None):
+        self.device = device
+        self.on_stage = on_stage
+        self.timings: dict[str, float] = dict(timings or {})
+
+    def say(self, stage: str, part: float, message: str = "") -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage, part, printable(message))
+
+    def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+
+@dataclass
+class Prepared:
+    """A case read, checked and (without ROI) preprocessed: what the prefetch thread hands over."""
+
+    case: LoadedImage
+    plan: OutputPlan
+    pre: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_case(path: Path, segmenter: Segmenter | None, options: CaseOptions, sink: OutputSink | None = None,
+                 on_stage: StageCallback | None = None) -> Prepared:
+    """read -> check -> preprocess (not in ROI mode, which preprocesses its own crop)."""
+    stages = _Stages(segmenter.device if segmenter is not None else torch.device("cpu"), on_stage)
+    stages.say("load", 0.0, f"reading {Path(path).name}")
+    case = stages.run("read", read_image, path, allow_non_ct=options.allow_non_ct)
+    bundle = segmenter.bundle if segmenter is not None else None
+    plan = check_outputs(case, options, sink, (bundle.name, bundle.version) if bundle is not None else ("", ""))
+    pre = None
+    if options.roi is None and segmenter is not None:
+        stages.say("preprocess", 0.05, "resampling to the model's grid")
+        pre = stages.run("preprocess", segmenter.preprocess, case.image)
+    return Prepared(case, plan, pre, stages.timings)
+
+
+@dataclass
+class CaseOutcome:
+    """The result of :func:`segment_case`."""
+
+    case: LoadedImage
+    labels: np.ndarray
+    voxels: dict[str, int]
+    volumes_ml: dict[str, float]
+    timings: dict[str, float]
+    measurements: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)  # file names written
+    failed_outputs: dict[str, str] = field(default_factory=dict)  # format -> why
+    notes: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, stages: _Stages) -> np.ndarray:
+    """preprocess -> infer -> invert (or the ROI path, which runs the same stages on its windows)."""
+    image = prepared.case.image
+    if roi is not None:
+        stages.say("infer", 0.1, f"ROI {list(roi.box)} ({roi.space}, {roi.mode} mode)")
+        return stages.run("roi_infer", predict_roi, segmenter, image, roi.box, space=roi.space, mode=roi.mode,
+                          fast=segmenter.fast)
+    pre = prepared.pre
+    if pre is None:
+        stages.say("preprocess", 0.05, "resampling to the model's grid")
+        pre = stages.run("preprocess", segmenter.preprocess, image)
+    else:
+        stages.say("preprocess", 0.05, "resampled to the model's grid")
+
+    def on_window(done: int, total: int) -> None:
+        stages.say("infer", 0.1 + 0.8 * done / max(1, total), f"window {done}/{total}")
+
+    logits = stages.run("infer", segmenter.infer, pre, on_window)
+    stages.say("postprocess", 0.92, "inverting to the input grid")
+    return stages.run("postprocess", segmenter.postprocess, logits, pre)
+
+
+def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOptions | None = None,
+                 sink: OutputSink | None = None, on_stage: StageCallback | None = None,
+                 started: float | None = None) -> CaseOutcome:
+    """Segment one case: read -> check -> preprocess -> infer -> invert -> measure -> write -> report.
+
+    ``source``: an input path, or a :class:`Prepared` case (batch prefetch). ``sink``: where outputs go (None:
+    nothing is written, e.g. ``evaluate``). Input problems raise InputError before any inference; an output
+    failing after inference is recorded in ``failed_outputs`` (and report.json) while the others are kept;
+    a full disk raises DiskFullError. ``started``: perf_counter time the case's ``total`` counts from."""
+    options = options or CaseOptions()
+    t0 = started if started is not None else time.perf_counter()
+    prepared = source if isinstance(source, Prepared) else prepare_case(source, segmenter, options, sink, on_stage)
+    stages = _Stages(segmenter.device, on_stage, prepared.timings)
+    labels = _predict(prepared, segmenter, options.roi, stages)
+    case = prepared.case
+    voxels, ml = stages.run("measure", writers.volumes_ml, labels, case)
+    measurements = stages.run("measure", options.measure, labels, case) if options.measure is not None else {}
+    outcome = CaseOutcome(case, labels, voxels, ml, stages.timings, measurements, notes=list(prepared.plan.notes),
+                          failed_outputs=dict(prepared.plan.failed))
+    if sink is not None:
+        _write_outputs(outcome, prepared.plan, segmenter, options, sink, stages)
+    outcome.timings["total"] = time.perf_counter() - t0
+    outcome.report = case_report(outcome, segmenter, options)
+    if sink is not None and options.report:
+        _write_report(outcome, sink)
+    return outcome
+
+
+def _write_outputs(outcome: CaseOutcome, plan: OutputPlan, segmenter: Segmenter, options: CaseOptions,
+                   sink: OutputSink, stages: _Stages) -> None:
+    """Every planned output, each atomically; a failing one is recorded and the others are still written."""
+    stages.say("write", 0.95, "writing outputs")
+    t0 = time.perf_counter()
+    sink.begin(plan.names(options.report))
+    bundle = segmenter.bundle
+    data = CaseData(outcome.case, outcome.labels, bundle.name, bundle.version, outcome.measurements)
+    for fmt in plan.formats:
+        spec = OUTPUTS[fmt]
+        try:
+            sink.write(spec.filename, lambda dest, spec=spec: spec.write(dest, data))
+            outcome.outputs.append(spec.filename)
+        except (DiskFullError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one output failing keeps the others (reported per output)
+            if is_disk_full(exc):
+                raise disk_full_error(sink.path / spec.filename, exc) from None  # type: ignore[arg-type]
+            outcome.failed_outputs[fmt] = _reason(exc)
+    outcome.timings["write"] = time.perf_counter() - t0
+    if not options.report:
+        sink.finish(outcome.outputs)
+
+
+def _write_report(outcome: CaseOutcome, sink: OutputSink) -> None:
+    try:
+        sink.write(REPORT_NAME, lambda dest: writers.write_report(dest, outcome.report))
+    except PancreasDiNTSError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{printable(sink.path / REPORT_NAME)}: cannot be written ({exc.strerror or exc})") from None
+    sink.finish(outcome.outputs + [REPORT_NAME])
+
+
+def case_report(outcome: CaseOutcome, segmenter: Segmenter, options: CaseOptions) -> dict[str, Any]:
+    """report.json of a case (segment's; the demo adds its own keys)."""
+    case = outcome.case
+    inference = segmenter.describe() | ({"roi": options.roi.describe()} if options.roi else {})
+    report: dict[str, Any] = {
+        "case": case.name,
+        "input": str(case.path),
+        "input_format": case.fmt,
+        "shape": list(case.shape),
+        "spacing_mm": [round(s, 6) for s in case.spacing],
+        "labels": dict(LABEL_TABLE),
+        "voxels": outcome.voxels,
+        "volumes_ml": outcome.volumes_ml,
+        "timings_s": {k: round(v, 4) for k, v in outcome.timings.items()},
+        "device": str(segmenter.device),
+        "inference": inference,
+        "model": segmenter.bundle.describe(),
+        "status": "failed" if outcome.failed_outputs else "ok",
+        "outputs": outcome.outputs + ([REPORT_NAME] if options.report else []),
+        "outputs_failed": outcome.failed_outputs,
+        "notes": outcome.notes + list(case.warnings),
+        "software": {"pancreas_dints": __version__, "python": platform.python_version()},
+    }
+    if outcome.measurements:
+        report["measurements"] = outcome.measurements
+    report.update(options.report_extra)
+    return report
