@@ -99,3 +99,24 @@ def test_bad_shapes_raise():
         conf.confidence_map(np.zeros((4, 4, 4), np.float32))
     with pytest.raises(ValueError):
         conf.confidence_summary(np.zeros((3, 4, 4, 4), np.float32), np.zeros((4, 4, 5), np.uint8), np.eye(4))
+
+
+def test_summary_from_the_uint8_map_and_slabs_matches():
+    """The slab inversion keeps only the uint8 map and a running lesion maximum: same summary, to 1/255."""
+    p, lab = random_case(4)
+    aff = np.diag([0.7, 0.8, 2.5, 1.0])
+    full = conf.confidence_summary(p, lab, aff)
+    slabs = [(0, 3), (3, 5), (5, 8)]
+    cmap = np.concatenate([conf.confidence_map(p[..., a:b]) for a, b in slabs], axis=-1)
+    best = max((conf.lesion_max(p[..., a:b], z_offset=a) for a, b in slabs), key=lambda t: t[0])
+    part = conf.summary_from_map(cmap, lab, aff, lesion=best)
+    assert part["lesion_score"] == full["lesion_score"]
+    assert part["low_confidence_total_ml"] == full["low_confidence_total_ml"]  # exact at the 0.5 threshold
+    for sid in ("pancreas", "pancreatic_tumor"):
+        a, b = full["segments"][sid], part["segments"][sid]
+        assert abs(a["mean_confidence"] - b["mean_confidence"]) <= 1 / 510 + 1e-4
+        assert a["low_confidence_band_voxels"] == b["low_confidence_band_voxels"]
+    none = conf.summary_from_map(cmap, lab, aff)
+    assert none["lesion_score"]["value"] is None and none["lesion_score"]["reason"]
+    with pytest.raises(ValueError):
+        conf.summary_from_map(cmap.astype(np.float32), lab, aff)

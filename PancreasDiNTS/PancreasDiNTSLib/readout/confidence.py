@@ -85,6 +85,57 @@ def boundary_band(mask: np.ndarray, width: int = BAND_VOXELS) -> np.ndarray:
     return band
 
 
+def _segments(lab: np.ndarray, low: np.ndarray, mean_of: Any, vml: float, band_voxels: int,
+              channels: int) -> dict[str, Any]:
+    segments: dict[str, Any] = {}
+    for seg in SEGMENTS:
+        mask = lab == seg.label
+        n = int(mask.sum())
+        rec: dict[str, Any] = {"label": seg.label, "name": seg.name}
+        if n == 0 or seg.label >= channels:
+            rec.update({"mean_confidence": None, "band_voxels": 0, "low_confidence_band_voxels": 0,
+                        "low_confidence_band_ml": 0.0, "low_confidence_band_fraction": None,
+                        "reason": f"no voxel labelled {seg.label} ({seg.name})" if n == 0
+                        else f"no probability channel for label {seg.label}"})
+        else:
+            band = boundary_band(mask, band_voxels)
+            nb, nl = int(band.sum()), int((band & low).sum())
+            rec.update({"mean_confidence": round(float(mean_of(seg.label, mask)), 4),
+                        "band_voxels": nb, "low_confidence_band_voxels": nl,
+                        "low_confidence_band_ml": round(nl * vml, 4),
+                        "low_confidence_band_fraction": round(nl / nb, 4) if nb else None, "reason": None})
+        segments[seg.slicer_id] = rec
+    return segments
+
+
+def _score(value: float | None, where: tuple[int, int, int] | None, affine: np.ndarray) -> dict[str, Any]:
+    score: dict[str, Any] = {"value": None if value is None else round(float(value), 4), "argmax_ras": None,
+                             "uncalibrated": True,
+                             "meaning": "maximum lesion-class probability over the volume; uncalibrated: "
+                                        "a ranking score, not the probability that a lesion is present"}
+    if where is not None:
+        score["argmax_ras"] = [round(float(v), 2) for v in geo.to_ras(affine, np.array([where], float))[0]]
+    if value is None:
+        score["reason"] = "no lesion probability given"
+    return score
+
+
+def lesion_max(probabilities: np.ndarray, z_offset: int = 0) -> tuple[float, tuple[int, int, int]] | None:
+    """(max lesion probability, its voxel index) of a (C, X, Y, Z) array or slab (``z_offset`` = the slab's first
+    index on the last axis); None without a lesion channel. Keep the largest over slabs for ``summary_from_map``."""
+    p = _check(probabilities)
+    if p.shape[0] <= LESION_LABEL:
+        return None
+    best: tuple[float, tuple[int, int, int]] | None = None
+    for sl in _slabs(p.shape):
+        chunk = p[LESION_LABEL][..., sl]
+        k = int(np.argmax(chunk))
+        if best is None or float(chunk.flat[k]) > best[0]:
+            i, j, z = np.unravel_index(k, chunk.shape)
+            best = (float(chunk.flat[k]), (int(i), int(j), int(z) + (sl.start or 0) + z_offset))
+    return best
+
+
 def confidence_summary(probabilities: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray,
                        low_threshold: float = LOW_CONFIDENCE, band_voxels: int = BAND_VOXELS) -> dict[str, Any]:
     """Per-segment mean confidence and low-confidence volume near the boundary, and the case lesion score."""
@@ -97,41 +148,39 @@ def confidence_summary(probabilities: np.ndarray, labels: np.ndarray, affine_ras
     low = np.empty(p.shape[1:], dtype=bool)  # max probability < threshold, slab by slab (no float copy)
     for sl in _slabs(p.shape):
         low[..., sl] = p[..., sl].max(axis=0) < low_threshold
-    segments: dict[str, Any] = {}
-    for seg in SEGMENTS:
-        mask = lab == seg.label
-        n = int(mask.sum())
-        rec: dict[str, Any] = {"label": seg.label, "name": seg.name}
-        if n == 0 or seg.label >= p.shape[0]:
-            rec.update({"mean_confidence": None, "band_voxels": 0, "low_confidence_band_voxels": 0,
-                        "low_confidence_band_ml": 0.0, "low_confidence_band_fraction": None,
-                        "reason": f"no voxel labelled {seg.label} ({seg.name})" if n == 0
-                        else f"no probability channel for label {seg.label}"})
-        else:
-            band = boundary_band(mask, band_voxels)
-            nb, nl = int(band.sum()), int((band & low).sum())
-            rec.update({"mean_confidence": round(float(p[seg.label][mask].astype(np.float64).mean()), 4),
-                        "band_voxels": nb, "low_confidence_band_voxels": nl,
-                        "low_confidence_band_ml": round(nl * vml, 4),
-                        "low_confidence_band_fraction": round(nl / nb, 4) if nb else None, "reason": None})
-        segments[seg.slicer_id] = rec
-    score: dict[str, Any] = {"value": None, "argmax_ras": None, "uncalibrated": True,
-                             "meaning": "maximum lesion-class probability over the volume; uncalibrated: "
-                                        "a ranking score, not the probability that a lesion is present"}
-    if p.shape[0] > LESION_LABEL:
-        best, where = -1.0, (0, 0, 0)
-        for sl in _slabs(p.shape):
-            chunk = p[LESION_LABEL][..., sl]
-            k = int(np.argmax(chunk))
-            if float(chunk.flat[k]) > best:
-                i, j, z = np.unravel_index(k, chunk.shape)
-                best, where = float(chunk.flat[k]), (int(i), int(j), int(z) + (sl.start or 0))
-        score["value"] = round(best, 4)
-        score["argmax_ras"] = [round(float(v), 2) for v in geo.to_ras(affine, np.array([where], float))[0]]
-    else:
+    segments = _segments(lab, low, lambda c, m: p[c][m].astype(np.float64).mean(), vml, band_voxels, p.shape[0])
+    best = lesion_max(p)
+    score = _score(best[0] if best else None, best[1] if best else None, affine)
+    if best is None:
         score["reason"] = "no lesion channel in the probabilities"
     return {
-        "low_threshold": low_threshold, "band_voxels": band_voxels,
+        "low_threshold": low_threshold, "band_voxels": band_voxels, "source": "probabilities",
+        "low_confidence_total_ml": round(int(low.sum()) * vml, 4),
+        "segments": segments, "lesion_score": score, "methods": dict(METHODS),
+    }
+
+
+def summary_from_map(confidence: np.ndarray, labels: np.ndarray, affine_ras: np.ndarray,
+                     lesion: tuple[float, tuple[int, int, int]] | None = None,
+                     low_threshold: float = LOW_CONFIDENCE, band_voxels: int = BAND_VOXELS) -> dict[str, Any]:
+    """The same summary from the uint8 confidence map (for the slab inversion, which never holds the whole
+    probability volume) and the labels (their argmax); ``lesion`` = the largest ``lesion_max`` over the slabs.
+
+    Mean confidence is the mean of map/255 (within 1/510 of the float value); "low" is map < 255 x threshold,
+    which for the default 0.5 (map <= 127) is exactly max probability < 0.5.
+    """
+    conf = np.asarray(confidence)
+    lab = np.asarray(labels)
+    if conf.dtype != np.uint8 or conf.shape != lab.shape or conf.ndim != 3:
+        raise ValueError(f"confidence must be a uint8 map on the labels' grid, got {conf.dtype} {conf.shape}")
+    affine = geo.check_affine(affine_ras)
+    vml = geo.voxel_volume_ml(affine)
+    low = conf < 255.0 * low_threshold
+    segments = _segments(lab, low, lambda c, m: conf[m].astype(np.float64).mean() / 255.0, vml, band_voxels,
+                         len(SEGMENTS) + 1)
+    score = _score(lesion[0] if lesion else None, lesion[1] if lesion else None, affine)
+    return {
+        "low_threshold": low_threshold, "band_voxels": band_voxels, "source": "confidence map (uint8)",
         "low_confidence_total_ml": round(int(low.sum()) * vml, 4),
         "segments": segments, "lesion_score": score, "methods": dict(METHODS),
     }
