@@ -13,10 +13,12 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+
+from PancreasDiNTSLib.core.errors import ModelError
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -29,7 +31,7 @@ class CheckpointWarning(UserWarning):
 
 def capture_rng_state() -> dict[str, Any]:
     """RNG states as tensors and plain Python values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    np_state = cast("tuple[Any, ...]", np.random.get_state())  # legacy form: (name, keys, pos, gauss...)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
@@ -103,8 +105,6 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, Any], Path] | None:
     A missing or unreadable ``last.pt`` falls back to ``previous.pt`` with a CheckpointWarning; if neither
     can be read, the error of ``last.pt`` is raised as a ModelError.
     """
-    from PancreasDiNTSLib.core.errors import ModelError
-
     folder = Path(folder)
     first_error: str | None = None
     for name in (LAST, PREVIOUS):

@@ -18,24 +18,26 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.core.errors import InputError, PancreasDiNTSError
+from PancreasDiNTSLib.core.progress import Progress
+from PancreasDiNTSLib.training.settings import TrainSettings
 
 if TYPE_CHECKING:
-    from PancreasDiNTSLib.training.settings import TrainSettings
+    from monai.transforms import Compose
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 CROP_KEY = "label4crop"
-SPLITS = ("training", "validation", "testing")
 BUNDLE_TRAIN_SIZE = 196
 BUNDLE_VAL_FRACTION = 0.66
 BUNDLE_SEED = 123
@@ -105,8 +107,6 @@ def prepare_datalist(
 
 
 def write_datalist(datalist: dict[str, Any], path: str | Path) -> None:
-    from PancreasDiNTSLib.core.atomic import write_text_atomic
-
     write_text_atomic(Path(path), json.dumps(datalist, indent=4) + "\n")
 
 
@@ -178,8 +178,19 @@ def load_datalist(
     return items
 
 
+def load_training_cases(path: str | Path, settings: TrainSettings,
+                        base_dir: str | Path | None = None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(training, validation) cases of a datalist, checked; at most ``settings.max_train_cases`` training cases."""
+    train_items = load_datalist(path, "training", base_dir=base_dir)
+    if settings.max_train_cases:
+        train_items = train_items[: settings.max_train_cases]
+    val_items = load_datalist(path, "validation", base_dir=base_dir, allow_empty=True)
+    check_cases(train_items + val_items, num_classes=settings.num_classes)
+    return train_items, val_items
+
+
 def check_cases(items: Sequence[Mapping[str, str]], num_classes: int = 3, check_labels: bool = True,
-                progress: Any = None) -> None:
+                progress: Progress | None = None) -> None:
     """Reject a case whose label does not match its image's grid or has values outside 0..num_classes-1.
 
     Reads headers of both files (fast) and, with ``check_labels``, the label voxels.
@@ -193,8 +204,8 @@ def check_cases(items: Sequence[Mapping[str, str]], num_classes: int = 3, check_
         if progress is not None:
             progress.update(name, "check", i / max(1, len(items)))
         try:
-            img = nib.load(item[IMAGE_KEY])
-            lab = nib.load(item[LABEL_KEY])
+            img = cast(nib.Nifti1Image, nib.load(item[IMAGE_KEY]))
+            lab = cast(nib.Nifti1Image, nib.load(item[LABEL_KEY]))
         except Exception as exc:  # nibabel raises several types for unreadable files
             raise InputError(f"{name}: cannot read {item[IMAGE_KEY]} / {item[LABEL_KEY]} as NIfTI "
                              f"({str(exc).splitlines()[0][:200]})") from None
@@ -314,7 +325,7 @@ def crop_dilation(settings: TrainSettings) -> int:
     return int(min(settings.patch_size)) // 2
 
 
-def build_deterministic_transforms(settings: TrainSettings):
+def build_deterministic_transforms(settings: TrainSettings) -> Compose:
     """Cached part of the training chain: load .. spacing .. window .. crop maps .. pad to the patch."""
     from monai.transforms import CastToTyped, Compose, EnsureTyped
 
@@ -329,7 +340,7 @@ def build_deterministic_transforms(settings: TrainSettings):
     ])
 
 
-def build_random_transforms(settings: TrainSettings):
+def build_random_transforms(settings: TrainSettings) -> Compose:
     """Per-sample part: class-balanced crop, then the bundle's augmentations (if ``settings.augment``)."""
     from monai.transforms import (
         CastToTyped,
@@ -373,14 +384,7 @@ def build_random_transforms(settings: TrainSettings):
     return Compose(chain)
 
 
-def build_train_transforms(settings: TrainSettings):
-    """The whole training chain (deterministic then random), e.g. for a plain MONAI Dataset."""
-    from monai.transforms import Compose
-
-    return Compose([build_deterministic_transforms(settings), build_random_transforms(settings)])
-
-
-def build_val_transforms(settings: TrainSettings):
+def build_val_transforms(settings: TrainSettings) -> Compose:
     """Validation chain (cached part): as training without the crop maps; image padded to the patch."""
     from monai.transforms import Compose, EnsureTyped
 
@@ -391,7 +395,7 @@ def build_val_transforms(settings: TrainSettings):
     ])
 
 
-def build_val_post_transforms():
+def build_val_post_transforms() -> Compose:
     """Per-sample part of validation: the cached fp16 image back to float32."""
     from monai.transforms import CastToTyped, Compose
 
@@ -405,7 +409,7 @@ def resampled_shape(path: str, spacing: Sequence[float]) -> tuple[int, ...]:
     """Grid size after Spacingd to ``spacing`` (axis order after RAS orientation), from the NIfTI header."""
     import nibabel as nib
 
-    img = nib.load(path)
+    img = cast(nib.Nifti1Image, nib.load(path))
     zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
     from nibabel.orientations import io_orientation
 
@@ -439,8 +443,6 @@ def sample_nbytes(sample: Any) -> int:
 
 def unwrap_error(exc: BaseException, item: Mapping[str, str]) -> BaseException:
     """The PancreasDiNTSError inside a MONAI transform error chain, or an InputError naming the case."""
-    from PancreasDiNTSLib.core.errors import PancreasDiNTSError
-
     seen = exc
     while seen is not None:
         if isinstance(seen, PancreasDiNTSError):
@@ -462,9 +464,10 @@ class BudgetCacheDataset(torch.utils.data.Dataset):
     PersistentDataset) when given. ``post`` (random crop and augmentation, or a cast) runs on every access.
     """
 
-    def __init__(self, data: Sequence[Mapping[str, str]], deterministic: Any, post: Any = None,
-                 cache_bytes: int = 0, cache_dir: str | Path | None = None, estimate: Any = None,
-                 progress: Any = None, what: str = "cache") -> None:
+    def __init__(self, data: Sequence[Mapping[str, str]], deterministic: Callable[..., Any],
+                 post: Callable[..., Any] | None = None, cache_bytes: int = 0, cache_dir: str | Path | None = None,
+                 estimate: Callable[[Mapping[str, str]], int] | None = None, progress: Progress | None = None,
+                 what: str = "cache") -> None:
         from monai.data import Dataset, PersistentDataset
 
         self.data = [dict(d) for d in data]
@@ -515,3 +518,40 @@ class BudgetCacheDataset(torch.utils.data.Dataset):
             return apply_transform(self.post, sample)
         except Exception as exc:
             raise unwrap_error(exc, self.data[index]) from None
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+def cached_dataset(items: Sequence[Mapping[str, str]], settings: TrainSettings, train: bool,
+                   cache_bytes: int) -> BudgetCacheDataset:
+    """Training cases (random crops + augmentation) or validation cases (whole volumes), cached up to a budget."""
+    if train:
+        deterministic, post = build_deterministic_transforms(settings), build_random_transforms(settings)
+    else:
+        deterministic, post = build_val_transforms(settings), build_val_post_transforms()
+    folder = "train" if train else "val"
+    return BudgetCacheDataset(
+        items, deterministic, post, cache_bytes=cache_bytes,
+        cache_dir=Path(settings.cache_dir) / folder if settings.cache_dir else None,
+        estimate=lambda it: estimate_case_bytes(it, settings, train=train), what=f"cache {folder}")
+
+
+def build_loaders(train_items: Sequence[Mapping[str, str]], val_items: Sequence[Mapping[str, str]],
+                  settings: TrainSettings, cache_bytes: int,
+                  with_validation: bool) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+    """(training loader, validation loader or None) over this process's cases; training cases are cached first.
+
+    ``with_validation`` gives a validation loader even for no case (a rank without validation cases still joins
+    the all-reduce of the Dice sums under DDP). MONAI's DataLoader: it seeds the random transforms in workers.
+    """
+    from monai.data import DataLoader
+
+    train_ds = cached_dataset(train_items, settings, True, cache_bytes)
+    workers = int(settings.num_workers)
+    train_loader = DataLoader(train_ds, batch_size=settings.batch_size, shuffle=True, num_workers=workers,
+                              drop_last=False)
+    if not with_validation:
+        return train_loader, None
+    val_ds = cached_dataset(val_items, settings, False, max(0, cache_bytes - train_ds.cached_bytes))
+    return train_loader, DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=min(workers, 2))

@@ -8,8 +8,7 @@ everything here degrades to a single process (rank 0 of 1) so callers need no sp
 
 Conventions: only rank 0 writes files (:func:`is_main`); metrics are combined with :func:`all_reduce_sum` /
 :func:`all_reduce_mean`; case lists are split with :func:`shard` (round robin, deterministic); datasets are split
-with :func:`partition` (MONAI's ``partition_dataset``, as the bundle's multi-GPU configs) or
-:func:`make_sampler` (MONAI's ``DistributedSampler``).
+with :func:`partition` (MONAI's ``partition_dataset``, as the bundle's multi-GPU configs).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import datetime
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import torch
 import torch.distributed as dist
@@ -174,7 +173,13 @@ def _reduce_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(value: torch.Tensor | float | Sequence[float]) -> Any:
+@overload
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor: ...
+@overload
+def all_reduce_sum(value: float) -> float: ...
+@overload
+def all_reduce_sum(value: list[float]) -> list[float]: ...
+def all_reduce_sum(value: torch.Tensor | float | list[float]) -> torch.Tensor | float | list[float]:
     """Sum over ranks. Tensors come back as tensors (same device), numbers/lists as floats/lists."""
     if isinstance(value, torch.Tensor):
         if not is_distributed():
@@ -182,44 +187,23 @@ def all_reduce_sum(value: torch.Tensor | float | Sequence[float]) -> Any:
         t = value.detach().clone().to(_reduce_device())
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.to(value.device)
-    t = torch.as_tensor(value, dtype=torch.float64)
-    t = all_reduce_sum(t)
-    return t.tolist() if t.dim() else float(t)
+    total = all_reduce_sum(torch.as_tensor(value, dtype=torch.float64))
+    return total.tolist() if total.dim() else float(total)
 
 
-def all_reduce_mean(value: torch.Tensor | float | Sequence[float]) -> Any:
+@overload
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor: ...
+@overload
+def all_reduce_mean(value: float) -> float: ...
+@overload
+def all_reduce_mean(value: list[float]) -> list[float]: ...
+def all_reduce_mean(value: torch.Tensor | float | list[float]) -> torch.Tensor | float | list[float]:
     """Mean over ranks (each rank weighted equally)."""
     total = all_reduce_sum(value)
     world = get_world_size() if is_distributed() else 1
-    if isinstance(total, torch.Tensor):
-        return total / world
     if isinstance(total, list):
         return [v / world for v in total]
     return total / world
-
-
-def weighted_mean(total: float, count: float) -> float:
-    """Sum of ``total`` over ranks divided by the sum of ``count`` (e.g. Dice over all validation cases)."""
-    s = all_reduce_sum([float(total), float(count)])
-    return s[0] / s[1] if s[1] else float("nan")
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without a process group."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def shard(items: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:
@@ -262,18 +246,6 @@ def partition(items: Sequence[T], shuffle: bool, even_divisible: bool, seed: int
     return list(parts[r])
 
 
-def make_sampler(dataset: Any, shuffle: bool, even_divisible: bool = True, seed: int = 0) -> Any:
-    """MONAI's ``DistributedSampler`` for ``dataset`` when distributed, else None (use ``shuffle`` on the loader).
-
-    Call ``sampler.set_epoch(epoch)`` every epoch so shuffling differs between epochs.
-    """
-    if not is_distributed():
-        return None
-    from monai.data import DistributedSampler
-
-    return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle, seed=seed)
-
-
 def wrap_ddp(model: torch.nn.Module, ctx: DistContext | None = None,
              find_unused_parameters: bool = True) -> torch.nn.Module:
     """``DistributedDataParallel`` around ``model`` when distributed, else ``model`` itself.
@@ -295,11 +267,6 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext | None = None,
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The network inside a DDP wrapper (for saving state dicts that load without DDP)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def rank_seed(seed: int) -> int:
-    """A per-rank seed (``seed + rank``) for data augmentation, so ranks do not draw identical crops."""
-    return int(seed) + get_rank()
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""Training settings: presets (tiny, demo, bundle), ``--set key=value`` overrides and their checks."""
+"""Training and search settings: presets (tiny, demo, bundle), ``--set key=value`` overrides and their checks."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from PancreasDiNTSLib.core.errors import EXIT_USAGE, PancreasDiNTSError
 
@@ -70,21 +70,80 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass
+class SearchSettings(TrainSettings):
+    """Search settings; the defaults are the bundle's ``configs/search.yaml`` / ``scripts/search.py``."""
+
+    preset: str = "bundle"
+    seed: int = 0  # search.yaml `determ: true` -> set_determinism(seed=0)
+    epochs: int = 1430
+    warmup_epochs: int = 715
+    val_interval: int = 100
+    batch_size: int = 1  # num_images_per_batch
+    num_samples: int = 1  # num_patches_per_image
+    channel_mul: float = 0.5
+    num_blocks: int = 12
+    num_depths: int = 4
+    lr: float = 0.025
+    lr_arch: float = 0.001
+    lr_milestones: tuple[float, float] = (0.4, 0.8)
+    arch_beta1: float = 0.5
+    arch_beta2: float = 0.999
+    ram_cost_factor: float = 0.8
+    sw_batch_size: int = 6
+    overlap: float = 0.625
+
+
+SEARCH_PRESETS: dict[str, dict[str, Any]] = {
+    # seconds on 2 CPU cores (tests, CI); same network family as the train `tiny` preset
+    "tiny": dict(epochs=4, warmup_epochs=2, val_interval=2, patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0),
+                 channel_mul=0.0625, num_blocks=3, num_depths=3, sw_batch_size=2, overlap=0.25, cache_gb=0.25,
+                 num_workers=0, augment=False),
+    # the demo model's search on phantoms (Testing/benchmarks/make_demo_model.sh): the train `demo` preset's network
+    # family, patch and spacing; minutes on 2 CPU cores
+    "demo": dict(epochs=16, warmup_epochs=8, val_interval=8, patch_size=(64, 64, 32), spacing=(1.0, 1.0, 2.0),
+                 channel_mul=0.25, num_blocks=4, num_depths=3, sw_batch_size=4, overlap=0.5, cache_gb=2.0,
+                 num_workers=2, augment=False, lr=0.05),
+    # the released search (20k iterations on 8 GPUs in the bundle)
+    "bundle": {},
+}
+S = TypeVar("S", bound=TrainSettings)
+
+
 def make_settings(preset: str = "bundle", overrides: list[str] | None = None,
                   base: dict[str, Any] | None = None) -> TrainSettings:
     """Settings of ``preset`` (or of a stored dict ``base``), then ``key=value`` overrides."""
-    if base is not None:
-        known = {f.name for f in dataclasses.fields(TrainSettings)}
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in known}
-        settings = TrainSettings(**values)
-    else:
-        if preset not in PRESETS:
-            raise SettingsError(f"--preset {preset}: unknown preset; use one of {', '.join(PRESETS)}")
-        settings = TrainSettings(preset=preset, **PRESETS[preset])
-    for item in overrides or []:
-        apply_override(settings, item)
+    settings = _build(TrainSettings, PRESETS, "preset", preset, overrides, base)
     check_settings(settings)
     return settings
+
+
+def make_search_settings(preset: str = "bundle", overrides: list[str] | None = None,
+                         base: dict[str, Any] | None = None) -> SearchSettings:
+    """Search settings of ``preset`` (or of a stored dict ``base``), then ``key=value`` overrides."""
+    settings = _build(SearchSettings, SEARCH_PRESETS, "search preset", preset, overrides, base)
+    check_search_settings(settings)
+    return settings
+
+
+def _build(cls: type[S], presets: dict[str, dict[str, Any]], what: str, preset: str,
+           overrides: list[str] | None, base: dict[str, Any] | None) -> S:
+    if base is not None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in known}
+        settings = cls(**values)
+    else:
+        if preset not in presets:
+            raise SettingsError(f"--preset {preset}: unknown {what}; use one of {', '.join(presets)}")
+        settings = cls(preset=preset, **presets[preset])
+    for item in overrides or []:
+        apply_override(settings, item)
+    return settings
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as plain values (tuples as lists), as checkpoints and run folders store them."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
 def apply_override(settings: TrainSettings, item: str) -> None:
@@ -94,7 +153,7 @@ def apply_override(settings: TrainSettings, item: str) -> None:
     if "=" not in item:
         raise SettingsError(f"--set {item}: expected key=value")
     key, text = (s.strip() for s in item.split("=", 1))
-    fields = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    fields = {f.name: f for f in dataclasses.fields(settings)}
     if key not in fields or key in ("extra", "preset"):
         names = ", ".join(n for n in fields if n not in ("extra", "preset"))
         raise SettingsError(f"--set {key}: unknown setting; known: {names}")
@@ -102,32 +161,38 @@ def apply_override(settings: TrainSettings, item: str) -> None:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
         value = text
-    current = getattr(settings, key)
     try:
-        if isinstance(current, tuple):
-            parts = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else [value]
-            parts = [type(current[0])(p) for p in parts]
-            if len(parts) == 1:
-                parts = parts * len(current)
-            if len(parts) != len(current):
-                raise ValueError(f"needs {len(current)} values")
-            value = tuple(parts)
-        elif key == "crop_dilation":
-            value = None if value in (None, "none", "auto") else int(value)
-        elif isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise ValueError("needs true or false")
-        elif isinstance(current, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError("needs an integer")
-            value = int(value)
-        elif isinstance(current, float):
-            value = float(value)
-        elif isinstance(current, str):
-            value = "" if value is None else str(value)
+        value = _converted(key, value, getattr(settings, key))
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"--set {item}: bad value for {key} ({exc})") from None
     setattr(settings, key, value)
+
+
+def _converted(key: str, value: Any, current: Any) -> Any:
+    """``value`` (parsed YAML) as the type of the setting's ``current`` value."""
+    if isinstance(current, tuple):
+        parts = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else [value]
+        parts = [type(current[0])(p) for p in parts]
+        if len(parts) == 1:
+            parts = parts * len(current)
+        if len(parts) != len(current):
+            raise ValueError(f"needs {len(current)} values")
+        return tuple(parts)
+    if key == "crop_dilation":
+        return None if value in (None, "none", "auto") else int(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError("needs true or false")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("needs an integer")
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, str):
+        return "" if value is None else str(value)
+    return value
 
 
 def check_settings(s: TrainSettings) -> None:
@@ -143,4 +208,13 @@ def check_settings(s: TrainSettings) -> None:
         raise SettingsError("spacing must be positive")
 
 
-# ---------------------------------------------------------------------------------------------- building blocks
+
+def check_search_settings(s: SearchSettings) -> None:
+    check_settings(s)
+    if not 0 <= s.warmup_epochs < s.epochs:
+        raise SettingsError(f"warmup_epochs ({s.warmup_epochs}) must be at least 0 and less than epochs ({s.epochs}): "
+                            "the architecture is only updated after the warm-up")
+    if not 0.0 < s.ram_cost_factor <= 1.0:
+        raise SettingsError("ram_cost_factor must be in (0, 1]: the target fraction of the super-net's memory")
+    if s.lr_arch <= 0 or s.lr <= 0:
+        raise SettingsError("learning rates must be positive")
