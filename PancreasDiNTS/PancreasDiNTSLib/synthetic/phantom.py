@@ -16,13 +16,18 @@ are added; spacing, matrix size and orientation are random but fixed by the seed
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from PancreasDiNTSLib.core.atomic import atomic_dir
+from PancreasDiNTSLib.core.errors import OutputError
+from PancreasDiNTSLib.io.writers import save_nifti
+
+Point = Sequence[float]  # a position in body units (x, y, z)
 # Orientation codes seen in clinical NIfTI conversions; one is drawn per phantom.
 ORIENTATIONS = ("RAS", "LAS", "LPS", "RPS", "LPI", "RAI")
 # In-plane matrix sizes per size class (a range drawn from, or a fixed size).
@@ -53,13 +58,14 @@ class _Canvas:
     def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], unit_mm: float,
                  centre_mm: tuple[float, float, float]) -> None:
         self.shape = shape
+        self.spacing = spacing
         self.axes = [
             ((np.arange(n) - (n - 1) / 2.0) * s + c) / unit_mm for n, s, c in zip(shape, spacing, centre_mm, strict=True)
         ]
         self.hu = np.full(shape, -1000.0, dtype=np.float32)
         self.label = np.zeros(shape, dtype=np.uint8)
 
-    def grid(self, lo: tuple[float, float, float], hi: tuple[float, float, float]):
+    def grid(self, lo: Point, hi: Point) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
         """Index slices and open-grid coordinates (broadcastable X, Y, Z) of the box [lo, hi] in units."""
         slices = []
         coords = []
@@ -74,7 +80,7 @@ class _Canvas:
         Z = coords[2][None, None, :]
         return tuple(slices), X, Y, Z
 
-    def paint(self, lo, hi, mask_fn: Callable[..., np.ndarray], hu: float | Callable[..., np.ndarray],
+    def paint(self, lo: Point, hi: Point, mask_fn: Callable[..., np.ndarray], hu: float | Callable[..., np.ndarray],
               label: int | None = None, only_label: int | None = None) -> None:
         """Set HU (and label) where ``mask_fn(X, Y, Z)`` is true inside the box [lo, hi]."""
         sl, X, Y, Z = self.grid(lo, hi)
@@ -90,7 +96,7 @@ class _Canvas:
             self.label[sl][mask] = label
 
 
-def _ellipsoid(c, r, rot_z: float = 0.0):
+def _ellipsoid(c: Sequence[float], r: Sequence[float], rot_z: float = 0.0) -> Callable[..., np.ndarray]:
     """Mask function of an ellipsoid with centre c, radii r, rotated by rot_z (radians) about z."""
     cz, sz = np.cos(rot_z), np.sin(rot_z)
 
@@ -103,7 +109,7 @@ def _ellipsoid(c, r, rot_z: float = 0.0):
     return fn
 
 
-def _box(c, r):
+def _box(c: Sequence[float], r: Sequence[float]) -> tuple[Point, Point]:
     m = max(r) * 1.01
     return (c[0] - m, c[1] - m, c[2] - m), (c[0] + m, c[1] + m, c[2] + m)
 
@@ -118,7 +124,7 @@ def _bezier(points: np.ndarray, n: int) -> np.ndarray:
     return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
 
 
-def _tube(canvas: _Canvas, curve: np.ndarray, radius: np.ndarray):
+def _tube(canvas: _Canvas, curve: np.ndarray, radius: np.ndarray) -> tuple[Point, Point, Callable[..., np.ndarray]]:
     """Box and mask function of a tube of varying radius around a sampled curve (n x 3, radius n)."""
     lo = tuple(curve.min(0) - radius.max() * 1.05)
     hi = tuple(curve.max(0) + radius.max() * 1.05)
@@ -130,6 +136,285 @@ def _tube(canvas: _Canvas, curve: np.ndarray, radius: np.ndarray):
         return inside
 
     return lo, hi, fn
+
+
+Mask = Callable[..., np.ndarray]
+FULL_Z = (-10.0, 10.0)  # z range (units) of structures that run through the whole phantom
+
+
+@dataclass
+class _Scene:
+    """What the painting steps share: the random stream, the canvas and the landmarks placed so far (units).
+
+    The steps draw from ``rng`` in a fixed order: a phantom depends only on its seed and arguments."""
+
+    rng: np.random.Generator
+    cv: _Canvas
+    ay: float = 0.0  # body half-depth / half-width
+    ri: float = 0.0  # inner half-width of the body cavity
+    bi: float = 0.0  # inner half-depth of the body cavity
+    cavity: Mask | None = None
+    spine_y: float = 0.0
+    vb_r: float = 0.0  # vertebral body radius
+    spleen_c: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    stomach_c: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    aorta_c: tuple[float, float] = (0.0, 0.0)
+    panc_hu: float = 0.0
+    curve: np.ndarray | None = None  # pancreas centre line (n x 3)
+    radius: np.ndarray | None = None  # pancreas radius along the curve
+
+    full_lo = (-1.05, -1.05, FULL_Z[0])
+    full_hi = (1.05, 1.05, FULL_Z[1])
+
+    def j(self, s: float = 0.04) -> float:
+        """Small positional jitter in units."""
+        return float(self.rng.uniform(-s, s))
+
+    def content_hu(self) -> tuple[float, float]:
+        """(fill, air) HU of a hollow organ's content: air, fluid or oral contrast."""
+        kind = self.rng.choice(["air", "fluid", "contrast"], p=[0.3, 0.4, 0.3])
+        return {"air": (-900.0, -900.0), "fluid": (15.0, -900.0), "contrast": (320.0, -900.0)}[kind]
+
+    def in_cavity(self, mask: Mask) -> Mask:
+        cavity = self.cavity
+        assert cavity is not None
+        return lambda X, Y, Z: mask(X, Y, Z) & cavity(X, Y, Z)
+
+
+def _draw_grid(rng: np.random.Generator, shape: tuple[int, int, int] | None,
+               spacing: tuple[float, float, float] | None, size: str | int,
+               slice_mm: tuple[float, float]) -> _Canvas:
+    """Spacing, matrix size and the body's scale: the canvas in body units."""
+    if spacing is None:
+        sxy = float(rng.uniform(0.6, 1.0))
+        spacing = (sxy, sxy, float(rng.uniform(float(slice_mm[0]), float(slice_mm[1]))))
+    spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    body_fill = float(rng.uniform(0.80, 0.90))  # fraction of the in-plane field of view spanned by the body
+    if shape is None:
+        if isinstance(size, str):
+            if size not in SIZES:
+                raise ValueError(f"size must be one of {', '.join(SIZES)} or a number, not {size!r}")
+            lo_n, hi_n = SIZES[size]
+        else:
+            lo_n = hi_n = int(size)
+        n = int(rng.integers(lo_n, hi_n + 1))
+        n -= n % 2
+        fov_xy = n * spacing[0]
+        fov_z = fov_xy * body_fill / 2.0 * float(rng.uniform(1.2, 1.7))
+        nz = max(8, int(round(fov_z / spacing[2])))
+        shape = (n, n, nz)
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+    unit_mm = body_fill * shape[0] * spacing[0] / 2.0  # half body width in mm
+    centre_mm = (0.0, float(rng.uniform(-0.04, 0.04)) * unit_mm, 0.0)
+    return _Canvas(shape, spacing, unit_mm, centre_mm)
+
+
+def _paint_body_wall(sc: _Scene) -> None:
+    """Subcutaneous fat, abdominal wall muscle, visceral fat; the cavity inside them."""
+    sc.ay = ay = float(sc.rng.uniform(0.66, 0.78))
+    fat_t = float(sc.rng.uniform(0.05, 0.13))
+    mus_t = float(sc.rng.uniform(0.035, 0.05))
+
+    def body_ellipse(shrink: float) -> Mask:
+        return lambda X, Y, Z: (X / (1 - shrink)) ** 2 + (Y / (ay - shrink)) ** 2 <= 1.0
+
+    sc.cv.paint(sc.full_lo, sc.full_hi, body_ellipse(0.0), -100 + sc.j(10) * 10)  # subcutaneous fat
+    sc.cv.paint(sc.full_lo, sc.full_hi, body_ellipse(fat_t), 50.0)  # abdominal wall muscle
+    sc.cv.paint(sc.full_lo, sc.full_hi, body_ellipse(fat_t + mus_t), -90.0)  # visceral fat
+    sc.cavity = body_ellipse(fat_t + mus_t)
+    sc.ri = 1 - fat_t - mus_t
+    sc.bi = ay - fat_t - mus_t
+
+
+def _paint_spine(sc: _Scene) -> None:
+    """Paraspinal muscles, vertebral bodies with discs, posterior elements, canal, psoas."""
+    cv, full_lo, full_hi = sc.cv, sc.full_lo, sc.full_hi
+    sc.spine_y = spine_y = -sc.bi + 0.32 + sc.j(0.03)
+    sc.vb_r = vb_r = 0.17 + sc.j(0.02)
+    for sx in (-1, 1):  # paraspinal muscles
+        c = (sx * 0.22, -sc.bi + 0.12, 0.0)
+        cv.paint(full_lo, full_hi, lambda X, Y, Z, c=c: ((X - c[0]) / 0.17) ** 2 + ((Y - c[1]) / 0.13) ** 2 <= 1,
+                 55.0)
+    disc_period = 0.26 + sc.j(0.02)
+    disc_phase = float(sc.rng.uniform(0, disc_period))
+
+    def is_disc(Z: np.ndarray) -> np.ndarray:
+        return np.abs(((Z - disc_phase) % disc_period) - disc_period / 2) < 0.035
+
+    def vb_hu(X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+        d = np.sqrt((X / vb_r) ** 2 + ((Y - spine_y) / (vb_r * 0.9)) ** 2)
+        bone = np.where(d > 0.82, 750.0, 230.0).astype(np.float32)
+        return np.where(is_disc(Z), 95.0, bone)
+
+    vb_lo, vb_hi = (-vb_r, spine_y - vb_r, FULL_Z[0]), (vb_r, spine_y + vb_r, FULL_Z[1])
+    cv.paint(vb_lo, vb_hi, lambda X, Y, Z: (X / vb_r) ** 2 + ((Y - spine_y) / (vb_r * 0.9)) ** 2 <= 1, vb_hu)
+    canal_y = spine_y - vb_r * 0.9 - 0.07
+    cv.paint((-0.2, canal_y - 0.2, FULL_Z[0]), (0.2, canal_y + 0.1, FULL_Z[1]),
+             lambda X, Y, Z: (np.abs(X) < 0.13) & (Y < canal_y + 0.02) & (Y > canal_y - 0.16) & ~is_disc(Z),
+             600.0)  # pedicles, laminae and spinous process
+    cv.paint((-0.07, canal_y - 0.07, FULL_Z[0]), (0.07, canal_y + 0.07, FULL_Z[1]),
+             lambda X, Y, Z: X**2 + (Y - canal_y) ** 2 <= 0.055**2, 15.0)  # spinal canal
+    for sx in (-1, 1):  # psoas: grows inferiorly
+        c2 = (sx * (vb_r + 0.08), spine_y + 0.02)
+        cv.paint(full_lo, full_hi,
+                 lambda X, Y, Z, c=c2: ((X - c[0]) / (0.07 + 0.05 * np.clip(-Z, 0, 1))) ** 2
+                 + ((Y - c[1]) / (0.07 + 0.04 * np.clip(-Z, 0, 1))) ** 2 <= 1, 48.0)
+
+
+def _paint_ribs(sc: _Scene) -> None:
+    """Ribs of the upper abdomen, sloping down toward the front."""
+    ri, bi = sc.ri, sc.bi
+    rib_z0 = float(sc.rng.uniform(-0.45, -0.25))
+    rib_step = 0.17 + sc.j(0.02)
+    for k in range(12):
+        zc = rib_z0 + k * rib_step
+        if zc > FULL_Z[1]:
+            break
+
+        def rib(X: np.ndarray, Y: np.ndarray, Z: np.ndarray, zc: float = zc) -> np.ndarray:
+            e = np.sqrt((X / (ri + 0.02)) ** 2 + (Y / (bi + 0.02)) ** 2)
+            ang = np.arctan2(Y, np.abs(X))  # -pi/2 (back) .. pi/2 (front)
+            zr = zc + 0.12 * (ang + 0.6)  # ribs slope down toward the front
+            return (np.abs(e - 1.0) < 0.022 / ri * 1.5) & (np.abs(Z - zr) < 0.025) & (ang > -1.1) & (ang < 0.9)
+
+        sc.cv.paint((-1.05, -1.05, zc - 0.35), (1.05, 1.05, zc + 0.3), rib, 550.0)
+
+
+def _paint_solid_organs(sc: _Scene) -> None:
+    """Liver, gallbladder, spleen, kidneys (cortex and sinus)."""
+    cv, j, cavity = sc.cv, sc.j, sc.cavity
+    assert cavity is not None
+    liver_hu = float(sc.rng.uniform(95, 120))
+    c = (0.42 + j(), 0.02 + j(), 0.45 + j(0.08))
+    r = (0.5 + j(), 0.52 + j(), 0.6 + j(0.06))
+    liver = _ellipsoid(c, r, rot_z=0.3)
+    lo, hi = _box(c, r)
+    cv.paint(lo, hi, lambda X, Y, Z: liver(X, Y, Z) & cavity(X, Y, Z) & (X > -0.25 - 0.3 * (Y > 0)), liver_hu)
+    c = (0.3 + j(), 0.28 + j(0.03), 0.0 + j(0.05))
+    r = (0.08, 0.06, 0.13)
+    cv.paint(*_box(c, r), _ellipsoid(c, r), 8.0)  # gallbladder
+    c = (-0.6 + j(), -0.28 + j(), 0.32 + j(0.05))
+    r = (0.16 + j(0.02), 0.27 + j(0.03), 0.3 + j(0.04))
+    sc.spleen_c = c
+    cv.paint(*_box(c, r), sc.in_cavity(_ellipsoid(c, r, rot_z=-0.6)), float(sc.rng.uniform(110, 130)))
+    for sx, dz in ((1, -0.32), (-1, -0.22)):  # right kidney sits lower
+        c = (sx * (0.38 + j(0.03)), sc.spine_y + 0.02 + j(0.03), dz + j(0.05))
+        r = (0.12, 0.15, 0.27)
+        cv.paint(*_box(c, r), _ellipsoid(c, r, rot_z=sx * 0.5), float(sc.rng.uniform(160, 200)))  # cortex
+        r2 = (0.06, 0.07, 0.17)
+        c2 = (c[0] - sx * 0.03, c[1] + 0.02, c[2])
+        cv.paint(*_box(c2, r2), _ellipsoid(c2, r2, rot_z=sx * 0.5), 30.0)  # sinus fat / pelvis
+
+
+def _paint_hollow_organs(sc: _Scene) -> None:
+    """Stomach (air cap over fluid or contrast) and bowel loops of the lower abdomen."""
+    cv, j, rng = sc.cv, sc.j, sc.rng
+    c = (-0.35 + j(), 0.22 + j(), 0.42 + j(0.06))
+    r = (0.28 + j(), 0.2 + j(0.03), 0.27 + j(0.04))
+    inner = _ellipsoid(c, tuple(x - 0.035 for x in r), rot_z=0.4)
+    fill, air = sc.content_hu()
+    cv.paint(*_box(c, r), sc.in_cavity(_ellipsoid(c, r, rot_z=0.4)), 45.0)
+    air_level = c[1] + r[1] * float(rng.uniform(0.2, 0.6))
+    cv.paint(*_box(c, r), inner, lambda X, Y, Z: np.where(Y > air_level, air, fill).astype(np.float32))
+    sc.stomach_c = c
+    n_loops = int(rng.integers(4, 9))
+    for _ in range(n_loops):  # bowel loops, lower abdomen
+        c = (float(rng.uniform(-0.6, 0.6)), float(rng.uniform(0.0, sc.bi - 0.15)), float(rng.uniform(-0.9, -0.25)))
+        rr = float(rng.uniform(0.07, 0.12))
+        r = (rr, rr * float(rng.uniform(0.8, 1.2)), rr * float(rng.uniform(1.0, 2.0)))
+        fill, _ = sc.content_hu()
+        cv.paint(*_box(c, r), sc.in_cavity(_ellipsoid(c, r)), 40.0)
+        cv.paint(*_box(c, r), _ellipsoid(c, tuple(x - 0.025 for x in r)), fill)
+
+
+def _paint_vessels(sc: _Scene) -> None:
+    """Aorta and IVC in front of the spine."""
+    sc.aorta_c = aorta_c = (-0.06 + sc.j(0.02), sc.spine_y + sc.vb_r + 0.07)
+    ivc_c = (0.16 + sc.j(0.02), sc.spine_y + sc.vb_r + 0.04)
+    sc.cv.paint(sc.full_lo, sc.full_hi, lambda X, Y, Z: (X - aorta_c[0]) ** 2 + (Y - aorta_c[1]) ** 2 <= 0.075**2,
+                float(sc.rng.uniform(150, 190)))
+    sc.cv.paint(sc.full_lo, sc.full_hi,
+                lambda X, Y, Z: ((X - ivc_c[0]) / 0.09) ** 2 + ((Y - ivc_c[1]) / 0.06) ** 2 <= 1, 135.0)
+
+
+def _paint_pancreas(sc: _Scene) -> None:
+    """The curved gland (label 1) from head to tail, the duodenum around its head, the splenic-portal vein."""
+    cv, j, rng = sc.cv, sc.j, sc.rng
+    sc.panc_hu = panc_hu = float(rng.uniform(95, 125))
+    pz = float(rng.uniform(-0.1, 0.1))
+    head = np.array([0.2 + j(), sc.aorta_c[1] + 0.16 + j(0.03), pz - 0.05])
+    neck = np.array([-0.02 + j(), sc.aorta_c[1] + 0.26 + j(0.03), pz + 0.02])
+    tail = np.array([sc.spleen_c[0] + 0.16 + j(0.03), sc.spleen_c[1] + 0.14 + j(0.03), pz + 0.14 + j(0.04)])
+    mid = np.array([(neck[0] + tail[0]) / 2, neck[1] + 0.02, (neck[2] + tail[2]) / 2])
+    sc.curve = curve = _bezier(np.stack([head, neck, mid, tail]), 48)
+    sc.radius = radius = np.linspace(0.105, 0.065, len(curve)) * float(rng.uniform(0.9, 1.15))
+    _paint_duodenum(sc, head)
+    lo, hi, panc = _tube(cv, curve, radius)
+    uncinate_c = (head[0] - 0.02, head[1] - 0.03, head[2] - 0.12)
+    uncinate = _ellipsoid(uncinate_c, (0.09, 0.07, 0.1))
+    lo = tuple(min(a, b) for a, b in zip(lo, (uncinate_c[0] - 0.1, uncinate_c[1] - 0.1, uncinate_c[2] - 0.11),
+                                         strict=True))
+
+    def panc_hu_fn(X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:  # slightly lobulated parenchyma
+        return (panc_hu + 8.0 * np.sin(X * 55.0) * np.sin(Y * 47.0) * np.sin(Z * 51.0)).astype(np.float32)
+
+    cv.paint(lo, hi, lambda X, Y, Z: panc(X, Y, Z) | uncinate(X, Y, Z), panc_hu_fn, label=1)
+    # splenic vein behind the body/tail, joining the portal vein behind the neck toward the liver
+    k0 = int(len(curve) * 0.3)
+    vein = curve[k0:].copy()
+    vein[:, 1] -= radius[k0:] * 0.95
+    portal = _bezier(np.array([vein[0], [vein[0][0] + 0.12, vein[0][1] + 0.02, vein[0][2] + 0.1],
+                               [0.3, vein[0][1] + 0.05, pz + 0.35]]), 16)
+    vein_all = np.concatenate([portal[::-1], vein])
+    lo, hi, vein_fn = _tube(cv, vein_all, np.full(len(vein_all), 0.035))
+    cv.paint(lo, hi, vein_fn, float(rng.uniform(150, 175)), label=0)
+
+
+def _paint_duodenum(sc: _Scene, head: np.ndarray) -> None:
+    """A C around the pancreatic head, lateral and below it: wall, then lumen."""
+    stomach_c = sc.stomach_c
+    duo = _bezier(np.array([[stomach_c[0] + 0.25, stomach_c[1] - 0.05, head[2] + 0.25],
+                            [head[0] + 0.32, head[1] + 0.05, head[2] + 0.1],
+                            [head[0] + 0.22, head[1], head[2] - 0.28],
+                            [head[0] - 0.22, head[1] - 0.05, head[2] - 0.22]]), 40)
+    lo, hi, duo_wall = _tube(sc.cv, duo, np.full(len(duo), 0.06))
+    sc.cv.paint(lo, hi, duo_wall, 50.0)
+    fill, _ = sc.content_hu()
+    lo, hi, duo_lumen = _tube(sc.cv, duo, np.full(len(duo), 0.035))
+    sc.cv.paint(lo, hi, duo_lumen, fill if fill > -500 else 15.0)
+
+
+def _paint_tumour(sc: _Scene) -> None:
+    """A hypodense tumour (label 2) along the gland, mostly in the head, bulging its outline."""
+    curve, radius = sc.curve, sc.radius
+    assert curve is not None and radius is not None
+    rng = sc.rng
+    k = int(rng.choice(len(curve), p=_head_weighted(len(curve))))
+    tc = curve[k] + rng.normal(0, radius[k] * 0.25, 3)
+    tr = radius[k] * rng.uniform(0.75, 1.35, 3)  # 1-3 cm at adult scale, bulging the outline
+    tmask = _ellipsoid(tuple(tc), tuple(tr), rot_z=float(rng.uniform(0, np.pi)))
+    grow = _tube(sc.cv, curve, radius * 1.6)[2]
+    t_hu = sc.panc_hu - float(rng.uniform(40, 70))
+
+    def tumour_hu(X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+        d = ((X - tc[0]) / tr[0]) ** 2 + ((Y - tc[1]) / tr[1]) ** 2 + ((Z - tc[2]) / tr[2]) ** 2
+        return (t_hu + 15.0 * np.clip(d, 0, 1)).astype(np.float32)  # darker core, softer rim
+
+    m = float(tr.max()) * 1.05
+    sc.cv.paint(tuple(tc - m), tuple(tc + m), lambda X, Y, Z: tmask(X, Y, Z) & grow(X, Y, Z), tumour_hu, label=2)
+
+
+def _blur_and_noise(rng: np.random.Generator, hu: np.ndarray, noise: bool) -> tuple[np.ndarray, float]:
+    """Partial-volume blur and mildly correlated noise, clipped to the CT range; (HU, noise level)."""
+    from scipy import ndimage
+
+    hu = ndimage.gaussian_filter(hu, sigma=(0.6, 0.6, 0.45), mode="nearest")
+    noise_hu = float(rng.uniform(8.0, 20.0)) if noise else 0.0
+    if noise:
+        n = rng.standard_normal(hu.shape, dtype=np.float32)
+        n = ndimage.gaussian_filter(n, sigma=0.6) * 2.2  # mildly correlated, about unit std again
+        hu += noise_hu * n
+    return np.clip(hu, -1024.0, 3071.0).astype(np.float32), noise_hu
 
 
 def make_phantom(
@@ -154,223 +439,21 @@ def make_phantom(
     With ``return_info=True`` a fourth item, a :class:`PhantomInfo`, is returned.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7307]))
-    # ------------------------------------------------------------------ grid
-    if spacing is None:
-        sxy = float(rng.uniform(0.6, 1.0))
-        spacing = (sxy, sxy, float(rng.uniform(float(slice_mm[0]), float(slice_mm[1]))))
-    spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
-    body_fill = float(rng.uniform(0.80, 0.90))  # fraction of the in-plane field of view spanned by the body
-    if shape is None:
-        if isinstance(size, str):
-            if size not in SIZES:
-                raise ValueError(f"size must be one of {', '.join(SIZES)} or a number, not {size!r}")
-            lo_n, hi_n = SIZES[size]
-        else:
-            lo_n = hi_n = int(size)
-        n = int(rng.integers(lo_n, hi_n + 1))
-        n -= n % 2
-        fov_xy = n * spacing[0]
-        fov_z = fov_xy * body_fill / 2.0 * float(rng.uniform(1.2, 1.7))
-        nz = max(8, int(round(fov_z / spacing[2])))
-        shape = (n, n, nz)
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-    unit_mm = body_fill * shape[0] * spacing[0] / 2.0  # half body width in mm
-    centre_mm = (0.0, float(rng.uniform(-0.04, 0.04)) * unit_mm, 0.0)
-    cv = _Canvas(shape, spacing, unit_mm, centre_mm)  # type: ignore[arg-type]
-    j = lambda s=0.04: float(rng.uniform(-s, s))  # noqa: E731  small positional jitter in units
-
-    # ------------------------------------------------------------------ body wall
-    ay = float(rng.uniform(0.66, 0.78))  # body half-depth / half-width
-    zall = (-10.0, 10.0)
-    fat_t = float(rng.uniform(0.05, 0.13))
-    mus_t = float(rng.uniform(0.035, 0.05))
-
-    def body_ellipse(shrink: float):
-        return lambda X, Y, Z: (X / (1 - shrink)) ** 2 + (Y / (ay - shrink)) ** 2 <= 1.0
-
-    full_lo, full_hi = (-1.05, -1.05, zall[0]), (1.05, 1.05, zall[1])
-    cv.paint(full_lo, full_hi, body_ellipse(0.0), -100 + j(10) * 10)  # subcutaneous fat
-    cv.paint(full_lo, full_hi, body_ellipse(fat_t), 50.0)  # abdominal wall muscle
-    cv.paint(full_lo, full_hi, body_ellipse(fat_t + mus_t), -90.0)  # visceral fat
-    cavity = body_ellipse(fat_t + mus_t)
-    ri = 1 - fat_t - mus_t  # inner radii of the cavity
-    bi = ay - fat_t - mus_t
-
-    # ------------------------------------------------------------------ spine and back muscles
-    spine_y = -bi + 0.32 + j(0.03)
-    vb_r = 0.17 + j(0.02)
-    for sx in (-1, 1):  # paraspinal muscles
-        c = (sx * 0.22, -bi + 0.12, 0.0)
-        cv.paint(full_lo, full_hi, lambda X, Y, Z, c=c: ((X - c[0]) / 0.17) ** 2 + ((Y - c[1]) / 0.13) ** 2 <= 1,
-                 55.0)
-    disc_period = 0.26 + j(0.02)
-    disc_phase = float(rng.uniform(0, disc_period))
-
-    def is_disc(Z):
-        return np.abs(((Z - disc_phase) % disc_period) - disc_period / 2) < 0.035
-
-    def vb_hu(X, Y, Z):
-        d = np.sqrt((X / vb_r) ** 2 + ((Y - spine_y) / (vb_r * 0.9)) ** 2)
-        bone = np.where(d > 0.82, 750.0, 230.0).astype(np.float32)
-        return np.where(is_disc(Z), 95.0, bone)
-
-    vb_lo, vb_hi = (-vb_r, spine_y - vb_r, zall[0]), (vb_r, spine_y + vb_r, zall[1])
-    cv.paint(vb_lo, vb_hi, lambda X, Y, Z: (X / vb_r) ** 2 + ((Y - spine_y) / (vb_r * 0.9)) ** 2 <= 1, vb_hu)
-    canal_y = spine_y - vb_r * 0.9 - 0.07
-    cv.paint((-0.2, canal_y - 0.2, zall[0]), (0.2, canal_y + 0.1, zall[1]),
-             lambda X, Y, Z: (np.abs(X) < 0.13) & (Y < canal_y + 0.02) & (Y > canal_y - 0.16) & ~is_disc(Z),
-             600.0)  # pedicles, laminae and spinous process
-    cv.paint((-0.07, canal_y - 0.07, zall[0]), (0.07, canal_y + 0.07, zall[1]),
-             lambda X, Y, Z: X**2 + (Y - canal_y) ** 2 <= 0.055**2, 15.0)  # spinal canal
-    for sx in (-1, 1):  # psoas: grows inferiorly
-        c = (sx * (vb_r + 0.08), spine_y + 0.02)
-        cv.paint(full_lo, full_hi,
-                 lambda X, Y, Z, c=c: ((X - c[0]) / (0.07 + 0.05 * np.clip(-Z, 0, 1))) ** 2
-                 + ((Y - c[1]) / (0.07 + 0.04 * np.clip(-Z, 0, 1))) ** 2 <= 1, 48.0)
-
-    # ------------------------------------------------------------------ ribs (upper abdomen)
-    rib_z0 = float(rng.uniform(-0.45, -0.25))
-    rib_step = 0.17 + j(0.02)
-    for k in range(12):
-        zc = rib_z0 + k * rib_step
-        if zc > zall[1]:
-            break
-
-        def rib(X, Y, Z, zc=zc):
-            e = np.sqrt((X / (ri + 0.02)) ** 2 + (Y / (bi + 0.02)) ** 2)
-            ang = np.arctan2(Y, np.abs(X))  # -pi/2 (back) .. pi/2 (front)
-            zr = zc + 0.12 * (ang + 0.6)  # ribs slope down toward the front
-            return (np.abs(e - 1.0) < 0.022 / ri * 1.5) & (np.abs(Z - zr) < 0.025) & (ang > -1.1) & (ang < 0.9)
-
-        cv.paint((-1.05, -1.05, zc - 0.35), (1.05, 1.05, zc + 0.3), rib, 550.0)
-
-    # ------------------------------------------------------------------ solid organs
-    liver_hu = float(rng.uniform(95, 120))
-    c = (0.42 + j(), 0.02 + j(), 0.45 + j(0.08))
-    r = (0.5 + j(), 0.52 + j(), 0.6 + j(0.06))
-    liver = _ellipsoid(c, r, rot_z=0.3)
-    lo, hi = _box(c, r)
-    cv.paint(lo, hi, lambda X, Y, Z: liver(X, Y, Z) & cavity(X, Y, Z) & (X > -0.25 - 0.3 * (Y > 0)), liver_hu)
-    c = (0.3 + j(), 0.28 + j(0.03), 0.0 + j(0.05))
-    r = (0.08, 0.06, 0.13)
-    cv.paint(*_box(c, r), _ellipsoid(c, r), 8.0)  # gallbladder
-    c = (-0.6 + j(), -0.28 + j(), 0.32 + j(0.05))
-    r = (0.16 + j(0.02), 0.27 + j(0.03), 0.3 + j(0.04))
-    spleen = _ellipsoid(c, r, rot_z=-0.6)
-    spleen_c = c
-    cv.paint(*_box(c, r), lambda X, Y, Z: spleen(X, Y, Z) & cavity(X, Y, Z), float(rng.uniform(110, 130)))
-    for sx, dz in ((1, -0.32), (-1, -0.22)):  # right kidney sits lower
-        c = (sx * (0.38 + j(0.03)), spine_y + 0.02 + j(0.03), dz + j(0.05))
-        r = (0.12, 0.15, 0.27)
-        cv.paint(*_box(c, r), _ellipsoid(c, r, rot_z=sx * 0.5), float(rng.uniform(160, 200)))  # cortex
-        r2 = (0.06, 0.07, 0.17)
-        c2 = (c[0] - sx * 0.03, c[1] + 0.02, c[2])
-        cv.paint(*_box(c2, r2), _ellipsoid(c2, r2, rot_z=sx * 0.5), 30.0)  # sinus fat / pelvis
-
-    # ------------------------------------------------------------------ hollow organs
-    def content_hu() -> tuple[float, float]:
-        kind = rng.choice(["air", "fluid", "contrast"], p=[0.3, 0.4, 0.3])
-        return {"air": (-900.0, -900.0), "fluid": (15.0, -900.0), "contrast": (320.0, -900.0)}[kind]
-
-    c = (-0.35 + j(), 0.22 + j(), 0.42 + j(0.06))
-    r = (0.28 + j(), 0.2 + j(0.03), 0.27 + j(0.04))
-    stomach = _ellipsoid(c, r, rot_z=0.4)
-    inner = _ellipsoid(c, tuple(x - 0.035 for x in r), rot_z=0.4)
-    fill, air = content_hu()
-    cv.paint(*_box(c, r), lambda X, Y, Z: stomach(X, Y, Z) & cavity(X, Y, Z), 45.0)
-    air_level = c[1] + r[1] * float(rng.uniform(0.2, 0.6))
-    cv.paint(*_box(c, r), inner, lambda X, Y, Z: np.where(Y > air_level, air, fill).astype(np.float32))
-    stomach_c = c
-    n_loops = int(rng.integers(4, 9))
-    for _ in range(n_loops):  # bowel loops, lower abdomen
-        c = (float(rng.uniform(-0.6, 0.6)), float(rng.uniform(0.0, bi - 0.15)), float(rng.uniform(-0.9, -0.25)))
-        rr = float(rng.uniform(0.07, 0.12))
-        r = (rr, rr * float(rng.uniform(0.8, 1.2)), rr * float(rng.uniform(1.0, 2.0)))
-        fill, _ = content_hu()
-        cv.paint(*_box(c, r), lambda X, Y, Z, c=c, r=r: _ellipsoid(c, r)(X, Y, Z) & cavity(X, Y, Z), 40.0)
-        cv.paint(*_box(c, r), _ellipsoid(c, tuple(x - 0.025 for x in r)), fill)
-
-    # ------------------------------------------------------------------ vessels
-    aorta_c = (-0.06 + j(0.02), spine_y + vb_r + 0.07)
-    ivc_c = (0.16 + j(0.02), spine_y + vb_r + 0.04)
-    cv.paint(full_lo, full_hi, lambda X, Y, Z: (X - aorta_c[0]) ** 2 + (Y - aorta_c[1]) ** 2 <= 0.075**2,
-             float(rng.uniform(150, 190)))
-    cv.paint(full_lo, full_hi,
-             lambda X, Y, Z: ((X - ivc_c[0]) / 0.09) ** 2 + ((Y - ivc_c[1]) / 0.06) ** 2 <= 1, 135.0)
-
-    # ------------------------------------------------------------------ pancreas (label 1)
-    panc_hu = float(rng.uniform(95, 125))
-    pz = float(rng.uniform(-0.1, 0.1))
-    head = np.array([0.2 + j(), aorta_c[1] + 0.16 + j(0.03), pz - 0.05])
-    neck = np.array([-0.02 + j(), aorta_c[1] + 0.26 + j(0.03), pz + 0.02])
-    tail = np.array([spleen_c[0] + 0.16 + j(0.03), spleen_c[1] + 0.14 + j(0.03), pz + 0.14 + j(0.04)])
-    mid = np.array([(neck[0] + tail[0]) / 2, neck[1] + 0.02, (neck[2] + tail[2]) / 2])
-    curve = _bezier(np.stack([head, neck, mid, tail]), 48)
-    radius = np.linspace(0.105, 0.065, len(curve)) * float(rng.uniform(0.9, 1.15))
-    # duodenum: a C around the head, lateral and below it
-    duo = _bezier(np.array([[stomach_c[0] + 0.25, stomach_c[1] - 0.05, head[2] + 0.25],
-                            [head[0] + 0.32, head[1] + 0.05, head[2] + 0.1],
-                            [head[0] + 0.22, head[1], head[2] - 0.28],
-                            [head[0] - 0.22, head[1] - 0.05, head[2] - 0.22]]), 40)
-    lo, hi, duo_wall = _tube(cv, duo, np.full(len(duo), 0.06))
-    cv.paint(lo, hi, duo_wall, 50.0)
-    fill, _ = content_hu()
-    lo, hi, duo_lumen = _tube(cv, duo, np.full(len(duo), 0.035))
-    cv.paint(lo, hi, duo_lumen, fill if fill > -500 else 15.0)
-    lo, hi, panc = _tube(cv, curve, radius)
-    uncinate_c = (head[0] - 0.02, head[1] - 0.03, head[2] - 0.12)
-    uncinate = _ellipsoid(uncinate_c, (0.09, 0.07, 0.1))
-    lo = tuple(min(a, b) for a, b in zip(lo, (uncinate_c[0] - 0.1, uncinate_c[1] - 0.1, uncinate_c[2] - 0.11), strict=True))
-
-    def panc_hu_fn(X, Y, Z):  # slightly lobulated parenchyma
-        return (panc_hu + 8.0 * np.sin(X * 55.0) * np.sin(Y * 47.0) * np.sin(Z * 51.0)).astype(np.float32)
-
-    cv.paint(lo, hi, lambda X, Y, Z: panc(X, Y, Z) | uncinate(X, Y, Z), panc_hu_fn, label=1)
-    # splenic vein behind the body/tail, joining the portal vein behind the neck toward the liver
-    k0 = int(len(curve) * 0.3)
-    vein = curve[k0:].copy()
-    vein[:, 1] -= radius[k0:] * 0.95
-    portal = _bezier(np.array([vein[0], [vein[0][0] + 0.12, vein[0][1] + 0.02, vein[0][2] + 0.1],
-                               [0.3, vein[0][1] + 0.05, pz + 0.35]]), 16)
-    vein_all = np.concatenate([portal[::-1], vein])
-    lo, hi, vein_fn = _tube(cv, vein_all, np.full(len(vein_all), 0.035))
-    cv.paint(lo, hi, vein_fn, float(rng.uniform(150, 175)), label=0)
-
-    # ------------------------------------------------------------------ tumour (label 2)
+    sc = _Scene(rng, _draw_grid(rng, shape, spacing, size, slice_mm))
+    for step in (_paint_body_wall, _paint_spine, _paint_ribs, _paint_solid_organs, _paint_hollow_organs,
+                 _paint_vessels, _paint_pancreas):
+        step(sc)
     has_tumour = bool(rng.random() < 0.85) if tumour is None else bool(tumour)
     if has_tumour:
-        k = int(rng.choice(len(curve), p=_head_weighted(len(curve))))
-        tc = curve[k] + rng.normal(0, radius[k] * 0.25, 3)
-        tr = radius[k] * rng.uniform(0.75, 1.35, 3)  # 1-3 cm at adult scale, bulging the outline
-        tmask = _ellipsoid(tuple(tc), tuple(tr), rot_z=float(rng.uniform(0, np.pi)))
-        grow = _tube(cv, curve, radius * 1.6)[2]
-        t_hu = panc_hu - float(rng.uniform(40, 70))
-
-        def tumour_hu(X, Y, Z):
-            d = ((X - tc[0]) / tr[0]) ** 2 + ((Y - tc[1]) / tr[1]) ** 2 + ((Z - tc[2]) / tr[2]) ** 2
-            return (t_hu + 15.0 * np.clip(d, 0, 1)).astype(np.float32)  # darker core, softer rim
-
-        m = float(tr.max()) * 1.05
-        cv.paint(tuple(tc - m), tuple(tc + m), lambda X, Y, Z: tmask(X, Y, Z) & grow(X, Y, Z), tumour_hu, label=2)
-
-    # ------------------------------------------------------------------ blur, noise, orientation
-    from scipy import ndimage
-
-    hu = ndimage.gaussian_filter(cv.hu, sigma=(0.6, 0.6, 0.45), mode="nearest")
-    noise_hu = float(rng.uniform(8.0, 20.0)) if noise else 0.0
-    if noise:
-        n = rng.standard_normal(hu.shape, dtype=np.float32)
-        n = ndimage.gaussian_filter(n, sigma=0.6) * 2.2  # mildly correlated, about unit std again
-        hu += noise_hu * n
-    hu = np.clip(hu, -1024.0, 3071.0).astype(np.float32)
-    label = cv.label
-
+        _paint_tumour(sc)
+    hu, noise_hu = _blur_and_noise(rng, sc.cv.hu, noise)
+    shape, spacing = sc.cv.shape, sc.cv.spacing
     affine = np.diag([spacing[0], spacing[1], spacing[2], 1.0])
     offset = rng.uniform(-60, 60, 3)
     affine[:3, 3] = -(np.array(shape) - 1) / 2.0 * np.array(spacing) + offset
     code = orientation or str(rng.choice(ORIENTATIONS))
-    hu, label, affine = _reorient(hu, label, affine, code)
-    info = PhantomInfo(seed=int(seed), shape=tuple(hu.shape), spacing=tuple(spacing), orientation=code,
+    hu, label, affine = _reorient(hu, sc.cv.label, affine, code)
+    info = PhantomInfo(seed=int(seed), shape=tuple(hu.shape), spacing=spacing, orientation=code,
                        has_tumour=bool((label == 2).any()), noise_hu=noise_hu)
     return (hu, label, affine, info) if return_info else (hu, label, affine)
 
@@ -410,10 +493,6 @@ def write_msd_dataset(
     Case ``i`` (1-based; training first, then test) uses seed ``seed * 100003 + i``, so a case does not change
     when ``num_training`` changes. The folder is assembled next to ``out_dir`` and renamed into place at the end.
     """
-    from PancreasDiNTSLib.core.atomic import atomic_dir
-    from PancreasDiNTSLib.core.errors import OutputError
-    from PancreasDiNTSLib.io.writers import save_nifti
-
     out_dir = Path(out_dir)
     if num_training < 0 or num_test < 0 or num_training + num_test == 0:
         raise OutputError("make-phantoms: the number of cases must be at least 1")
