@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage
@@ -98,54 +97,31 @@ def write_seg_nrrd(dest: Path, labels: np.ndarray, case: LoadedImage) -> Path:
 
 
 def write_dicom_seg(dest: Path, labels: np.ndarray, case: LoadedImage, model_name: str, model_version: str) -> Path:
-    """DICOM SEG referencing the input series (only for DICOM inputs)."""
-    import highdicom as hd
-    import pydicom
-    from pydicom.sr.coding import Code
+    """DICOM SEG referencing the input series (DICOM inputs only), de-identified series included (io.dicom_seg).
+
+    The labels are sampled on each source image's own pixel grid, so resampled series (gantry tilt, non-uniform
+    spacing) overlay the acquired images. Raises dicom_seg.DicomSegError (an InputError, one line) when no SEG
+    can be made.
+    """
+    from PancreasDiNTSLib.io import dicom_seg
 
     if case.fmt != "dicom" or not case.dicom_files:
-        raise ValueError("DICOM SEG needs a DICOM input series")
-    sources = [pydicom.dcmread(str(f)) for f in case.dicom_files]
-    # labels are (X, Y, Z) in ITK index order; file k of the sorted series is slice k -> frames (Z, Y, X).
-    frames = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).transpose(2, 1, 0))
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"PancreasDiNTS {model_name}",
-        family=Code("123109", "DCM", "Artificial Intelligence"),
-        version=f"{__version__} / model {model_version}",
-    )
-    descriptions = []
-    for seg in SEGMENTS:
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=seg.label,
-            segment_label=seg.name,
-            segmented_property_category=Code(seg.category.value, seg.category.scheme, seg.category.meaning),
-            segmented_property_type=Code(seg.type.value, seg.type.scheme, seg.type.meaning),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            anatomic_regions=[Code(seg.region.value, seg.region.scheme, seg.region.meaning)] if seg.region.value
-            else None,
-            display_color=hd.color.CIELabColor.from_rgb(*seg.color) if hasattr(hd.color.CIELabColor, "from_rgb")
-            else None,
-        ))
-    seg_ds = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="PancreasDiNTS",
-        manufacturer_model_name=model_name[:64],
-        software_versions=__version__,
-        device_serial_number="0",
-        series_description="Pancreas DiNTS segmentation",
-        omit_empty_frames=True,
-    )
-    with atomic_path(dest) as tmp:
-        seg_ds.save_as(str(tmp))
+        raise dicom_seg.DicomSegError(f"{case.path}: DICOM SEG needs a DICOM input series")
+    dicom_seg.write(dest, labels, case.affine_ras, case.dicom_files, model_name, model_version)
     return dest
+
+
+def check_dicom_seg_preconditions(case: LoadedImage, model_name: str = "PancreasDiNTS",
+                                  model_version: str = "") -> list[str]:
+    """Before inference: can a DICOM SEG be written for this case? Returns notes for the report (UIDs taken from
+    the file meta or generated, absent patient attributes, strings cut to their VR); raises
+    dicom_seg.DicomSegError (an InputError, one line) when it cannot. Seconds, not minutes: a SEG of the
+    series with a dummy label map is built and encoded in memory."""
+    from PancreasDiNTSLib.io import dicom_seg
+
+    if case.fmt != "dicom" or not case.dicom_files:
+        raise dicom_seg.DicomSegError(f"{case.path}: DICOM SEG needs a DICOM input series")
+    return dicom_seg.check_preconditions(case.dicom_files, model_name, model_version)
 
 
 def volumes_ml(labels: np.ndarray, case: LoadedImage) -> tuple[dict[str, int], dict[str, float]]:
