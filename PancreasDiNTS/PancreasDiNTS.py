@@ -1,25 +1,29 @@
 """Pancreas DiNTS: segment the pancreas and pancreatic tumours in a CT volume with one click.
 
-This module is an adapter between Slicer and the engine (PancreasDiNTSLib). It never runs torch in Slicer's
-process: the input volume goes to a temporary file, ``PythonSlicer -m PancreasDiNTSLib.cli segment`` runs in a
-background process, its JSON progress lines drive the GUI, and the resulting ``.seg.nrrd`` is loaded back into a
-segmentation node with the engine's names, colours and terminology.
+Three layers: this file holds the widgets (panel, parameter node, buttons) and the process handling; everything
+that touches MRML (input file, segmentation import, ROI box, confidence volume, report table) is the Qt-free
+scene layer ``PancreasDiNTSSceneLib`` (tested with the real slicer-core); the engine runs in a background process
+(``PythonSlicer -m PancreasDiNTSLib.cli segment``, command lines and progress parsing from
+``PancreasDiNTSLib.bridge``). Torch never runs in Slicer's process.
 """
 
 import importlib.util
 import inspect
 import logging
-import shutil
+import time
 from pathlib import Path
+from typing import Annotated
 
 import ctk
+import PancreasDiNTSSceneLib as scenelib
 import qt
 import slicer
 import vtk
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import background, estimate
 from PancreasDiNTSLib.core import terminology
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from PancreasDiNTSSceneLib.runs import SegmentationJob, SegmentationResult  # noqa: F401 (SegmentationResult: API)
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -33,6 +37,8 @@ REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 # Packages Slicer ships (or PyTorchUtils manages): never let pip replace them.
 SLICER_MANAGED_PACKAGES = ["torch", "torchvision", "numpy", "scipy", "SimpleITK", "pydicom", "requests", "vtk", "packaging"]
 TORCH_REQUIREMENT = ">=2.4"
+ROI_MODES = ["grid", "local"]
+SPEED_MODES = list(scenelib.runs.MODES)  # fast (default: same labels, quicker) or exact (MONAI's own path)
 
 
 #
@@ -77,6 +83,10 @@ class PancreasDiNTSParameterNode:
     device - "auto", "cpu" or "cuda:N".
     show3D - show the result as surfaces in the 3D view.
     allowNonCT - segment volumes whose intensities do not look like CT Hounsfield units (with a warning).
+    useROI - segment only inside roiNode (much faster on a CPU).
+    roiNode - a markups ROI (rotated ROIs are enclosed in an axis-aligned box).
+    roiMode - grid (labels in the box equal the full run's) or local (time proportional to the box).
+    mode - fast (default) or exact (MONAI's SlidingWindowInferer as the bundle runs it).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -86,6 +96,10 @@ class PancreasDiNTSParameterNode:
     device: str = "auto"
     show3D: bool = True
     allowNonCT: bool = False
+    useROI: bool = False
+    roiNode: vtkMRMLMarkupsROINode
+    roiMode: Annotated[str, Choice(ROI_MODES)] = "grid"
+    mode: Annotated[str, Choice(SPEED_MODES)] = "fast"
 
 
 #
@@ -170,18 +184,6 @@ class EngineProcess:
             self.finishedCallback(self)
 
 
-class SegmentationResult:
-    """Outcome of one Segment run."""
-
-    def __init__(self, success, message="", segmentationNode=None, volumes=None, log="", cancelled=False):
-        self.success = success
-        self.message = message
-        self.segmentationNode = segmentationNode
-        self.volumes = volumes or {}
-        self.log = log
-        self.cancelled = cancelled
-
-
 #
 # PancreasDiNTSWidget
 #
@@ -243,6 +245,8 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.installModelFromFileButton.connect("clicked(bool)", self.onInstallModelFromFile)
+        self.ui.estimateButton.connect("clicked(bool)", self.onEstimate)
+        self._startTime = None
 
         setDeviceItems(self.ui.deviceComboBox, background.DEFAULT_DEVICES)
         self.initializeParameterNode()
@@ -309,6 +313,10 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentation = p.outputSegmentation if p else None
         self.ui.editInSegmentEditorButton.enabled = bool(segmentation) and not running
         self.ui.show3DCheckBox.enabled = bool(segmentation)
+        useROI = bool(p and p.useROI)
+        self.ui.roiSelector.enabled = useROI
+        self.ui.roiModeComboBox.enabled = useROI
+        self.ui.estimateButton.enabled = bool(p and p.inputVolume and self.currentModel()) and not running
 
     def currentModel(self):
         """The model path the user chose, or None."""
@@ -336,9 +344,11 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = 0
             self.ui.resultLabel.text = ""
             self.ui.statusLabel.text = "Starting..."
+            self._startTime = time.monotonic()
             self.logic.process(p.inputVolume, p.outputSegmentation, self.currentModel(), p.device,
                                waitForCompletion=False, eventCallback=self.onEngineEvent,
-                               completedCallback=self.onProcessingCompleted, allowNonCT=p.allowNonCT)
+                               completedCallback=self.onProcessingCompleted, allowNonCT=p.allowNonCT,
+                               roiNode=p.roiNode if p.useROI else None, roiMode=p.roiMode, mode=p.mode)
         self.updateGUI()
 
     def onEngineEvent(self, event):
@@ -348,7 +358,15 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if event.fraction is not None:
             self.ui.progressBar.value = int(round(100 * event.fraction))
         if event.kind == "progress":
-            self.ui.statusLabel.text = self.logic.lastStatus()
+            elapsed = time.monotonic() - self._startTime if self._startTime else None
+            self.ui.statusLabel.text = estimate.status_line(self.logic.lastStatus(), elapsed, event.fraction)
+
+    def onEstimate(self):
+        """One line before starting: windows and time on this computer for the current choices."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Failed to estimate the run.", waitCursor=True):
+            self.ui.estimateLabel.text = self.logic.estimate(
+                p.inputVolume, self.currentModel(), p.roiNode if p.useROI else None, p.roiMode)
 
     def onProcessingCompleted(self, result):
         self.updateGUI()
@@ -361,9 +379,11 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"Segmentation failed: {result.message}", detailedText=result.log)
             return
         self.ui.progressBar.value = 100
-        self.ui.statusLabel.text = "Done."
+        elapsed = time.monotonic() - self._startTime if self._startTime else None
+        self.ui.statusLabel.text = estimate.status_line("Done", elapsed, 1.0)
         self._parameterNode.outputSegmentation = result.segmentationNode
         self.ui.resultLabel.text = background.format_volumes(result.volumes) or "No volumes reported."
+        self.logic.showReport(result, self._parameterNode.inputVolume)
         self.logic.setShow3D(result.segmentationNode, self._parameterNode.show3D)
         self.updateGUI()
 
@@ -449,6 +469,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self._task = None
+        self.secondsPerWindow = None  # measured by the last run on this computer (for the estimate)
 
     def getParameterNode(self):
         return PancreasDiNTSParameterNode(super().getParameterNode())
@@ -545,14 +566,16 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         return self._task.start(waitForCompletion)
 
     def process(self, inputVolume, outputSegmentation, model, device="auto", waitForCompletion=True,
-                eventCallback=None, completedCallback=None, allowNonCT=False):
+                eventCallback=None, completedCallback=None, allowNonCT=False, roiNode=None, roiMode="grid",
+                mode="fast"):
         """Segment ``inputVolume`` with ``model`` on ``device``. Can be used without GUI widget.
 
         outputSegmentation: an existing segmentation whose "Pancreas" and "Pancreatic tumor" segments are
         replaced (other segments are kept), or None to create a new one. With waitForCompletion the result is
         returned and a failure raises RuntimeError with the engine's one-line message; otherwise the call
         returns at once and completedCallback(SegmentationResult) is called from the main thread.
-        The scene is left unchanged when the run fails or is cancelled.
+        The scene is left unchanged when the run fails or is cancelled. roiNode: segment only inside this markups
+        ROI (roiMode grid or local); mode: fast (default) or exact.
         """
         if not inputVolume:
             raise ValueError("Select an input CT volume.")
@@ -561,28 +584,23 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         if not Path(model).exists():
             raise ValueError(f"Model not found: {model}. Choose a bundle folder or an exported model file.")
 
-        workDir = Path(slicer.util.tempDirectory("PancreasDiNTS"))
-        inputPath = workDir / "input.nrrd"
-        outputDir = workDir / "output"
-        # exportNode writes the volume with its geometry and leaves the node's own storage untouched.
-        slicer.util.exportNode(inputVolume, str(inputPath), {"useCompression": 0})
-        if not inputPath.is_file():
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise RuntimeError(f"Could not write the input volume to {inputPath}.")
-        command = background.segment_command(background.python_executable(), inputPath, outputDir, model, device,
-                                             allow_non_ct=allowNonCT)
+        job = SegmentationJob(inputVolume, model, outputSegmentation, device=device, scene=slicer.mrmlScene,
+                              roi_box=scenelib.roi_box_ras(roiNode) if roiNode else None, roi_mode=roiMode,
+                              mode=mode, allow_non_ct=allowNonCT, python=background.python_executable(),
+                              work_dir=Path(slicer.util.tempDirectory("PancreasDiNTS")),
+                              importer=self.importSegmentation)
+        command = job.prepare()  # writes the input in world coordinates (linear transforms hardened, see scene layer)
         results = []
 
         def onFinished(task):
-            results.append(self._collectResult(task, outputDir, inputVolume, outputSegmentation))
-            shutil.rmtree(workDir, ignore_errors=True)
+            results.append(job.complete(task.returncode, task.cancelled, task.parser))
             if completedCallback:
                 completedCallback(results[0])
 
         try:
             self._start(command, waitForCompletion, eventCallback, onFinished)
         except Exception:
-            shutil.rmtree(workDir, ignore_errors=True)
+            job.cleanup()
             raise
         if not waitForCompletion:
             return None
@@ -591,80 +609,34 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(result.message if not result.cancelled else "Cancelled.")
         return result
 
-    def _collectResult(self, task, outputDir, inputVolume, outputSegmentation):
-        log = "\n".join(task.parser.log)
-        if task.cancelled:
-            return SegmentationResult(False, "Cancelled.", log=log, cancelled=True)
-        if task.returncode != 0:
-            return SegmentationResult(False, task.parser.error_message(task.returncode), log=log)
-        try:
-            folder = background.case_folder(outputDir)
-            segmentationNode = self.importSegmentation(background.seg_nrrd_path(folder), inputVolume,
-                                                       outputSegmentation)
-            volumes = background.volumes_ml(background.read_report(folder))
-        except Exception as exc:
-            logging.exception("PancreasDiNTS: importing the result failed")
-            return SegmentationResult(False, str(exc), log=log)
-        return SegmentationResult(True, "", segmentationNode, volumes, log)
-
-    # --- Results
+    # --- Results (MRML work is the scene layer's)
 
     def importSegmentation(self, segmentationFile, inputVolume, outputSegmentation=None):
         """Load the engine's .seg.nrrd into outputSegmentation (or a new node), replacing only our segments."""
-        loadedNode = slicer.util.loadSegmentation(str(segmentationFile))
-        if not loadedNode:
-            raise RuntimeError(f"{segmentationFile}: Slicer could not read the segmentation file.")
-        createdNode = None
-        try:
-            source = loadedNode.GetSegmentation()
-            sourceIds = {}
-            for info in terminology.SEGMENTS:
-                segmentId = source.GetSegmentIdBySegmentName(info.name)
-                if not segmentId:
-                    raise RuntimeError(f"{segmentationFile}: no segment named {info.name!r}.")
-                sourceIds[info.name] = segmentId
-            if not outputSegmentation:
-                name = slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} pancreas")
-                outputSegmentation = createdNode = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", name)
-                outputSegmentation.CreateDefaultDisplayNodes()
-            target = outputSegmentation.GetSegmentation()
-            for info in terminology.SEGMENTS:
-                oldId = target.GetSegmentIdBySegmentName(info.name)
-                if oldId:
-                    target.RemoveSegment(oldId)
-                if not target.CopySegmentFromSegmentation(source, sourceIds[info.name], False):
-                    raise RuntimeError(f"Could not copy segment {info.name!r} into {outputSegmentation.GetName()}.")
-                segment = target.GetSegment(target.GetSegmentIdBySegmentName(info.name))
-                segment.SetColor(*info.color_float)
-                segment.SetTag(segment.GetTerminologyEntryTagName(), info.terminology_entry())
-            outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
-            outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-            if createdNode:
-                self._placeUnderStudy(outputSegmentation, inputVolume)
-        except Exception:
-            if createdNode:
-                slicer.mrmlScene.RemoveNode(createdNode)
-            raise
-        finally:
-            slicer.mrmlScene.RemoveNode(loadedNode)
-        return outputSegmentation
+        return scenelib.import_segmentation(segmentationFile, inputVolume, outputSegmentation, slicer.mrmlScene)
 
-    @staticmethod
-    def _placeUnderStudy(segmentationNode, volumeNode):
-        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
-        shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), studyItem)
+    def showReport(self, result, inputVolume):
+        """The report's per-segment numbers as a table (and any two-point measurement as a line) next to the input;
+        the measured seconds per window feed the next estimate."""
+        if not result.report:
+            return None
+        perWindow = estimate.seconds_per_window(result.report)
+        if perWindow:
+            self.secondsPerWindow = perWindow
+        name = f"{inputVolume.GetName()} measurements" if inputVolume else "measurements"
+        table = scenelib.report_table(result.report, slicer.mrmlScene, name=name, reference=inputVolume)
+        for segment, key, points in scenelib.report.report_lines(result.report):
+            scenelib.add_line(points, f"{segment} {key}", slicer.mrmlScene, reference=inputVolume)
+        return table
+
+    def estimate(self, inputVolume, model, roiNode=None, roiMode="grid"):
+        """'N windows, about T on this computer': from the CT's and the ROI's size and the model's window settings."""
+        return scenelib.roi.estimate_line(inputVolume, model, roiNode, roiMode, self.secondsPerWindow)
 
     @staticmethod
     def setShow3D(segmentationNode, show):
         """Show or hide the segments as surfaces in 3D views."""
-        if not segmentationNode:
-            return
-        if show:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        else:
-            segmentationNode.RemoveClosedSurfaceRepresentation()
+        scenelib.set_show_3d(segmentationNode, show)
 
     @staticmethod
     def editInSegmentEditor(segmentationNode, volumeNode):

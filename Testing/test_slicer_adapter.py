@@ -14,7 +14,8 @@ import slicer_facts as facts
 COMPUTE_LIBRARIES = {"numpy", "torch", "monai", "SimpleITK", "sitkUtils", "itk", "nibabel", "scipy", "nrrd",
                      "slicerio", "highdicom", "pydicom", "PIL", "skimage", "cv2", "vtk.util.numpy_support"}
 # Engine modules that import only the standard library at module level (checked below).
-LIGHT_ENGINE_MODULES = {"background", "terminology"}
+# (the torch-free layers bridge/ and core/: Testing/test_layering.py checks that they import no torch)
+LIGHT_ENGINE_MODULES = {"bridge", "bridge.background", "bridge.estimate", "core", "core.terminology"}
 
 
 def imports(tree: ast.Module) -> set[str]:
@@ -71,8 +72,10 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] not in allowed:
             raise ImportError(f"blocked non-standard module {name}")
 sys.meta_path.insert(0, Block())
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import background, estimate
 from PancreasDiNTSLib.core import terminology
+spec = estimate.window_spec(background.demo_model_folder() or "no-model")  # yaml blocked: the text fallback
+assert estimate.estimate_windows([0, 300, 0, 250, 0, 90], spec) > 0
 cmd = background.segment_command("python", "ct.nrrd", "out", "model", "cpu")
 event = background.ProgressParser().feed('{"case": "ct", "stage": "infer", "fraction": 0.5}')
 assert event.fraction == 0.5 and cmd[3] == "segment"
@@ -90,6 +93,6 @@ def test_engine_parts_used_by_the_modules_need_only_the_standard_library():
 
 
 def test_blocker_really_blocks():
-    code = BLOCKER.replace("from PancreasDiNTSLib import background, terminology", "import numpy")
+    code = BLOCKER.replace("from PancreasDiNTSLib.bridge import background, estimate", "import numpy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0 and "blocked non-standard module numpy" in out.stderr

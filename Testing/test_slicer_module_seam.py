@@ -1,7 +1,7 @@
 """The module's own control flow (EngineProcess, Logic.process, cancel) against the real engine, with Slicer
 replaced only at the thinnest seam: ``slicer.util.launchConsoleProcess`` (a real subprocess, as Slicer's), a
-timer the test ticks in place of Qt's event loop, ``exportNode`` writing a real NRRD, and ``importSegmentation``
-(MRML cannot exist here). Everything else - command lines, the engine run, progress parsing, result lookup,
+timer the test ticks in place of Qt's event loop, the scene layer's ``write_engine_input`` writing a real NRRD,
+and ``importSegmentation`` (the scene layer itself is tested with the real MRML classes in test_scene_*.py). Everything else - command lines, the engine run, progress parsing, result lookup,
 report reading, clean-up - is the real code. The API checks in test_slicer_api.py are not replaced by this.
 """
 
@@ -133,10 +133,13 @@ def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonb
     util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
     slicer = types.ModuleType("slicer")
     slicer.util = util
+    slicer.mrmlScene = "the scene"
+    slicer.vtkMRMLMarkupsROINode = type("vtkMRMLMarkupsROINode", (), {})
     slicer.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (), {})
     slicer.vtkMRMLSegmentationNode = type("vtkMRMLSegmentationNode", (), {})
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: None
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
     for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
         setattr(scripted, name, type(name, (), {"__init__": lambda self, *a, **k: None}))
@@ -159,6 +162,13 @@ def module_factory(monkeypatch, tmp_path, example_ct_sm):
             monkeypatch.setitem(sys.modules, name, mod)
         monkeypatch.delitem(sys.modules, "PancreasDiNTS", raising=False)
         module = importlib.import_module("PancreasDiNTS")
+        export_node = sys.modules["slicer.util"].exportNode
+
+        def write_engine_input(volume, path):
+            export_node(volume, str(path))
+            return Path(path)
+
+        monkeypatch.setattr(module.scenelib.runs, "write_engine_input", write_engine_input)
         assert module._hasNonBlockingLaunch() is nonblocking_launch
         return module, loop
 

@@ -6,7 +6,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from PancreasDiNTSSceneLib.common import SceneLayerError
+from PancreasDiNTSLib.bridge import estimate
+
+from PancreasDiNTSSceneLib.common import SceneLayerError, ijk_to_world
 
 
 def roi_box_ras(roi_node: Any) -> tuple[float, float, float, float, float, float]:
@@ -39,3 +41,27 @@ def roi_argument(box: Sequence[float]) -> str:
     if len(box) != 6:
         raise ValueError(f"an ROI box has six numbers, not {len(box)}")
     return ",".join(f"{float(v):.3f}" for v in box)
+
+
+def volume_world_bounds(volume: Any) -> list[float]:
+    """World bounds (x0, x1, y0, y1, z0, z1) of a volume's voxel centres, parent transforms applied."""
+    matrix = ijk_to_world(volume)
+    dims = volume.GetImageData().GetDimensions()
+    corners = [matrix.MultiplyPoint((i, j, k, 1.0))[:3]
+               for i, j, k in itertools.product((0, dims[0] - 1), (0, dims[1] - 1), (0, dims[2] - 1))]
+    return [f(c[a] for c in corners) for a in range(3) for f in (min, max)]
+
+
+def estimate_line(volume: Any, model: Any, roi_node: Any = None, roi_mode: str = "grid",
+                  seconds_per_window: float | None = None) -> str:
+    """One line before a run: sliding windows and time on this computer (see PancreasDiNTSLib.bridge.estimate)."""
+    if volume is None or volume.GetImageData() is None:
+        raise SceneLayerError("select an input CT volume")
+    spec = estimate.window_spec(model)
+    box = roi_box_ras(roi_node) if roi_node is not None else None
+    try:
+        windows = estimate.estimate_windows(volume_world_bounds(volume), spec, box, roi_mode)
+    except ValueError as exc:
+        raise SceneLayerError(f"{roi_node.GetName() if roi_node else 'ROI'}: {exc}") from exc
+    where = f"inside {roi_node.GetName()} ({roi_mode})" if roi_node is not None else "whole CT"
+    return f"{where}: {estimate.describe_estimate(windows, seconds_per_window)}"

@@ -62,6 +62,7 @@ class SegmentationJob:
     work_dir: Path | None = None
     keep_outputs: bool = False
     load_confidence: bool = True
+    importer: Any = None  # (path, input volume, output segmentation) -> node; default import_segmentation
 
     @property
     def output_dir(self) -> Path:
@@ -109,8 +110,11 @@ class SegmentationJob:
             try:
                 folder = background.case_folder(self.output_dir)
                 report = background.read_report(folder)
-                node = import_segmentation(background.seg_nrrd_path(folder), self.input_volume,
-                                           self.output_segmentation, self.scene)
+                seg_file = background.seg_nrrd_path(folder)
+                if self.importer is not None:
+                    node = self.importer(seg_file, self.input_volume, self.output_segmentation)
+                else:
+                    node = import_segmentation(seg_file, self.input_volume, self.output_segmentation, self.scene)
             except (SceneLayerError, FileNotFoundError, ValueError) as exc:
                 return SegmentationResult(False, str(exc), log=log)
             result = SegmentationResult(True, "", node, background.volumes_ml(report), log, report=report)
