@@ -676,6 +676,8 @@ class PancreasDiNTSTest(ScriptedLoadableModuleTest):
         self.test_PancreasDiNTS_segmentPhantom()
         self.setUp()
         self.test_PancreasDiNTS_badModelLeavesSceneUnchanged()
+        self.setUp()
+        self.test_PancreasDiNTS_roiExactModeAndEstimate()
 
     def _workFolder(self):
         return Path(slicer.util.tempDirectory("PancreasDiNTSTest"))
@@ -751,4 +753,27 @@ class PancreasDiNTSTest(ScriptedLoadableModuleTest):
         self.assertIn("not_a_model", str(context.exception))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.delayDisplay("Bad-model test passed")
+
+    def test_PancreasDiNTS_roiExactModeAndEstimate(self):
+        """The panel's CPU choices through the logic: an estimate line, then exact mode inside an ROI; the
+        exported labels lie only inside the ROI's box; the report becomes a table next to the input."""
+        work = self._workFolder()
+        imagePath, model = self._phantomAndModel(work)
+        volumeNode = slicer.util.loadVolume(str(imagePath))
+        bounds = [0.0] * 6
+        volumeNode.GetRASBounds(bounds)
+        center = [(bounds[2 * a] + bounds[2 * a + 1]) / 2 for a in range(3)]
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "pancreas box")
+        roi.SetCenter(center)
+        roi.SetRadiusXYZ(40.0, 30.0, 20.0)
+        logic = PancreasDiNTSLogic()
+        line = logic.estimate(volumeNode, str(model), roi, "grid")
+        self.assertIn("windows", line)
+        result = logic.process(volumeNode, None, str(model), "cpu", roiNode=roi, roiMode="grid", mode="exact")
+        inside, outside = scenelib.roi.labels_inside_and_outside(result.segmentationNode, roi, volumeNode,
+                                                                 slicer.mrmlScene)
+        self.assertEqual(outside, 0, "labels outside the ROI")
+        table = logic.showReport(result, volumeNode)
+        self.assertIsNotNone(table)
+        self.delayDisplay("ROI, exact mode and estimate test passed")
 

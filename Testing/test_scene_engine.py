@@ -187,6 +187,9 @@ def test_roi_node_box_segments_only_inside(engine_run, rotated, cli_env):
     assert not labels[~inside].any(), f"{int((labels[~inside] > 0).sum())} labelled voxels outside the ROI"
     full = support.nifti_labels_at(engine_run["out"] / "ras" / "labels.nii.gz", exported)
     assert np.array_equal(labels[inside], full[inside])
+    # the self-test's check (scene layer) agrees
+    assert scenelib.roi.labels_inside_and_outside(result.segmentationNode, roi, volume, scene) == (
+        int((labels[inside] > 0).sum()), 0)
     job.keep_outputs = False
     job.cleanup()
 

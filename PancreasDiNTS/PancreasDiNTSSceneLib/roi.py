@@ -65,3 +65,36 @@ def estimate_line(volume: Any, model: Any, roi_node: Any = None, roi_mode: str =
         raise SceneLayerError(f"{roi_node.GetName() if roi_node else 'ROI'}: {exc}") from exc
     where = f"inside {roi_node.GetName()} ({roi_mode})" if roi_node is not None else "whole CT"
     return f"{where}: {estimate.describe_estimate(windows, seconds_per_window)}"
+
+
+def labels_inside_and_outside(segmentation_node: Any, roi_node: Any, reference_volume: Any,
+                              scene: Any = None) -> tuple[int, int]:
+    """(labelled voxels inside, outside) the ROI's box: the segments exported onto ``reference_volume`` with
+    Slicer's ExportSegmentsToLabelmapNode, voxel centres compared with the box in world coordinates (the
+    module's self-test; the same check as Testing/test_scene_engine.py)."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PancreasDiNTSSceneLib.common import resolve_scene
+
+    scene = resolve_scene(scene)
+    box = np.array(roi_box_ras(roi_node))
+    ids = vtk.vtkStringArray()
+    segmentation = segmentation_node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        ids.InsertNextValue(segmentation.GetNthSegmentID(index))
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labelmap, reference_volume):
+            raise SceneLayerError("could not export the segments")
+        labels = slicer.util.arrayFromVolume(labelmap)
+        matrix = ijk_to_world(labelmap)
+    finally:
+        scene.RemoveNode(labelmap)
+    k, j, i = np.nonzero(labels)
+    m = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    world = (np.stack([i, j, k, np.ones_like(i)], axis=-1).astype(float) @ m.T)[:, :3]
+    inside = np.all((world >= box[:3] - 1e-3) & (world <= box[3:] + 1e-3), axis=1)
+    return int(inside.sum()), int((~inside).sum())
