@@ -333,3 +333,15 @@ def test_documented_slicer_command_lines_use_real_options():
                 found += 1
                 assert option in options, f"{path.name}: Slicer has no option {option}"
     assert found, "expected a documented headless Slicer command line"
+
+
+SCENE_LAYER = facts.REPO / "PancreasDiNTS" / "PancreasDiNTSSceneLib"
+
+
+@pytest.mark.parametrize("path", sorted(SCENE_LAYER.glob("*.py")), ids=lambda p: p.name)
+def test_scene_layer_slicer_util_calls_exist_on_every_supported_release(path):
+    """The scene layer's slicer.util calls exist from Slicer 5.10 on (its MRML calls run on the real slicer-core
+    5.13 in test_scene_*.py; the facts files do not list storage, table or transform node methods)."""
+    use = Usage(ast.parse(path.read_text(encoding="utf-8")))
+    problems = check_slicer_util(use) + check_slicer_packaging(use) + check_imports(use)
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
