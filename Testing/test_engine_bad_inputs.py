@@ -177,7 +177,7 @@ def test_output_not_writable(tmp_path, tiny_ct, tiny_bundle, capsys):
 
 def test_unknown_format_is_a_usage_error(tmp_path, tiny_ct, tiny_bundle, capsys):
     code, err = run_cli(segment_args([tiny_ct], tmp_path / "o", tiny_bundle, "--format", "png"), capsys)
-    assert code == errors.EXIT_CASE_FAILED and "unknown output format" in err
+    assert code == errors.EXIT_USAGE and "unknown output format" in err
 
 
 def test_gpu_out_of_memory_policy():

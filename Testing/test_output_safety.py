@@ -54,7 +54,12 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
 def seg(capsys, inputs, out, model, *extra) -> tuple[int, str]:
     code = main(["segment", *map(str, inputs), "-o", str(out), "--model", str(model), "--device", "cpu",
                  "--progress", "none", *map(str, extra)])
-    return code, capsys.readouterr().err
+    return code, without_notices(capsys.readouterr().err)
+
+
+def without_notices(err: str) -> str:
+    """stderr without MONAI's DiNTS construction notice (model/network.py sends it to stderr, not a failure)."""
+    return "".join(ln for ln in err.splitlines(keepends=True) if "Length of input patch is recommended" not in ln)
 
 
 def error_lines(err: str) -> list[str]:
@@ -171,7 +176,7 @@ def test_obs4_same_stem_other_patient_gets_its_own_folder(tmp_path, tiny_ct, tin
     out = tmp_path / "out"
     assert seg(capsys, [a], out, tiny_bundle, "--format", "nifti")[0] == 0
     code, err = seg(capsys, [b], out, tiny_bundle, "--format", "nifti")
-    assert code == 0 and "skipped" not in err, err
+    assert code == 0 and not re.search(r"^\s*skipped", err, re.M), err
     summary = json.loads((out / "summary.json").read_text())
     (res,) = summary["results"]
     assert res["status"] == "ok" and res["output_dir"] == str(out / "ct-2")
@@ -300,7 +305,7 @@ def test_real_file_size_limit_is_exit_5(tmp_path, tiny_ct, tiny_bundle, cli_env)
                            str(tiny_bundle), "--device", "cpu", "--progress", "none"], env=cli_env,
                           capture_output=True, text=True, timeout=600, preexec_fn=limit)
     assert proc.returncode == errors.EXIT_OUTPUT, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert len(without_notices(proc.stderr).strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not [p for p in out.rglob("*") if ".part" in p.name]
 
 
@@ -317,7 +322,7 @@ def test_real_full_tmpfs_is_exit_5(tmp_path, tiny_ct, tiny_bundle, cli_env):
                                "--model", str(tiny_bundle), "--device", "cpu", "--progress", "none"], env=cli_env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == errors.EXIT_OUTPUT, proc.stderr[-2000:]
-        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert len(without_notices(proc.stderr).strip().splitlines()) == 1 and "Traceback" not in proc.stderr
         assert not [p for p in mnt.rglob("*") if ".part" in p.name]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -158,12 +158,7 @@ def evaluate(
         progress.emit({"stage": "case", "case": name, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                                           for k, v in row.items() if k != "case"}})
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) if k != "case" else row[k] for k in CSV_FIELDS})
-    write_text_atomic(out / "metrics.csv", buf.getvalue())
+    _write_csv(out / "metrics.csv", rows)
 
     summary: dict[str, Any] = {
         "model": str(Path(model)),
@@ -185,6 +180,15 @@ def evaluate(
     progress.close()
     summary["rows"] = rows
     return summary
+
+
+def _write_csv(dest: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) if k != "case" else row[k] for k in CSV_FIELDS})
+    write_text_atomic(dest, buf.getvalue())
 
 
 def _none_if_nan(x: float) -> float | None:
