@@ -44,6 +44,9 @@ def deidentify(ds, k):
         if key in ds:
             delattr(ds, key)
     ds.PatientID = "ANON\x01" + "9" * 80  # an LO value that is too long and holds a control character
+    # decimal strings longer than DS allows (16), as float formatting leaves them: geometry must survive
+    ds.ImageOrientationPatient = [float(v) if abs(float(v)) > 0.5 else 6.123233995736766e-17
+                                  for v in ds.ImageOrientationPatient]
     ds.compress(JPEG2000Lossless)
 
 

@@ -118,6 +118,7 @@ class DicomVolume:
 
     def to_metatensor(self, path: Path):
         """The volume as MONAI reads an image: MetaTensor (X, Y, Z), RAS affine, series identity in meta."""
+        import torch
         from monai.data import MetaTensor
 
         ras = self.affine_ras.copy()
@@ -133,7 +134,7 @@ class DicomVolume:
             "dicom_series_description": _printable(self.series.description),
             "dicom_resampled": bool(self.resampled),
         }
-        return MetaTensor(np.ascontiguousarray(self.data, dtype=np.float32), affine=ras, meta=meta)
+        return MetaTensor(np.ascontiguousarray(self.data, dtype=np.float32), affine=torch.as_tensor(ras), meta=meta)
 
 
 def series_from_meta(meta: dict[str, Any]) -> dict[str, Any] | None:

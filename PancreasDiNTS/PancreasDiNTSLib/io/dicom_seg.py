@@ -62,20 +62,33 @@ def clean_text(value: Any, vr: str = "LO", keep_escape: bool = False) -> str:
 
 
 def _clean_dataset_strings(ds: Any) -> int:
-    """Clean every top-level string element of ``ds`` in place; returns how many were changed."""
+    """Clean the top-level text elements of ``ds`` in place (names, codes, dates, descriptions; never the
+    geometry): control characters, over-long values; over-long decimal strings are re-formatted to 16
+    characters. Returns how many elements were changed."""
+    from pydicom.valuerep import DS
+
     changed = 0
     charset = ds.get("SpecificCharacterSet", "") or ""
     iso2022 = any("2022" in str(c) for c in (charset if isinstance(charset, (list, tuple)) else [charset]))
     for elem in list(ds):
         vr = str(elem.VR)
-        if vr not in VR_MAX and vr not in TEXT_VRS:
-            continue
-        if elem.value is None or elem.VM == 0:
+        if elem.value is None or elem.VM == 0 or vr in ("UI", "IS"):
             continue
         values = list(elem.value) if elem.VM > 1 else [elem.value]
+        if vr == "DS":
+            if any(len(str(v)) > 16 for v in values):
+                try:
+                    fixed_ds = [DS(float(v), auto_format=True) for v in values]
+                except (TypeError, ValueError, OverflowError):
+                    continue
+                elem.value = fixed_ds if elem.VM > 1 else fixed_ds[0]
+                changed += 1
+            continue
+        if vr not in VR_MAX and vr not in TEXT_VRS:
+            continue
         if vr == "PN":
             fixed = [_clean_pn(v, iso2022) for v in values]
-        elif vr in ("DA", "TM", "DT", "DS", "IS", "UI", "AS"):
+        elif vr in ("DA", "TM", "DT", "AS"):
             fixed = [_clean_structured(v, vr) for v in values]
         else:
             fixed = [clean_text(v, vr, iso2022) for v in values]
