@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from dicom_factory import Plane, axial_planes, load_crop, new_ids, save, slice_dataset, write_series
 from PancreasDiNTSLib.core.errors import InputError
-from PancreasDiNTSLib.io.dicom import is_dicom_file, list_series, read_dicom_series, series_case_names
+from PancreasDiNTSLib.io.dicom import (
+    folder_cases,
+    is_dicom_file,
+    list_series,
+    read_dicom_series,
+    series_case_names,
+)
 from PancreasDiNTSLib.io.images import expand_inputs, read_image
 
 N = 16
@@ -64,6 +70,9 @@ def test_two_series_in_one_folder(tmp_path, vol):
     assert [(s.uid, s.number, len(s.files)) for s in series] == [(a.series, 3, N), (b.series, 4, N - 4)]
     names = series_case_names(series)
     assert names == ["3-CT_ABDOMEN", "4-Arterial_1.0_0.7_B30f_dual"]
+    assert folder_cases(folder) == list(zip(names, series, strict=True))
+    assert series[0].fingerprint() != series[1].fingerprint()
+    assert series[0].fingerprint() == list_series(folder)[0].fingerprint()
     assert all(n and not n.startswith(".") and "/" not in n for n in names)
     got_a = read_dicom_series(folder, series_uid=a.series)
     got_b = read_dicom_series(folder, series_uid=b.series)

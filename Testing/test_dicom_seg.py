@@ -97,6 +97,11 @@ def test_deidentified_series_gets_a_valid_seg(tmp_path, deid_folder, vol):
 
     case = read_image(deid_folder)
     np.testing.assert_array_equal(case.image[0].numpy(), vol.data)
+    from PancreasDiNTSLib.io.dicom import folder_cases
+
+    (suffix, series), = folder_cases(deid_folder)  # no SeriesInstanceUID: picked by its number
+    assert suffix == "" and series.uid == "" and series.selector == "number=3"
+    assert read_image(deid_folder, series_uid=series.selector).shape == case.shape
     t = time.perf_counter()
     notes = check_dicom_seg_preconditions(case, HOSTILE_NAME, "0.5.0\x00\n")
     assert time.perf_counter() - t < 15

@@ -65,6 +65,23 @@ class SeriesInfo:
     description: str
     modality: str
     files: tuple[Path, ...]
+    instance_uids: tuple[str, ...] = ()
+
+    @property
+    def selector(self) -> str:
+        """What ``series_uid`` takes to pick this series: the UID, else ``number=N`` (series without UID)."""
+        if self.uid:
+            return self.uid
+        return f"number={self.number}" if self.number is not None else f"description={self.description}"
+
+    def fingerprint(self) -> str:
+        """A content identity of the series (UID, SOP instance UIDs and file sizes), for skip decisions."""
+        import hashlib
+
+        h = hashlib.sha256(self.uid.encode())
+        for uid, path in sorted(zip(self.instance_uids, self.files, strict=False)):
+            h.update(f"|{uid}:{path.stat().st_size if path.exists() else -1}".encode())
+        return h.hexdigest()
 
     def label(self) -> str:
         """``series 3 "CT ABDOMEN" (UID 1.2.3...)``, for messages and reports."""
@@ -275,6 +292,7 @@ def scan_folder(folder: Path | Sequence[Path]) -> FolderScan:
             description=str(first.get("SeriesDescription", "") or "").strip(),
             modality=str(first.get("Modality", "") or "").strip(),
             files=tuple(p for p, _ in members),
+            instance_uids=tuple(sop_instance_uid(ds) for _, ds in members),
         ))
     series.sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
     return FolderScan(series, excluded)
@@ -300,6 +318,15 @@ def series_case_names(series: Sequence[SeriesInfo]) -> list[str]:
     return names
 
 
+def folder_cases(folder: Path | str) -> list[tuple[str, SeriesInfo]]:
+    """How a DICOM folder becomes cases: [(case-name suffix, series)]; the suffix is "" when the folder holds one
+    series, else a distinct safe name per series. Read each with ``read_image(folder, series_uid=s.selector)``."""
+    series = list_series(folder)
+    if len(series) <= 1:
+        return [("", s) for s in series]
+    return list(zip(series_case_names(series), series, strict=True))
+
+
 def _describe(series: Iterable[SeriesInfo]) -> str:
     return "; ".join(f"{s.label()}, {len(s.files)} images" for s in series)
 
@@ -312,7 +339,7 @@ def select_series(source: Path | Sequence[Path], series_uid: str | None = None) 
         extra = f" ({scan.notes()[0]})" if scan.excluded else ""
         raise InputError(f"{where}: holds no DICOM image series{extra}")
     if series_uid:
-        chosen = [s for s in scan.series if s.uid == series_uid]
+        chosen = [s for s in scan.series if series_uid in (s.uid, s.selector)]
         if not chosen:
             raise InputError(f"{where}: no DICOM series with UID {series_uid}; found {_describe(scan.series)}")
         return chosen[0], scan.notes()
