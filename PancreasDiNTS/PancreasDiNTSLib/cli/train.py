@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
 
 from PancreasDiNTSLib.core.errors import EXIT_OK
 from PancreasDiNTSLib.core.progress import MODES
@@ -22,9 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (checkpoints, logs, bundle)")
     p.add_argument("--preset", default="bundle", help="tiny (seconds, CI), demo (phantom demo model), "
                                                       "bundle (released hyper-parameters; default)")
+    add_run_arguments(p, "the run in RUN", "--set epochs=50 --set patch_size=64,64,64")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, what: str, example: str) -> None:
+    """The options train and search share: overrides, resume, data folder, device, progress."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a setting, e.g. --set epochs=50 --set patch_size=64,64,64 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its newest checkpoint")
+                   help=f"override a setting, e.g. {example} (repeatable)")
+    p.add_argument("--resume", action="store_true", help=f"continue {what} from its newest checkpoint")
     p.add_argument("--dataset-dir", default=None, help="base folder of the datalist's relative paths "
                                                        "(default: the datalist's dataset_dir, else its folder)")
     p.add_argument("--device", default="auto",
@@ -33,32 +41,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-settings", action="store_true", help="print the resolved settings and exit")
 
 
-def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+def run_job(args: argparse.Namespace, settings: Any, job: Callable[..., dict[str, Any]]) -> dict[str, Any] | None:
+    """``job(device=..., progress=...)`` in a torchrun session (or alone); its summary where this process prints
+    the closing line (rank 0, not JSON), else None. ``--show-settings`` prints the settings instead."""
     from PancreasDiNTSLib.core.progress import Progress
+    from PancreasDiNTSLib.training.distributed import distributed_session, is_main, launched_by_torchrun
+
+    if args.show_settings:
+        print(json.dumps(asdict(settings), indent=2))
+        return None
+    # Under torchrun (`torchrun --nproc_per_node=N -m PancreasDiNTSLib.cli train ...`) each process joins the group
+    # and works on its share of the cases; only rank 0 reports and writes.
+    with distributed_session(args.device) as ctx:
+        device = ctx.device if launched_by_torchrun() else args.device
+        progress = Progress(args.progress if is_main() else "none", total=settings.epochs, unit="epoch")
+        summary = job(device=device, progress=progress, resume=args.resume, dataset_dir=args.dataset_dir,
+                      overrides=args.overrides if args.resume else None)
+        main = is_main()
+    return summary if main and args.progress != "json" else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from PancreasDiNTSLib.training.settings import make_settings
     from PancreasDiNTSLib.training.train import train
 
     settings = make_settings(args.preset, args.overrides)
-    if args.show_settings:
-        print(json.dumps(asdict(settings), indent=2))
-        return EXIT_OK
-    from PancreasDiNTSLib.training.distributed import distributed_session, is_main, launched_by_torchrun
-
-    # Under torchrun (`torchrun --nproc_per_node=N -m PancreasDiNTSLib.cli train ...`) each process joins the group
-    # and trains on its share of the cases; only rank 0 reports and writes.
-    device = args.device
-    with distributed_session(args.device) as ctx:
-        if launched_by_torchrun():
-            device = ctx.device
-        mode = args.progress if is_main() else "none"
-        progress = Progress(mode, total=settings.epochs, unit="epoch")
-        summary = train(args.datalist, args.output, arch=args.arch, settings=settings, device=device,
-                        resume=args.resume, dataset_dir=args.dataset_dir, progress=progress,
-                        overrides=args.overrides if args.resume else None)
-        main = is_main()
-    if args.progress != "json" and main:
+    summary = run_job(args, settings, partial(train, args.datalist, args.output, arch=args.arch, settings=settings))
+    if summary is not None:
         ram = summary["peak_ram_gib"]
         dice = summary["best_val_mean_dice"]
         print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; loss {summary['first_loss']:.4f} -> "

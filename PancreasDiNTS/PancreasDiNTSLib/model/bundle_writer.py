@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import monai
+import numpy as np
+import torch
 import yaml
 
+from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.model.bundle import save_arch_file
 from PancreasDiNTSLib.model.spec import NetworkSpec
 
@@ -58,6 +64,20 @@ _HEADER = """\
 """
 
 
+_RECONSTRUCT = "(numpy._core if hasattr(numpy, '_core') else numpy.core).multiarray._reconstruct"
+
+
+class RunSettings(Protocol):
+    """What the bundle files take from a run's settings (``training.settings.TrainSettings``)."""
+
+    spacing: tuple[float, float, float]
+    a_min: float
+    a_max: float
+    patch_size: tuple[int, int, int]
+    infer_sw_batch_size: int
+    overlap: float
+
+
 def arch_file_name(source: str | Path | None) -> str:
     """Keep a released-style name (``search_code_18590.pt``), else ``search_code_0.pt``."""
     if source is not None and _ARCH_NAME.match(Path(str(source)).name):
@@ -78,20 +98,19 @@ def inference_config(
     dataset_dir: str = "/workspace/data/msd/Task07_Pancreas",
 ) -> dict[str, Any]:
     """The inference.yaml content (a dict in the released key order)."""
-    root_expr = (f"$next((p for p in [{bundle_root!r}] if os.path.isfile(p + '/models/model.pt')), '.')")
-    recon = "(numpy._core if hasattr(numpy, '_core') else numpy.core).multiarray._reconstruct"
     return {
         "imports": ["$import glob", "$import numpy", "$import os"],
         "input_channels": int(spec.in_channels),
         "output_classes": int(spec.num_classes),
         "arch_ckpt_path": f"$@bundle_root + '/models/{arch_name}'",
         # numpy types a released-format arch file needs; registered just before a weights_only load
-        "arch_safe_globals": [f"${recon}", "$numpy.ndarray", "$numpy.dtype", "$type(numpy.dtype('int64'))",
+        "arch_safe_globals": [f"${_RECONSTRUCT}", "$numpy.ndarray", "$numpy.dtype", "$type(numpy.dtype('int64'))",
                               "$type(numpy.dtype('float64'))", "$type(numpy.dtype('int32'))",
                               "$type(numpy.dtype('float32'))"],
         "arch_ckpt": ("$torch.load(@arch_ckpt_path, map_location='cpu', weights_only=True) "
                       "if torch.serialization.add_safe_globals(@arch_safe_globals) is None else None"),
-        "bundle_root": root_expr,
+        # this folder where it was written, else the working directory
+        "bundle_root": f"$next((p for p in [{bundle_root!r}] if os.path.isfile(p + '/models/model.pt')), '.')",
         "image_key": "image",
         "output_dir": "$@bundle_root + '/eval'",
         "output_ext": ".nii.gz",
@@ -177,19 +196,14 @@ def inference_config(
 
 def metadata(spec: NetworkSpec, roi_size: tuple[int, int, int], name: str, training: dict[str, Any],
              mean_dice: float | None) -> dict[str, Any]:
-    import monai
-    import numpy
-    import torch
-
-    from PancreasDiNTSLib import __version__
-
+    """metadata.json in the released bundle's schema; class names from the terminology table."""
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": "1.0.0",
         "changelog": {"1.0.0": f"trained with PancreasDiNTS {__version__} (pancreas-dints train)"},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": numpy.__version__,
+        "numpy_version": np.__version__,
         "optional_packages_version": {"nibabel": _version("nibabel")},
         "name": name,
         "task": "Pancreas and pancreatic tumour segmentation in CT (DiNTS, retrained)",
@@ -199,9 +213,8 @@ def metadata(spec: NetworkSpec, roi_size: tuple[int, int, int], name: str, train
         "data_source": str(training.get("datalist", "")),
         "data_type": "nibabel",
         "image_classes": "single channel data, intensity scaled to [0, 1]",
-        "label_classes": "single channel data, 1 is pancreas, 2 is pancreatic tumor, 0 is everything else",
-        "pred_classes": "3 channels OneHot data, channel 1 is pancreas, channel 2 is pancreatic tumor, "
-                        "channel 0 is background",
+        "label_classes": f"single channel data, {_classes('')}, 0 is everything else",
+        "pred_classes": f"{len(SEGMENTS) + 1} channels OneHot data, {_classes('channel ')}, channel 0 is background",
         "eval_metrics": {"mean_dice": round(float(mean_dice), 4) if mean_dice is not None else None},
         "intended_use": "This is an example, not to be used for diagnostic purposes",
         "network_data_format": {
@@ -213,15 +226,18 @@ def metadata(spec: NetworkSpec, roi_size: tuple[int, int, int], name: str, train
                 "type": "image", "format": "segmentation", "num_channels": int(spec.num_classes),
                 "spatial_shape": [int(r) for r in roi_size], "dtype": "float32", "value_range": [0, 1, 2],
                 "is_patch_data": True,
-                "channel_def": {"0": "background", "1": "pancreas", "2": "pancreatic tumor"}}},
+                "channel_def": {"0": "background", **{str(seg.label): seg.name.lower() for seg in SEGMENTS}}}},
         },
         "training": training,
     }
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def _classes(prefix: str) -> str:
+    """'1 is pancreas, 2 is pancreatic tumor' (with ``prefix`` before each label)."""
+    return ", ".join(f"{prefix}{seg.label} is {seg.name.lower()}" for seg in SEGMENTS)
 
+
+def _version(package: str) -> str:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -233,7 +249,7 @@ def write_bundle_configs(
     spec: NetworkSpec,
     arch: dict[str, Any],
     arch_name: str,
-    settings: Any,
+    settings: RunSettings,
     datalist: dict[str, Any] | None,
     dataset_dir: str | None,
     training: dict[str, Any],
@@ -248,13 +264,13 @@ def write_bundle_configs(
     if not (models / arch_name).is_file():
         save_arch_file(models / arch_name, arch)
     cfg = inference_config(
-        spec, arch_name, str(run_dir), tuple(settings.spacing), settings.a_min, settings.a_max,
-        tuple(settings.patch_size), sw_batch_size=settings.infer_sw_batch_size, overlap=settings.overlap,
+        spec, arch_name, str(run_dir), settings.spacing, settings.a_min, settings.a_max,
+        settings.patch_size, sw_batch_size=settings.infer_sw_batch_size, overlap=settings.overlap,
         dataset_dir=dataset_dir or "/workspace/data/msd/Task07_Pancreas",
     )
     write_text_atomic(configs / "inference.yaml",
                       _HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=118))
-    meta = metadata(spec, tuple(settings.patch_size), name or f"PancreasDiNTS run {run_dir.name}", training,
+    meta = metadata(spec, settings.patch_size, name or f"PancreasDiNTS run {run_dir.name}", training,
                     mean_dice)
     write_text_atomic(configs / "metadata.json", json.dumps(meta, indent=4) + "\n")
     write_text_atomic(configs / "logging.conf", LOGGING_CONF)
