@@ -28,8 +28,8 @@ def vol():
 
     full = load_crop(require(EXAMPLE_CT))
     affine = full.affine_ras.copy()
-    affine[:, 3] = full.affine_ras @ np.array([8, 8, 10, 1.0])
-    return Volume(full.data[8:56, 8:56, 10:34].copy(), affine)  # 48 x 48 x 24 voxels of 3 mm
+    affine[:, 3] = full.affine_ras @ np.array([16, 16, 10, 1.0])
+    return Volume(full.data[16:48, 16:48, 10:26].copy(), affine)  # 32 x 32 x 16 voxels of 3 mm: 1-2 windows
 
 
 def deidentify(ds, k):
@@ -53,14 +53,14 @@ def deidentify(ds, k):
 @pytest.fixture(scope="module")
 def deid_folder(tmp_path_factory, vol) -> Path:
     folder = tmp_path_factory.mktemp("deid") / "anon_ct"
-    write_series(folder, vol, axial_planes(vol, np.arange(24) * 3.0), edit=deidentify)
+    write_series(folder, vol, axial_planes(vol, np.arange(16) * 3.0), edit=deidentify)
     return folder
 
 
 @pytest.fixture(scope="module")
 def tilted_folder(tmp_path_factory, vol) -> Path:
     folder = tmp_path_factory.mktemp("tilt") / "tilted_ct"
-    write_series(folder, vol, tilted_planes(vol, n=16, step_mm=3.0, tilt_deg=20.0))
+    write_series(folder, vol, tilted_planes(vol, n=12, step_mm=3.0, tilt_deg=20.0))
     return folder
 
 
@@ -148,7 +148,7 @@ def test_seg_of_a_resampled_series_lies_on_the_acquired_images(tmp_path, tilted_
     import pydicom
 
     case = read_image(tilted_folder)
-    assert case.image.meta["dicom_resampled"] and case.shape[1] > 48  # the grid grew to cover the tilt
+    assert case.image.meta["dicom_resampled"] and case.shape[1] > 32  # the grid grew to cover the tilt
     lps = RAS_TO_LPS @ case.affine_ras
     ax = lps[:3, 0] / np.linalg.norm(lps[:3, 0])
     az = lps[:3, 2] / np.linalg.norm(lps[:3, 2])

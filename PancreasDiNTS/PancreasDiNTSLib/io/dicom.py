@@ -591,9 +591,10 @@ def regularise(stack: np.ndarray, geom: SliceGeometry, step: float) -> tuple[np.
     w = geom.distances
     u0, u1 = float(u.min()), float(u.max() + (cols - 1) * dx)
     v0, v1 = float(v.min()), float(v.max() + (rows - 1) * dy)
-    nx = int(np.floor((u1 - u0) / dx + 1e-3)) + 1
-    ny = int(np.floor((v1 - v0) / dy + 1e-3)) + 1
-    nz = int(np.floor((w[-1] - w[0]) / step + 1e-3)) + 1
+    # in-plane: every acquired pixel inside the grid; along the normal: at most half a step past the last slice
+    nx = int(np.ceil((u1 - u0) / dx - 1e-3)) + 1
+    ny = int(np.ceil((v1 - v0) / dy - 1e-3)) + 1
+    nz = int(np.floor((w[-1] - w[0]) / step + 0.5)) + 1
     fill = float(stack.min())
     out = np.empty((nx, ny, nz), dtype=np.float32)
     for m in range(nz):
