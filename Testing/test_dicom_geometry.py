@@ -85,6 +85,23 @@ def test_one_then_three_mm_is_resampled_exactly(tmp_path, vol):
     np.testing.assert_allclose(case.affine_ras, got.affine_ras)
 
 
+def test_change_of_pitch_is_not_missing_slices(tmp_path, vol):
+    """1 mm then 6 mm (a pitch change, larger on one side only) is resampled; the same 6 mm step between 1 mm
+    steps on both sides is a gap (5 slices missing) and refused."""
+    pitch = list(np.arange(10) * 1.0) + list(15.0 + 6.0 * np.arange(8))
+    write_series(tmp_path / "pitch", vol, axial_planes(vol, pitch))
+    got = read_dicom_series(tmp_path / "pitch")
+    assert got.resampled
+    truth = truth_on_grid(vol, got.data.shape, got.affine_ras)
+    inside = np.arange(got.data.shape[2]) * 1.0 <= 9.0  # the 1 mm part: both interpolate V the same way
+    assert np.abs(got.data - truth)[:, :, inside].max() <= 0.51
+    gap = list(np.arange(10) * 1.0) + list(15.0 + np.arange(8))
+    write_series(tmp_path / "gap", vol, axial_planes(vol, gap))
+    with pytest.raises(InputError) as exc:
+        read_dicom_series(tmp_path / "gap")
+    assert "about 5 missing" in one_line(exc)
+
+
 def bone_centroid_mm(data: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
     idx = np.argwhere(data > 300).astype(np.float64)
     return (affine_ras @ np.append(idx.mean(axis=0), 1.0))[:3]

@@ -443,8 +443,9 @@ def plan_grid(geom: SliceGeometry, where: Path) -> GridPlan:
         raise InputError(f"{where}: {repeats + 1 if repeats == 1 else repeats} images share a slice position "
                          "(several acquisitions, phases or echoes in one series?); export each as its own series")
     for k, step in enumerate(steps):
-        neighbours = np.concatenate([steps[max(0, k - 2):k], steps[k + 1:k + 3]])
-        local = float(np.median(neighbours)) if len(neighbours) else median
+        # A gap is larger than the steps on both sides (a change of pitch, 1 mm then 5 mm, is larger on one side).
+        sides = [float(np.median(side)) for side in (steps[max(0, k - 2):k], steps[k + 1:k + 3]) if len(side)]
+        local = max(sides) if sides else median
         if step > GAP_FACTOR * local:
             missing = max(1, int(round(step / local)) - 1)
             raise InputError(f"{where}: slices missing: a gap of {step:.2f} mm between slices {k + 1} and {k + 2} "
