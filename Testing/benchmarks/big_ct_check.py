@@ -76,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_mem_gb and args.device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_mem_gb * 2**30 / total), torch.device(args.device))
-    from PancreasDiNTSLib.inference.batch import run_segment
+    from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        summary = run_segment([str(ct)], work / "out", model, device=args.device, formats="nifti,seg.nrrd",
-                              progress="none", overwrite=True, mode=args.mode)
+        summary = run_segment(SegmentSettings((str(ct),), work / "out", model, device=args.device,
+                                              formats=("nifti", "seg.nrrd"), progress="none", overwrite=True,
+                                              mode=args.mode))
         seconds = time.perf_counter() - t0
     result = summary.results[0]
-    report = json.loads((work / "out" / "big_ct" / "report.json").read_text()) if result.status == "ok" else {}
+    report = json.loads((Path(result.output_dir) / "report.json").read_text()) if result.status == "ok" else {}
     out = {"status": result.status, "message": result.message, "shape": SHAPE, "device": args.device,
            "gpu_mem_cap_gib": args.gpu_mem_gb or None, "seconds": round(seconds, 1),
            "peak_rss_gib": round(rss.peak / 2**30, 2), "timings_s": report.get("timings_s"),

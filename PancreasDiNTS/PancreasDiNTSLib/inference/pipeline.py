@@ -121,6 +121,7 @@ class OutputSpec:
     write: Callable[[Path, CaseData], Any]
     estimate_bytes: Callable[[LoadedImage], int]  # an upper bound, for the free-space check
     dicom_only: bool = False  # written for DICOM inputs only (otherwise a note)
+    title: str = ""  # how notes name it (default: the format name)
     # (case, model name, model version) -> notes; raises when the output cannot be made for this case
     precheck: Callable[[LoadedImage, str, str], list[str]] | None = None
 
@@ -158,7 +159,7 @@ register_output(OutputSpec("seg.nrrd", OUTPUT_NAMES["seg.nrrd"],
 register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
                            lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version),
                            lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True,
-                           precheck=_dicom_seg_precheck))
+                           precheck=_dicom_seg_precheck, title="DICOM SEG"))
 # Hook: the read-out registers "confidence" (confidence.nii.gz from CaseData.probabilities) and "report-png"
 # (one-page report from CaseData.measurements) here, with register_output(OutputSpec(...)).
 
@@ -271,7 +272,7 @@ def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | No
     for fmt in options.formats:
         spec = OUTPUTS[fmt]
         if spec.dicom_only and case.fmt != "dicom":
-            plan.notes.append(f"{fmt} not written: the input is not a DICOM series")
+            plan.notes.append(f"{spec.title or fmt} not written: the input is not a DICOM series")
             continue
         try:
             if spec.precheck is not None:

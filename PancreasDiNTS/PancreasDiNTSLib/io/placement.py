@@ -24,7 +24,7 @@ from typing import Any
 
 from PancreasDiNTSLib.core.errors import PlacementError, printable
 from PancreasDiNTSLib.core.ownership import CaseFolder, input_identity
-from PancreasDiNTSLib.io.images import IMAGE_SUFFIXES, case_name
+from PancreasDiNTSLib.io.images import IMAGE_SUFFIXES, case_name, is_dicom_file
 
 MAX_NAME_BYTES = 96
 FALLBACK_NAME = "case"
@@ -53,8 +53,7 @@ def safe_case_name(raw: str, limit: int = MAX_NAME_BYTES) -> str:
 def case_base_name(path: Path) -> str:
     """The case name of an input, from its absolute path (``.`` -> the folder's real name)."""
     absolute = Path(os.path.abspath(path))
-    if not absolute.is_dir() and not absolute.name.lower().endswith(IMAGE_SUFFIXES) and absolute.parent.is_dir() \
-            and absolute.suffix.lower() == ".dcm":
+    if _is_dicom_file_input(absolute):
         absolute = absolute.parent  # a DICOM file stands for its series folder
     return safe_case_name(case_name(absolute) if absolute.name else "")
 
@@ -71,9 +70,15 @@ def footprint(path: Path) -> list[Path]:
     """The real paths reading ``path`` touches: the file or folder, and a DICOM file's series folder."""
     real = Path(os.path.realpath(path))
     paths = [real, Path(os.path.abspath(path))]
-    if not real.is_dir() and not real.name.lower().endswith(IMAGE_SUFFIXES):
+    if _is_dicom_file_input(real):
         paths.append(real.parent)
     return paths
+
+
+def _is_dicom_file_input(path: Path) -> bool:
+    """A regular file (never a FIFO: is_file first) that is a DICOM slice: it stands for its series folder."""
+    return path.is_file() and not path.name.lower().endswith(IMAGE_SUFFIXES) and (
+        path.suffix.lower() == ".dcm" or is_dicom_file(path))
 
 
 def _related(a: Path, b: Path) -> bool:
