@@ -12,12 +12,12 @@
 * ``BudgetCacheDataset``: caches deterministic-transform outputs in RAM up to a byte budget (the bundle's
   ``cache_rate`` keeps a fraction of cases whatever their size); the rest is loaded each time, optionally
   from a disk cache (MONAI ``PersistentDataset``).
+* ``build_loaders``: a process's training and validation loaders over its cases (train and search).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -32,8 +32,6 @@ from PancreasDiNTSLib.training.settings import TrainSettings
 
 if TYPE_CHECKING:
     from monai.transforms import Compose
-
-log = logging.getLogger(__name__)
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
