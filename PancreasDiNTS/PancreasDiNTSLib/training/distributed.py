@@ -191,13 +191,10 @@ def all_reduce_sum(value: torch.Tensor | float | list[float]) -> torch.Tensor | 
     return total.tolist() if total.dim() else float(total)
 
 
-@overload
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor: ...
-@overload
-def all_reduce_mean(value: float) -> float: ...
-@overload
-def all_reduce_mean(value: list[float]) -> list[float]: ...
-def all_reduce_mean(value: torch.Tensor | float | list[float]) -> torch.Tensor | float | list[float]:
+Reducible = TypeVar("Reducible", torch.Tensor, float, list[float])
+
+
+def all_reduce_mean(value: Reducible) -> Reducible:
     """Mean over ranks (each rank weighted equally)."""
     total = all_reduce_sum(value)
     world = get_world_size() if is_distributed() else 1
