@@ -91,6 +91,7 @@ def test_two_series_in_one_folder(tmp_path, vol):
     assert case.image.meta["dicom_series_number"] == "4" and case.shape == (64, 64, N - 4)
     one_file = sorted(folder.glob("a*.dcm"))[0]
     assert read_image(one_file).image.meta["dicom_series_uid"] == a.series
+    assert read_image(sorted(folder.glob("b*.dcm"))[0]).image.meta["dicom_series_number"] == "4"
 
 
 def test_localizer_and_non_image_objects_are_left_out(tmp_path, vol):

@@ -318,6 +318,15 @@ def series_case_names(series: Sequence[SeriesInfo]) -> list[str]:
     return names
 
 
+def series_selector_of(path: Path | str) -> str | None:
+    """The selector (:attr:`SeriesInfo.selector`) of the series one DICOM file belongs to, in its folder."""
+    path = Path(path)
+    for series in list_series(path.parent):
+        if any(f.name == path.name for f in series.files):
+            return series.selector
+    return None
+
+
 def folder_cases(folder: Path | str) -> list[tuple[str, SeriesInfo]]:
     """How a DICOM folder becomes cases: [(case-name suffix, series)]; the suffix is "" when the folder holds one
     series, else a distinct safe name per series. Read each with ``read_image(folder, series_uid=s.selector)``."""

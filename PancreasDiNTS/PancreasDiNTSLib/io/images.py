@@ -260,11 +260,10 @@ def read_image(path: str | Path, allow_non_ct: bool = False, series_uid: str | N
         image = _read_itk(path)
         fmt = "mha" if lower.endswith((".mha", ".mhd")) else "nrrd"
     elif is_dicom_file(path):
-        from PancreasDiNTSLib.io.dicom import read_header
+        from PancreasDiNTSLib.io.dicom import series_selector_of
 
-        header = read_header(path)  # a file of a series: that file's series in its folder
-        uid = series_uid or (str(header.get("SeriesInstanceUID", "") or "") if header is not None else "") or None
-        image, dicom_files, notes = _read_dicom(path.parent, uid)
+        # a file of a series: that file's series in its folder
+        image, dicom_files, notes = _read_dicom(path.parent, series_uid or series_selector_of(path))
         fmt = "dicom"
         warnings += notes
         path = path.parent
