@@ -16,7 +16,7 @@ import yaml
 from PancreasDiNTSLib.core.errors import InputError, ModelError
 from PancreasDiNTSLib.core.safeparse import (
     MAX_DEPTH,
-    BoundedSafeLoader,
+    bounded_loader,
     json_depth,
     load_data_file,
     parse_json,
@@ -37,7 +37,7 @@ def alias_bomb() -> str:
 
 
 def test_alias_bomb_is_refused_at_the_first_alias():
-    loader = BoundedSafeLoader(alias_bomb())
+    loader = bounded_loader()(alias_bomb())
     with pytest.raises(yaml.YAMLError, match=r"alias \*l0"):
         loader.get_single_data()
     # refused while composing the second line: only the first list (1 + 9 nodes) and a few keys were built

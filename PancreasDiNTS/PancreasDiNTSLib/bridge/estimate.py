@@ -10,13 +10,16 @@ against MONAI in Testing/test_scene_estimate.py) on the model's grid (``Spacingd
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PancreasDiNTSLib.core.errors import PancreasDiNTSError
+from PancreasDiNTSLib.core.safeparse import load_data_file, read_text_bounded
 
 DEFAULT_ROI_SIZE = (96, 96, 96)
 DEFAULT_OVERLAP = 0.625
@@ -37,20 +40,20 @@ class WindowSpec:
 
 
 def _config(model: str | Path) -> dict[str, Any] | None:
+    """The model's inference config as data, read within core.safeparse's limits (this runs in Slicer's own
+    process: an alias bomb or a huge file must not hang it); None when absent or unreadable."""
     root = Path(model)
     for name in ("inference.json", "inference.yaml", "inference.yml"):
         path = root / "configs" / name
         if not path.is_file():
             continue
-        text = path.read_text(encoding="utf-8")
-        if name.endswith(".json"):
-            return json.loads(text)
         try:
-            import yaml  # safe_load: data only (Slicer may not have PyYAML before the engine's packages)
-
-            return yaml.safe_load(text)
-        except ImportError:
-            return {"_text": text}
+            if name.endswith(".json") or importlib.util.find_spec("yaml") is not None:
+                data = load_data_file(path)
+                return data if isinstance(data, dict) else None
+            return {"_text": read_text_bounded(path)}  # no PyYAML yet: the numbers are found in the text
+        except PancreasDiNTSError:
+            return None
     return None
 
 

@@ -16,14 +16,13 @@ Torch-free and Slicer-free (the ``core`` layer).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import stat
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from PancreasDiNTSLib.core.errors import ModelError, PancreasDiNTSError
 
@@ -101,53 +100,62 @@ def parse_json(text: str, source: str | Path = "<json>", max_depth: int = MAX_DE
         raise error(f"{shown}: not valid JSON ({one_line(exc)})") from None
 
 
-class _Refused(yaml.YAMLError):
-    """A limit of :class:`BoundedSafeLoader` was hit."""
-
-
-class BoundedSafeLoader(yaml.SafeLoader):
+@functools.lru_cache(maxsize=1)
+def bounded_loader() -> type:
     """PyYAML's SafeLoader that refuses aliases and nesting deeper than ``max_depth`` while composing.
 
     Depth is checked when a node is entered, before the composer recurses into it, so a deeply nested document
     is refused at level ``max_depth + 1`` without a RecursionError. With aliases refused, the number of nodes
-    built is bounded by the size of the text.
+    built is bounded by the size of the text. Built on first use so that importing this module (the Slicer
+    modules do, through the bridge) needs no PyYAML.
     """
+    import yaml
 
-    max_depth = MAX_DEPTH
+    class Refused(yaml.YAMLError):
+        """A limit of the loader was hit."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self.nodes = 0
+    class BoundedSafeLoader(yaml.SafeLoader):
+        max_depth = MAX_DEPTH
+        refused = Refused
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise _Refused(f"line {event.start_mark.line + 1}: YAML alias *{_escape(event.anchor)[:40]} refused "
-                           "(aliases can expand exponentially); write the value out in full")
-        self.nodes += 1
-        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
-            return super().compose_node(parent, index)
-        self._depth += 1
-        if self._depth > self.max_depth:
-            event = self.peek_event()
-            raise _Refused(f"line {event.start_mark.line + 1}: nested more than the {self.max_depth} levels "
-                           "allowed")
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
+            self.nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise Refused(f"line {event.start_mark.line + 1}: YAML alias *{_escape(event.anchor)[:40]} "
+                               "refused (aliases can expand exponentially); write the value out in full")
+            self.nodes += 1
+            if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+                return super().compose_node(parent, index)
+            self._depth += 1
+            if self._depth > self.max_depth:
+                event = self.peek_event()
+                raise Refused(f"line {event.start_mark.line + 1}: nested more than the {self.max_depth} levels "
+                               "allowed")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return BoundedSafeLoader
 
 
 def parse_yaml(text: str, source: str | Path = "<yaml>", max_depth: int = MAX_DEPTH,
                error: type[PancreasDiNTSError] = ModelError) -> Any:
-    """Safe-load one YAML document with aliases refused and nesting bounded (see :class:`BoundedSafeLoader`)."""
+    """Safe-load one YAML document with aliases refused and nesting bounded (see :func:`bounded_loader`)."""
+    import yaml
+
     shown = _escape(source)
-    loader = BoundedSafeLoader(text)
+    loader_class = bounded_loader()
+    loader = loader_class(text)
     loader.max_depth = max_depth
     try:
         return loader.get_single_data()
-    except _Refused as exc:
+    except loader_class.refused as exc:
         raise error(f"{shown}: {exc}; refused") from None
     except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
         raise error(f"{shown}: not valid YAML ({one_line(exc)})") from None
