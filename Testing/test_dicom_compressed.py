@@ -43,9 +43,27 @@ def test_pydicom_compressed_series(tmp_path, vol, syntax):
 
 def test_jpeg_lossless_through_gdcm(tmp_path, vol):
     import pydicom
-    import SimpleITK as sitk
 
     files = write_series(tmp_path / "s", vol, axial_planes(vol, np.arange(N) * 3.0))
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL, None)  # GDCM's writer sets the C locale (ASCII file encoding)
+    try:
+        _gdcm_jpeg_lossless(files)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    got = read_dicom_series(tmp_path / "s")
+    np.testing.assert_array_equal(got.data, vol.data[:, :, :N])
+    assert any("GDCM" in n for n in got.notes) or _pydicom_decodes_jpeg_lossless()
+    assert locale.setlocale(locale.LC_ALL, None) == saved  # reading through GDCM leaves the locale alone
+
+
+def _gdcm_jpeg_lossless(files) -> None:
+    """Rewrite each file as JPEG lossless (process 14) with SimpleITK's GDCM writer."""
+    import SimpleITK as sitk
+
     for f in files:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("GDCMImageIO")
@@ -61,11 +79,6 @@ def test_jpeg_lossless_through_gdcm(tmp_path, vol):
         writer.SetCompressor("JPEG")
         writer.SetFileName(str(f))
         writer.Execute(out)
-    ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
-    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
-    got = read_dicom_series(tmp_path / "s")
-    np.testing.assert_array_equal(got.data, vol.data[:, :, :N])
-    assert any("GDCM" in n for n in got.notes) or _pydicom_decodes_jpeg_lossless()
 
 
 def _pydicom_decodes_jpeg_lossless() -> bool:

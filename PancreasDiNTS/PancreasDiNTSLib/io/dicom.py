@@ -194,13 +194,13 @@ def is_dicom_file(path: Path) -> bool:
     # No preamble: the first element is a group 0002 (file meta) or 0008 (identifying) tag, followed by an
     # explicit VR (two capital letters) or an implicit-VR length.
     for order in ("little", "big"):
-        group = int.from_bytes(head[0:2], order)  # type: ignore[arg-type]
-        element = int.from_bytes(head[2:4], order)  # type: ignore[arg-type]
+        group = int.from_bytes(head[0:2], order)
+        element = int.from_bytes(head[2:4], order)
         if group not in (0x0002, 0x0008) or element > 0x0100:
             continue
         if head[4:6].isalpha() and head[4:6].isupper():
             return True
-        if int.from_bytes(head[4:8], order) < 1 << 16:  # type: ignore[arg-type]
+        if int.from_bytes(head[4:8], order) < 1 << 16:
             return True
     return False
 
@@ -504,11 +504,14 @@ def _decode(path: Path) -> tuple[np.ndarray, str | None]:
 
 def _decode_gdcm(path: Path, ds: Any, first: BaseException) -> np.ndarray:
     """SimpleITK's GDCM reader for transfer syntaxes pydicom cannot decode here (it applies the rescale)."""
+    import locale
+
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileName(str(path))
+    saved = locale.setlocale(locale.LC_ALL, None)  # GDCM may switch to the C locale (ASCII text encoding)
     try:
         img = reader.Execute()
     except RuntimeError:
@@ -517,6 +520,8 @@ def _decode_gdcm(path: Path, ds: Any, first: BaseException) -> np.ndarray:
         raise InputError(f"{path}: pixel data in transfer syntax {name} cannot be decoded "
                          f"({str(first).splitlines()[0][:120] if str(first) else type(first).__name__}); "
                          "install pylibjpeg-libjpeg or python-gdcm, or export uncompressed") from None
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
     arr = sitk.GetArrayFromImage(img)
     return np.asarray(arr[0] if arr.ndim == 3 else arr, dtype=np.float32)
 
