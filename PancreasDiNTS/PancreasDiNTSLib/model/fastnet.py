@@ -58,15 +58,51 @@ class _Plan:
     skipped_cells: list[str] = field(default_factory=list)
 
 
-def _bool(v: Any) -> bool:
+@dataclass(frozen=True)
+class _Parts:
+    """The modules one half of a cell (its preprocess or its op) calls, resolved once from MONAI's block:
+    the convolution(s) in call order (``down``: the offset-0 and offset-1 convs), the InstanceNorm, and for
+    ``up`` the trilinear x2 upsampling."""
+
+    convs: tuple[nn.Module, ...]
+    norm: nn.InstanceNorm3d
+    up: nn.Module | None = None
+
+
+def _bool(v: float) -> bool:
     return bool(float(v))
 
 
-def _as_rows(codes: Any) -> list[list[float]]:
+def _child(parent: nn.Module, name: str) -> nn.Module:
+    """``parent.<name>`` as a module (MONAI's blocks keep their parts as attributes)."""
+    sub = getattr(parent, name, None)
+    if not isinstance(sub, nn.Module):
+        raise ValueError(f"{type(parent).__name__}.{name} is not a module: FastDiNTS needs MONAI's DiNTS blocks")
+    return sub
+
+
+def _value(parent: nn.Module, name: str) -> Any:
+    """A plain (non-module) attribute of a MONAI module: sizes and arch codes."""
+    if not hasattr(parent, name):
+        raise ValueError(f"{type(parent).__name__} has no {name}: FastDiNTS needs MONAI's DiNTS")
+    return getattr(parent, name)
+
+
+def _norm_of(parent: nn.Module) -> nn.InstanceNorm3d:
+    norm = _child(parent, "norm")
+    if not isinstance(norm, nn.InstanceNorm3d):
+        raise ValueError(f"{type(parent).__name__}.norm: {type(norm).__name__} is not supported (InstanceNorm3d only)")
+    return norm
+
+
+def _layers(stem: nn.Module) -> list[nn.Module]:
+    """The layers of a MONAI ``StemTS`` (its ``mod`` Sequential), in call order."""
+    return list(_child(stem, "mod").children())
+
+
+def _as_rows(codes: torch.Tensor | Sequence[Sequence[float]]) -> list[list[float]]:
     if isinstance(codes, torch.Tensor):
-        codes = codes.detach().cpu().tolist()
-    else:
-        codes = [list(map(float, row)) for row in codes]
+        return [[float(v) for v in row] for row in codes.detach().cpu().tolist()]
     return [[float(v) for v in row] for row in codes]
 
 
@@ -81,11 +117,16 @@ def _check_block(module: nn.Module, what: str) -> None:
             raise ValueError(f"{what}.{name}: InstanceNorm with running stats is not supported")
 
 
+def _only_op(cell: nn.Module, key: str) -> nn.Module:
+    ops = _child(_child(cell, "op"), "ops")
+    if not isinstance(ops, nn.ModuleList) or len(ops) != 1:
+        n = len(ops) if isinstance(ops, nn.ModuleList) else "no list of"
+        raise ValueError(f"cell {key}: {n} operations; a searched TopologyInstance has exactly one per path")
+    return ops[0]
+
+
 def _op_kind(cell: nn.Module, key: str) -> str:
-    ops = cell.op.ops
-    if len(ops) != 1:
-        raise ValueError(f"cell {key}: {len(ops)} operations; a searched TopologyInstance has exactly one per path")
-    op = ops[0]
+    op = _only_op(cell, key)
     if isinstance(op, nn.Identity):
         return "skip"
     names = dict(op.named_children())
@@ -97,7 +138,7 @@ def _op_kind(cell: nn.Module, key: str) -> str:
 
 
 def _pre_kind(cell: nn.Module, key: str) -> str:
-    pre = cell.preprocess
+    pre = _child(cell, "preprocess")
     if isinstance(pre, nn.Identity):
         return "identity"
     names = dict(pre.named_children())
@@ -111,15 +152,17 @@ def _pre_kind(cell: nn.Module, key: str) -> str:
 
 
 def _build_plan(net: nn.Module) -> _Plan:
-    space = net.dints_space
-    num_blocks, num_depths = int(space.num_blocks), int(space.num_depths)
+    space = _child(net, "dints_space")
+    num_blocks, num_depths = int(_value(space, "num_blocks")), int(_value(space, "num_depths"))
     if type(space).__name__ != "TopologyInstance":
         raise ValueError(f"FastDiNTS needs a DiNTS built on a TopologyInstance, not {type(space).__name__}")
     if int(getattr(net, "_spatial_dims", 3)) != 3:
         raise ValueError("FastDiNTS supports 3D DiNTS only")
-    arch_a = _as_rows(space.arch_code_a)
-    node_a = _as_rows(net.node_a)
-    to_in, to_out = list(space.arch_code2in), list(space.arch_code2out)
+    arch_a = _as_rows(_value(space, "arch_code_a"))
+    node_a = _as_rows(_value(net, "node_a"))
+    to_in = [int(v) for v in _value(space, "arch_code2in")]
+    to_out = [int(v) for v in _value(space, "arch_code2out")]
+    cell_tree = _child(space, "cell_tree")
     n_paths = len(to_out)
 
     # 1) Walk forward as MONAI does, recording which nodes hold a tensor (True) or MONAI's scalar 0.0 (False).
@@ -132,7 +175,7 @@ def _build_plan(net: nn.Module) -> _Plan:
             if not _bool(arch_a[b][p]):
                 continue
             key = str((b, p))
-            cell = space.cell_tree[key]
+            cell = _child(cell_tree, key)
             step = _CellStep(key, to_in[p], to_out[p], _pre_kind(cell, key), _op_kind(cell, key))
             if not holds[step.src]:
                 if step.pre == "identity" and step.op == "skip":
@@ -173,8 +216,9 @@ def _build_plan(net: nn.Module) -> _Plan:
         kept_blocks.append((relu_nodes, tuple(kept)))
     plan.blocks = kept_blocks[::-1]
     plan.stems = [(d, not _bool(node_a[0][d])) for d in range(num_depths) if live[d]]
+    stem_down = _child(net, "stem_down")
     for d in range(num_depths):
-        first = net.stem_down[str(d)].mod[0]
+        first = _layers(_child(stem_down, str(d)))[0]
         plan.stem_identity_resize.append(isinstance(first, nn.Upsample) and _is_identity_resize(first))
     return plan
 
@@ -183,6 +227,34 @@ def _is_identity_resize(up: nn.Upsample) -> bool:
     sf = up.scale_factor
     factors = sf if isinstance(sf, tuple) else (sf,)
     return up.size is None and all(f is not None and float(f) == 1.0 for f in factors) and bool(up.align_corners)
+
+
+def _pre_parts(step: _CellStep, cell: nn.Module) -> _Parts | None:
+    """The modules of the path's preprocess (None: identity)."""
+    if step.pre == "identity":
+        return None
+    pre = _child(cell, "preprocess")
+    if step.pre == "down":
+        return _Parts((_child(pre, "conv_1"), _child(pre, "conv_2")), _norm_of(pre))
+    if step.pre == "up":
+        return _Parts((_child(pre, "conv"),), _norm_of(pre), up=_child(pre, "up"))
+    return _Parts((_child(pre, "conv"),), _norm_of(pre))
+
+
+def _op_parts(step: _CellStep, cell: nn.Module) -> _Parts | None:
+    """The modules of the path's operation (None: skip)."""
+    if step.op == "skip":
+        return None
+    op = _only_op(cell, step.key)
+    convs = (_child(op, "conv"),) if step.op == "conv" else (_child(op, "conv"), _child(op, "conv_1"))
+    return _Parts(convs, _norm_of(op))
+
+
+def _held(feats: list[torch.Tensor | None], node: int) -> torch.Tensor:
+    """The tensor of a node the plan reads (the plan reads only nodes that hold one)."""
+    x = feats[node]
+    assert x is not None, f"plan reads node {node}, which holds no tensor"
+    return x
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -196,7 +268,7 @@ class _Space(nn.Module):
         self.cell_tree = cell_tree
 
 
-def _norm(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _norm(mod: nn.InstanceNorm3d, x: torch.Tensor) -> torch.Tensor:
     # The same call nn.InstanceNorm3d.forward makes (minus its Python-side shape checks).
     return F.instance_norm(x, None, None, mod.weight, mod.bias, True, mod.momentum or 0.0, mod.eps)
 
@@ -212,27 +284,29 @@ class FastDiNTS(nn.Module):
         native kernel. The interpolation matrices are non-persistent buffers: the state dict is unchanged."""
         super().__init__()
         for part in ("stem_down", "stem_up", "stem_finals"):
-            _check_block(getattr(net, part), part)
-        _check_block(net.dints_space.cell_tree, "dints_space.cell_tree")
+            _check_block(_child(net, part), part)
+        cells = _child(_child(net, "dints_space"), "cell_tree")
+        if not isinstance(cells, nn.ModuleDict):
+            raise ValueError("dints_space.cell_tree is not a ModuleDict: FastDiNTS needs MONAI's DiNTS")
+        _check_block(cells, "dints_space.cell_tree")
         self.plan = _build_plan(net)
-        self.num_depths = int(net.num_depths)
-        self.filter_nums = list(net.filter_nums)
+        self.num_depths = int(_value(net, "num_depths"))
+        self.filter_nums = [int(n) for n in _value(net, "filter_nums")]
         # registration order as in MONAI's DiNTS, so state_dict keys come in the same order
-        self.dints_space = _Space(net.dints_space.cell_tree)
-        self.stem_down = net.stem_down
-        self.stem_up = net.stem_up
-        self.stem_finals = net.stem_finals
-        cells = self.dints_space.cell_tree
-        # Python lists of (module, kind) resolved once, so forward does no string look-ups.
+        self.dints_space = _Space(cells)
+        self.stem_down = _child(net, "stem_down")
+        self.stem_up = _child(net, "stem_up")
+        self.stem_finals = _child(net, "stem_finals")
+        # Python lists of modules resolved once, so forward does no string look-ups.
         self._stems = [
-            (d, zero, list(self.stem_down[str(d)].mod)[1 if self.plan.stem_identity_resize[d] else 0:])
+            (d, zero, _layers(_child(self.stem_down, str(d)))[1 if self.plan.stem_identity_resize[d] else 0:])
             for d, zero in self.plan.stems
         ]
         self._blocks = [
-            (relu_nodes, [(s, cells[s.key].preprocess, cells[s.key].op.ops[0]) for s in steps])
+            (relu_nodes, [(s, _pre_parts(s, cells[s.key]), _op_parts(s, cells[s.key])) for s in steps])
             for relu_nodes, steps in self.plan.blocks
         ]
-        self._head = [(r, add, list(self.stem_up[str(r)].mod)) for r, add in self.plan.head]
+        self._head = [(r, add, _layers(_child(self.stem_up, str(r)))) for r, add in self.plan.head]
         if upsample not in ("native", "matmul"):
             raise ValueError(f"upsample must be 'native' or 'matmul', not {upsample!r}")
         self.upsample = upsample
@@ -261,26 +335,26 @@ class FastDiNTS(nn.Module):
         y = torch.matmul(getattr(self, f"_up_{d}"), y.reshape(b, c, d, 4 * h * w))
         return y.reshape(b, c, 2 * d, 2 * h, 2 * w)
 
-    def _preprocess(self, kind: str, pre: nn.Module, x: torch.Tensor, rx: torch.Tensor | None) -> torch.Tensor:
-        if kind == "identity":
+    def _preprocess(self, kind: str, pre: _Parts | None, x: torch.Tensor, rx: torch.Tensor | None) -> torch.Tensor:
+        if pre is None:  # identity
             return x
         if kind == "down":  # FactorizedReduceBlock: act -> two stride-2 1x1x1 convs (offset 0 and 1) -> cat -> norm
             assert rx is not None
-            y = torch.cat([pre.conv_1(rx), pre.conv_2(rx[:, :, 1:, 1:, 1:])], dim=1)
+            y = torch.cat([pre.convs[0](rx), pre.convs[1](rx[:, :, 1:, 1:, 1:])], dim=1)
             return _norm(pre.norm, y)
-        if kind == "up":  # FactorizedIncreaseBlock: trilinear x2 -> act -> 1x1x1 conv -> norm
-            return _norm(pre.norm, pre.conv(torch.relu(self._up2(pre.up, x))))
+        if pre.up is not None:  # up, FactorizedIncreaseBlock: trilinear x2 -> act -> 1x1x1 conv -> norm
+            return _norm(pre.norm, pre.convs[0](torch.relu(self._up2(pre.up, x))))
         # align: ActiConvNormBlock
-        return _norm(pre.norm, pre.conv(torch.relu(x) if rx is None else rx))
+        return _norm(pre.norm, pre.convs[0](torch.relu(x) if rx is None else rx))
 
     @staticmethod
-    def _op(kind: str, op: nn.Module, x: torch.Tensor, rx: torch.Tensor | None) -> torch.Tensor:
-        if kind == "skip":
+    def _op(op: _Parts | None, x: torch.Tensor, rx: torch.Tensor | None) -> torch.Tensor:
+        if op is None:  # skip
             return x
-        r = torch.relu(x) if rx is None else rx
-        if kind == "conv":
-            return _norm(op.norm, op.conv(r))
-        return _norm(op.norm, op.conv_1(op.conv(r)))
+        y = torch.relu(x) if rx is None else rx
+        for conv in op.convs:  # conv: conv; p3d: conv then conv_1
+            y = conv(y)
+        return _norm(op.norm, y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(x, "as_tensor"):  # a MetaTensor: compute on the plain tensor (MONAI's inferer does the same)
@@ -295,21 +369,23 @@ class FastDiNTS(nn.Module):
         for relu_nodes, steps in self._blocks:
             relus: dict[int, torch.Tensor] = {}
             for k in relu_nodes:
-                relus[k] = torch.relu(feats[k])
+                relus[k] = torch.relu(_held(feats, k))
             out: list[torch.Tensor | None] = [None] * self.num_depths
             for step, pre, op in steps:
-                src = feats[step.src]
                 rx_pre = relus.get(step.src) if step.pre in ("down", "align") else None
-                y = self._preprocess(step.pre, pre, src, rx_pre)
+                y = self._preprocess(step.pre, pre, _held(feats, step.src), rx_pre)
                 rx_op = relus.get(step.src) if step.pre == "identity" else None
-                y = self._op(step.op, op, y, rx_op)
+                y = self._op(op, y, rx_op)
                 prev = out[step.dst]
                 out[step.dst] = y if prev is None else prev + y  # MONAI's path order: same rounding
             feats = out
 
         temp: torch.Tensor | None = None
         for r, add, layers in self._head:
-            y = feats[r] if temp is None else (feats[r] + temp if add else temp)
+            if temp is None:
+                y = _held(feats, r)
+            else:
+                y = _held(feats, r) + temp if add else temp
             for layer in layers[:-1]:  # ReLU, conv, InstanceNorm
                 y = layer(y)
             temp = self._up2(layers[-1], y) if isinstance(layers[-1], nn.Upsample) else layers[-1](y)
