@@ -16,6 +16,7 @@ import yaml
 from PancreasDiNTSLib.core.errors import InputError, ModelError
 from PancreasDiNTSLib.core.safeparse import (
     MAX_DEPTH,
+    YamlRefused,
     bounded_loader,
     json_depth,
     load_data_file,
@@ -38,7 +39,7 @@ def alias_bomb() -> str:
 
 def test_alias_bomb_is_refused_at_the_first_alias():
     loader = bounded_loader()(alias_bomb())
-    with pytest.raises(yaml.YAMLError, match=r"alias \*l0"):
+    with pytest.raises(YamlRefused, match=r"alias \*l0"):
         loader.get_single_data()
     # refused while composing the second line: only the first list (1 + 9 nodes) and a few keys were built
     assert loader.nodes < 20

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES, demo_model_location, is_model_folder, model_cache_root
+from PancreasDiNTSLib.core.terminology import SEGMENTS
 
 ENGINE_MODULE = "PancreasDiNTSLib.cli"
 SEG_NRRD_NAME = OUTPUT_NAMES["seg.nrrd"]
@@ -450,8 +451,6 @@ def volumes_ml(report: dict[str, Any]) -> dict[str, float]:
 
 def format_volumes(volumes: dict[str, float]) -> str:
     """'Pancreas: 72.4 mL, Pancreatic tumor: 3.1 mL' in the engine's segment order."""
-    from PancreasDiNTSLib.core.terminology import SEGMENTS
-
     names = [s.name for s in SEGMENTS if s.name in volumes] + [n for n in volumes if n not in
                                                                 {s.name for s in SEGMENTS}]
     return ", ".join(f"{name}: {volumes[name]:.1f} mL" for name in names)

@@ -85,7 +85,8 @@ def window_spec(model: str | Path | None) -> WindowSpec:
         roi, overlap, pixdim = _numbers_after(text, "roi_size"), _numbers_after(text, "overlap"), \
             _numbers_after(text, "pixdim")
     else:
-        inferer = config.get("inferer") if isinstance(config.get("inferer"), dict) else {}
+        found = config.get("inferer")
+        inferer: dict[str, Any] = found if isinstance(found, dict) else {}
         roi, overlap = inferer.get("roi_size") or [], [inferer["overlap"]] if "overlap" in inferer else []
         pixdim = []
         for transform in (config.get("preprocessing") or {}).get("transforms", []) or []:
@@ -93,9 +94,9 @@ def window_spec(model: str | Path | None) -> WindowSpec:
                 pixdim = transform.get("pixdim") or []
     ok = lambda values, n: len(values) == n and all(isinstance(v, int | float) for v in values)  # noqa: E731
     return WindowSpec(
-        tuple(int(v) for v in roi) if ok(roi, 3) else DEFAULT_ROI_SIZE,
+        (int(roi[0]), int(roi[1]), int(roi[2])) if ok(roi, 3) else DEFAULT_ROI_SIZE,
         float(overlap[0]) if ok(overlap, 1) else DEFAULT_OVERLAP,
-        tuple(float(v) for v in pixdim) if ok(pixdim, 3) else DEFAULT_PIXDIM,
+        (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])) if ok(pixdim, 3) else DEFAULT_PIXDIM,
     )
 
 
@@ -161,7 +162,7 @@ def seconds_per_window(report: dict[str, Any]) -> float | None:
 def describe_estimate(windows: int, per_window: float | None) -> str:
     """One line for the panel: '63 windows, about 7 min on this computer (7.0 s per window, measured)'."""
     measured = per_window is not None
-    per_window = per_window if measured else DEFAULT_SECONDS_PER_WINDOW
+    per_window = DEFAULT_SECONDS_PER_WINDOW if per_window is None else per_window
     seconds = windows * per_window
     when = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
     source = "measured here" if measured else "typical CPU figure until a run has measured this computer"

@@ -92,7 +92,7 @@ class CaseFolder:
     # -- questions
     def same_input(self) -> bool:
         """The manifest names this folder's input (same identity)."""
-        return bool(self.manifest) and self.identity is not None and self.manifest.get("input") == self.identity
+        return self.manifest is not None and self.identity is not None and self.manifest.get("input") == self.identity
 
     def owns(self, name: str) -> bool:
         """The engine may replace or delete ``name``: absent, or listed and unchanged (or pending)."""

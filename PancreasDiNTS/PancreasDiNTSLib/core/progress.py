@@ -15,10 +15,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 MODES = ("bar", "json", "none", "auto")
+_BAR_STEPS = 1000  # the bar counts per mille of the whole run
 
 
 class Progress:
@@ -42,12 +46,12 @@ class Progress:
         self.callback = callback
         self.stream = stream
         self.unit = unit
-        self._bar = None
+        self._bar: tqdm[Any] | None = None
         self._last_emit = 0.0
         if mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=1000, unit="‰", file=stream or sys.stderr, dynamic_ncols=True,
+            self._bar = tqdm(total=_BAR_STEPS, unit="‰", file=stream or sys.stderr, dynamic_ncols=True,
                              bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
     def start_item(self, index: int) -> None:
@@ -70,7 +74,7 @@ class Progress:
                 out.flush()
         elif self._bar is not None:
             self._bar.set_description_str(f"{case} {stage}"[:40], refresh=False)
-            self._bar.n = int(fraction * 1000)
+            self._bar.n = int(fraction * _BAR_STEPS)
             if message:
                 self._bar.set_postfix_str(message[:60], refresh=False)
             self._bar.refresh()
@@ -93,6 +97,6 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.n = self._bar.total if self.index + 1 >= self.total else self._bar.n
+            self._bar.n = _BAR_STEPS if self.index + 1 >= self.total else self._bar.n
             self._bar.close()
             self._bar = None

@@ -21,8 +21,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PancreasDiNTSLib.core.errors import ModelError, PancreasDiNTSError
 
@@ -100,8 +101,23 @@ def parse_json(text: str, source: str | Path = "<json>", max_depth: int = MAX_DE
         raise error(f"{shown}: not valid JSON ({one_line(exc)})") from None
 
 
+class YamlRefused(Exception):
+    """A limit of the bounded YAML loader was hit (an alias, or nesting too deep)."""
+
+
+class BoundedLoader(Protocol):
+    """What :func:`bounded_loader` builds: a PyYAML SafeLoader with a depth limit and a node count."""
+
+    max_depth: int
+    nodes: int
+
+    def get_single_data(self) -> Any: ...
+
+    def dispose(self) -> None: ...
+
+
 @functools.lru_cache(maxsize=1)
-def bounded_loader() -> type:
+def bounded_loader() -> Callable[[str], BoundedLoader]:
     """PyYAML's SafeLoader that refuses aliases and nesting deeper than ``max_depth`` while composing.
 
     Depth is checked when a node is entered, before the composer recurses into it, so a deeply nested document
@@ -111,31 +127,27 @@ def bounded_loader() -> type:
     """
     import yaml
 
-    class Refused(yaml.YAMLError):
-        """A limit of the loader was hit."""
-
     class BoundedSafeLoader(yaml.SafeLoader):
         max_depth = MAX_DEPTH
-        refused = Refused
 
         def __init__(self, stream: str) -> None:
             super().__init__(stream)
             self._depth = 0
             self.nodes = 0
 
-        def compose_node(self, parent: Any, index: Any) -> Any:
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
-                raise Refused(f"line {event.start_mark.line + 1}: YAML alias *{_escape(event.anchor)[:40]} "
-                               "refused (aliases can expand exponentially); write the value out in full")
+                raise YamlRefused(f"line {event.start_mark.line + 1}: YAML alias *{_escape(event.anchor)[:40]} "
+                                  "refused (aliases can expand exponentially); write the value out in full")
             self.nodes += 1
             if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
                 return super().compose_node(parent, index)
             self._depth += 1
             if self._depth > self.max_depth:
                 event = self.peek_event()
-                raise Refused(f"line {event.start_mark.line + 1}: nested more than the {self.max_depth} levels "
-                               "allowed")
+                raise YamlRefused(f"line {event.start_mark.line + 1}: nested more than the {self.max_depth} "
+                                  "levels allowed")
             try:
                 return super().compose_node(parent, index)
             finally:
@@ -155,7 +167,7 @@ def parse_yaml(text: str, source: str | Path = "<yaml>", max_depth: int = MAX_DE
     loader.max_depth = max_depth
     try:
         return loader.get_single_data()
-    except loader_class.refused as exc:
+    except YamlRefused as exc:
         raise error(f"{shown}: {exc}; refused") from None
     except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
         raise error(f"{shown}: not valid YAML ({one_line(exc)})") from None

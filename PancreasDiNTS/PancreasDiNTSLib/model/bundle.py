@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from PancreasDiNTSLib.core.atomic import atomic_path
 from PancreasDiNTSLib.core.errors import ModelError
 from PancreasDiNTSLib.core.paths import CONFIG_NAMES
 from PancreasDiNTSLib.core.safeparse import MAX_CONFIG_BYTES, load_data_file
+from PancreasDiNTSLib.model.network import build_dints
 from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
 
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
@@ -73,8 +75,6 @@ class Bundle:
 
     def build_network(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The DiNTS network with the bundle's weights, in eval mode, on ``device``."""
-        from PancreasDiNTSLib.model.network import build_dints
-
         net = build_dints(self.network, self.load_arch())
         state = self.load_state_dict()
         try:
@@ -260,8 +260,6 @@ def load_arch_file(path: Path) -> dict[str, np.ndarray]:
 
 def save_arch_file(path: Path, arch: dict[str, Any]) -> None:
     """Write an architecture file in the released format (numpy arrays), atomically."""
-    from PancreasDiNTSLib.core.atomic import atomic_path
-
     payload = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in arch.items()}
     for key in ARCH_KEYS + ("arch_code_a_max",):
         if key in payload:

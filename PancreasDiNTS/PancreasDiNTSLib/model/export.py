@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.errors import DeviceError, ModelError, OutputError, PancreasDiNTSError
 from PancreasDiNTSLib.model.bundle import Bundle, file_md5, read_large_files
-from PancreasDiNTSLib.model.exported import ExportUnavailable, trt_unavailable_reason
+from PancreasDiNTSLib.model.exported import ExportUnavailable, load_exported_bundle, trt_unavailable_reason
 from PancreasDiNTSLib.model.loader import load_bundle
 
 FORMATS = ("torchscript", "onnx", "trt")
@@ -38,7 +39,8 @@ DEFAULT_NAMES = {"torchscript": "model.ts", "onnx": "model.onnx", "trt": "model_
 FALLBACK_NAMES = {"torchscript": "model_traced.ts", "onnx": "model_exported.onnx", "trt": "model_trt_exported.ts"}
 ONNX_OPSET = 17
 BATCH_RANGE = (1, 8)
-TRT_CONVERTER_KWARGS = {"truncate_long_and_double": True, "torch_executed_ops": ["aten::upsample_trilinear3d"]}
+# passed through convert_to_trt to torch_tensorrt.compile (its keyword arguments are of many types)
+TRT_CONVERTER_KWARGS: dict[str, Any] = {"truncate_long_and_double": True, "torch_executed_ops": ["aten::upsample_trilinear3d"]}
 SIDECAR_SUFFIX = ".json"
 SIDECAR_SCHEMA = 1
 
@@ -214,8 +216,6 @@ def export_model(
     write_text_atomic(sidecar, json.dumps(info, indent=2) + "\n")
     verification = None
     if verify:
-        from PancreasDiNTSLib.model.exported import load_exported_bundle
-
         exported_net = load_exported_bundle(dest).build_network(dev)
         verification = verify_export(eager, exported_net, bundle, dev)
         info["verification"] = verification
@@ -230,8 +230,6 @@ def export_model(
 def describe_export(bundle: Bundle, fmt: str, precision: str, dest: Path) -> dict[str, Any]:
     """The sidecar's content: what the file is, how to run it, and where it came from."""
     import monai
-
-    from PancreasDiNTSLib import __version__
 
     return {
         "schema": SIDECAR_SCHEMA,

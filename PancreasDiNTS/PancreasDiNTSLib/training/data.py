@@ -28,6 +28,7 @@ import torch
 from PancreasDiNTSLib.core.atomic import write_text_atomic
 from PancreasDiNTSLib.core.errors import InputError, PancreasDiNTSError
 from PancreasDiNTSLib.core.progress import Progress
+from PancreasDiNTSLib.core.safeparse import MAX_DATALIST_BYTES, parse_json, read_text_bounded
 from PancreasDiNTSLib.training.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -112,8 +113,6 @@ def read_datalist_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: datalist not found; create one with `pancreas-dints prepare-datalist`")
-    from PancreasDiNTSLib.core.safeparse import MAX_DATALIST_BYTES, parse_json, read_text_bounded
-
     # bounded (64 MiB, 64 levels deep): a hostile datalist is one InputError line, never a RecursionError
     data = parse_json(read_text_bounded(path, MAX_DATALIST_BYTES, InputError), path, error=InputError)
     if not isinstance(data, dict):
