@@ -56,3 +56,37 @@ def test_only_the_bundles_spatial_transforms_are_inverted_in_slabs(example_ct_sm
     assert not can_invert_in_slabs(popped)
     with pytest.raises(ValueError, match="not Orientation"):
         invert_labels(torch.zeros(3, *pre.shape[1:]), popped)
+
+
+def test_confidence_and_lesion_score_come_from_the_same_inverted_probabilities(tmp_path, example_ct_sm, tiny_bundle):
+    """Segmenter.invert hands out labels equal to postprocess's, and the uint8 confidence map / lesion maximum of
+    the very probabilities Invertd produced (brute force here: the whole inverted volume); the slab inversion
+    gives the same map (within one grey level: its coordinates may round differently) and lesion score."""
+    from monai.transforms import Activationsd, Compose, Invertd
+    from PancreasDiNTSLib.readout.confidence import confidence_map
+
+    seg = Segmenter(load_bundle(tiny_bundle), "cpu", mode="fast")
+    for name, path in _geometries(tmp_path, example_ct_sm):
+        case = read_image(path)
+        pre = seg.preprocess(case.image)
+        torch.manual_seed(1)
+        logits = 0.8 * torch.randn((1, 3, *pre.shape[1:]))
+        inv = seg.invert(logits, pre, slabs=False)
+        assert np.array_equal(inv.labels, seg.postprocess(logits, pre, slabs=False)), name
+        post = Compose([Activationsd(keys="pred", softmax=True),
+                        Invertd(keys="pred", transform=seg.preprocessing, orig_keys="image", nearest_interp=False,
+                                to_tensor=True)])
+        probs = np.asarray(post({"image": pre, "pred": logits[0]})["pred"].numpy())
+        expected = np.clip(np.rint(255.0 * probs.max(axis=0).astype(np.float32)), 0, 255).astype(np.uint8)
+        assert inv.confidence is not None and inv.confidence.shape == inv.labels.shape
+        assert np.array_equal(inv.confidence, expected) and np.array_equal(confidence_map(probs), expected)
+        k = int(np.argmax(probs[2]))
+        assert inv.lesion is not None and inv.lesion[0] == pytest.approx(float(probs[2].flat[k]), abs=1e-6)
+        assert inv.lesion[1] == tuple(int(v) for v in np.unravel_index(k, probs[2].shape))
+        slabbed = seg.invert(logits, pre, slabs=True)
+        assert np.array_equal(slabbed.labels, inv.labels), name
+        assert slabbed.confidence is not None
+        assert int(np.abs(slabbed.confidence.astype(int) - inv.confidence).max()) <= 1, name
+        assert slabbed.lesion is not None and slabbed.lesion[0] == pytest.approx(inv.lesion[0], abs=1e-5)
+        assert slabbed.lesion[1] == inv.lesion[1], name
+        assert seg.invert(logits, pre, slabs=True, readout=False).confidence is None

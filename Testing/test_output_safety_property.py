@@ -28,6 +28,7 @@ from image_files import write_dicom_series
 from PancreasDiNTSLib.core.errors import PlacementError
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
+from PancreasDiNTSLib.inference.segmenter import Inverted
 
 NAMES = ["ct", "ct", "CT", ".hidden", "..", "...", "a b", " lead", "ünïcødé", "CON", "nul", "x\ny", "tab\there",
          "ok  fake: 999 mL", "-dash", "long" * 30]
@@ -55,6 +56,10 @@ class StubSegmenter:
     def postprocess(self, logits, pre) -> np.ndarray:
         a = np.asarray(logits)[0]
         return ((a > -200).astype(np.uint8) + (a > 100).astype(np.uint8)).astype(np.uint8)
+
+    def invert(self, logits, pre) -> Inverted:
+        labels = self.postprocess(logits, pre)
+        return Inverted(labels, np.full(labels.shape, 200, np.uint8), None)
 
 
 def ct_volume(seed: int) -> np.ndarray:

@@ -11,14 +11,20 @@ PACKAGED_DEMO_MODEL = PACKAGE_DIR / "resources" / "models" / "demo"
 DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
 MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
 CONFIG_NAMES = ("inference.yaml", "inference.yml", "inference.json")
-# The files `segment` writes into OUTDIR/<case>/, by output format (the report is always written).
+# The files `segment` writes into OUTDIR/<case>/, by output format (the report is always written). The one
+# table: the engine's output registry, the batch driver and the Slicer scene layer all read names from here.
 OUTPUT_NAMES = {
     "nifti": "labels.nii.gz",
     "seg.nrrd": "segmentation.seg.nrrd",
     "dicom-seg": "segmentation.dcm",
+    "confidence": "confidence.nii.gz",
+    "report-png": "report.png",
+    "report-pdf": "report.pdf",
     "report": "report.json",
 }
-FORMATS = ("nifti", "seg.nrrd", "dicom-seg")
+FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "confidence", "report-png", "report-pdf")
+# The files `segment` writes into OUTDIR itself, next to the case folders (per rank under torchrun).
+BATCH_NAMES = {"summary": "summary.json", "measurements": "measurements.csv"}
 
 
 def model_cache_root() -> Path:

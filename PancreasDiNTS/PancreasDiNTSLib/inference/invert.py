@@ -9,6 +9,12 @@ padding, ``align_corners`` and dtype as the traced ``Spacingd``), with the trans
 then the argmax per slab and the orientation flip on the uint8 labels (flips and axis swaps commute with the
 argmax). Only the coordinates' rounding can differ from the one-piece resampling (tested in
 ``Testing/test_invert.py``). Memory: the probabilities in the resampling dtype plus one slab.
+
+The read-out's confidence comes from the same resampled probabilities: :func:`invert_probabilities` also hands
+out the uint8 confidence map (``readout.confidence.confidence_map`` of each slab, flipped like the labels) and
+the largest lesion probability with its voxel (``readout.confidence.lesion_max`` per slab), so the whole-grid
+probabilities never exist. :func:`probability_readout` does the same for probabilities already on the input
+grid (the one-piece ``Invertd`` path), slab by slab along the last axis (one slab at a time leaves a GPU).
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SLAB_THRESHOLD", "can_invert_in_slabs", "invert_labels"]
+from PancreasDiNTSLib.readout.confidence import confidence_map, lesion_max
+
+__all__ = ["SLAB_THRESHOLD", "can_invert_in_slabs", "invert_labels", "invert_probabilities", "probability_readout"]
+
+Lesion = tuple[float, tuple[int, int, int]]
 
 # Invert in slabs when the inverted probabilities (classes x input voxels) would exceed this many values
 # (2**26: 256 MB in float32, 512 MB in float64); below it the one-piece MONAI Invertd runs.
 SLAB_THRESHOLD = 2**26
+READOUT_SLAB_VALUES = 2**24  # probability values moved to numpy at a time by probability_readout
 
 
 def _ops(pre: Any) -> list[dict[str, Any]]:
@@ -39,17 +50,43 @@ def can_invert_in_slabs(pre: Any) -> bool:
         "extra_info", {})
 
 
+def _better(best: Lesion | None, found: Lesion | None) -> Lesion | None:
+    return found if found is not None and (best is None or found[0] > best[0]) else best
+
+
+def probability_readout(probs: torch.Tensor) -> tuple[np.ndarray, Lesion | None]:
+    """(uint8 confidence map, largest lesion probability and its voxel) of class probabilities ``(C, X, Y, Z)``
+    on the input grid, slab by slab along the last axis (no float copy of the whole volume leaves the device)."""
+    shape = tuple(int(s) for s in probs.shape)
+    conf = np.empty(shape[1:], dtype=np.uint8)
+    step = max(1, READOUT_SLAB_VALUES // max(1, shape[0] * shape[1] * shape[2]))
+    best: Lesion | None = None
+    for z0 in range(0, shape[3], step):
+        chunk = probs[..., z0:z0 + step].detach()
+        chunk = (chunk.as_tensor() if hasattr(chunk, "as_tensor") else chunk).cpu().numpy()
+        conf[..., z0:z0 + step] = confidence_map(chunk)
+        best = _better(best, lesion_max(chunk, z0))
+    return conf, best
+
+
 def invert_labels(probs: torch.Tensor, pre: Any, slab_voxels: int = 2**23) -> np.ndarray:
     """Class probabilities ``(C, *pre_grid)`` -> uint8 labels on the input grid, as Invertd + argmax would give.
 
     ``pre`` is the preprocessed image (its ``applied_operations`` say what to invert); see
     :func:`can_invert_in_slabs`. ``slab_voxels``: output voxels resampled at a time.
     """
+    return invert_probabilities(probs, pre, slab_voxels, readout=False)[0]
+
+
+def invert_probabilities(probs: torch.Tensor, pre: Any, slab_voxels: int = 2**23, readout: bool = True,
+                         ) -> tuple[np.ndarray, np.ndarray | None, Lesion | None]:
+    """(labels, confidence map, lesion maximum) on the input grid from probabilities on the model's grid.
+
+    The labels are :func:`invert_labels`'; with ``readout`` each resampled slab also gives its part of the uint8
+    confidence map and its lesion maximum (else both are None)."""
     import nibabel as nib
-    from monai.data import MetaTensor
     from monai.data.utils import AFFINE_TOL
     from monai.networks.layers import AffineTransform
-    from monai.transforms import Orientation
     from monai.transforms.utils import resolves_modes
     from monai.utils import get_torch_dtype_from_string
 
@@ -68,10 +105,14 @@ def invert_labels(probs: torch.Tensor, pre: Any, slab_voxels: int = 2**23) -> np
     in_size = tuple(probs.shape[1:])
 
     labels = np.empty(out_size, dtype=np.uint8)
+    conf = np.empty(out_size, dtype=np.uint8) if readout else None
+    best: Lesion | None = None
     unchanged = (torch.allclose(src_affine, dst_affine, atol=AFFINE_TOL)
                  or torch.allclose(xform, torch.eye(4, dtype=torch.float64), atol=AFFINE_TOL)) and in_size == out_size
     if unchanged:  # MONAI returns the image as it is
         labels[...] = probs.to(torch.float32).argmax(0).cpu().numpy()
+        if conf is not None:
+            conf[...], best = probability_readout(probs)
     else:
         img = probs.to(dtype)[None]
         resample = AffineTransform(normalized=False, mode=mode, padding_mode=padding, align_corners=align,
@@ -84,11 +125,31 @@ def invert_labels(probs: torch.Tensor, pre: Any, slab_voxels: int = 2**23) -> np
             theta = (xform @ shift).to(img)
             slab = resample(img, theta=theta, spatial_size=(n, out_size[1], out_size[2]))[0]
             labels[x0:x0 + n] = slab.to(torch.float32).argmax(0).cpu().numpy()
+            if conf is not None:
+                part, found = probability_readout(slab)
+                conf[x0:x0 + n] = part
+                if found is not None:
+                    best = _better(best, (found[0], (found[1][0] + x0, found[1][1], found[1][2])))
             del slab
-    # the orientation flip back to the input's axes (exact on labels)
     orig_affine = np.asarray(orient_op["extra_info"]["original_affine"], dtype=np.float64)
-    ras = (("L", "R"), ("P", "A"), ("I", "S"))
-    axcodes = nib.orientations.aff2axcodes(orig_affine, labels=ras)
-    oriented = MetaTensor(torch.from_numpy(labels)[None], affine=dst_affine)
-    back = Orientation(axcodes="".join(axcodes), as_closest_canonical=False, labels=ras)(oriented)
+    axcodes = "".join(nib.orientations.aff2axcodes(orig_affine, labels=_RAS))
+    labels = _orient_back(labels, dst_affine, axcodes)
+    if conf is None:
+        return labels, None, None
+    if best is not None:  # the voxel on the input grid: both affines map their indices to the same world point
+        ijk = np.linalg.solve(orig_affine, dst_affine.numpy() @ np.array([*best[1], 1.0]))[:3]
+        best = (best[0], (int(round(ijk[0])), int(round(ijk[1])), int(round(ijk[2]))))
+    return labels, _orient_back(conf, dst_affine, axcodes), best
+
+
+_RAS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def _orient_back(volume: np.ndarray, affine: torch.Tensor, axcodes: str) -> np.ndarray:
+    """The orientation flip back to the input's axes (exact on uint8 maps)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    oriented = MetaTensor(torch.from_numpy(volume)[None], affine=affine)
+    back = Orientation(axcodes=axcodes, as_closest_canonical=False, labels=_RAS)(oriented)
     return np.ascontiguousarray(np.asarray(back.as_tensor()[0].numpy(), dtype=np.uint8))

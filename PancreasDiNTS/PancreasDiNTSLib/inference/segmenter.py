@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,16 @@ from PancreasDiNTSLib.model.spec import InferenceSpec
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
 MODES = ("exact", "fast", "fastmm")
+
+
+@dataclass
+class Inverted:
+    """What the inversion hands out on the input grid: the labels and, for the read-out, the uint8 confidence
+    map (255 x max softmax probability) and (max lesion probability, its voxel index)."""
+
+    labels: np.ndarray
+    confidence: np.ndarray | None = None
+    lesion: tuple[float, tuple[int, int, int]] | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -198,13 +209,24 @@ class Segmenter:
         return result
 
     def postprocess(self, logits: Any, pre: Any, slabs: bool | None = None) -> np.ndarray:
-        """Softmax, invert to the input grid (bilinear on probabilities, as the bundle), argmax -> uint8.
+        """Softmax, invert to the input grid (bilinear on probabilities, as the bundle), argmax -> uint8 labels.
 
         ``slabs``: invert slab by slab (invert.py: the same resampling without the whole-volume coordinate grid);
         None (default) does so when the inverted probabilities would exceed ``invert.SLAB_THRESHOLD`` values."""
-        from monai.transforms import Activations, Activationsd, AsDiscreted, Compose, Invertd
+        return self.invert(logits, pre, slabs, readout=False).labels
 
-        from PancreasDiNTSLib.inference.invert import SLAB_THRESHOLD, can_invert_in_slabs, invert_labels
+    def invert(self, logits: Any, pre: Any, slabs: bool | None = None, readout: bool = True) -> Inverted:
+        """:meth:`postprocess` that also hands out, with ``readout``, the uint8 confidence map (255 x max softmax
+        probability) and the largest lesion probability with its voxel, computed from the same inverted
+        probabilities as the labels (one slab at a time; the labels are unchanged)."""
+        from monai.transforms import Activations, Activationsd, AsDiscrete, Compose, Invertd
+
+        from PancreasDiNTSLib.inference.invert import (
+            SLAB_THRESHOLD,
+            can_invert_in_slabs,
+            invert_probabilities,
+            probability_readout,
+        )
 
         if slabs is None:
             ops = getattr(pre, "applied_operations", None) or [{}]
@@ -212,16 +234,18 @@ class Segmenter:
             slabs = int(np.prod(size)) * int(logits.shape[1]) > SLAB_THRESHOLD
         if slabs and can_invert_in_slabs(pre):
             probs = Activations(softmax=self.spec.softmax)(logits[0])
-            return invert_labels(torch.as_tensor(probs), pre)
+            return Inverted(*invert_probabilities(torch.as_tensor(probs), pre, readout=readout))
 
         post = Compose([
             Activationsd(keys="pred", softmax=self.spec.softmax),
             Invertd(keys="pred", transform=self.preprocessing, orig_keys="image", meta_key_postfix="meta_dict",
                     nearest_interp=self.spec.invert_nearest, to_tensor=True),
-            AsDiscreted(keys="pred", argmax=True),
         ])
-        out = post({"image": pre, "pred": logits[0]})["pred"]
-        return np.asarray(out.detach().cpu().numpy()[0]).astype(np.uint8)
+        probs = post({"image": pre, "pred": logits[0]})["pred"]
+        confidence, lesion = probability_readout(probs) if readout else (None, None)
+        out = AsDiscrete(argmax=True)(probs)
+        del probs
+        return Inverted(np.asarray(out.detach().cpu().numpy()[0]).astype(np.uint8), confidence, lesion)
 
     def predict(self, image: Any, on_stage: Callable[[str, float, str], None] | None = None,
                 pre: Any = None) -> np.ndarray:

@@ -7,7 +7,8 @@ Methods (the report repeats them under ``methods``):
 - volume: voxel count x |det(affine[:3, :3])|.
 - bounding box: the axis-aligned RAS box enclosing the segment's voxels as cubes (voxel extents: the 8 corners
   of the index box widened by half a voxel, mapped to RAS); for an oblique grid it encloses that index box.
-- components: ``scipy.ndimage.label`` with 26-connectivity; sorted by volume, largest first.
+- components: ``scipy.ndimage.label`` with 26-connectivity; sorted by volume, largest first; the largest
+  ``MAX_COMPONENTS`` (20) lesion components are measured and listed, all are counted.
 - surface points: centres of the exposed voxel faces (the vertices marching cubes puts at iso-level 0.5), so a
   diameter runs edge to edge; a sphere of radius r measures 2r within about one voxel.
 - longest 3D diameter: largest distance between surface points (convex hull, then all pairs of hull vertices:
@@ -37,6 +38,7 @@ from . import geometry as geo
 PANCREAS_LABEL = 1
 LESION_LABEL = 2
 MM_DECIMALS = 2
+MAX_COMPONENTS = 20  # lesion components measured and listed in full (largest first); all are counted
 ML_DECIMALS = 4
 SCHEMA = "pancreas-dints.readout/1"
 LESION_TERM = ("pancreatic lesion: the Task07 'tumour' label, which covers pancreatic masses and cysts "
@@ -232,8 +234,13 @@ def measure(labels: np.ndarray, affine_ras: np.ndarray) -> dict[str, Any]:
         comp, crop, order = comps
         boxes = ndimage.find_objects(comp)
         lesion["components"] = [_component(comp, crop, k, boxes[k - 1], affine, lab.shape, vml, ax, r + 1)
-                                for r, k in enumerate(order)]
+                                for r, k in enumerate(order[:MAX_COMPONENTS])]
         lesion["count"] = len(order)
+        if len(order) > MAX_COMPONENTS:
+            lesion["components_not_listed"] = len(order) - MAX_COMPONENTS
+            lesion["components_note"] = (f"the {MAX_COMPONENTS} largest of {len(order)} components are measured "
+                                         "and listed; every component's volume is in segments.pancreatic_tumor."
+                                         "component_volumes_ml")
         lesion["largest"] = lesion["components"][0]
     largest = lesion["largest"]
     d3 = largest["longest_3d_diameter"]["mm"] if largest and largest["longest_3d_diameter"] else None

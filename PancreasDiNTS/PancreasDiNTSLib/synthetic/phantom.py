@@ -26,6 +26,7 @@ import numpy as np
 from PancreasDiNTSLib.core.atomic import atomic_dir
 from PancreasDiNTSLib.core.errors import OutputError
 from PancreasDiNTSLib.io.writers import save_nifti
+from PancreasDiNTSLib.readout.location import part_of
 
 Point = Sequence[float]  # a position in body units (x, y, z)
 # Orientation codes seen in clinical NIfTI conversions; one is drawn per phantom.
@@ -38,6 +39,8 @@ SIZES: dict[str, tuple[int, int]] = {
     "full": (512, 512),
 }
 LABELS = {0: "background", 1: "pancreas", 2: "cancer"}  # names as in MSD Task07 dataset.json
+# tumour_at by name: the middle of each third of the gland's length (readout.location's parts)
+TUMOUR_PLACES = {"head": 1.0 / 6.0, "neck": 0.5, "body": 0.5, "neck/body": 0.5, "tail": 5.0 / 6.0}
 
 
 @dataclass
@@ -50,6 +53,10 @@ class PhantomInfo:
     orientation: str
     has_tumour: bool
     noise_hu: float
+    # where the tumour's centre lies along the gland's drawn centre curve, by arc length from the head (0) to the
+    # tail (1), and that position's part (readout.location.PARTS: thirds of the length); None without a tumour
+    tumour_fraction: float | None = None
+    tumour_part: str | None = None
 
 
 class _Canvas:
@@ -162,6 +169,8 @@ class _Scene:
     panc_hu: float = 0.0
     curve: np.ndarray | None = None  # pancreas centre line (n x 3)
     radius: np.ndarray | None = None  # pancreas radius along the curve
+    tumour_at: float | None = None  # forced tumour position (arc-length fraction head -> tail); None: drawn
+    tumour_fraction: float | None = None  # where the painted tumour's centre projects on the curve
 
     full_lo = (-1.05, -1.05, FULL_Z[0])
     full_hi = (1.05, 1.05, FULL_Z[1])
@@ -389,8 +398,11 @@ def _paint_tumour(sc: _Scene) -> None:
     curve, radius = sc.curve, sc.radius
     assert curve is not None and radius is not None
     rng = sc.rng
-    k = int(rng.choice(len(curve), p=_head_weighted(len(curve))))
+    k = int(rng.choice(len(curve), p=_head_weighted(len(curve))))  # drawn even when forced: same stream after
+    if sc.tumour_at is not None:
+        k = _index_at(curve, sc.tumour_at)
     tc = curve[k] + rng.normal(0, radius[k] * 0.25, 3)
+    sc.tumour_fraction = _arc_fraction(curve, tc)
     tr = radius[k] * rng.uniform(0.75, 1.35, 3)  # 1-3 cm at adult scale, bulging the outline
     tmask = _ellipsoid(tuple(tc), tuple(tr), rot_z=float(rng.uniform(0, np.pi)))
     grow = _tube(sc.cv, curve, radius * 1.6)[2]
@@ -427,6 +439,7 @@ def make_phantom(
     noise: bool = True,
     return_info: bool = False,
     slice_mm: tuple[float, float] = (1.0, 5.0),
+    tumour_at: str | float | None = None,
 ) -> Any:
     """One synthetic abdominal CT: ``(image HU float32, label uint8, affine 4x4)`` in the drawn orientation.
 
@@ -436,10 +449,13 @@ def make_phantom(
     the field of view, so a ``small`` phantom's pancreas is only 1-2 slices of 3-5 mm thick: thinner slices, e.g.
     0.6-1.2 mm, give it the slice count of a real CT). ``orientation`` is an axcode such as "LPS"
     (default: drawn from ORIENTATIONS). ``tumour`` forces a tumour on/off (default: present in ~85 %).
-    With ``return_info=True`` a fourth item, a :class:`PhantomInfo`, is returned.
+    ``tumour_at`` places the tumour ("head", "body", "tail": the middle of that third of the gland, or a
+    fraction 0..1 along its centre curve from the head); the default None draws it (mostly in the head), and
+    the random stream is the same either way, so only the tumour moves. With ``return_info=True`` a fourth
+    item, a :class:`PhantomInfo` (with the tumour's fraction and part), is returned.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7307]))
-    sc = _Scene(rng, _draw_grid(rng, shape, spacing, size, slice_mm))
+    sc = _Scene(rng, _draw_grid(rng, shape, spacing, size, slice_mm), tumour_at=tumour_position(tumour_at))
     for step in (_paint_body_wall, _paint_spine, _paint_ribs, _paint_solid_organs, _paint_hollow_organs,
                  _paint_vessels, _paint_pancreas):
         step(sc)
@@ -453,9 +469,50 @@ def make_phantom(
     affine[:3, 3] = -(np.array(shape) - 1) / 2.0 * np.array(spacing) + offset
     code = orientation or str(rng.choice(ORIENTATIONS))
     hu, label, affine = _reorient(hu, sc.cv.label, affine, code)
-    info = PhantomInfo(seed=int(seed), shape=tuple(hu.shape), spacing=spacing, orientation=code,
-                       has_tumour=bool((label == 2).any()), noise_hu=noise_hu)
+    has = bool((label == 2).any())
+    fraction = sc.tumour_fraction if has else None
+    info = PhantomInfo(seed=int(seed), shape=tuple(hu.shape), spacing=spacing, orientation=code, has_tumour=has,
+                       noise_hu=noise_hu, tumour_fraction=None if fraction is None else round(fraction, 4),
+                       tumour_part=None if fraction is None else part_of(fraction))
     return (hu, label, affine, info) if return_info else (hu, label, affine)
+
+
+def _arc_length(curve: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(curve, axis=0), axis=1))])
+
+
+def _index_at(curve: np.ndarray, fraction: float) -> int:
+    """The curve sample nearest the arc-length ``fraction`` (0 head .. 1 tail)."""
+    s = _arc_length(curve)
+    return int(np.argmin(np.abs(s / s[-1] - fraction)))
+
+
+def _arc_fraction(curve: np.ndarray, point: np.ndarray) -> float:
+    """Arc-length fraction (head 0 .. tail 1) of ``point``'s projection on the sampled curve (a polyline)."""
+    a, b = curve[:-1], curve[1:]
+    d = b - a
+    dd = np.maximum((d * d).sum(axis=1), 1e-12)
+    t = np.clip(((point - a) * d).sum(axis=1) / dd, 0.0, 1.0)
+    k = int(np.argmin(np.linalg.norm(a + t[:, None] * d - point, axis=1)))
+    s = _arc_length(curve)
+    return float((s[k] + t[k] * np.sqrt(dd[k])) / s[-1])
+
+
+def tumour_position(tumour_at: str | float | None) -> float | None:
+    """``tumour_at`` ("head", "body" / "neck/body", "tail", or a fraction 0..1 along the gland from the head)
+    as a fraction; ValueError for anything else."""
+    if tumour_at is None:
+        return None
+    if isinstance(tumour_at, str):
+        key = tumour_at.strip().lower()
+        if key not in TUMOUR_PLACES:
+            raise ValueError(f"tumour_at must be one of {', '.join(TUMOUR_PLACES)} or a fraction 0..1, "
+                             f"not {tumour_at!r}")
+        return TUMOUR_PLACES[key]
+    value = float(tumour_at)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"tumour_at must be a fraction between 0 (head) and 1 (tail), not {tumour_at!r}")
+    return value
 
 
 def _head_weighted(n: int) -> np.ndarray:
