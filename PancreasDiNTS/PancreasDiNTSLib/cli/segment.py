@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-mode", default="grid", choices=("grid", "local"),
                    help="grid: the full run's windows touching the box (labels in the box equal the full run's); "
                         "local: crop the CT to the box plus context (time proportional to the box)")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="read only this series (SeriesInstanceUID) of each DICOM folder; without it a folder of "
+                        "several series gives one case per series")
     p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
                    help="do not read/preprocess the next case in a background thread during inference (saves the "
                         "memory of one case in batch mode)")
@@ -79,7 +82,8 @@ def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
     return SegmentSettings(
         inputs=tuple(args.inputs), out_dir=args.output, model=args.model, device=device, formats=args.formats,
         progress=args.progress, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct,
-        sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, prefetch=args.prefetch,
+        sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, series=args.series,
+        prefetch=args.prefetch,
         rank=rank, world_size=world,
     )
 

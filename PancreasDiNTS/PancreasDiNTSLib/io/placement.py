@@ -9,6 +9,8 @@ Rules (README, "Output folders"):
 - Identity: a folder ``OUTDIR/<name>`` is this input's only when its manifest names the same input
   (core.ownership.input_identity). Otherwise the case takes the first free name of ``<name>``, ``<name>-2``,
   ``<name>-3``... (compared case-insensitively within one call), never another input's folder.
+- A DICOM folder with several series becomes one case per series (``<folder>-<number-description>``; identity
+  adds the series' content fingerprint); ``series_uid`` (``--series``) keeps only that series of each folder.
 - A case folder is never an input, an ancestor or a descendant of an input, OUTDIR itself, a symlink or outside
   OUTDIR; an OUTDIR inside an input folder is refused too. Refusals are PlacementError (exit 2), before any work.
 """
@@ -22,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.core.errors import PlacementError, printable
+from PancreasDiNTSLib.core.errors import PancreasDiNTSError, PlacementError, printable
 from PancreasDiNTSLib.core.ownership import CaseFolder, input_identity
+from PancreasDiNTSLib.io.dicom import folder_cases
 from PancreasDiNTSLib.io.images import IMAGE_SUFFIXES, case_name, is_dicom_file
 
 MAX_NAME_BYTES = 96
@@ -94,6 +97,37 @@ class PlannedCase:
     folder: Path
     identity: dict[str, Any]
     existing: bool  # the folder already holds this input's results (its manifest names the same input)
+    series: str | None = None  # the DICOM series to read from a folder of several (io.dicom selector)
+
+
+@dataclass(frozen=True)
+class _CaseInput:
+    """One case before its folder is chosen: an input path, and a series of it when the folder holds several."""
+
+    path: Path
+    suffix: str = ""
+    series: str | None = None
+    fingerprint: str | None = None
+
+
+def _case_inputs(path: Path, series_uid: str | None) -> list[_CaseInput]:
+    """A DICOM folder of several series (or with ``series_uid``) -> one case input per series; else the path."""
+    if not path.is_dir():
+        return [_CaseInput(path)]
+    try:
+        cases = folder_cases(path)
+    except PancreasDiNTSError:
+        return [_CaseInput(path)]  # the case fails on its own when it is read, with the reader's message
+    if series_uid is not None:
+        chosen = [s for _, s in cases if series_uid in (s.uid, s.selector)]
+        if not chosen:
+            found = ", ".join(s.selector for _, s in cases) or "none"
+            raise PlacementError(f"--series {printable(series_uid)}: not in {printable(path)} (its series: "
+                                 f"{printable(found)}); give one of those")
+        return [_CaseInput(path, "", chosen[0].selector, chosen[0].fingerprint())]
+    if len(cases) <= 1:
+        return [_CaseInput(path)]
+    return [_CaseInput(path, suffix, s.selector, s.fingerprint()) for suffix, s in cases]
 
 
 class _Planner:
@@ -138,14 +172,19 @@ def _identity(path: Path) -> dict[str, Any]:
         return {"path": os.path.abspath(path), "kind": "unreadable"}
 
 
-def plan_cases(paths: list[Path], out_dir: Path) -> list[PlannedCase]:
+def plan_cases(paths: list[Path], out_dir: Path, series_uid: str | None = None) -> list[PlannedCase]:
     """The case folder of every input (see the module docstring); PlacementError before any work."""
     planner = _Planner(paths, Path(out_dir))
     planner.check_out_dir()
-    identities = [_identity(p) for p in paths]
-    bases = [case_base_name(p) for p in paths]
-    plan: list[PlannedCase | None] = [None] * len(paths)
-    for i, path in enumerate(paths):  # 1: a folder already holding this input's results
+    inputs = [ci for p in paths for ci in _case_inputs(p, series_uid)]
+    identities = [_identity(ci.path) for ci in inputs]
+    for ci, identity in zip(inputs, identities, strict=True):
+        if ci.series is not None:
+            identity.update(series=ci.series, series_fingerprint=ci.fingerprint)
+    bases = [case_base_name(ci.path) if not ci.suffix else
+             safe_case_name(f"{case_base_name(ci.path)}-{ci.suffix}") for ci in inputs]
+    plan: list[PlannedCase | None] = [None] * len(inputs)
+    for i, ci in enumerate(inputs):  # 1: a folder already holding this input's results
         for name in candidates(bases[i]):
             folder = planner.usable(name)
             if folder is None:
@@ -156,17 +195,17 @@ def plan_cases(paths: list[Path], out_dir: Path) -> list[PlannedCase]:
                 break
             if folder.is_dir() and CaseFolder(folder, identities[i]).same_input():
                 planner.claim(name)
-                plan[i] = PlannedCase(path, name, folder, identities[i], True)
+                plan[i] = PlannedCase(ci.path, name, folder, identities[i], True, ci.series)
                 break
-    for i, path in enumerate(paths):  # 2: the first free name
+    for i, ci in enumerate(inputs):  # 2: the first free name
         if plan[i] is not None:
             continue
         for name in candidates(bases[i]):
             folder = planner.usable(name)
             if folder is not None and not os.path.lexists(folder):
                 planner.claim(name)
-                plan[i] = PlannedCase(path, name, folder, identities[i], False)
+                plan[i] = PlannedCase(ci.path, name, folder, identities[i], False, ci.series)
                 break
         else:
-            raise PlacementError(f"{printable(path)}: no free case folder name under {printable(out_dir)}")
+            raise PlacementError(f"{printable(ci.path)}: no free case folder name under {printable(out_dir)}")
     return [p for p in plan if p is not None]
