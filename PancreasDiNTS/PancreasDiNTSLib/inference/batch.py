@@ -8,12 +8,19 @@
 - Skip: a case is skipped (without ``--overwrite``) only when its folder's manifest names the same input and
   lists every requested output.
 - A failing case does not stop the others; a full disk stops the run (DiskFullError, exit 5).
+- Batch files in OUTDIR (``core.paths.BATCH_NAMES``): ``summary.json`` (every case's status) and
+  ``measurements.csv`` (one row per case: the read-out's volumes, lesion diameters, size category, location and
+  lesion score, read back from each case's report.json, so skipped cases have their row too), both written
+  atomically at the end of the run (``-rank<r>`` under torchrun). Like summary.json, measurements.csv is
+  replaced only when it is the engine's (its header row); a user's file of that name is left alone (warning).
 - ``prefetch``: reading, checking and preprocessing case i+1 run in a background thread while case i is inferred
   (fastpath.prefetched); the labels are the same either way. Under torchrun rank r takes cases r, r+W, ...
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 import traceback
@@ -34,6 +41,7 @@ from PancreasDiNTSLib.core.errors import (
     printable,
 )
 from PancreasDiNTSLib.core.ownership import CaseFolder
+from PancreasDiNTSLib.core.paths import BATCH_NAMES
 from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
 from PancreasDiNTSLib.inference.fastpath import prefetched
 from PancreasDiNTSLib.inference.pipeline import (
@@ -51,6 +59,7 @@ from PancreasDiNTSLib.io.images import expand_inputs
 from PancreasDiNTSLib.io.placement import PlannedCase, case_base_name, plan_cases
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
+from PancreasDiNTSLib.readout.report import CSV_COLUMNS, csv_row
 
 ENGINES = ("eager", "cuda-graph", "compile")
 
@@ -273,9 +282,57 @@ def _call(fn: Any, arg: Any) -> Any:
         return exc
 
 
+def _batch_file(settings: SegmentSettings, key: str) -> Path:
+    """OUTDIR/summary.json, OUTDIR/measurements.csv (``<stem>-rank<r><suffix>`` under torchrun)."""
+    name = Path(BATCH_NAMES[key])
+    if settings.world_size > 1:
+        name = Path(f"{name.stem}-rank{settings.rank}{name.suffix}")
+    return settings.out_dir / name
+
+
 def _write_summary(settings: SegmentSettings, summary: SegmentSummary) -> None:
-    name = "summary.json" if settings.world_size == 1 else f"summary-rank{settings.rank}.json"
-    write_text_atomic(settings.out_dir / name, json.dumps(summary.as_dict(), indent=2) + "\n")
+    write_text_atomic(_batch_file(settings, "summary"), json.dumps(summary.as_dict(), indent=2) + "\n")
+
+
+def _case_readout(result: CaseResult) -> tuple[dict[str, Any] | None, str]:
+    """The read-out in a case's report.json (None and why when there is none)."""
+    if result.status == "failed" and not result.output_dir:
+        return None, result.message
+    try:
+        report = json.loads((Path(result.output_dir) / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"{REPORT_NAME} unreadable: {printable(str(exc))[:200]}"
+    readout = report.get("readout") if isinstance(report, dict) else None
+    return (readout, "") if isinstance(readout, dict) else (None, f"{REPORT_NAME} has no read-out (older engine)")
+
+
+def measurements_csv(results: list[CaseResult]) -> str:
+    """measurements.csv: a header row and one row per case (readout.report.CSV_COLUMNS)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        readout, why = _case_readout(r)
+        note = why or (r.message if r.status != "ok" else "")
+        writer.writerow(csv_row(readout, r.case, r.input, r.status, printable(note)))
+    return buffer.getvalue()
+
+
+def _write_measurements(settings: SegmentSettings, results: list[CaseResult], reporter: Progress) -> None:
+    """measurements.csv next to summary.json; an existing file is replaced only when it is the engine's."""
+    dest = _batch_file(settings, "measurements")
+    header = ",".join(CSV_COLUMNS[:3])
+    if dest.exists() or dest.is_symlink():
+        try:
+            ours = dest.is_file() and not dest.is_symlink() and dest.open(encoding="utf-8").readline().startswith(
+                header)
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            reporter.write(f"warning: {printable(dest)} was not written by pancreas-dints; left as it is "
+                           "(measurements.csv not written)")
+            return
+    write_text_atomic(dest, measurements_csv(results))
 
 
 def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = None,
@@ -313,6 +370,7 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
         reporter.close()
     summary = SegmentSummary(batch.results)
     if batch.results:
+        _write_measurements(settings, batch.results, reporter)
         _write_summary(settings, summary)
     reporter.emit(summary.as_dict())
     return summary

@@ -12,15 +12,19 @@ read/check  io.images.read_image (format, 3D, CT intensities) and            rea
             ownership, writability, free space) before any inference
 preprocess  Segmenter.preprocess (the bundle's transforms)                   preprocess
 infer       Segmenter.infer (sliding window; ROI: fastpath.predict_roi)       infer / roi_infer
-invert      Segmenter.postprocess (softmax, inversion, argmax)               postprocess
+invert      Segmenter.invert (softmax, inversion, argmax; the uint8          postprocess
+            confidence map and lesion maximum from the same probabilities)
 measure     voxel counts and mL; ``CaseOptions.measure`` adds more           measure
-write       every output through the sink (atomic, ownership-checked)         write
+readout     readout.report.case_readout: measurements, location,             readout
+            confidence summary (report.json "readout")
+write       every output through the sink (atomic, ownership-checked);        write (and
+            each output's own time                                           write_<format>)
 report      report.json (``CaseOptions.report``)                             total
 =========== ================================================================ ==============
 
-Outputs are a registry (:data:`OUTPUTS`): a format name, a file name, a writer, a size estimate and an optional
-precondition. New formats (the read-out's "confidence" and "report-png") are added with :func:`register_output`;
-their writers get :class:`CaseData` (labels, case, measurements).
+Outputs are a registry (:data:`OUTPUTS`): a format name, a file name (``core.paths.OUTPUT_NAMES``), a writer, a
+size estimate and an optional precondition; :func:`register_output` adds more. Writers get :class:`CaseData`
+(labels, case, confidence map, read-out, measurements).
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ from PancreasDiNTSLib.core.ownership import free_bytes
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
 from PancreasDiNTSLib.inference.fastpath import predict_roi
-from PancreasDiNTSLib.inference.segmenter import Segmenter
+from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
 from PancreasDiNTSLib.io.dicom import series_from_meta
 from PancreasDiNTSLib.io.images import LoadedImage, read_image
+from PancreasDiNTSLib.readout.page import render_case_page
+from PancreasDiNTSLib.readout.report import case_readout
 
 StageCallback = Callable[[str, float, str], None]  # (stage, fraction of this case, message)
 Measure = Callable[[np.ndarray, LoadedImage], dict[str, Any]]  # extra measurements -> report["measurements"]
@@ -64,6 +70,9 @@ ROI_SPACES = ("ras", "voxel")
 ROI_MODES = ("grid", "local")
 FORMAT_ALIASES = {"nii": "nifti", "nii.gz": "nifti", "seg": "seg.nrrd", "dicomseg": "dicom-seg", "dcm": "dicom-seg"}
 REPORT_RESERVE_BYTES = 1 << 20  # report.json, manifest and slack in the free-space estimate
+PAGE_BYTES = 4 << 20  # an upper bound of one case page (PNG or PDF)
+ROI_CONFIDENCE_REASON = ("ROI mode: the model ran only around the box, so there are no whole-image "
+                         "probabilities to read confidence from")
 
 
 @dataclass(frozen=True)
@@ -108,9 +117,9 @@ class CaseData:
     model_name: str
     model_version: str
     measurements: dict[str, Any] = field(default_factory=dict)
-    # Seam for the read-out's "confidence" output: the softmax on the input grid is not kept yet (the Segmenter's
-    # postprocess returns labels only); the read-out wiring hands it over here.
-    probabilities: Any = None
+    confidence: np.ndarray | None = None  # uint8 255 x max softmax probability on the input grid (None: ROI mode)
+    readout: dict[str, Any] = field(default_factory=dict)  # readout.report.case_readout of the labels
+    model: dict[str, Any] = field(default_factory=dict)  # Bundle.describe() (name, version, md5s)
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ class OutputSpec:
     write: Callable[[Path, CaseData], Any]
     estimate_bytes: Callable[[LoadedImage], int]  # an upper bound, for the free-space check
     dicom_only: bool = False  # written for DICOM inputs only (otherwise a note)
+    whole_image: bool = False  # needs the whole image's probabilities: not in ROI mode (a note)
     title: str = ""  # how notes name it (default: the format name)
     # (case, model name, model version) -> notes; raises when the output cannot be made for this case
     precheck: Callable[[LoadedImage, str, str], list[str]] | None = None
@@ -153,8 +163,28 @@ register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
                            lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version),
                            lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True,
                            precheck=_dicom_seg_precheck, title="DICOM SEG"))
-# Hook: the read-out registers "confidence" (confidence.nii.gz from CaseData.probabilities) and "report-png"
-# (one-page report from CaseData.measurements) here, with register_output(OutputSpec(...)).
+
+
+def _write_confidence(dest: Path, data: CaseData) -> Path:
+    if data.confidence is None:
+        raise ValueError(ROI_CONFIDENCE_REASON)
+    return writers.write_label_nifti(dest, data.confidence, data.case)
+
+
+def _write_page(dest: Path, data: CaseData) -> Path:
+    """The one-page case report (readout.page) of the labels over the CT, with the read-out's table."""
+    case = data.case
+    ct = np.asarray(case.image[0].detach().cpu().numpy() if hasattr(case.image, "detach") else case.image[0])
+    meta = {"input": case.path.name, "model": data.model, "notes": list(case.warnings)[:3]}
+    return render_case_page(dest, ct, data.labels, case.affine_ras, data.readout, meta)
+
+
+register_output(OutputSpec("confidence", OUTPUT_NAMES["confidence"], _write_confidence,
+                           lambda case: _voxels(case) + 4096, whole_image=True))
+register_output(OutputSpec("report-png", OUTPUT_NAMES["report-png"], _write_page, lambda case: PAGE_BYTES,
+                           title="report page"))
+register_output(OutputSpec("report-pdf", OUTPUT_NAMES["report-pdf"], _write_page, lambda case: PAGE_BYTES,
+                           title="report page (PDF)"))
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -268,6 +298,9 @@ def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | No
         if spec.dicom_only and case.fmt != "dicom":
             plan.notes.append(f"{spec.title or fmt} not written: the input is not a DICOM series")
             continue
+        if spec.whole_image and options.roi is not None:
+            plan.notes.append(f"{spec.title or fmt} not written: {ROI_CONFIDENCE_REASON}")
+            continue
         try:
             if spec.precheck is not None:
                 plan.notes.extend(spec.precheck(case, *model))
@@ -350,15 +383,17 @@ class CaseOutcome:
     failed_outputs: dict[str, str] = field(default_factory=dict)  # format -> why
     notes: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    readout: dict[str, Any] = field(default_factory=dict)  # readout.report.case_readout -> report["readout"]
+    confidence: np.ndarray | None = None  # the uint8 confidence map (None in ROI mode)
 
 
-def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, stages: _Stages) -> np.ndarray:
+def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, stages: _Stages) -> Inverted:
     """preprocess -> infer -> invert (or the ROI path, which runs the same stages on its windows)."""
     image = prepared.case.image
     if roi is not None:
         stages.say("infer", 0.1, f"ROI {list(roi.box)} ({roi.space}, {roi.mode} mode)")
-        return stages.run("roi_infer", predict_roi, segmenter, image, roi.box, space=roi.space, mode=roi.mode,
-                          fast=segmenter.fast)
+        return Inverted(stages.run("roi_infer", predict_roi, segmenter, image, roi.box, space=roi.space,
+                                   mode=roi.mode, fast=segmenter.fast))
     pre = prepared.pre
     if pre is None:
         stages.say("preprocess", 0.05, "resampling to the model's grid")
@@ -371,7 +406,15 @@ def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, s
 
     logits = stages.run("infer", segmenter.infer, pre, on_window)
     stages.say("postprocess", 0.92, "inverting to the input grid")
-    return stages.run("postprocess", segmenter.postprocess, logits, pre)
+    return stages.run("postprocess", segmenter.invert, logits, pre)
+
+
+def _readout(inverted: Inverted, case: LoadedImage, roi: RoiRequest | None, stages: _Stages) -> dict[str, Any]:
+    """The read-out of the labels (measurements, location, confidence from the inversion's map)."""
+    stages.say("readout", 0.93, "measuring the segments")
+    return stages.run("readout", case_readout, inverted.labels, case.affine_ras, confidence_map=inverted.confidence,
+                      lesion=inverted.lesion,
+                      confidence_reason=ROI_CONFIDENCE_REASON if roi is not None else "no probabilities given")
 
 
 def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOptions | None = None,
@@ -387,12 +430,15 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     t0 = started if started is not None else time.perf_counter()
     prepared = source if isinstance(source, Prepared) else prepare_case(source, segmenter, options, sink, on_stage)
     stages = _Stages(segmenter.device, on_stage, prepared.timings)
-    labels = _predict(prepared, segmenter, options.roi, stages)
+    inverted = _predict(prepared, segmenter, options.roi, stages)
+    labels = inverted.labels
     case = prepared.case
     voxels, ml = stages.run("measure", writers.volumes_ml, labels, case)
     measurements = stages.run("measure", options.measure, labels, case) if options.measure is not None else {}
+    readout = _readout(inverted, case, options.roi, stages)
     outcome = CaseOutcome(case, labels, voxels, ml, stages.timings, measurements, notes=list(prepared.plan.notes),
-                          failed_outputs=dict(prepared.plan.failed))
+                          failed_outputs=dict(prepared.plan.failed), readout=readout,
+                          confidence=inverted.confidence)
     if sink is not None:
         _write_outputs(outcome, prepared.plan, segmenter, options, sink, stages)
     outcome.timings["total"] = time.perf_counter() - t0
@@ -409,11 +455,14 @@ def _write_outputs(outcome: CaseOutcome, plan: OutputPlan, segmenter: Segmenter,
     t0 = time.perf_counter()
     sink.begin(plan.names(options.report))
     bundle = segmenter.bundle
-    data = CaseData(outcome.case, outcome.labels, bundle.name, bundle.version, outcome.measurements)
+    data = CaseData(outcome.case, outcome.labels, bundle.name, bundle.version, outcome.measurements,
+                    outcome.confidence, outcome.readout, bundle.describe())
     for fmt in plan.formats:
         spec = OUTPUTS[fmt]
         try:
+            t1 = time.perf_counter()
             sink.write(spec.filename, lambda dest, spec=spec: spec.write(dest, data))
+            outcome.timings[f"write_{fmt}"] = time.perf_counter() - t1
             outcome.outputs.append(spec.filename)
         except (DiskFullError, KeyboardInterrupt, SystemExit):
             raise
@@ -462,5 +511,7 @@ def case_report(outcome: CaseOutcome, segmenter: Segmenter, options: CaseOptions
     }
     if outcome.measurements:
         report["measurements"] = outcome.measurements
+    if outcome.readout:
+        report["readout"] = outcome.readout
     report.update(options.report_extra)
     return report
