@@ -1,6 +1,7 @@
 """The offline demo end to end: `python -m PancreasDiNTSLib.cli demo` as a real subprocess with the shipped demo
 model; the Dice it prints is checked against a Dice recomputed here from the files it wrote (its label map and
-the phantom's truth), and every output is read back (NIfTI grid, slicerio segments, PNG, report.json)."""
+the phantom's truth), and every output is read back (NIfTI grid, slicerio segments, the case page, report.json
+with the read-out)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,28 @@ def test_demo_report_and_outputs_read_back(demo_run):
     # the pancreas overlay (terminology colour blended over grey CT) is drawn: strongly orange pixels exist
     orange = (rgb[:, 0] - rgb[:, 2] > 60) & (rgb[:, 0] > 150)
     assert orange.sum() > 200
+    yellow = (rgb[:, 0] > 200) & (rgb[:, 1] > 200) & (rgb[:, 2] < 80)  # the longest axial diameter
+    assert yellow.sum() > 10
+
+
+def test_demo_report_has_the_readout_of_its_labels(demo_run):
+    """report.json's read-out is readout.report.case_readout of the written label map (the demo runs it through
+    segment_case, as segment does), with confidence from the model and the phantom's truth location."""
+    from PancreasDiNTSLib.readout.report import case_readout
+
+    out, _ = demo_run
+    report = json.loads((out / "report.json").read_text())
+    ro = report["readout"]
+    img = nib.load(out / "labels.nii.gz")
+    labels = np.asarray(img.dataobj)
+    ras = json.loads(json.dumps(case_readout(labels, img.affine)))
+    assert ro["segments"] == ras["segments"] and ro["lesion"] == ras["lesion"] and ro["location"] == ras["location"]
+    assert ro["lesion"]["found"] and ro["lesion"]["size_category"]["label"] == "by size only, not a stage"
+    conf = ro["confidence"]
+    assert conf["lesion_score"]["uncalibrated"] is True and 0.5 < conf["lesion_score"]["value"] <= 1.0
+    assert 0.5 < conf["segments"]["pancreas"]["mean_confidence"] <= 1.0
+    assert report["phantom"]["tumour_part"] in ("head", "neck/body", "tail")
+    assert ro["lesion"]["largest"]["location"]["part"] == report["phantom"]["tumour_part"]
 
 
 def test_demo_refuses_training_seeds_and_foreign_folders(tmp_path, cli_env):

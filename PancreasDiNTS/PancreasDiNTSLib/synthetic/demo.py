@@ -3,8 +3,10 @@
 ``run_demo`` draws a phantom with :func:`.phantom.make_phantom` from a seed outside the training seeds, writes it
 as a NIfTI CT, reads it back through the engine (:func:`.imaging.read_image`), segments it with
 :class:`.inference.Segmenter` and writes the engine's outputs (:mod:`.writers`: ``labels.nii.gz``,
-``segmentation.seg.nrrd``, ``report.json``) plus the phantom's truth, a PNG with three orthogonal slices and
-Dice against the truth. Everything is assembled in a temporary folder that replaces ``OUT`` at the end.
+``segmentation.seg.nrrd``, ``report.json`` with the read-out) plus the phantom's truth, Dice against the truth
+and ``demo.png``: the case page every ``segment --format report-png`` draws (``readout.page.render_case_page``:
+three planes through the lesion, measurement table, longest axial diameter), here with the segments filled and
+the truth outlined. Everything is assembled in a temporary folder that replaces ``OUT`` at the end.
 
 The demo model (``PancreasDiNTSLib/resources/models/demo``) was trained on synthetic phantoms only: it shows that the pipeline
 works and is NOT a clinical model. The released MSD Task07 model is installed by ``pancreas-dints download``.
@@ -19,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib.core.atomic import atomic_dir, atomic_path
+from PancreasDiNTSLib.core.atomic import atomic_dir
 from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
 from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
 from PancreasDiNTSLib.core.progress import Progress
-from PancreasDiNTSLib.core.terminology import METRIC_KEYS, SEGMENTS
+from PancreasDiNTSLib.core.terminology import METRIC_KEYS
 from PancreasDiNTSLib.io.writers import save_nifti, volumes_ml, write_report
+from PancreasDiNTSLib.readout.page import render_case_page
 from PancreasDiNTSLib.synthetic.phantom import make_phantom
 
 # The demo model was trained on data-set seed 1 (case seeds 100004..100243) and evaluated on data-set seed 2
@@ -44,7 +47,6 @@ OUTPUT_FILES = {
     "report": "report.json",
     "png": "demo.png",
 }
-CT_WINDOW = (-150.0, 250.0)  # abdomen window (level 50, width 400)
 
 
 def demo_model_dir() -> Path:
@@ -86,91 +88,6 @@ def check_output(out: Path) -> None:
                               "choose a new or empty folder")
 
 
-def slice_point(labels: np.ndarray, fallback: np.ndarray) -> tuple[int, int, int]:
-    """A voxel of ``labels`` (else ``fallback``) in the tumour (else the pancreas) nearest its centre of mass;
-    the volume centre if both are empty."""
-    for lab in (labels, fallback):
-        for mask in (lab == 2, lab > 0):
-            idx = np.argwhere(mask)
-            if len(idx):
-                centre = idx.mean(axis=0)
-                best = idx[np.argmin(((idx - centre) ** 2).sum(axis=1))]
-                return int(best[0]), int(best[1]), int(best[2])
-    return tuple(s // 2 for s in labels.shape)  # type: ignore[return-value]
-
-
-def _canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Array in RAS voxel order and its spacing (display only)."""
-    import nibabel as nib
-
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    return np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[return-value]
-
-
-def render_png(dest: Path, ct_path: Path, labels_path: Path, truth_path: Path, title: str) -> Path:
-    """Axial, coronal and sagittal slices through the pancreas (radiological display: patient's right on the
-    left, anterior/superior up): the whole slice on top, a close-up below; predicted segments filled in the
-    terminology colours, the phantom's truth outlined in white."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-
-    ct, sp = _canonical(ct_path)
-    pred = _canonical(labels_path)[0].astype(np.uint8)
-    truth = _canonical(truth_path)[0].astype(np.uint8)
-    i, j, k = slice_point(truth, pred)
-    lut = np.zeros((256, 4), dtype=np.float32)
-    for seg in SEGMENTS:
-        lut[seg.label] = (*seg.color_float, 0.55)
-    fg = np.argwhere(truth > 0) if truth.any() else np.argwhere(pred > 0)
-    lo = fg.min(axis=0) if len(fg) else np.zeros(3, int)
-    hi = fg.max(axis=0) if len(fg) else np.array(ct.shape) - 1
-    margin = [max(3, int(round(12.0 / s))) for s in sp]  # 12 mm around the pancreas
-    box = [(max(0, int(lo[a]) - margin[a]), min(ct.shape[a] - 1, int(hi[a]) + margin[a])) for a in range(3)]
-    # (name, slicer, horizontal axis, vertical axis)
-    views = [
-        ("axial", (slice(None), slice(None), k), 0, 1),
-        ("coronal", (slice(None), j, slice(None)), 0, 2),
-        ("sagittal", (i, slice(None), slice(None)), 1, 2),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4), dpi=100)
-    for col, (name, sl, h, v) in enumerate(views):
-        img2d, p2d, t2d = (np.asarray(a[sl]).T for a in (ct, pred, truth))  # rows: vertical axis
-        extent = (-0.5 * sp[h], (img2d.shape[1] - 0.5) * sp[h], -0.5 * sp[v], (img2d.shape[0] - 0.5) * sp[v])
-        for row in range(2):
-            ax = axes[row, col]
-            ax.imshow(img2d, cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], origin="lower", extent=extent,
-                      interpolation="bilinear")
-            ax.imshow(lut[p2d], origin="lower", extent=extent, interpolation="nearest")
-            if t2d.any():
-                yy = (np.arange(t2d.shape[0])) * sp[v]
-                xx = (np.arange(t2d.shape[1])) * sp[h]
-                ax.contour(xx, yy, (t2d > 0).astype(float), levels=[0.5], colors="white", linewidths=0.8)
-                if (t2d == 2).any():
-                    ax.contour(xx, yy, (t2d == 2).astype(float), levels=[0.5], colors="white", linewidths=0.8,
-                               linestyles="dashed")
-            if row == 1:  # close-up around the pancreas
-                ax.set_xlim(box[h][0] * sp[h], box[h][1] * sp[h])
-                ax.set_ylim(box[v][0] * sp[v], box[v][1] * sp[v])
-            ax.invert_xaxis()  # radiological: patient's right (or anterior in the sagittal view) on the left
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
-    handles = [Patch(facecolor=seg.color_float, label=f"{seg.name} (model)") for seg in SEGMENTS]
-    handles.append(Patch(facecolor="none", edgecolor="black", label="phantom truth (outline; tumour dashed)"))
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return dest
-
-
 def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
     """Dice per class with MONAI (as ``evaluate``), keyed by the terminology's metric keys; None where the
     truth lacks the class."""
@@ -205,7 +122,8 @@ def _demo_report(outcome: Any, segmenter: Any, truth: np.ndarray, info: Any, see
         "dice_metric": "MONAI compute_dice, include_background=False, on the phantom's own grid",
         "phantom": {"seed": seed, "size": PHANTOM_SIZE, "shape": list(info.shape),
                     "spacing_mm": [round(s, 4) for s in info.spacing], "orientation": info.orientation,
-                    "slice_mm": list(PHANTOM_SLICE_MM),
+                    "slice_mm": list(PHANTOM_SLICE_MM), "tumour_fraction": info.tumour_fraction,
+                    "tumour_part": info.tumour_part,
                     "generator": "PancreasDiNTSLib.synthetic.phantom.make_phantom(seed, size, tumour=True, slice_mm)"},
         "case": "phantom_ct",
         "input": str(out / OUTPUT_FILES["ct"]),
@@ -250,11 +168,7 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
             outcome.timings.update(phantom=t_phantom, load=t_load)
             report = _demo_report(outcome, segmenter, truth, info, seed, out)
             t3 = time.perf_counter()
-            title = (f"PancreasDiNTS demo - synthetic phantom (seed {seed}), demo model trained on phantoms, "
-                     f"NOT for clinical use\nDice pancreas {_fmt(report['dice_pancreas'])}, "
-                     f"tumour {_fmt(report['dice_tumour'])}")
-            render_png(tmp / OUTPUT_FILES["png"], tmp / OUTPUT_FILES["ct"], tmp / OUTPUT_FILES["labels"],
-                       tmp / OUTPUT_FILES["truth"], title)
+            _draw_page(tmp / OUTPUT_FILES["png"], outcome, truth, report, seed)
             timings = {**outcome.timings, "png": time.perf_counter() - t3, "total": time.perf_counter() - t0}
             report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
             write_report(tmp / OUTPUT_FILES["report"], report)
@@ -264,6 +178,21 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
     finally:
         reporter.close()
     return report
+
+
+def _draw_page(dest: Path, outcome: Any, truth: np.ndarray, report: dict[str, Any], seed: int) -> Path:
+    """demo.png: the case page (readout.page) with the segments filled and the phantom's truth outlined."""
+    case = outcome.case
+    title = (f"PancreasDiNTS demo: synthetic phantom (seed {seed}), demo model trained on phantoms\n"
+             f"Dice pancreas {_fmt(report['dice_pancreas'])}, lesion {_fmt(report['dice_tumour'])}")
+    part = report["phantom"].get("tumour_part")
+    notes = [f"phantom truth: lesion placed in the {part} ({report['phantom']['tumour_fraction']:.2f} of the "
+             "gland from the head)"] if part else []
+    meta = {"title": title, "input": OUTPUT_FILES["ct"], "model": report.get("model") or {}, "notes": notes,
+            "notice": NOT_CLINICAL}
+    ct = np.asarray(case.image[0].detach().cpu().numpy())
+    return render_case_page(dest, ct, outcome.labels, case.affine_ras, outcome.readout, meta, truth=truth,
+                            fill=True)
 
 
 def _fmt(x: float | None) -> str:
