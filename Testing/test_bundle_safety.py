@@ -177,6 +177,7 @@ def test_exported_sidecar_is_bounded(tmp_path):
       ("inferer", "roi_size"): "@f39"}, "more than"),  # 2**39 values by fan-out
     ({("dints_space", "num_blocks"): "twelve"}, "wrong type"),
     ({("inferer", "roi_size"): "@inferer#roi_size#x"}, "points nowhere"),
+    ({("inferer", "roi_size"): [96, 96]}, "one number or three"),
 ])
 def test_hostile_references_and_values_are_one_model_error(tmp_path, tiny_bundle, edit, match):
     b = copy_bundle(tiny_bundle, tmp_path / "b")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PancreasDiNTSLib.model.fastnet import FastDiNTS, make_fast
-from PancreasDiNTSLib.model.network import build_dints, random_arch
+from PancreasDiNTSLib.model.network import build_dints, monai_notice_dropped, random_arch
 from PancreasDiNTSLib.model.spec import NetworkSpec
 
 
@@ -171,3 +171,19 @@ def test_matmul_upsampling_close_to_monai():
         a, b = net(x), fast(x)
     assert float((a - b).abs().max()) < 1e-4 * max(1.0, float(a.abs().max()))
     assert float((a.argmax(1) == b.argmax(1)).float().mean()) > 0.999
+
+
+def test_building_prints_nothing(capsys):
+    """MONAI's "Length of input patch is recommended..." notice is dropped: stdout stays clean for JSON progress
+    and stderr free for the CLI's one-line errors."""
+    build_dints(NetworkSpec(channel_mul=0.0625, num_blocks=2, num_depths=3), random_arch(2, 3, seed=0))
+    assert capsys.readouterr() == ("", "")
+
+
+def test_notice_filter_keeps_other_output_and_errors(capsys):
+    with pytest.raises(RuntimeError, match="real"), monai_notice_dropped():
+        print("2026-01-01 - Length of input patch is recommended to be a multiple of 32.")
+        print("something else")
+        raise RuntimeError("a real error")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "something else\n"

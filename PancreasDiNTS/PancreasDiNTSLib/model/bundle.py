@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from PancreasDiNTSLib.core.safeparse import MAX_CONFIG_BYTES, load_data_file
 from PancreasDiNTSLib.model.network import build_dints
 from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
 
+_N = TypeVar("_N", int, float)
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
 ARCH_KEYS = ("node_a", "arch_code_a", "arch_code_c")
 # Transforms the engine knows how to reproduce exactly (keys read as data).
@@ -198,7 +200,7 @@ def _numpy_safe_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # numpy 1's name, same function
     allowed: list[Any] = [
         _reconstruct,
         (_reconstruct, "numpy.core.multiarray._reconstruct"),
@@ -408,6 +410,14 @@ def _transforms(res: Resolver, section: Any, name: str) -> list[dict[str, Any]]:
     return out
 
 
+def _three(value: Any, convert: Callable[[Any], _N], what: str) -> tuple[_N, _N, _N]:
+    """One number for all three axes, or three numbers."""
+    items = [value] * 3 if isinstance(value, int | float) else value
+    if not isinstance(items, list | tuple) or len(items) != 3:
+        raise ModelError(f"{what} must be one number or three, not {str(value)[:60]}")
+    return convert(items[0]), convert(items[1]), convert(items[2])
+
+
 def parse_inference(res: Resolver, config: dict[str, Any]) -> InferenceSpec:
     spec = InferenceSpec()
     for t in _transforms(res, config.get("preprocessing"), "preprocessing"):
@@ -421,8 +431,7 @@ def parse_inference(res: Resolver, config: dict[str, Any]) -> InferenceSpec:
             spec.axcodes = str(res.value(t.get("axcodes"), "Orientationd#axcodes", "RAS"))
         elif target == "Spacingd":
             pixdim = res.value(t.get("pixdim"), "Spacingd#pixdim")
-            pixdim = [pixdim] * 3 if isinstance(pixdim, (int, float)) else pixdim
-            spec.pixdim = tuple(float(p) for p in pixdim)  # type: ignore[assignment]
+            spec.pixdim = _three(pixdim, float, f"{res.source}: Spacingd#pixdim")
             mode = res.value(t.get("mode"), "Spacingd#mode", "bilinear")
             spec.spacing_mode = str(mode[0] if isinstance(mode, list) else mode)
             ac = res.value(t.get("align_corners"), "Spacingd#align_corners", False)
@@ -440,8 +449,7 @@ def parse_inference(res: Resolver, config: dict[str, Any]) -> InferenceSpec:
     if not isinstance(inferer, dict) or not str(inferer.get("_target_", "")).endswith("SlidingWindowInferer"):
         raise ModelError(f"{res.source}: `inferer` must be a SlidingWindowInferer")
     roi = res.value(inferer.get("roi_size"), "inferer#roi_size", [96, 96, 96])
-    roi = [roi] * 3 if isinstance(roi, int) else roi
-    spec.roi_size = tuple(int(r) for r in roi)  # type: ignore[assignment]
+    spec.roi_size = _three(roi, int, f"{res.source}: inferer#roi_size")
     spec.sw_batch_size = int(res.value(inferer.get("sw_batch_size"), "inferer#sw_batch_size", 1))
     spec.overlap = float(res.value(inferer.get("overlap"), "inferer#overlap", 0.25))
     spec.blend_mode = str(res.value(inferer.get("mode"), "inferer#mode", "constant"))

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from PancreasDiNTSLib.core.errors import ModelError
 from PancreasDiNTSLib.model.spec import NetworkSpec
+
+if TYPE_CHECKING:
+    from monai.networks.nets import DiNTS, TopologySearch
+
+# MONAI's TopologyConstruction prints "<time> - Length of input patch is recommended to be a multiple of N." to
+# stdout each time a search space is built: advice, not an error. The engine checks its patch sizes itself
+# (training.settings refuses a patch_size that is not a multiple; inference windows are the bundle's roi_size).
+PATCH_NOTICE = "Length of input patch is recommended to be a multiple of"
+
+
+@contextlib.contextmanager
+def monai_notice_dropped() -> Iterator[None]:
+    """Run MONAI's DiNTS constructors with their patch-size notice dropped. Anything else they print goes to
+    stderr (stdout stays clean for JSON progress); exceptions pass through untouched."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        rest = [line for line in captured.getvalue().splitlines(keepends=True) if PATCH_NOTICE not in line]
+        if rest:
+            sys.stderr.write("".join(rest))
 
 
 def check_arch(spec: NetworkSpec, arch: dict[str, Any]) -> None:
@@ -33,13 +57,12 @@ def check_arch(spec: NetworkSpec, arch: dict[str, Any]) -> None:
         raise ModelError("architecture arch_code_c must hold operation indices 0-4")
 
 
-def build_dints(spec: NetworkSpec, arch: dict[str, Any]) -> torch.nn.Module:
+def build_dints(spec: NetworkSpec, arch: dict[str, Any]) -> DiNTS:
     """DiNTS on a TopologyInstance; arch codes stay CPU data (no host sync per path on CUDA)."""
     from monai.networks.nets import DiNTS, TopologyInstance
 
     check_arch(spec, arch)
-    # MONAI's TopologyConstruction prints a notice to stdout; keep stdout clean for JSON progress.
-    with contextlib.redirect_stdout(sys.stderr):
+    with monai_notice_dropped():
         space = TopologyInstance(
             arch_code=[np.asarray(arch["arch_code_a"]), np.asarray(arch["arch_code_c"]).astype(np.int64)],
             channel_mul=spec.channel_mul,
@@ -62,7 +85,7 @@ def random_arch(num_blocks: int = 12, num_depths: int = 4, seed: int = 0) -> dic
     from monai.networks.nets import TopologySearch
 
     torch.manual_seed(seed)
-    with contextlib.redirect_stdout(sys.stderr):
+    with monai_notice_dropped():
         space = TopologySearch(channel_mul=0.0625, num_blocks=num_blocks, num_depths=num_depths, device="cpu")
     with torch.no_grad():
         space.log_alpha_a.normal_(0, 1)
@@ -70,7 +93,7 @@ def random_arch(num_blocks: int = 12, num_depths: int = 4, seed: int = 0) -> dic
     return decode_space(space)
 
 
-def decode_space(space: Any) -> dict[str, np.ndarray]:
+def decode_space(space: TopologySearch) -> dict[str, np.ndarray]:
     """A TopologySearch's current architecture in the released format (numpy arrays)."""
     node_a, arch_code_a, arch_code_c, arch_code_a_max = space.decode()
     return {

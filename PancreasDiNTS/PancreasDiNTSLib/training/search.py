@@ -43,7 +43,7 @@ from monai.networks.nets import DiNTS, TopologySearch
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.model.bundle import save_arch_file
-from PancreasDiNTSLib.model.network import decode_space
+from PancreasDiNTSLib.model.network import decode_space, monai_notice_dropped
 from PancreasDiNTSLib.training import loop
 from PancreasDiNTSLib.training.data import build_loaders, load_training_cases
 from PancreasDiNTSLib.training.distributed import all_reduce_mean, partition
@@ -98,8 +98,9 @@ def split_halves(items: list[dict[str, str]], seed: int) -> tuple[list[dict[str,
 def build_supernet(settings: SearchSettings, device: torch.device) -> tuple[torch.nn.Module, TopologySearch]:
     """(DiNTS on a TopologySearch, the TopologySearch) on ``device``, initialised from ``settings.seed``."""
     torch.manual_seed(settings.seed)
-    space = TopologySearch(channel_mul=settings.channel_mul, num_blocks=settings.num_blocks,
-                           num_depths=settings.num_depths, use_downsample=True, device=str(device))
+    with monai_notice_dropped():
+        space = TopologySearch(channel_mul=settings.channel_mul, num_blocks=settings.num_blocks,
+                               num_depths=settings.num_depths, use_downsample=True, device=str(device))
     model = DiNTS(dints_space=space, in_channels=1, num_classes=settings.num_classes, use_downsample=True)
     return model.to(device), space
 
