@@ -21,8 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, DICOM series folders, folders of images, or globs (quote them)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="results go to OUTDIR/<case>/")
-    p.add_argument("--model", required=True, metavar="BUNDLE_DIR",
-                   help="MONAI bundle folder (configs/inference.yaml, models/model.pt, models/search_code_*.pt)")
+    p.add_argument("--model", default="official", metavar="BUNDLE_DIR",
+                   help="MONAI bundle folder (configs/inference.yaml, models/model.pt, models/search_code_*.pt), an "
+                        "exported model file, or `official` (the default): the released model installed by "
+                        "`pancreas-dints download`")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--format", default="nifti,seg.nrrd", dest="formats",
                    help=f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM inputs); "
