@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import PYTHON
+from PancreasDiNTSLib.core.atomic import FOLDER_MANIFEST
 from PancreasDiNTSLib.core.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError
 from PancreasDiNTSLib.synthetic import demo
 
@@ -88,7 +89,8 @@ def test_demo_report_and_outputs_read_back(demo_run):
     assert report["phantom"]["seed"] == demo.DEFAULT_SEED
     assert report["phantom"]["seed"] not in demo.TRAINING_SEEDS
     assert report["model"]["path"] == str(demo.demo_model_dir())
-    assert sorted(p.name for p in out.iterdir()) == sorted(demo.OUTPUT_FILES.values())  # nothing half-written
+    # nothing half-written; the folder manifest lets a later demo run replace exactly these files
+    assert sorted(p.name for p in out.iterdir()) == sorted([*demo.OUTPUT_FILES.values(), FOLDER_MANIFEST])
 
     import slicerio
 

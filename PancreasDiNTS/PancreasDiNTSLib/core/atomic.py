@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from PancreasDiNTSLib.core.errors import disk_full_error, is_disk_full
+from PancreasDiNTSLib.core.errors import OutputError, disk_full_error, is_disk_full, printable
 
 
 def _umask() -> int:
@@ -47,21 +49,80 @@ def atomic_path(dest: Path, suffix: str | None = None) -> Iterator[Path]:
             tmp.unlink()
 
 
+FOLDER_MANIFEST = ".pancreas-dints-folder.json"  # what atomic_dir put into a folder (relative path -> size, sha256)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _listing(root: Path) -> dict[str, dict[str, object]]:
+    """Every entry under ``root`` except the manifest: relative path -> {"size", "sha256"} (files) or
+    {"kind": "other"} (symlinks, special files); folders themselves are not listed."""
+    out: dict[str, dict[str, object]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if rel == FOLDER_MANIFEST:
+                continue
+            if path.is_symlink() or not path.is_file():
+                out[rel] = {"kind": "other"}
+            else:
+                out[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return out
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files in ``folder`` that atomic_dir did not write there (or that changed since); [] for an empty folder."""
+    listing = _listing(folder)
+    try:
+        recorded = json.loads((folder / FOLDER_MANIFEST).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    return sorted(rel for rel, entry in listing.items() if recorded.get(rel) != entry)
+
+
+def check_replaceable(dest: Path) -> None:
+    """OutputError unless ``dest`` is absent, an empty folder, or a folder holding exactly what pancreas-dints
+    wrote there: a folder is replaced as a whole only when nothing in it belongs to anyone else."""
+    if not os.path.lexists(dest):
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        raise OutputError(f"{printable(dest)}: exists and is not a folder; choose a new folder")
+    foreign = foreign_files(dest)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise OutputError(f"{printable(dest)}: holds files pancreas-dints did not write ({printable(foreign[0])}"
+                          f"{more}); it is left as it is: move them away or choose a new folder")
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``dest``; it replaces ``dest`` only if the block succeeds."""
+    """Yield a temporary folder next to ``dest``; it becomes ``dest`` only if the block succeeds.
+
+    An existing ``dest`` is replaced only when :func:`check_replaceable` allows it (checked before the block and
+    again before the swap), so a folder holding anybody else's files is never deleted. The new folder records
+    its files in a manifest (``FOLDER_MANIFEST``) so that a later run may replace it.
+    """
     dest = Path(dest)
+    check_replaceable(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     try:
         yield tmp
+        (tmp / FOLDER_MANIFEST).write_text(json.dumps({"files": _listing(tmp)}, indent=1, sort_keys=True) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
+        if os.path.lexists(dest):
+            check_replaceable(dest)
+            aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, aside)  # onto the empty folder just made: a unique name, never a user's folder
             os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, dest)
     finally:
