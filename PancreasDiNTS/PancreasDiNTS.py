@@ -87,6 +87,7 @@ class PancreasDiNTSParameterNode:
     roiNode - a markups ROI (rotated ROIs are enclosed in an axis-aligned box).
     roiMode - grid (labels in the box equal the full run's) or local (time proportional to the box).
     mode - fast (default) or exact (MONAI's SlidingWindowInferer as the bundle runs it).
+    computeConfidence - ask the engine for its confidence map and load it (for "Show confidence").
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -100,6 +101,7 @@ class PancreasDiNTSParameterNode:
     roiNode: vtkMRMLMarkupsROINode
     roiMode: Annotated[str, Choice(ROI_MODES)] = "grid"
     mode: Annotated[str, Choice(SPEED_MODES)] = "fast"
+    computeConfidence: bool = True
 
 
 #
@@ -219,6 +221,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._confidenceNode = None  # the last run's confidence volume (loaded hidden; "Show confidence" shows it)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -246,6 +249,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.installModelFromFileButton.connect("clicked(bool)", self.onInstallModelFromFile)
         self.ui.estimateButton.connect("clicked(bool)", self.onEstimate)
+        self.ui.showConfidenceButton.connect("toggled(bool)", self.onShowConfidenceToggled)
         self._startTime = None
 
         setDeviceItems(self.ui.deviceComboBox, background.DEFAULT_DEVICES)
@@ -317,6 +321,8 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.roiSelector.enabled = useROI
         self.ui.roiModeComboBox.enabled = useROI
         self.ui.estimateButton.enabled = bool(p and p.inputVolume and self.currentModel()) and not running
+        hasConfidence = self._confidenceNode is not None and slicer.mrmlScene.IsNodePresent(self._confidenceNode)
+        self.ui.showConfidenceButton.enabled = bool(hasConfidence) and not running
 
     def currentModel(self):
         """The model path the user chose, or None."""
@@ -348,7 +354,8 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.process(p.inputVolume, p.outputSegmentation, self.currentModel(), p.device,
                                waitForCompletion=False, eventCallback=self.onEngineEvent,
                                completedCallback=self.onProcessingCompleted, allowNonCT=p.allowNonCT,
-                               roiNode=p.roiNode if p.useROI else None, roiMode=p.roiMode, mode=p.mode)
+                               roiNode=p.roiNode if p.useROI else None, roiMode=p.roiMode, mode=p.mode,
+                               confidence=p.computeConfidence)
         self.updateGUI()
 
     def onEngineEvent(self, event):
@@ -383,9 +390,22 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = estimate.status_line("Done", elapsed, 1.0)
         self._parameterNode.outputSegmentation = result.segmentationNode
         self.ui.resultLabel.text = background.format_volumes(result.volumes) or "No volumes reported."
-        self.logic.showReport(result, self._parameterNode.inputVolume)
+        if result.message:
+            self.ui.statusLabel.text += f" ({result.message})"
+        table = self.logic.showReport(result, self._parameterNode.inputVolume)
+        if table:
+            self.ui.measurementsTableView.setMRMLTableNode(table)
         self.logic.setShow3D(result.segmentationNode, self._parameterNode.show3D)
+        self._confidenceNode = result.confidenceNode
+        if self.ui.showConfidenceButton.checked:
+            self.onShowConfidenceToggled(True)
         self.updateGUI()
+
+    def onShowConfidenceToggled(self, show):
+        """One click: the last run's confidence map over the CT in the slice views (colour map 0..255)."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Failed to show the confidence map."):
+            self.logic.showConfidence(self._confidenceNode if show else None, p.inputVolume if p else None)
 
     def onShow3DToggled(self, show):
         if self._parameterNode and self._parameterNode.outputSegmentation:
@@ -567,7 +587,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolume, outputSegmentation, model, device="auto", waitForCompletion=True,
                 eventCallback=None, completedCallback=None, allowNonCT=False, roiNode=None, roiMode="grid",
-                mode="fast"):
+                mode="fast", confidence=True):
         """Segment ``inputVolume`` with ``model`` on ``device``. Can be used without GUI widget.
 
         outputSegmentation: an existing segmentation whose "Pancreas" and "Pancreatic tumor" segments are
@@ -575,7 +595,8 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         returned and a failure raises RuntimeError with the engine's one-line message; otherwise the call
         returns at once and completedCallback(SegmentationResult) is called from the main thread.
         The scene is left unchanged when the run fails or is cancelled. roiNode: segment only inside this markups
-        ROI (roiMode grid or local); mode: fast (default) or exact.
+        ROI (roiMode grid or local); mode: fast (default) or exact; confidence: also load the engine's confidence
+        map as a volume (``result.confidenceNode``, not shown until :meth:`showConfidence`; not in ROI mode).
         """
         if not inputVolume:
             raise ValueError("Select an input CT volume.")
@@ -588,7 +609,8 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
                               roi_box=scenelib.roi_box_ras(roiNode) if roiNode else None, roi_mode=roiMode,
                               mode=mode, allow_non_ct=allowNonCT, python=background.python_executable(),
                               work_dir=Path(slicer.util.tempDirectory("PancreasDiNTS")),
-                              importer=self.importSegmentation)
+                              importer=self.importSegmentation, load_confidence=confidence,
+                              confidence_loader=self.loadConfidence)
         command = job.prepare()  # writes the input in world coordinates (linear transforms hardened, see scene layer)
         results = []
 
@@ -615,18 +637,30 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         """Load the engine's .seg.nrrd into outputSegmentation (or a new node), replacing only our segments."""
         return scenelib.import_segmentation(segmentationFile, inputVolume, outputSegmentation, slicer.mrmlScene)
 
+    def loadConfidence(self, confidenceFile, inputVolume):
+        """Load the engine's confidence.nii.gz as a volume in the input's frame, with the confidence colour map."""
+        return scenelib.load_confidence_volume(confidenceFile, inputVolume, slicer.mrmlScene)
+
+    @staticmethod
+    def showConfidence(confidenceNode, inputVolume, opacity=0.5):
+        """Show ``confidenceNode`` over ``inputVolume`` in every slice view (None hides it)."""
+        return scenelib.show_confidence(confidenceNode, inputVolume, slicer.mrmlScene, opacity)
+
     def showReport(self, result, inputVolume):
-        """The report's per-segment numbers as a table (and any two-point measurement as a line) next to the input;
-        the measured seconds per window feed the next estimate."""
+        """The report's read-out as a table node (measurement, value, unit) and the largest lesion's longest axial
+        diameter and its perpendicular as markups lines, next to the input; the measured seconds per window feed
+        the next estimate. Returns the table node."""
         if not result.report:
             return None
         perWindow = estimate.seconds_per_window(result.report)
         if perWindow:
             self.secondsPerWindow = perWindow
         name = f"{inputVolume.GetName()} measurements" if inputVolume else "measurements"
-        table = scenelib.report_table(result.report, slicer.mrmlScene, name=name, reference=inputVolume)
-        for segment, key, points in scenelib.report.report_lines(result.report):
-            scenelib.add_line(points, f"{segment} {key}", slicer.mrmlScene, reference=inputVolume)
+        table = scenelib.readout_table(result.report, slicer.mrmlScene, name=name, reference=inputVolume)
+        lines = scenelib.readout_lines(result.report) or [
+            (f"{segment} {key}", points) for segment, key, points in scenelib.report.report_lines(result.report)]
+        for lineName, points in lines:
+            scenelib.add_line(points, lineName, slicer.mrmlScene, reference=inputVolume)
         return table
 
     def estimate(self, inputVolume, model, roiNode=None, roiMode="grid"):

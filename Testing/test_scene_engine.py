@@ -5,7 +5,9 @@ The imported segments are exported back onto the input volume with the real
 ``vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode`` and compared with the engine's own
 ``labels.nii.gz`` voxel by voxel through world (RAS) coordinates (Slicer may order IJK differently from the
 file): they must be 100 % equal, on a crop of a real CT and on copies with an oblique direction, LPS axes, a
-negative slice step and a linear parent transform.
+negative slice step and a linear parent transform. The same single engine run also writes the read-out
+(``--format ...,confidence,report-png``): its table rows, diameter lines and confidence volume are imported and
+checked against report.json and the input grid.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def engine_run(tmp_path_factory, tiny_bundle, cli_env):
     inputs = work / "inputs"
     paths = [scenelib.write_engine_input(volumes[name], inputs / f"{name}.nrrd") for name in VARIANTS]
     command = background.segment_command(sys.executable, paths[0], work / "out", tiny_bundle, "cpu",
-                                         formats=("nifti", "seg.nrrd"))
+                                         formats=("nifti", "seg.nrrd", "confidence", "report-png"))
     command[command.index(str(paths[0])) + 1:command.index(str(paths[0])) + 1] = [str(p) for p in paths[1:]]
     done = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -205,6 +207,54 @@ def test_report_of_a_real_run_fills_a_table(engine_run):
     for row, info in enumerate(terminology.SEGMENTS):
         assert table.GetCellText(row, 0) == info.name
         assert math.isclose(float(table.GetCellText(row, column)), report["volumes_ml"][info.name], rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_readout_table_lines_and_confidence_of_a_real_run(engine_run, variant):
+    """report.json's read-out -> a table node (every row), the largest lesion's diameters -> markups lines with
+    the report's endpoints, confidence.nii.gz -> a volume on the input's voxels in its frame, shown over the CT."""
+    scene, volume = engine_run["scene"], engine_run["volumes"][variant]
+    folder = engine_run["out"] / variant
+    report = json.loads((folder / "report.json").read_text())
+    assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+    rows = scenelib.readout_rows(report)
+    table = scenelib.readout_table(report, scene, name=f"{variant} measurements", reference=volume)
+    assert [table.GetColumnName(c) for c in range(3)] == list(scenelib.report.READOUT_COLUMNS)
+    assert [tuple(table.GetCellText(r, c) for c in range(3)) for r in range(table.GetNumberOfRows())] == rows
+    assert ("Pancreas volume", f"{report['readout']['segments']['pancreas']['volume_ml']:.2f}", "mL") in rows
+    assert any(r[0] == "Lesion score (max lesion probability, uncalibrated)" for r in rows)
+
+    big = report["readout"]["lesion"]["largest"] or {}
+    lines = scenelib.readout_lines(report)
+    expected = [big[k] for k in ("longest_axial_diameter", "perpendicular_diameter") if big.get(k)]
+    assert [pts for _, pts in lines] == [d["endpoints_ras"] for d in expected]
+    for (name, points), diameter in zip(lines, expected, strict=True):
+        line = scenelib.add_line(points, name, scene, reference=volume)
+        for index in range(2):
+            world = [0.0, 0.0, 0.0]
+            line.GetNthControlPointPositionWorld(index, world)
+            assert np.allclose(world, points[index], atol=1e-4)
+        assert line.GetLineLengthWorld() == pytest.approx(diameter["mm"], abs=0.011)
+
+    node = scenelib.load_confidence_volume(folder / "confidence.nii.gz", volume, scene)
+    assert node.GetTransformNodeID() == volume.GetTransformNodeID()
+    assert np.allclose(support.world_matrix(node), support.world_matrix(volume), atol=1e-4)
+    values = np.array(slicer.util.arrayFromVolume(node))
+    assert values.shape == slicer.util.arrayFromVolume(volume).shape and values.dtype == np.uint8
+    k, j, i = np.meshgrid(*[np.arange(n) for n in values.shape], indexing="ij")
+    ijk = np.stack([i, j, k, np.ones_like(i)], axis=-1).astype(float)
+    at = {"world": (ijk @ support.world_matrix(node).T)[..., :3]}
+    assert np.array_equal(values, support.nifti_labels_at(folder / "confidence.nii.gz", at))
+    assert values.min() >= 85  # 255 x the largest of three softmax probabilities
+
+    views = [scene.AddNode(slicer.vtkMRMLSliceCompositeNode()) for _ in range(3)]
+    assert scenelib.show_confidence(node, volume, scene) == 3
+    assert all(v.GetForegroundVolumeID() == node.GetID() and v.GetBackgroundVolumeID() == volume.GetID()
+               and v.GetForegroundOpacity() == pytest.approx(0.5) for v in views)
+    scenelib.show_confidence(None, volume, scene)
+    assert all(v.GetForegroundVolumeID() is None for v in views)
+    for v in views:
+        scene.RemoveNode(v)
 
 
 def test_scene_layer_imports_no_qt_and_no_application():

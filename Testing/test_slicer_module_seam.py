@@ -226,17 +226,48 @@ def test_engine_process_in_background_reports_events_then_finishes_once(module_f
     assert task.parser.error_message(3) == "something clear"
 
 
+class ConfidenceRecorder:
+    """Stands in for loadConfidence (MRML): the engine's confidence map, while it exists, is a uint8 volume on
+    exactly the grid of the volume file the module wrote."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, confidenceFile, inputVolume):
+        import nibabel as nib
+        import nrrd
+        import numpy as np
+
+        image = nib.load(str(confidenceFile))
+        header = nrrd.read_header(str(Path(confidenceFile).parents[2] / "input.nrrd"))
+        assert image.get_data_dtype() == np.uint8 and tuple(image.shape) == tuple(header["sizes"])
+        lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+        assert np.allclose(image.affine[:3, :3], lps_to_ras @ np.asarray(header["space directions"], float).T,
+                           atol=1e-4)
+        assert np.asarray(image.dataobj).min() >= 85
+        self.calls.append((Path(confidenceFile).name, inputVolume))
+        return "confidence node"
+
+
 def test_logic_process_runs_the_engine_and_hands_over_the_result(module_factory, tiny_bundle, tmp_path):
     module, _ = module_factory(nonblocking_launch=False)
     logic = module.PancreasDiNTSLogic()
     recorder = Recorder()
     logic.importSegmentation = recorder
+    logic.loadConfidence = ConfidenceRecorder()
     result = logic.process("volume node", None, str(tiny_bundle), "cpu", waitForCompletion=True)
     assert result.success and result.segmentationNode == "segmentation node"
     assert recorder.calls[0][0] == [s.name for s in terminology.SEGMENTS]
     assert set(result.volumes) == {s.name for s in terminology.SEGMENTS}
     assert not recorder.calls[0][1].exists()  # the temporary folder (input copy, outputs) is gone
     assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
+    # the confidence map was asked for and handed over (on by default); the report carries the read-out
+    assert logic.loadConfidence.calls == [("confidence.nii.gz", "volume node")]
+    assert result.confidenceNode == "confidence node"
+    assert result.report["readout"]["lesion"]["size_category"]["label"] == "by size only, not a stage"
+    logic.loadConfidence = ConfidenceRecorder()
+    result = logic.process("volume node", None, str(tiny_bundle), "cpu", confidence=False)
+    assert result.success and result.confidenceNode is None and not logic.loadConfidence.calls
 
 
 def test_logic_process_failure_raises_the_engine_message_and_cleans_up(module_factory, tmp_path):

@@ -10,7 +10,14 @@ tested with the real Slicer classes outside the desktop application (Testing/tes
 """
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
-from PancreasDiNTSSceneLib.report import add_line, report_rows, report_table
+from PancreasDiNTSSceneLib.report import (
+    add_line,
+    readout_lines,
+    readout_rows,
+    readout_table,
+    report_rows,
+    report_table,
+)
 from PancreasDiNTSSceneLib.roi import roi_argument, roi_box_ras
 from PancreasDiNTSSceneLib.runs import SegmentationJob, SegmentationResult
 from PancreasDiNTSSceneLib.segmentations import (
@@ -22,6 +29,7 @@ from PancreasDiNTSSceneLib.segmentations import (
 from PancreasDiNTSSceneLib.volumes import (
     CONFIDENCE_COLOR_NODE_NAME,
     load_confidence_volume,
+    show_confidence,
     write_engine_input,
 )
 
@@ -33,6 +41,9 @@ __all__ = [
     "add_line",
     "import_segmentation",
     "load_confidence_volume",
+    "readout_lines",
+    "readout_rows",
+    "readout_table",
     "our_segment_ids",
     "report_rows",
     "report_table",
@@ -40,6 +51,7 @@ __all__ = [
     "roi_argument",
     "roi_box_ras",
     "set_show_3d",
+    "show_confidence",
     "terminology_codes",
     "write_engine_input",
 ]

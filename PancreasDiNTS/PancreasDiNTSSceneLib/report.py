@@ -146,3 +146,118 @@ def add_line(points: Sequence[Sequence[float]], name: str = "diameter", scene: A
         # World coordinates: a new line has no parent transform; an existing one may have one.
         line_node.AddControlPointWorld(vtk.vtkVector3d(*[float(c) for c in point]))
     return line_node
+
+
+READOUT_COLUMNS = ("Measurement", "Value", "Unit")
+
+
+def _value(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _segment_rows(readout: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    conf = readout.get("confidence") or {}
+    for key, seg in (readout.get("segments") or {}).items():
+        name = str(seg.get("name", key)).replace("tumor", "lesion")
+        rows += [(f"{name} volume", _value(seg.get("volume_ml"), 2), "mL"),
+                 (f"{name} voxels", _value(seg.get("voxels")), ""),
+                 (f"{name} connected components (26-connected)", _value(seg.get("components")), "")]
+        c = (conf.get("segments") or {}).get(key) or {}
+        if c:
+            rows += [(f"{name} mean confidence", _value(c.get("mean_confidence"), 3) or f"n/a: {c.get('reason')}",
+                      "0-1"),
+                     (f"{name} low-confidence boundary band", _value(c.get("low_confidence_band_ml"), 2), "mL")]
+    return rows
+
+
+def _lesion_rows(readout: dict[str, Any]) -> list[tuple[str, str, str]]:
+    les = readout.get("lesion") or {}
+    big = les.get("largest") or {}
+    if not les.get("found"):
+        return [("Pancreatic lesion", f"none: {les.get('reason') or 'not segmented'}", "")]
+    rows = [("Pancreatic lesion components", _value(les.get("count")), ""),
+            ("Largest lesion volume", _value(big.get("volume_ml"), 2), "mL")]
+    for key, label in (("longest_axial_diameter", "Largest lesion longest axial diameter"),
+                       ("perpendicular_diameter", "Largest lesion perpendicular diameter"),
+                       ("longest_3d_diameter", "Largest lesion longest 3D diameter")):
+        d = big.get(key)
+        rows.append((label, _value(d["mm"], 1) if d else f"n/a: {big.get('reason') or big.get('perpendicular_reason')}",
+                     "mm" if d else ""))
+    size = les.get("size_category") or {}
+    rows.append(("Size category (AJCC 8th, by size only, not a stage)",
+                 size.get("category") or f"n/a: {size.get('reason')}", ""))
+    loc = big.get("location") or {}
+    rows.append(("Largest lesion location along the gland",
+                 f"{loc['part']} ({loc['fraction']:.2f} from the head)" if loc.get("part")
+                 else f"n/a: {loc.get('reason')}", ""))
+    if big.get("touches_volume_border"):
+        rows.append(("Warning", "the lesion touches the edge of the scan: its size may be underestimated", ""))
+    return rows
+
+
+def readout_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(measurement, value, unit) rows of the report's ``readout`` (volumes, components, diameters, size
+    category, location, confidence, lesion score, what is not assessed); [] when the report has no read-out.
+    A value that could not be measured is ``n/a: <reason>``."""
+    readout = report.get("readout")
+    if not isinstance(readout, dict):
+        return []
+    rows = _segment_rows(readout) + _lesion_rows(readout)
+    conf = readout.get("confidence")
+    if conf:
+        score = conf.get("lesion_score") or {}
+        rows.append(("Lesion score (max lesion probability, uncalibrated)", _value(score.get("value"), 3), "0-1"))
+    else:
+        rows.append(("Confidence", f"n/a: {readout.get('confidence_reason')}", ""))
+    not_assessed = (readout.get("lesion") or {}).get("not_assessed") or []
+    rows += [("Not assessed", str(item), "") for item in not_assessed]
+    if readout.get("notice"):
+        rows.append(("Notice", str(readout["notice"]), ""))
+    return rows
+
+
+def readout_table(report: dict[str, Any], scene: Any = None, table_node: Any = None, name: str = "measurements",
+                  reference: Any = None) -> Any:
+    """Fill ``table_node`` (or a new vtkMRMLTableNode next to ``reference``) with :func:`readout_rows` as three
+    text columns (Measurement, Value, Unit); a report without a read-out gets :func:`report_table`'s
+    per-segment table instead. The user can save the table (.tsv/.csv) from the Data module."""
+    rows = readout_rows(report)
+    if not rows:
+        return report_table(report, scene, table_node, name, reference)
+    scene = resolve_scene(scene)
+    created = table_node is None
+    if created:
+        table_node = slicer.vtkMRMLTableNode()
+        table_node.SetName(scene.GenerateUniqueName(name))
+    table = vtk.vtkTable()
+    for index, column in enumerate(READOUT_COLUMNS):
+        array = vtk.vtkStringArray()
+        array.SetName(column)
+        for row in rows:
+            array.InsertNextValue(row[index])
+        table.AddColumn(array)
+    table_node.SetAndObserveTable(table)
+    table_node.SetLocked(True)
+    if created:
+        scene.AddNode(table_node)
+        if reference is not None:
+            place_next_to(scene, table_node, reference)
+    return table_node
+
+
+def readout_lines(report: dict[str, Any]) -> list[tuple[str, list[list[float]]]]:
+    """(name, [p0, p1] in RAS) of the largest lesion's longest axial diameter and its perpendicular, as the
+    report gives them ([] without a measured lesion)."""
+    big = ((report.get("readout") or {}).get("lesion") or {}).get("largest") or {}
+    out = []
+    for key, name in (("longest_axial_diameter", "lesion longest axial diameter"),
+                      ("perpendicular_diameter", "lesion perpendicular diameter")):
+        d = big.get(key)
+        if d and _point_pair(d.get("endpoints_ras")):
+            out.append((name, [list(map(float, p)) for p in d["endpoints_ras"]]))
+    return out

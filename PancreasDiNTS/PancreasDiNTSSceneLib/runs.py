@@ -57,17 +57,25 @@ class SegmentationJob:
     roi_mode: str = "grid"
     mode: str = "fast"
     allow_non_ct: bool = False
-    formats: tuple[str, ...] = ("seg.nrrd",)
+    formats: tuple[str, ...] = ("seg.nrrd", "confidence")  # the confidence map only while load_confidence
     python: str | None = None
     work_dir: Path | None = None
     keep_outputs: bool = False
-    load_confidence: bool = True
+    load_confidence: bool = True  # ask the engine for its confidence map and load it (hidden until shown)
     importer: Any = None  # (path, input volume, output segmentation) -> node; default import_segmentation
+    confidence_loader: Any = None  # (path, input volume) -> node; default volumes.load_confidence_volume
 
     @property
     def output_dir(self) -> Path:
         assert self.work_dir is not None, "prepare() first"
         return self.work_dir / "output"
+
+    def requested_formats(self) -> tuple[str, ...]:
+        """``formats`` with the confidence map added or left out as ``load_confidence`` says (not in ROI mode,
+        where the engine has no whole-image probabilities)."""
+        name = "confidence"
+        want = self.load_confidence and self.roi_box is None and name in OUTPUT_NAMES
+        return tuple(f for f in self.formats if f != name) + ((name,) if want else ())
 
     def prepare(self) -> list[str]:
         """Check the choices, write the input volume (world coordinates) and return the engine command."""
@@ -87,7 +95,8 @@ class SegmentationJob:
             input_path = write_engine_input(self.input_volume, Path(self.work_dir) / INPUT_FILE_NAME)
             command = background.segment_command(background.python_executable() if self.python is None
                                                  else self.python, input_path, self.output_dir, self.model,
-                                                 self.device, formats=self.formats, allow_non_ct=self.allow_non_ct)
+                                                 self.device, formats=self.requested_formats(),
+                                                 allow_non_ct=self.allow_non_ct)
         except Exception:
             self.cleanup()
             raise
@@ -118,11 +127,14 @@ class SegmentationJob:
             except (SceneLayerError, FileNotFoundError, ValueError) as exc:
                 return SegmentationResult(False, str(exc), log=log)
             result = SegmentationResult(True, "", node, background.volumes_ml(report), log, report=report)
-            # The engine's confidence map, once it writes one (its name comes from the engine's table).
+            # The engine's confidence map (its name comes from the engine's table), loaded but not shown.
             name = OUTPUT_NAMES.get("confidence")
             if self.load_confidence and name and (folder / name).is_file():
                 try:
-                    result.confidenceNode = load_confidence_volume(folder / name, self.input_volume, self.scene)
+                    if self.confidence_loader is not None:
+                        result.confidenceNode = self.confidence_loader(folder / name, self.input_volume)
+                    else:
+                        result.confidenceNode = load_confidence_volume(folder / name, self.input_volume, self.scene)
                 except SceneLayerError as exc:
                     result.message = f"segments imported; the confidence map was not: {exc}"
             return result

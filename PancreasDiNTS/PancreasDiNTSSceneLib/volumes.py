@@ -136,3 +136,23 @@ def load_confidence_volume(path: str | Path, reference_volume: Any = None, scene
     if reference_volume is not None:
         place_next_to(scene, node, reference_volume)
     return node
+
+
+def show_confidence(confidence_volume: Any, background_volume: Any = None, scene: Any = None,
+                    opacity: float = 0.5) -> int:
+    """Show ``confidence_volume`` over the CT in every slice view (foreground layer at ``opacity``, the CT as
+    background); ``None`` hides it again (foreground cleared). Returns the number of slice views changed.
+
+    Works on the slice composite nodes of the scene (what ``slicer.util.setSliceViewerLayers`` does in the
+    desktop application), so it needs no application object."""
+    scene = resolve_scene(scene)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    count = 0
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        if background_volume is not None:
+            composite.SetBackgroundVolumeID(background_volume.GetID())
+        composite.SetForegroundVolumeID(confidence_volume.GetID() if confidence_volume is not None else None)
+        composite.SetForegroundOpacity(float(opacity) if confidence_volume is not None else 0.0)
+        count += 1
+    return count
