@@ -20,6 +20,7 @@ from PancreasDiNTSLib.bridge import background
 from PancreasDiNTSLib.cli import COMMANDS, build_parser
 from PancreasDiNTSLib.core import terminology
 from PancreasDiNTSLib.core.errors import EXIT_MODEL
+from PancreasDiNTSLib.core.paths import MODEL_HOME_ENV
 from PancreasDiNTSLib.core.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_engine_environment_makes_the_shipped_engine_importable(tmp_path):
     out = subprocess.run([PY, "-S", "-c", "import PancreasDiNTSLib.bridge.background as b; print(b.__file__)"],
                          env={**env, "PATH": os.environ.get("PATH", "")}, cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.strip()
-    assert Path(out) == REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "background.py"
+    assert Path(out) == REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "bridge" / "background.py"
 
 
 def test_python_executable_outside_slicer_is_this_interpreter(monkeypatch, tmp_path):
@@ -341,16 +342,17 @@ def test_train_module_commands_run_end_to_end(tmp_path):
     assert evaluation.summary is not None
 
 
-def test_download_of_a_non_official_bundle_fails_cleanly(tmp_path, tiny_bundle):
-    """The module's download button path, offline variant: a wrong bundle is refused with the engine's line and
-    nothing appears in the cache the module looks in."""
+def test_download_of_a_non_official_bundle_installs_a_local_model(tmp_path, tiny_bundle):
+    """The module's download button path, offline variant: a bundle that is not the official release (other
+    weights) is installed as a local model under CACHE/local/, with a line saying so, never in the official
+    model's place."""
     cache = tmp_path / "cache"
     proc = launch(background.download_command(PY, dest=cache, source=tiny_bundle), cwd=tmp_path)
-    parser = background.ProgressParser()
-    run_polled(proc, parser, timeout=300)
-    assert proc.returncode != 0
-    assert "md5" in parser.error_message(proc.returncode) and parser.engine_error
-    assert background.official_model_folder(cache) is None
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "NOT the official" in out
+    installed = [p for p in cache.glob("*/*") if background.is_model_folder(p)]
+    assert [p.parent.name for p in installed] == ["local"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -393,7 +395,7 @@ def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
     assert not background.is_model_folder(tmp_path)
     from PancreasDiNTSLib.model.download import cache_root, installed_path
 
-    monkeypatch.setenv(background.MODEL_HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv(MODEL_HOME_ENV, str(tmp_path / "home"))
     assert background.model_cache_folder() == tmp_path / "home" / "models" == cache_root()
     assert background.official_model_folder() is None
     old = tmp_path / "home" / "models" / "my-copy"
@@ -404,13 +406,13 @@ def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
         (folder / "configs" / "inference.yaml").write_text("{}")
         os.utime(folder, (mtime, mtime))
     assert background.official_model_folder() == new
-    monkeypatch.delenv(background.MODEL_HOME_ENV)
+    monkeypatch.delenv(MODEL_HOME_ENV)
     assert background.model_cache_folder() == cache_root()
 
 
 def test_demo_model_and_commands(monkeypatch, tiny_bundle, tmp_path):
-    from PancreasDiNTSLib import demo
     from PancreasDiNTSLib.core.errors import ModelError
+    from PancreasDiNTSLib.synthetic import demo
 
     monkeypatch.delenv("PANCREAS_DINTS_DEMO_MODEL", raising=False)
     try:

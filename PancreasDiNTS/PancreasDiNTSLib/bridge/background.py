@@ -118,6 +118,17 @@ def prepare_datalist_command(python_executable: str, data_dir: str | Path, datal
     return cmd + (["--train-size", str(train_size)] if train_size is not None else [])
 
 
+def _run_folder_command(python_executable: str, command: str, datalist: str | Path, output_dir: str | Path,
+                        preset: str, device: str, resume: bool, overrides: dict[str, Any] | Sequence[str] | None,
+                        extra: Sequence[str] = ()) -> list[str]:
+    """The command line of ``train`` or ``search`` (they share their run options: cli.train.add_run_arguments)."""
+    cmd = _engine(python_executable, command, "--datalist", datalist, "-o", output_dir, "--preset", preset,
+                  "--device", device, *extra)
+    if resume:
+        cmd.append("--resume")
+    return cmd + _overrides(overrides) + ["--progress", "json"]
+
+
 def train_command(
     python_executable: str,
     datalist: str | Path,
@@ -129,13 +140,8 @@ def train_command(
     overrides: dict[str, Any] | Sequence[str] | None = None,
 ) -> list[str]:
     """``train`` a model from a datalist into a run folder (a bundle ``segment`` can load)."""
-    cmd = _engine(python_executable, "train", "--datalist", datalist, "-o", output_dir, "--preset", preset,
-                  "--device", device)
-    if arch:
-        cmd += ["--arch", str(arch)]
-    if resume:
-        cmd.append("--resume")
-    return cmd + _overrides(overrides) + ["--progress", "json"]
+    return _run_folder_command(python_executable, "train", datalist, output_dir, preset, device, resume, overrides,
+                               ["--arch", str(arch)] if arch else [])
 
 
 def search_command(
@@ -148,11 +154,7 @@ def search_command(
     overrides: dict[str, Any] | Sequence[str] | None = None,
 ) -> list[str]:
     """``search`` a DiNTS architecture; the result is an arch file for ``train --arch``."""
-    cmd = _engine(python_executable, "search", "--datalist", datalist, "-o", output_dir, "--preset", preset,
-                  "--device", device)
-    if resume:
-        cmd.append("--resume")
-    return cmd + _overrides(overrides) + ["--progress", "json"]
+    return _run_folder_command(python_executable, "search", datalist, output_dir, preset, device, resume, overrides)
 
 
 def evaluate_command(

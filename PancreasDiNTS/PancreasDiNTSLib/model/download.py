@@ -12,6 +12,7 @@ and renamed into place; a failure (bad zip, checksum, full disk) leaves nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -258,6 +259,21 @@ def _io_failure(what: str, exc: OSError | OutputError) -> DownloadError:
                          "another --dest) and try again.")
 
 
+@contextlib.contextmanager
+def _scratch_in(cache: Path) -> Iterator[Path]:
+    """A scratch folder in the cache for one install, removed afterwards whatever happens; an OSError or
+    OutputError on the way (full disk, no permission) becomes one DownloadError line: nothing was installed."""
+    work: Path | None = None
+    try:
+        work = _work_dir(cache)
+        yield work
+    except (OSError, OutputError) as exc:
+        raise _io_failure(str(cache), exc) from None
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def install_from(source: Path, version: str = DEFAULT_VERSION, dest: Path | None = None,
                  log: Callable[[str], None] = print, name: str | None = None) -> Path:
     """Install a bundle from a zip or an unpacked folder the user downloaded elsewhere; return where it went.
@@ -271,10 +287,7 @@ def install_from(source: Path, version: str = DEFAULT_VERSION, dest: Path | None
     source = Path(source).expanduser()
     if not source.exists():
         raise DownloadError(f"{source}: no such zip file or folder")
-    cache = Path(dest) if dest else cache_root()
-    work: Path | None = None
-    try:
-        work = _work_dir(cache)
+    with _scratch_in(Path(dest) if dest else cache_root()) as work:
         unpacked = work / "bundle"
         unpacked.mkdir()
         if source.is_file():
@@ -296,11 +309,6 @@ def install_from(source: Path, version: str = DEFAULT_VERSION, dest: Path | None
         reason = release_mismatch(root)
         target = installed_path(version, dest) if reason is None else local_path(name or _local_name(source), dest)
         _install_tree(root, target)
-    except (OSError, OutputError) as exc:
-        raise _io_failure(str(cache), exc) from None
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
     if reason is None:
         log(f"installed the official {OFFICIAL_BUNDLE_NAME} {version} in {target}")
     else:
@@ -322,10 +330,7 @@ def download(version: str = DEFAULT_VERSION, dest: Path | None = None, source: s
             log(f"re-downloading: {str(exc).splitlines()[0]}")
     from monai.bundle import download as monai_download
 
-    cache = Path(dest) if dest else cache_root()
-    work: Path | None = None
-    try:
-        work = _work_dir(cache)
+    with _scratch_in(Path(dest) if dest else cache_root()) as work:
         log(f"downloading {OFFICIAL_BUNDLE_NAME} {version} from {source}")
         try:
             monai_download(name=OFFICIAL_BUNDLE_NAME, version=version, bundle_dir=str(work), source=source,
@@ -348,11 +353,6 @@ def download(version: str = DEFAULT_VERSION, dest: Path | None = None, source: s
         verify_release(root)
         read_bundle_folder(root, verify=False)
         _install_tree(root, target)
-    except (OSError, OutputError) as exc:
-        raise _io_failure(str(cache), exc) from None
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
     log(f"installed in {target}")
     return target
 
