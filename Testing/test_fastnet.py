@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PancreasDiNTSLib.model.fastnet import FastDiNTS, make_fast
+from PancreasDiNTSLib.model.loader import load_bundle
 from PancreasDiNTSLib.model.network import build_dints, monai_notice_dropped, random_arch
+from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 from PancreasDiNTSLib.model.spec import NetworkSpec
 
 
@@ -187,3 +189,13 @@ def test_notice_filter_keeps_other_output_and_errors(capsys):
         raise RuntimeError("a real error")
     out, err = capsys.readouterr()
     assert out == "" and err == "something else\n"
+
+
+def test_dense_random_bundle_leaves_nothing_to_skip(tmp_path, reference_bundle):
+    """The benchmark's dense stand-in: every path and node active, so FastDiNTS runs every cell and stem."""
+    dest = make_random_bundle(reference_bundle, tmp_path / "dense", channel_mul=0.0625, num_blocks=2, topology="dense")
+    bundle = load_bundle(dest)
+    arch = bundle.load_arch()
+    assert arch["arch_code_a"].all() and arch["node_a"].all()
+    plan = make_fast(bundle.build_network()).describe()
+    assert plan["cells_skipped"] == [] and plan["stems_zero"] == []

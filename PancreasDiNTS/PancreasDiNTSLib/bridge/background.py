@@ -274,6 +274,7 @@ class ProgressParser:
                              if (k in self.METRIC_KEYS or "dice" in k) and v is not None})
 
     def feed_all(self, lines: Iterable[str]) -> list[Event]:
+        """A finished process's whole output at once (kept for scripts and the scene-layer tests)."""
         return [self.feed(line) for line in lines]
 
     def error_message(self, returncode: int | None = None) -> str:

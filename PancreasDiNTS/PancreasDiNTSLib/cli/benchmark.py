@@ -32,22 +32,42 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PancreasDiNTSLib.core.errors import DeviceError, InputError, ModelError
 from PancreasDiNTSLib.model.bundle import monai_arch_ckpt_override
 
+if TYPE_CHECKING:
+    import numpy as np
+    import psutil
+
+    from PancreasDiNTSLib.inference.segmenter import Segmenter
+    from PancreasDiNTSLib.io.images import LoadedImage
+
 HELP = "time the bundle's own inference against ours (same input, weights, device); last line is JSON"
 
-QUICK = {"channel_mul": 0.0625, "num_blocks": 12, "input": "example_ct_sm.nii.gz"}
-FULL = {"channel_mul": 1.0, "num_blocks": 12, "input": "example_ct.nii.gz"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The random-weight bundle and the input CT of a benchmark run."""
+
+    channel_mul: float
+    num_blocks: int
+    input: str
+
+
+QUICK = Preset(channel_mul=0.0625, num_blocks=12, input="example_ct_sm.nii.gz")
+FULL = Preset(channel_mul=1.0, num_blocks=12, input="example_ct.nii.gz")
+ENGINES = ("eager", "cuda-graph", "compile")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quick", action="store_true",
-                   help=f"small random-weight bundle (channel_mul {QUICK['channel_mul']}) on {QUICK['input']}")
+                   help=f"small random-weight bundle (channel_mul {QUICK.channel_mul}) on {QUICK.input}")
     p.add_argument("--model", type=Path, help="bundle folder to time (default: random weights, reference configs)")
     p.add_argument("--input", type=Path, help="CT to segment (default: ../shared/data example CT)")
     p.add_argument("--reference", type=Path, help="reference bundle folder whose configs build the random bundle")
@@ -64,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "bit-identical network), fastmm (FastDiNTS with matrix-product upsampling: rounding-level "
                         "differences), each optionally :ENGINE or :ENGINE:BATCH (ENGINE eager|cuda-graph|compile, "
                         "BATCH n|auto); the first one is the one `speedup` compares (default fast)")
-    p.add_argument("--engine", default="eager", choices=("eager", "cuda-graph", "compile"),
+    p.add_argument("--engine", default="eager", choices=ENGINES,
                    help="how ours runs the network (fast mode)")
     p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")
     p.add_argument("--roi-cube-mm", type=float, default=0.0,
@@ -89,6 +109,7 @@ class PeakRSS:
     """Samples the RSS of this process and its children (DataLoader workers) in a thread."""
 
     def __init__(self, interval: float = 0.05) -> None:
+        self.proc: psutil.Process | None
         try:
             import psutil
 
@@ -270,10 +291,8 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         _set_threads(cfg.get("threads"))
         import monai.inferers  # noqa: F401  (imports timed as imports, as for the bundle run)
         import monai.transforms  # noqa: F401
-        import numpy as np
         import torch
 
-        from PancreasDiNTSLib.inference.fastpath import FastInferer, box_to_voxels, predict_roi
         from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, segment_case
         from PancreasDiNTSLib.inference.segmenter import Segmenter
         from PancreasDiNTSLib.model.loader import load_bundle
@@ -318,30 +337,40 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         t_pipeline_end = time.perf_counter()
         cube = float(cfg.get("roi_cube_mm") or 0)
         if cube > 0:
-            img = case.image
-            aff = np.asarray(img.affine, dtype=float)
-            centre = aff[:3, :3] @ ((np.asarray(img.shape[1:]) - 1) / 2.0) + aff[:3, 3]
-            box = list(centre - cube / 2) + list(centre + cube / 2)
-            ranges = box_to_voxels(box, aff, img.shape[1:], "ras")
-            inside = tuple(slice(s, e) for s, e in ranges)
-            roi: dict[str, Any] = {"cube_mm": cube, "box_voxels": ranges}
-            grid_fast = fast or FastInferer(seg.network, seg.spec.roi_size, seg.spec.overlap, seg.device,
-                                            seg.amp, seg.sw_batch_size)
-            for mode in ("grid", "local"):
-                t0 = time.perf_counter()
-                lab = predict_roi(seg, img, box, "ras", mode=mode, fast=grid_fast)
-                _sync(dev)
-                dt = time.perf_counter() - t0
-                roi[mode] = {"seconds": dt, "speedup_vs_full": (pipeline - stages["read"] - stages["write"]) / dt,
-                             "agreement_in_box": float((lab[inside] == labels[inside]).mean()),
-                             "outside_box_zero": bool(lab.sum() == lab[inside].sum())}
-                if mode == "grid":
-                    roi[mode]["windows"] = grid_fast.stats.windows
-            result["roi"] = roi
+            result["roi"] = _time_roi(seg, case, labels, cube, pipeline - stages["read"] - stages["write"])
         result["extra_after_pipeline_s"] = time.perf_counter() - t_pipeline_end
     result["peak_rss_gib"] = rss.peak / 2**30
     result.update(_gpu_peaks(cfg["device"]))
     return result
+
+
+def _time_roi(seg: Segmenter, case: LoadedImage, labels: np.ndarray, cube: float, full_s: float) -> dict[str, Any]:
+    """ROI mode (grid and local) on a cube of ``cube`` mm at the image centre, against the full run's labels
+    (``full_s``: its preprocess + infer + invert seconds)."""
+    import numpy as np
+
+    from PancreasDiNTSLib.inference.fastpath import FastInferer, box_to_voxels, predict_roi
+
+    img = case.image
+    aff = np.asarray(img.affine, dtype=float)
+    centre = aff[:3, :3] @ ((np.asarray(img.shape[1:]) - 1) / 2.0) + aff[:3, 3]
+    box = list(centre - cube / 2) + list(centre + cube / 2)
+    ranges = box_to_voxels(box, aff, img.shape[1:], "ras")
+    inside = tuple(slice(s, e) for s, e in ranges)
+    roi: dict[str, Any] = {"cube_mm": cube, "box_voxels": ranges}
+    grid_fast = seg.fast or FastInferer(seg.network, seg.spec.roi_size, seg.spec.overlap, seg.device, seg.amp,
+                                        seg.sw_batch_size)
+    for mode in ("grid", "local"):
+        t0 = time.perf_counter()
+        lab = predict_roi(seg, img, box, "ras", mode=mode, fast=grid_fast)
+        _sync(str(seg.device))
+        dt = time.perf_counter() - t0
+        roi[mode] = {"seconds": dt, "speedup_vs_full": full_s / dt,
+                     "agreement_in_box": float((lab[inside] == labels[inside]).mean()),
+                     "outside_box_zero": bool(lab.sum() == lab[inside].sum())}
+        if mode == "grid":
+            roi[mode]["windows"] = grid_fast.stats.windows
+    return roi
 
 
 def _worker_main(argv: list[str]) -> int:
@@ -371,55 +400,12 @@ def _run_worker(kind: str, cfg: dict[str, Any], work: Path, env: dict[str, str],
     return res
 
 
-def _make_dense(reference: Path, bundle: Path, channel_mul: float, num_blocks: int, seed: int = 0) -> None:
-    """A bundle from the reference configs with the dense stand-in: every path active, random operations.
-
-    As in shared/notes/gpu_profile.md (136 M parameters at channel_mul 1, close to the released 138 M). With all
-    input and output nodes used, no stem or cell is skipped by FastDiNTS: its gain is not inflated by a sparse
-    random topology. InstanceNorm affine parameters get random offsets (as trained ones have), which makes the
-    labels mixed and the agreement check meaningful.
-    """
-    import shutil
-
-    import numpy as np
-    import torch
-    import yaml
-
-    from PancreasDiNTSLib.model.bundle import save_arch_file
-    from PancreasDiNTSLib.model.network import build_dints
-    from PancreasDiNTSLib.model.spec import NetworkSpec
-
-    (bundle / "models").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(reference / "configs", bundle / "configs", dirs_exist_ok=True)
-    cfg_path = bundle / "configs" / "inference.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["dints_space"]["channel_mul"] = channel_mul
-    cfg["dints_space"]["num_blocks"] = num_blocks
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    space = cfg["dints_space"]
-    spec = NetworkSpec(in_channels=int(cfg.get("input_channels", 1)), num_classes=int(cfg.get("output_classes", 3)),
-                       channel_mul=float(space["channel_mul"]), num_blocks=int(space["num_blocks"]),
-                       num_depths=int(space["num_depths"]), use_downsample=bool(space.get("use_downsample", True)))
-    n_paths = 3 * spec.num_depths - 2
-    rng = np.random.default_rng(seed)
-    arch = {"node_a": np.ones((spec.num_blocks + 1, spec.num_depths), dtype=np.int64),
-            "arch_code_a": np.ones((spec.num_blocks, n_paths)),
-            "arch_code_c": rng.integers(0, 5, size=(spec.num_blocks, n_paths)).astype(np.int64)}
-    torch.manual_seed(seed)
-    net = build_dints(spec, arch)
-    with torch.no_grad():  # trained-like InstanceNorm scales and shifts, so the labels are not all one class
-        for name, prm in net.named_parameters():
-            if prm.dim() == 1 and not name.startswith("stem_finals.1"):
-                prm.add_(torch.randn_like(prm) * 0.2)
-    save_arch_file(bundle / "models" / "search_code_18590.pt", arch)
-    torch.save(net.state_dict(), bundle / "models" / "model.pt")
-
-
-def _labels(path: str):
-    import nibabel as nib
+def _labels(path: str) -> np.ndarray:
     import numpy as np
 
-    return np.rint(np.asarray(nib.load(path).dataobj)).astype(np.int16).squeeze()
+    from PancreasDiNTSLib.training.data import load_nifti
+
+    return np.rint(np.asarray(load_nifti(path).dataobj)).astype(np.int16).squeeze()
 
 
 def _agreement(a_path: str, b_path: str) -> dict[str, Any]:
@@ -443,91 +429,134 @@ def _row(name: str, res: dict[str, Any], keys: list[str]) -> str:
             f"{res['peak_rss_gib']:9.2f}" + (f"{gpu:9.2f}" if gpu is not None else "        -"))
 
 
-def run(args: argparse.Namespace) -> int:
-    from PancreasDiNTSLib.inference.segmenter import resolve_device
+def _input_ct(given: Path | None, shared: Path | None, preset: Preset) -> Path:
+    if given is None:
+        if shared is None or not (shared / "data" / preset.input).exists():
+            raise InputError(f"benchmark: no --input given and ../shared/data/{preset.input} not found")
+        given = shared / "data" / preset.input
+    if not given.exists():
+        raise InputError(f"{given}: input CT not found")
+    return given.resolve()
 
-    device = str(resolve_device(args.device))
-    shared = _shared_dir()
-    preset = QUICK if args.quick else FULL
-    if args.input is None:
-        if shared is None or not (shared / "data" / preset["input"]).exists():
-            raise InputError("benchmark: no --input given and ../shared/data/" + preset["input"] + " not found")
-        args.input = shared / "data" / preset["input"]
-    if not args.input.exists():
-        raise InputError(f"{args.input}: input CT not found")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="pdints-bench-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
     for m in modes:
         parts = m.split(":")
-        if parts[0] not in ("fast", "fastmm", "exact") or (
-                len(parts) > 1 and parts[1] not in ("eager", "cuda-graph", "compile")):
+        if parts[0] not in ("fast", "fastmm", "exact") or (len(parts) > 1 and parts[1] not in ENGINES):
             raise InputError(f"--modes: {m!r} is not exact, fast[mm], fast[mm]:ENGINE or fast[mm]:ENGINE:BATCH")
+    return modes
 
+
+def _model_bundle(args: argparse.Namespace, shared: Path | None, preset: Preset, work: Path) -> tuple[Path, str]:
+    """(the bundle folder to time, its description): --model, else a random-weight bundle built in ``work``."""
     if args.model is not None:
         bundle = args.model.resolve()
         if not (bundle / "configs" / "inference.yaml").is_file():
             raise ModelError(f"{bundle}: not a bundle folder (configs/inference.yaml missing)")
-        model_desc = f"{bundle}"
-    else:
-        from PancreasDiNTSLib.model.random_bundle import make_random_bundle
+        return bundle, str(bundle)
+    from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
-        ref = args.reference or (shared / "reference" / "pancreas_ct_dints_segmentation" if shared else None)
-        if ref is None or not (ref / "configs" / "inference.yaml").is_file():
-            raise ModelError("benchmark: no --model and no reference bundle configs (give --reference)")
-        mul = args.channel_mul if args.channel_mul is not None else preset["channel_mul"]
-        blocks = args.num_blocks if args.num_blocks is not None else preset["num_blocks"]
-        bundle = work / f"bundle_mul{mul}_b{blocks}_{args.arch}"
-        if not (bundle / "models" / "model.pt").exists():
-            print(f"building a random-weight bundle (channel_mul {mul}, {blocks} blocks, {args.arch} topology) "
-                  f"in {bundle}", file=sys.stderr)
-            if args.arch == "dense":
-                _make_dense(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
-            else:
-                make_random_bundle(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0)
-        model_desc = f"random weights, channel_mul {mul}, {blocks} blocks, {args.arch} topology (reference configs)"
-    if device.startswith("cuda") is False and device != "cpu":
-        raise DeviceError(f"benchmark: unsupported device {device}")
+    ref = args.reference or (shared / "reference" / "pancreas_ct_dints_segmentation" if shared else None)
+    if ref is None or not (ref / "configs" / "inference.yaml").is_file():
+        raise ModelError("benchmark: no --model and no reference bundle configs (give --reference)")
+    mul = args.channel_mul if args.channel_mul is not None else preset.channel_mul
+    blocks = args.num_blocks if args.num_blocks is not None else preset.num_blocks
+    bundle = work / f"bundle_mul{mul}_b{blocks}_{args.arch}"
+    if not (bundle / "models" / "model.pt").exists():
+        print(f"building a random-weight bundle (channel_mul {mul}, {blocks} blocks, {args.arch} topology) "
+              f"in {bundle}", file=sys.stderr)
+        make_random_bundle(ref, bundle, channel_mul=mul, num_blocks=blocks, seed=0, topology=args.arch)
+    return bundle, f"random weights, channel_mul {mul}, {blocks} blocks, {args.arch} topology (reference configs)"
 
-    if args.threads is None and args.quick and device == "cpu":
-        args.threads = 1
+
+def _worker_env(threads: int | None) -> dict[str, str]:
+    """This environment, the engine importable, and the thread count for OpenMP/MKL when given."""
     env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
-    if args.threads:
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    if threads:
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[k] = str(args.threads)
-    common = {"bundle": str(bundle), "device": device, "threads": args.threads, "input": str(args.input.resolve())}
-    results: dict[str, dict[str, Any]] = {}
-    load0 = os.getloadavg()[0]
-    print(f"benchmark: {args.input.name} on {device}; model: {model_desc}; work folder {work}", file=sys.stderr)
+            env[k] = str(threads)
+    return env
 
+
+def _run_all(args: argparse.Namespace, modes: list[str], common: dict[str, Any], work: Path,
+             env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The bundle's run (unless --skip-bundle), then ours in each mode: results by run name."""
+    results: dict[str, dict[str, Any]] = {}
     if not args.skip_bundle:
+        bundle = Path(common["bundle"])
         datalist = work / "datalist.json"
-        datalist.write_text(json.dumps({"testing": [{"image": str(args.input.resolve())}]}))
+        datalist.write_text(json.dumps({"testing": [{"image": common["input"]}]}))
         out_dir = work / "out_bundle"
-        ov = bundle_overrides(bundle, datalist, args.input.resolve().parent, out_dir, device)
+        ov = bundle_overrides(bundle, datalist, args.input.parent, out_dir, common["device"])
         print("bundle: " + " ".join(bundle_command(bundle, ov)), file=sys.stderr)
         results["bundle"] = _run_worker("bundle", {**common, "overrides": ov, "out_dir": str(out_dir)}, work, env,
                                         args.timeout)
         print(f"bundle: pipeline {results['bundle']['pipeline_s']:.2f} s", file=sys.stderr)
     for mode in modes:
         parts = mode.split(":")
-        engine = parts[1] if len(parts) > 1 else args.engine
-        batch = parts[2] if len(parts) > 2 else args.sw_batch_size
         out_dir = work / f"out_ours_{mode.replace(':', '_')}"
         out_dir.mkdir(exist_ok=True)
-        cfg = {**common, "mode": parts[0], "out_dir": str(out_dir), "engine": engine, "sw_batch_size": batch,
+        cfg = {**common, "mode": parts[0], "out_dir": str(out_dir), "engine": parts[1] if len(parts) > 1 else args.engine,
+               "sw_batch_size": parts[2] if len(parts) > 2 else args.sw_batch_size,
                "roi_cube_mm": args.roi_cube_mm if mode == modes[0] else 0, "tag": mode.replace(":", "_")}
         results[f"ours-{mode}"] = _run_worker("ours", cfg, work, env, args.timeout)
         print(f"ours-{mode}: pipeline {results[f'ours-{mode}']['pipeline_s']:.2f} s", file=sys.stderr)
+    return results
 
+
+def _print_table(results: dict[str, dict[str, Any]]) -> None:
     keys = ["read+preprocess", "read", "preprocess", "infer", "invert", "write"]  # the bundle's DataLoader does
     # read and preprocess together (in its workers), so it gets one column for both
     print(f"\n{'run (seconds)':<22}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'cpu time':>10}"
           f"{'process':>10}{'RAM GiB':>9}{'GPU GiB':>9}")
     for name, res in results.items():
         print(_row(name, res, keys))
+
+
+def _comparison(results: dict[str, dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """Speedups of ours (the first mode; the others as speedup_MODE) over the bundle, and label agreement."""
+    main = results.get(f"ours-{modes[0]}") if modes else None
+    out: dict[str, Any] = {}
+    if "bundle" in results and main is not None:
+        b = results["bundle"]
+        out["speedup"] = round(b["pipeline_s"] / main["pipeline_s"], 3)
+        out["speedup_process"] = round(b["process_s"] / main["process_s"], 3)
+        out["speedup_infer"] = round(b["stages"]["infer"] / max(main["stages"]["infer"], 1e-9), 3)
+        out["speedup_cpu_time"] = round(b["pipeline_cpu_s"] / max(main["pipeline_cpu_s"], 1e-9), 3)
+        out.update(_agreement(b["output"], main["output"]))
+        for mode in modes[1:]:
+            out[f"agreement_{mode}"] = _agreement(b["output"], results[f"ours-{mode}"]["output"])["agreement"]
+            out[f"speedup_{mode}"] = round(b["pipeline_s"] / results[f"ours-{mode}"]["pipeline_s"], 3)
+    else:
+        out["speedup"] = None
+        out["agreement"] = None
+    if main is not None and "roi" in main:
+        out["roi"] = main["roi"]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from PancreasDiNTSLib.inference.segmenter import resolve_device
+
+    device = str(resolve_device(args.device))
+    if not device.startswith("cuda") and device != "cpu":
+        raise DeviceError(f"benchmark: unsupported device {device}")
+    shared = _shared_dir()
+    preset = QUICK if args.quick else FULL
+    args.input = _input_ct(args.input, shared, preset)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="pdints-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    modes = _parse_modes(args.modes)
+    bundle, model_desc = _model_bundle(args, shared, preset, work)
+    if args.threads is None and args.quick and device == "cpu":
+        args.threads = 1
+    common = {"bundle": str(bundle), "device": device, "threads": args.threads, "input": str(args.input)}
+    load0 = os.getloadavg()[0]
+    print(f"benchmark: {args.input.name} on {device}; model: {model_desc}; work folder {work}", file=sys.stderr)
+    results = _run_all(args, modes, common, work, _worker_env(args.threads))
+    _print_table(results)
     summary: dict[str, Any] = {"device": device, "input": str(args.input), "model": model_desc,
                                "threads": args.threads, "engine": args.engine,
                                "loadavg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
@@ -536,23 +565,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the machine was busy (load average {summary['loadavg_start_end']} on {os.cpu_count()} CPUs): "
               "wall times are inflated and noisy; pipeline_cpu_s / speedup_cpu_time count the work done",
               file=sys.stderr)
-    main = results.get(f"ours-{modes[0]}") if modes else None
-    if "bundle" in results and main is not None:
-        b = results["bundle"]
-        summary["speedup"] = round(b["pipeline_s"] / main["pipeline_s"], 3)
-        summary["speedup_process"] = round(b["process_s"] / main["process_s"], 3)
-        summary["speedup_infer"] = round(b["stages"]["infer"] / max(main["stages"]["infer"], 1e-9), 3)
-        summary["speedup_cpu_time"] = round(b["pipeline_cpu_s"] / max(main["pipeline_cpu_s"], 1e-9), 3)
-        agree = _agreement(b["output"], main["output"])
-        summary.update(agree)
-        for mode in modes[1:]:
-            summary[f"agreement_{mode}"] = _agreement(b["output"], results[f"ours-{mode}"]["output"])["agreement"]
-            summary[f"speedup_{mode}"] = round(b["pipeline_s"] / results[f"ours-{mode}"]["pipeline_s"], 3)
-    else:
-        summary["speedup"] = None
-        summary["agreement"] = None
-    if main is not None and "roi" in main:
-        summary["roi"] = main["roi"]
+    summary.update(_comparison(results, modes))
     summary["runs"] = {k: {kk: v[kk] for kk in ("stages", "pipeline_s", "pipeline_cpu_s", "process_s", "import_s",
                                                  "model_load_s", "peak_rss_gib", "allocator_tuned") if kk in v}
                        | {kk: v[kk] for kk in v if kk.startswith(("peak_gpu", "windows", "sw_batch"))}

@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+import nibabel as nib
 import numpy as np
 import torch
+from nibabel.orientations import io_orientation
 
 from PancreasDiNTSLib.core.atomic import write_text_atomic
 from PancreasDiNTSLib.core.errors import InputError, PancreasDiNTSError
@@ -109,6 +111,14 @@ def write_datalist(datalist: dict[str, Any], path: str | Path) -> None:
     write_text_atomic(Path(path), json.dumps(datalist, indent=4) + "\n")
 
 
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """A NIfTI file's header and (lazy) voxels; anything else nibabel reads is not a training image."""
+    img = nib.load(path)
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
+        raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img
+
+
 def read_datalist_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -192,8 +202,6 @@ def check_cases(items: Sequence[Mapping[str, str]], num_classes: int = 3, check_
 
     Reads headers of both files (fast) and, with ``check_labels``, the label voxels.
     """
-    import nibabel as nib
-
     for i, item in enumerate(items):
         if LABEL_KEY not in item:
             continue
@@ -201,8 +209,7 @@ def check_cases(items: Sequence[Mapping[str, str]], num_classes: int = 3, check_
         if progress is not None:
             progress.update(name, "check", i / max(1, len(items)))
         try:
-            img = cast(nib.Nifti1Image, nib.load(item[IMAGE_KEY]))
-            lab = cast(nib.Nifti1Image, nib.load(item[LABEL_KEY]))
+            img, lab = load_nifti(item[IMAGE_KEY]), load_nifti(item[LABEL_KEY])
         except Exception as exc:  # nibabel raises several types for unreadable files
             raise InputError(f"{name}: cannot read {item[IMAGE_KEY]} / {item[LABEL_KEY]} as NIfTI "
                              f"({str(exc).splitlines()[0][:200]})") from None
@@ -404,12 +411,8 @@ def build_val_post_transforms() -> Compose:
 
 def resampled_shape(path: str, spacing: Sequence[float]) -> tuple[int, ...]:
     """Grid size after Spacingd to ``spacing`` (axis order after RAS orientation), from the NIfTI header."""
-    import nibabel as nib
-
-    img = cast(nib.Nifti1Image, nib.load(path))
+    img = load_nifti(path)
     zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
-    from nibabel.orientations import io_orientation
-
     order = io_orientation(img.affine)[:, 0].astype(int)  # world axis of each voxel axis
     shape = [0, 0, 0]
     for ax in range(3):

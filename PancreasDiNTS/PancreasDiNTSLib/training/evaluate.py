@@ -32,7 +32,7 @@ from PancreasDiNTSLib.inference.segmenter import Segmenter
 from PancreasDiNTSLib.io.images import LoadedImage
 from PancreasDiNTSLib.io.writers import save_nifti
 from PancreasDiNTSLib.model.loader import load_bundle
-from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist
+from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist, load_nifti
 
 CLASSES = METRIC_KEYS  # label -> key in metric names (dice_<key>): the terminology's one spelling
 CSV_FIELDS = (["case"] + [f"dice_{k}" for k in CLASSES.values()] + [f"hd95_{k}_mm" for k in CLASSES.values()]
@@ -85,9 +85,7 @@ def predict_case(segmenter: Segmenter, image_path: str) -> tuple[np.ndarray, Loa
 
 def _load_reference(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Label voxels in file order (as MONAI's NibabelReader gives the image) and the affine."""
-    import nibabel as nib
-
-    img = nib.load(path)
+    img = load_nifti(path)
     return np.asarray(np.asanyarray(img.dataobj)).astype(np.int64).reshape(img.shape[:3]), img.affine
 
 
@@ -111,7 +109,7 @@ def evaluate(
     split: str = "testing",
     device: str = "auto",
     dataset_dir: str | Path | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
     sw_batch_size: int | None = None,
     save_predictions: bool = False,
 ) -> dict[str, Any]:

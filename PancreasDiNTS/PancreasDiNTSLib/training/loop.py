@@ -25,7 +25,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from PancreasDiNTSLib.training.checkpoint import (
 )
 from PancreasDiNTSLib.training.distributed import all_reduce_sum, get_rank, get_world_size, unwrap, wrap_ddp
 from PancreasDiNTSLib.training.settings import SettingsError, TrainSettings, settings_dict
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard is optional: imported when a run starts
 
 Row = dict[str, Any]  # one epoch's metrics: a line of metrics.csv and of the checkpoint's history
 Batch = Mapping[str, torch.Tensor]
@@ -203,7 +206,7 @@ def write_csv(path: Path, history: Sequence[Row], fields: Sequence[str]) -> None
     write_text_atomic(path, buf.getvalue())
 
 
-def tensorboard(log_dir: Path, purge_step: int) -> Any:
+def tensorboard(log_dir: Path, purge_step: int) -> SummaryWriter | None:
     """A TensorBoard ``SummaryWriter``, or None without the optional tensorboard package."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -359,7 +362,7 @@ class EpochLoop(ABC):
             "settings": settings_dict(self.settings),
         }
 
-    def _write_epoch(self, epoch: int, row: Row, writer: Any) -> None:
+    def _write_epoch(self, epoch: int, row: Row, writer: SummaryWriter | None) -> None:
         save_checkpoint(self.ckpt_dir, {**self.checkpoint_state(epoch), **self.checkpoint_extra()})
         write_csv(self.out / "metrics.csv", self.history, self.csv_fields)
         if writer is not None:
