@@ -43,7 +43,8 @@ class SegmentInfo:
 
     @property
     def color_float(self) -> tuple[float, float, float]:
-        return tuple(round(c / 255.0, 4) for c in self.color)  # type: ignore[return-value]
+        r, g, b = (round(c / 255.0, 4) for c in self.color)
+        return r, g, b
 
     def terminology_entry(self) -> str:
         """Slicer's serialized terminology entry (7 '~'-separated fields)."""

@@ -443,11 +443,11 @@ def sample_nbytes(sample: Any) -> int:
 
 def unwrap_error(exc: BaseException, item: Mapping[str, str]) -> BaseException:
     """The PancreasDiNTSError inside a MONAI transform error chain, or an InputError naming the case."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, PancreasDiNTSError):
             return seen
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+        seen = seen.__cause__ or seen.__context__
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
