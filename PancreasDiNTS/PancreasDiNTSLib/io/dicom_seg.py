@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from PancreasDiNTSLib import __version__
+from PancreasDiNTSLib.core.atomic import atomic_path
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 
@@ -303,8 +304,6 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
 def write(dest: Path, labels: np.ndarray, affine_ras: np.ndarray, files: Sequence[Path], model_name: str,
           model_version: str) -> list[str]:
     """Write the SEG of ``labels`` (on the grid ``affine_ras``) referencing ``files``; returns the notes."""
-    from PancreasDiNTSLib.core.atomic import atomic_path
-
     sources = prepare_sources(files)
     frames = frames_on_sources(labels, affine_ras, sources.datasets)
     data = encode(build_segmentation(sources, frames, model_name, model_version))

@@ -19,6 +19,7 @@ import numpy as np
 
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
+from PancreasDiNTSLib.io import dicom
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -62,9 +63,7 @@ def case_name(path: Path) -> str:
 
 def is_dicom_file(path: Path) -> bool:
     """A DICOM file, with or without the 128-byte preamble (io.dicom.is_dicom_file)."""
-    from PancreasDiNTSLib.io.dicom import is_dicom_file as _is_dicom
-
-    return _is_dicom(path)
+    return dicom.is_dicom_file(path)
 
 
 def _is_dicom_folder(path: Path) -> bool:
@@ -210,9 +209,7 @@ def _read_itk(path: Path):
 
 def _read_dicom(source: Path, series_uid: str | None = None):
     """A DICOM series through io.dicom (geometry checked, irregular stacks resampled or refused)."""
-    from PancreasDiNTSLib.io.dicom import read_dicom_series
-
-    volume = read_dicom_series(source, series_uid)
+    volume = dicom.read_dicom_series(source, series_uid)
     return volume.to_metatensor(source), volume.files, volume.notes
 
 
@@ -260,10 +257,8 @@ def read_image(path: str | Path, allow_non_ct: bool = False, series_uid: str | N
         image = _read_itk(path)
         fmt = "mha" if lower.endswith((".mha", ".mhd")) else "nrrd"
     elif is_dicom_file(path):
-        from PancreasDiNTSLib.io.dicom import series_selector_of
-
         # a file of a series: that file's series in its folder
-        image, dicom_files, notes = _read_dicom(path.parent, series_uid or series_selector_of(path))
+        image, dicom_files, notes = _read_dicom(path.parent, series_uid or dicom.series_selector_of(path))
         fmt = "dicom"
         warnings += notes
         path = path.parent

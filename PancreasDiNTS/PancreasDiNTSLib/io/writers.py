@@ -15,6 +15,7 @@ import numpy as np
 
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
+from PancreasDiNTSLib.io import dicom_seg
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage
 
 
@@ -103,8 +104,6 @@ def write_dicom_seg(dest: Path, labels: np.ndarray, case: LoadedImage, model_nam
     spacing) overlay the acquired images. Raises dicom_seg.DicomSegError (an InputError, one line) when no SEG
     can be made.
     """
-    from PancreasDiNTSLib.io import dicom_seg
-
     if case.fmt != "dicom" or not case.dicom_files:
         raise dicom_seg.DicomSegError(f"{case.path}: DICOM SEG needs a DICOM input series")
     dicom_seg.write(dest, labels, case.affine_ras, case.dicom_files, model_name, model_version)
@@ -117,8 +116,6 @@ def check_dicom_seg_preconditions(case: LoadedImage, model_name: str = "Pancreas
     the file meta or generated, absent patient attributes, strings cut to their VR); raises
     dicom_seg.DicomSegError (an InputError, one line) when it cannot. Seconds, not minutes: a SEG of the
     series with a dummy label map is built and encoded in memory."""
-    from PancreasDiNTSLib.io import dicom_seg
-
     if case.fmt != "dicom" or not case.dicom_files:
         raise dicom_seg.DicomSegError(f"{case.path}: DICOM SEG needs a DICOM input series")
     return dicom_seg.check_preconditions(case.dicom_files, model_name, model_version)
