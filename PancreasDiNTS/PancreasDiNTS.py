@@ -772,6 +772,14 @@ class PancreasDiNTSTest(ScriptedLoadableModuleTest):
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(newResult.segmentationNode)),
                          shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode)))
+
+        # The read-out: a table next to the input, diameter lines, and the confidence map over the CT.
+        self.assertIn("readout", newResult.report)
+        self.assertIsNotNone(logic.showReport(newResult, volumeNode))
+        self.assertTrue(scenelib.readout_rows(newResult.report))
+        self.assertIsNotNone(newResult.confidenceNode)
+        self.assertGreaterEqual(logic.showConfidence(newResult.confidenceNode, volumeNode), 1)
+        logic.showConfidence(None, volumeNode)
         self.delayDisplay("Segmentation test passed")
 
     def test_PancreasDiNTS_badModelLeavesSceneUnchanged(self):

@@ -244,7 +244,7 @@ def test_output_preconditions_are_checked_before_inference(tmp_path, tiny_ct, ti
     calls = []
     monkeypatch.setattr(segmenter.Segmenter, "infer", lambda self, *a, **k: calls.append(1) or 1 / 0)
 
-    def refuse(case):
+    def refuse(case, *args):  # (case, model name, model version)
         raise ValueError("StudyInstanceUID is empty")
 
     monkeypatch.setattr(writers, "check_dicom_seg_preconditions", refuse, raising=False)

@@ -57,7 +57,7 @@ class StubSegmenter:
         a = np.asarray(logits)[0]
         return ((a > -200).astype(np.uint8) + (a > 100).astype(np.uint8)).astype(np.uint8)
 
-    def invert(self, logits, pre) -> Inverted:
+    def invert(self, logits, pre, readout=True) -> Inverted:
         labels = self.postprocess(logits, pre)
         return Inverted(labels, np.full(labels.shape, 200, np.uint8), None)
 

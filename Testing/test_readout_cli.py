@@ -144,3 +144,17 @@ def test_roi_mode_notes_that_confidence_needs_the_whole_image(tmp_path, inputs, 
     assert "confidence.nii.gz" not in report["outputs"] and not (out / "no_lesion" / "confidence.nii.gz").exists()
     assert any("confidence not written: ROI mode" in n for n in report["notes"])
     assert report["readout"]["confidence"] is None and "ROI mode" in report["readout"]["confidence_reason"]
+
+
+def test_readout_can_be_turned_off_for_labels_only_callers(inputs, tiny_bundle):
+    """evaluate/benchmark-style calls: CaseOptions(readout=False) gives the same labels, no read-out, no map."""
+    from PancreasDiNTSLib.inference.pipeline import CaseOptions, segment_case
+    from PancreasDiNTSLib.model.loader import load_bundle
+
+    seg = Segmenter(load_bundle(tiny_bundle), "cpu")
+    off = segment_case(inputs[0], seg, CaseOptions(formats=(), report=False, readout=False))
+    on = segment_case(inputs[0], seg, CaseOptions(formats=(), report=False))
+    assert np.array_equal(off.labels, on.labels)
+    assert off.readout == {} and off.confidence is None and "readout" not in off.report
+    assert on.confidence is not None and on.readout["confidence"]["source"] == "confidence map (uint8)"
+    assert "readout" in on.timings and "readout" not in off.timings

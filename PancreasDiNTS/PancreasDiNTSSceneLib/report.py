@@ -193,7 +193,7 @@ def _lesion_rows(readout: dict[str, Any]) -> list[tuple[str, str, str]]:
                  size.get("category") or f"n/a: {size.get('reason')}", ""))
     loc = big.get("location") or {}
     rows.append(("Largest lesion location along the gland",
-                 f"{loc['part']} ({loc['fraction']:.2f} from the head)" if loc.get("part")
+                 f"{loc['part']} ({loc['fraction']:.3f} of the length from the head)" if loc.get("part")
                  else f"n/a: {loc.get('reason')}", ""))
     if big.get("touches_volume_border"):
         rows.append(("Warning", "the lesion touches the edge of the scan: its size may be underestimated", ""))

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from PancreasDiNTSLib.model.fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
+
 __all__ = [
     "WindowGrid", "window_grid", "constant_window_values", "sliding_window_exact_skip", "SlidingStats",
     "choose_sw_batch_size", "box_to_voxels", "crop_image", "paste_labels", "is_oom", "tune_cpu_allocator",
@@ -214,39 +216,19 @@ def sliding_window_exact_skip(
     compute_dtype = x.dtype
     out_device = torch.device(device) if device is not None else x.device
     win_device = torch.device(sw_device) if sw_device is not None else x.device
-    nd = x.dim() - 2
     grid = window_grid(tuple(x.shape[2:]), roi_size, overlap)
     if any(grid.pad):
         x = F.pad(x, pad=grid.pad, mode="constant", value=0.0)
     slices = grid.slices
     n_win = len(slices)
     consts = constant_window_values(x, grid) if skip_constant else [None] * n_win
-    order = list(range(n_win))
-    if region is not None:
-        lo = [s + grid.pad[2 * (nd - 1 - a)] for a, (s, _) in enumerate(region)]
-        hi = [e + grid.pad[2 * (nd - 1 - a)] for a, (_, e) in enumerate(region)]
-        order = [i for i in order if all(sl.start < hi[a] and sl.stop > lo[a] for a, sl in enumerate(slices[i]))]
+    order, box = _windows_in_region(grid, region)
     todo = [i for i in order if consts[i] is None]
     stats.windows, stats.computed, stats.constant = len(order), len(todo), len(order) - len(todo)
     state = {"batch": max(1, int(sw_batch_size))}
     stats.batch_size = state["batch"]
 
     output: torch.Tensor | None = None
-    cache: dict[tuple[float, ...], torch.Tensor] = {}
-
-    def window(i: int) -> torch.Tensor:
-        return x[(slice(None), slice(None)) + slices[i]]
-
-    # Logits of each distinct constant window, computed first (one window each) and kept.
-    for i in order:
-        if consts[i] is not None and consts[i] not in cache:
-            # the window itself (not a freshly built constant), so dtype and device match exactly
-            cache[consts[i]] = _call_with_oom_fallback(predictor, window(i).to(win_device), state, stats,
-                                                       fixed_batch).clone()
-    stats.distinct_constants = len(cache)
-
-    def constant_logits(values: tuple[float, ...]) -> torch.Tensor:
-        return cache[values]
 
     def add(i: int, logits: torch.Tensor) -> None:
         nonlocal output
@@ -254,15 +236,49 @@ def sliding_window_exact_skip(
             output = torch.zeros((1, logits.shape[1], *grid.padded_size), dtype=compute_dtype, device=out_device)
         output[(slice(None), slice(None)) + slices[i]] += logits.to(out_device)
 
+    _run_windows(lambda i: x[(slice(None), slice(None)) + slices[i]], order, todo, consts, add,
+                 _WindowRun(predictor, state, stats, fixed_batch, win_device, progress))
+    if output is None:
+        raise ValueError(f"the region {region} touches no window of the image")
+    output = _finish(output, grid, box)
+    if temp_meta is not None:
+        return convert_to_dst_type(output, temp_meta, device=out_device)[0]
+    return output
+
+
+@dataclass
+class _WindowRun:
+    """How the windows of one sliding-window pass are run."""
+
+    predictor: Any
+    state: dict[str, int]  # {"batch": current batch size}; shrinks after an out-of-memory
+    stats: Any
+    fixed_batch: bool
+    device: torch.device
+    progress: Callable[[int, int], None] | None
+
+
+def _run_windows(window: Callable[[int], torch.Tensor], order: list[int], todo: list[int], consts: list[Any],
+                 add: Callable[[int, torch.Tensor], None], run: _WindowRun) -> None:
+    """Run the windows and ``add`` each one's logits in MONAI's summation order (window by window); constant
+    windows reuse the logits of the first window with the same value."""
+    cache: dict[tuple[float, ...], torch.Tensor] = {}
+    # Logits of each distinct constant window, computed first (one window each) and kept.
+    for i in order:
+        if consts[i] is not None and consts[i] not in cache:
+            # the window itself (not a freshly built constant), so dtype and device match exactly
+            cache[consts[i]] = _call_with_oom_fallback(run.predictor, window(i).to(run.device), run.state,
+                                                       run.stats, run.fixed_batch).clone()
+    run.stats.distinct_constants = len(cache)
     next_add = 0
     done = 0
     start = 0
     while True:
-        chunk = todo[start : start + state["batch"]]  # the batch size may have shrunk after an OOM
+        chunk = todo[start : start + run.state["batch"]]  # the batch size may have shrunk after an OOM
         start += len(chunk)
         if chunk:
-            batch = torch.cat([window(i) for i in chunk]).to(win_device)
-            logits = _call_with_oom_fallback(predictor, batch, state, stats, fixed_batch)
+            batch = torch.cat([window(i) for i in chunk]).to(run.device)
+            logits = _call_with_oom_fallback(run.predictor, batch, run.state, run.stats, run.fixed_batch)
             last = order.index(chunk[-1])
         else:
             logits, last = None, len(order) - 1
@@ -271,22 +287,40 @@ def sliding_window_exact_skip(
             if i in pos:
                 add(i, logits[pos[i] : pos[i] + 1])
             else:
-                add(i, constant_logits(consts[i]))
+                add(i, cache[consts[i]])
         next_add = last + 1
         done += len(chunk)
-        if progress is not None:
-            progress(done, len(todo))
+        if run.progress is not None:
+            run.progress(done, len(todo))
         if start >= len(todo):
             break
     for i in order[next_add:]:
-        add(i, constant_logits(consts[i]))
-    if output is None:
-        raise ValueError(f"the region {region} touches no window of the image")
-    output /= grid.count_map(compute_dtype, out_device)
-    if region is not None:
-        inside = torch.zeros(grid.padded_size, dtype=torch.bool, device=out_device)
+        add(i, cache[consts[i]])
+
+
+def _windows_in_region(grid: Any, region: Sequence[tuple[int, int]] | None
+                       ) -> tuple[list[int], tuple[list[int], list[int]] | None]:
+    """The windows (in MONAI's order) that touch ``region`` (all without one) and the region in the padded
+    image (lower, upper bounds; None without a region)."""
+    order = list(range(len(grid.slices)))
+    if region is None:
+        return order, None
+    nd = len(region)
+    lo = [s + grid.pad[2 * (nd - 1 - a)] for a, (s, _) in enumerate(region)]
+    hi = [e + grid.pad[2 * (nd - 1 - a)] for a, (_, e) in enumerate(region)]
+    order = [i for i in order if all(sl.start < hi[a] and sl.stop > lo[a] for a, sl in enumerate(grid.slices[i]))]
+    return order, (lo, hi)
+
+
+def _finish(output: torch.Tensor, grid: Any, box: tuple[list[int], list[int]] | None) -> torch.Tensor:
+    """Stitched sums -> logits: divided by the window count, "background" outside the region, padding cropped."""
+    nd = output.dim() - 2
+    output /= grid.count_map(output.dtype, output.device)
+    if box is not None:
+        lo, hi = box
+        inside = torch.zeros(grid.padded_size, dtype=torch.bool, device=output.device)
         inside[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
-        background = torch.full((output.shape[1],), -1e4, dtype=compute_dtype, device=out_device)
+        background = torch.full((output.shape[1],), -1e4, dtype=output.dtype, device=output.device)
         background[0] = 0
         output = torch.where(inside, output, background.view(1, -1, *([1] * nd)))
     if any(grid.pad):
@@ -295,8 +329,6 @@ def sliding_window_exact_skip(
             before = grid.pad[2 * (nd - 1 - a)]
             crop.append(slice(before, before + grid.image_size[a]))
         output = output[tuple(crop)]
-    if temp_meta is not None:
-        return convert_to_dst_type(output, temp_meta, device=out_device)[0]
     return output
 
 
@@ -517,8 +549,6 @@ class FastInferer:
                  device: torch.device | str, amp: bool, sw_batch_size: int | str = 4, in_channels: int = 1,
                  skip_constant: bool = True, engine: str = "eager", tune_allocator: bool = True,
                  upsample: str = "native") -> None:
-        from PancreasDiNTSLib.model.fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
-
         self.device = torch.device(device)
         self.allocator_tuned = tune_cpu_allocator() if tune_allocator and self.device.type == "cpu" else False
         self.amp = bool(amp) and self.device.type == "cuda"

@@ -167,7 +167,7 @@ register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
 
 def _write_confidence(dest: Path, data: CaseData) -> Path:
     if data.confidence is None:
-        raise ValueError(ROI_CONFIDENCE_REASON)
+        raise ValueError("no confidence map for this case (ROI mode, or the read-out was turned off)")
     return writers.write_label_nifti(dest, data.confidence, data.case)
 
 
@@ -214,6 +214,7 @@ class CaseOptions:
     series: str | None = None  # which DICOM series of a folder of several (io.dicom selector)
     report: bool = True  # write report.json (the batch does; demo and benchmark write their own or none)
     measure: Measure | None = None  # hook: the read-out's measurements, merged into report["measurements"]
+    readout: bool = True  # the read-out (report["readout"], confidence map); off: labels only (evaluate, benchmark)
     report_extra: dict[str, Any] = field(default_factory=dict)  # keys added to (or replacing) report.json's
 
 
@@ -387,7 +388,8 @@ class CaseOutcome:
     confidence: np.ndarray | None = None  # the uint8 confidence map (None in ROI mode)
 
 
-def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, stages: _Stages) -> Inverted:
+def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, stages: _Stages,
+             readout: bool = True) -> Inverted:
     """preprocess -> infer -> invert (or the ROI path, which runs the same stages on its windows)."""
     image = prepared.case.image
     if roi is not None:
@@ -406,7 +408,7 @@ def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, s
 
     logits = stages.run("infer", segmenter.infer, pre, on_window)
     stages.say("postprocess", 0.92, "inverting to the input grid")
-    return stages.run("postprocess", segmenter.invert, logits, pre)
+    return stages.run("postprocess", segmenter.invert, logits, pre, readout=readout)
 
 
 def _readout(inverted: Inverted, case: LoadedImage, roi: RoiRequest | None, stages: _Stages) -> dict[str, Any]:
@@ -430,12 +432,12 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     t0 = started if started is not None else time.perf_counter()
     prepared = source if isinstance(source, Prepared) else prepare_case(source, segmenter, options, sink, on_stage)
     stages = _Stages(segmenter.device, on_stage, prepared.timings)
-    inverted = _predict(prepared, segmenter, options.roi, stages)
+    inverted = _predict(prepared, segmenter, options.roi, stages, options.readout)
     labels = inverted.labels
     case = prepared.case
     voxels, ml = stages.run("measure", writers.volumes_ml, labels, case)
     measurements = stages.run("measure", options.measure, labels, case) if options.measure is not None else {}
-    readout = _readout(inverted, case, options.roi, stages)
+    readout = _readout(inverted, case, options.roi, stages) if options.readout else {}
     outcome = CaseOutcome(case, labels, voxels, ml, stages.timings, measurements, notes=list(prepared.plan.notes),
                           failed_outputs=dict(prepared.plan.failed), readout=readout,
                           confidence=inverted.confidence)

@@ -18,6 +18,13 @@ import numpy as np
 import torch
 
 from PancreasDiNTSLib.core.errors import DeviceError
+from PancreasDiNTSLib.inference.fastpath import FastInferer
+from PancreasDiNTSLib.inference.invert import (
+    SLAB_THRESHOLD,
+    can_invert_in_slabs,
+    invert_probabilities,
+    probability_readout,
+)
 from PancreasDiNTSLib.model.bundle import Bundle
 from PancreasDiNTSLib.model.spec import InferenceSpec
 
@@ -153,8 +160,6 @@ class Segmenter:
         # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs, and the fast sliding window implements
         # constant blending only: anything else takes MONAI's path.
         if mode != "exact" and bundle.kind == "bundle" and self.spec.blend_mode == "constant":
-            from PancreasDiNTSLib.inference.fastpath import FastInferer
-
             batch: int | str = "auto" if sw_batch_size is None and self.device.type == "cuda" else self.sw_batch_size
             self.fast = FastInferer(self.network, self.spec.roi_size, self.spec.overlap, self.device, self.amp,
                                     batch, in_channels=bundle.network.in_channels, engine=engine,
@@ -220,13 +225,6 @@ class Segmenter:
         probability) and the largest lesion probability with its voxel, computed from the same inverted
         probabilities as the labels (one slab at a time; the labels are unchanged)."""
         from monai.transforms import Activations, Activationsd, AsDiscrete, Compose, Invertd
-
-        from PancreasDiNTSLib.inference.invert import (
-            SLAB_THRESHOLD,
-            can_invert_in_slabs,
-            invert_probabilities,
-            probability_readout,
-        )
 
         if slabs is None:
             ops = getattr(pre, "applied_operations", None) or [{}]

@@ -125,7 +125,7 @@ def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:
         loc = big.get("location")
         if loc is not None:
             rows.append(("Location along the gland",
-                         f"{loc['part']} (at {loc['fraction']:.2f} of the length from the head)"
+                         f"{loc['part']} (at {loc['fraction']:.3f} of the length from the head)"
                          if loc.get("part") else f"n/a: {loc.get('reason')}"))
         if big.get("touches_volume_border"):
             rows.append(("Warning", "lesion touches the edge of the scan: size may be underestimated"))
@@ -274,7 +274,8 @@ def _draw_table(fig: Any, cell: Any, sc: _Scene, measurements: dict[str, Any], m
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
     lesion_term = "Lesion = the Task07 'tumour' label (masses and cysts, e.g. PDAC, IPMN, PNET), not a diagnosis."
-    tab.text(0.0, 0.0, f"{lesion_term}\n{meta.get('notice') or NOTICE}", fontsize=8, va="bottom",
+    notice = "\n".join(textwrap.wrap(str(meta.get("notice") or NOTICE), 115))
+    tab.text(0.0, 0.0, f"{lesion_term}\n{notice}", fontsize=8, va="bottom",
              transform=tab.transAxes, color="darkred", fontweight="bold")
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .confidence import confidence_summary, summary_from_map
 from .location import locate_lesions
 from .measure import measure
 
@@ -31,12 +32,8 @@ def case_readout(labels: np.ndarray, affine_ras: np.ndarray, probabilities: np.n
     out = measure(labels, affine_ras)
     out["location"] = locate_lesions(labels, affine_ras, out)
     if probabilities is not None:
-        from .confidence import confidence_summary
-
         out["confidence"] = confidence_summary(probabilities, labels, affine_ras)
     elif confidence_map is not None:
-        from .confidence import summary_from_map
-
         out["confidence"] = summary_from_map(confidence_map, labels, affine_ras, lesion)
     else:
         out["confidence"] = None

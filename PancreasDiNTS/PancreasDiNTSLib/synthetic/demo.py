@@ -26,9 +26,14 @@ from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, Pa
 from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.terminology import METRIC_KEYS
+from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, case_report, segment_case
+from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
 from PancreasDiNTSLib.io.writers import save_nifti, volumes_ml, write_report
+from PancreasDiNTSLib.model.download import resolve_model
+from PancreasDiNTSLib.model.loader import load_bundle
 from PancreasDiNTSLib.readout.page import render_case_page
 from PancreasDiNTSLib.synthetic.phantom import make_phantom
+from PancreasDiNTSLib.training.evaluate import dice_per_class
 
 # The demo model was trained on data-set seed 1 (case seeds 100004..100243) and evaluated on data-set seed 2
 # (case seeds 200007..200022) of `make-phantoms`; the demo draws its phantom from seed DEFAULT_SEED + n, far from
@@ -91,8 +96,6 @@ def check_output(out: Path) -> None:
 def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
     """Dice per class with MONAI (as ``evaluate``), keyed by the terminology's metric keys; None where the
     truth lacks the class."""
-    from PancreasDiNTSLib.training.evaluate import dice_per_class
-
     d = dice_per_class(pred, truth)
     return {METRIC_KEYS[k]: (None if np.isnan(d[k - 1]) else round(float(d[k - 1]), 4)) for k in METRIC_KEYS}
 
@@ -108,8 +111,6 @@ def _make_phantom_files(tmp: Path, seed: int) -> tuple[np.ndarray, Any]:
 
 def _demo_report(outcome: Any, segmenter: Any, truth: np.ndarray, info: Any, seed: int, out: Path) -> dict[str, Any]:
     """report.json of the demo: the case report of segment_case plus Dice, truth volumes and the phantom."""
-    from PancreasDiNTSLib.inference.pipeline import CaseOptions, case_report
-
     dice = dice_scores(outcome.labels, truth)
     report = case_report(outcome, segmenter, CaseOptions(report=False))
     for key in ("status", "outputs_failed", "notes", "inference"):
@@ -139,12 +140,6 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED
              model: str | Path | None = None) -> dict[str, Any]:
     """Make a phantom, segment it with the demo model (pipeline.segment_case), write the outputs into
     ``out_dir``; return the report."""
-    # torch-heavy engine modules load when the demo runs, not when the CLI builds its parser
-    from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, segment_case
-    from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
-    from PancreasDiNTSLib.model.download import resolve_model
-    from PancreasDiNTSLib.model.loader import load_bundle
-
     out = Path(out_dir).expanduser()
     check_seed(seed)
     check_output(out)
@@ -186,7 +181,7 @@ def _draw_page(dest: Path, outcome: Any, truth: np.ndarray, report: dict[str, An
     title = (f"PancreasDiNTS demo: synthetic phantom (seed {seed}), demo model trained on phantoms\n"
              f"Dice pancreas {_fmt(report['dice_pancreas'])}, lesion {_fmt(report['dice_tumour'])}")
     part = report["phantom"].get("tumour_part")
-    notes = [f"phantom truth: lesion placed in the {part} ({report['phantom']['tumour_fraction']:.2f} of the "
+    notes = [f"phantom truth: lesion placed in the {part} ({report['phantom']['tumour_fraction']:.3f} of the "
              "gland from the head)"] if part else []
     meta = {"title": title, "input": OUTPUT_FILES["ct"], "model": report.get("model") or {}, "notes": notes,
             "notice": NOT_CLINICAL}
