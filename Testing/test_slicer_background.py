@@ -398,9 +398,10 @@ def test_model_folders(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.setenv(MODEL_HOME_ENV, str(tmp_path / "home"))
     assert background.model_cache_folder() == tmp_path / "home" / "models" == cache_root()
     assert background.official_model_folder() is None
-    old = tmp_path / "home" / "models" / "my-copy"
+    old = installed_path("0.4.9")
+    local = tmp_path / "home" / "models" / "local" / "my-copy"  # `download --from ... --name my-copy`: not official
     new = installed_path()  # where `download` installs the official bundle
-    for folder, mtime in ((old, 1_000_000), (new, 2_000_000)):
+    for folder, mtime in ((old, 1_000_000), (new, 2_000_000), (local, 3_000_000)):
         (folder / "models").mkdir(parents=True)
         (folder / "configs").mkdir()
         (folder / "configs" / "inference.yaml").write_text("{}")

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PancreasDiNTSLib.core.paths import OUTPUT_NAMES, demo_model_location, is_model_folder, model_cache_root
+from PancreasDiNTSLib.core.paths import (
+    OFFICIAL_BUNDLE_NAME,
+    OUTPUT_NAMES,
+    demo_model_location,
+    is_model_folder,
+    model_cache_root,
+)
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 
 ENGINE_MODULE = "PancreasDiNTSLib.cli"
@@ -468,13 +474,10 @@ model_cache_folder = model_cache_root  # the bridge's name for it
 
 
 def official_model_folder(cache: str | Path | None = None) -> Path | None:
-    """The newest downloaded model folder in the cache (any depth up to 2), or None."""
-    root = Path(cache) if cache else model_cache_folder()
-    if not root.is_dir():
-        return None
-    candidates = [root] + [p for p in root.iterdir() if p.is_dir()]
-    candidates += [q for p in candidates[1:] for q in p.iterdir() if q.is_dir()]
-    found = [p for p in candidates if is_model_folder(p)]
+    """The newest official model installed by `download` (<cache>/pancreas_ct_dints_segmentation/<version>), or
+    None. Local models installed with `download --from ... --name` (<cache>/local/<name>) are not official."""
+    root = (Path(cache) if cache else model_cache_folder()) / OFFICIAL_BUNDLE_NAME
+    found = [p for p in root.iterdir() if is_model_folder(p)] if root.is_dir() else []
     return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
 
 

@@ -403,7 +403,7 @@ def _run_worker(kind: str, cfg: dict[str, Any], work: Path, env: dict[str, str],
 def _labels(path: str) -> np.ndarray:
     import numpy as np
 
-    from PancreasDiNTSLib.training.data import load_nifti
+    from PancreasDiNTSLib.io.images import load_nifti
 
     return np.rint(np.asarray(load_nifti(path).dataobj)).astype(np.int16).squeeze()
 

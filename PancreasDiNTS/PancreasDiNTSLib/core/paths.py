@@ -10,6 +10,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PACKAGED_DEMO_MODEL = PACKAGE_DIR / "resources" / "models" / "demo"
 DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
 MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
+# The released bundle's name: `download` installs it as <cache>/<OFFICIAL_BUNDLE_NAME>/<version>/.
+OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
 CONFIG_NAMES = ("inference.yaml", "inference.yml", "inference.json")
 # The files `segment` writes into OUTDIR/<case>/, by output format (the report is always written). The one
 # table: the engine's output registry, the batch driver and the Slicer scene layer all read names from here.

@@ -13,13 +13,17 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.io import dicom
+
+if TYPE_CHECKING:
+    import nibabel as nib
+    from monai.data import MetaTensor
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -161,6 +165,16 @@ def _read_nifti(path: Path):
     return img
 
 
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """A NIfTI file's header and (lazy) voxels; InputError for anything else nibabel reads."""
+    import nibabel as nib
+
+    img = nib.load(path)
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
+        raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
@@ -194,7 +208,9 @@ def _sitk_to_metatensor(sitk_image, path: Path):
         "filename_or_obj": str(path),
         "space": "RAS",
     }
-    return MetaTensor(data, affine=ras, meta=meta)
+    import torch
+
+    return MetaTensor(data, affine=torch.as_tensor(ras, dtype=torch.float64), meta=meta)
 
 
 def _read_itk(path: Path):
@@ -279,7 +295,7 @@ def read_image(path: str | Path, allow_non_ct: bool = False, series_uid: str | N
     image = EnsureChannelFirst()(image)
     data = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
     warnings += check_ct(data, path, allow_non_ct)
-    affine = np.asarray(image.affine, dtype=np.float64)
+    affine = np.asarray(cast("MetaTensor", image).affine, dtype=np.float64)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     return LoadedImage(
         name=case_name(path),

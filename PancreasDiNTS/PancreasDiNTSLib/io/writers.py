@@ -16,7 +16,7 @@ import numpy as np
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.io import dicom_seg
-from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage
+from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage, load_nifti
 
 
 def write_label_nifti(dest: Path, labels: np.ndarray, case: LoadedImage) -> Path:
@@ -25,7 +25,7 @@ def write_label_nifti(dest: Path, labels: np.ndarray, case: LoadedImage) -> Path
 
     labels = np.asarray(labels, dtype=np.uint8)
     if case.fmt == "nifti":
-        src = nib.load(str(case.path))
+        src = load_nifti(case.path)
         header = src.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)

@@ -31,7 +31,6 @@ from PancreasDiNTSLib.model.network import build_dints
 from PancreasDiNTSLib.model.spec import InferenceSpec, NetworkSpec
 
 _N = TypeVar("_N", int, float)
-OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
 ARCH_KEYS = ("node_a", "arch_code_a", "arch_code_c")
 # Transforms the engine knows how to reproduce exactly (keys read as data).
 KNOWN_PREPROCESSING = {

@@ -32,8 +32,8 @@ from PancreasDiNTSLib.core.errors import (
     PancreasDiNTSError,
     UsageError,
 )
-from PancreasDiNTSLib.core.paths import model_cache_root
-from PancreasDiNTSLib.model.bundle import OFFICIAL_BUNDLE_NAME, ChecksumError, file_md5, read_bundle_folder
+from PancreasDiNTSLib.core.paths import OFFICIAL_BUNDLE_NAME, model_cache_root
+from PancreasDiNTSLib.model.bundle import ChecksumError, file_md5, read_bundle_folder
 from PancreasDiNTSLib.model.release import RELEASED_OPTIONAL, RELEASED_REQUIRED
 
 DEFAULT_VERSION = "0.5.0"

@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from nibabel.orientations import io_orientation
@@ -31,6 +30,7 @@ from PancreasDiNTSLib.core.atomic import write_text_atomic
 from PancreasDiNTSLib.core.errors import InputError, PancreasDiNTSError
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.safeparse import MAX_DATALIST_BYTES, parse_json, read_text_bounded
+from PancreasDiNTSLib.io.images import load_nifti
 from PancreasDiNTSLib.training.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -109,14 +109,6 @@ def prepare_datalist(
 
 def write_datalist(datalist: dict[str, Any], path: str | Path) -> None:
     write_text_atomic(Path(path), json.dumps(datalist, indent=4) + "\n")
-
-
-def load_nifti(path: str | Path) -> nib.Nifti1Image:
-    """A NIfTI file's header and (lazy) voxels; anything else nibabel reads is not a training image."""
-    img = nib.load(path)
-    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
-        raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
-    return img
 
 
 def read_datalist_json(path: str | Path) -> dict[str, Any]:

@@ -29,10 +29,10 @@ from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.terminology import METRIC_KEYS
 from PancreasDiNTSLib.inference.pipeline import CaseOptions, segment_case
 from PancreasDiNTSLib.inference.segmenter import Segmenter
-from PancreasDiNTSLib.io.images import LoadedImage
+from PancreasDiNTSLib.io.images import LoadedImage, load_nifti
 from PancreasDiNTSLib.io.writers import save_nifti
 from PancreasDiNTSLib.model.loader import load_bundle
-from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist, load_nifti
+from PancreasDiNTSLib.training.data import case_id, check_cases, load_datalist
 
 CLASSES = METRIC_KEYS  # label -> key in metric names (dice_<key>): the terminology's one spelling
 CSV_FIELDS = (["case"] + [f"dice_{k}" for k in CLASSES.values()] + [f"hd95_{k}_mm" for k in CLASSES.values()]
