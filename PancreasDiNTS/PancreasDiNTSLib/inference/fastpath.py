@@ -131,8 +131,8 @@ def constant_window_values(padded: torch.Tensor, grid: WindowGrid) -> list[tuple
     hi_np = hi.float().cpu().numpy()
     out: list[tuple[float, ...] | None] = []
     for w in grid.windows:
-        a, b = lo_np[(slice(None),) + w], hi_np[(slice(None),) + w]
-        out.append(tuple(float(v) for v in a) if bool(np.all(a == b)) else None)
+        low, high = lo_np[(slice(None),) + w], hi_np[(slice(None),) + w]
+        out.append(tuple(float(v) for v in low) if bool(np.all(low == high)) else None)
     return out
 
 
@@ -285,6 +285,7 @@ def _run_windows(window: Callable[[int], torch.Tensor], order: list[int], todo: 
         pos = {i: k for k, i in enumerate(chunk)}
         for i in order[next_add : last + 1]:  # MONAI's summation order: window by window
             if i in pos:
+                assert logits is not None  # pos is empty without a network call
                 add(i, logits[pos[i] : pos[i] + 1])
             else:
                 add(i, cache[consts[i]])

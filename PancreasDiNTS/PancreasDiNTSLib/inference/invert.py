@@ -62,8 +62,8 @@ def probability_readout(probs: torch.Tensor) -> tuple[np.ndarray, Lesion | None]
     step = max(1, READOUT_SLAB_VALUES // max(1, shape[0] * shape[1] * shape[2]))
     best: Lesion | None = None
     for z0 in range(0, shape[3], step):
-        chunk = probs[..., z0:z0 + step].detach()
-        chunk = (chunk.as_tensor() if hasattr(chunk, "as_tensor") else chunk).cpu().numpy()
+        part = probs[..., z0:z0 + step].detach()
+        chunk = np.asarray(torch.Tensor.as_subclass(part, torch.Tensor).cpu().numpy())  # a plain tensor
         conf[..., z0:z0 + step] = confidence_map(chunk)
         best = _better(best, lesion_max(chunk, z0))
     return conf, best
@@ -152,4 +152,5 @@ def _orient_back(volume: np.ndarray, affine: torch.Tensor, axcodes: str) -> np.n
 
     oriented = MetaTensor(torch.from_numpy(volume)[None], affine=affine)
     back = Orientation(axcodes=axcodes, as_closest_canonical=False, labels=_RAS)(oriented)
-    return np.ascontiguousarray(np.asarray(back.as_tensor()[0].numpy(), dtype=np.uint8))
+    plain = torch.Tensor.as_subclass(back, torch.Tensor)  # the MetaTensor's data as a plain tensor
+    return np.ascontiguousarray(np.asarray(plain[0].numpy(), dtype=np.uint8))

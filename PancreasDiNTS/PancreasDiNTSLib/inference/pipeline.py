@@ -450,6 +450,11 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     return outcome
 
 
+def _bound_writer(write: Callable[[Path, CaseData], Any], data: CaseData) -> Callable[[Path], Any]:
+    """``write`` with this case's data bound: what an OutputSink calls with the destination path."""
+    return lambda dest: write(dest, data)
+
+
 def _write_outputs(outcome: CaseOutcome, plan: OutputPlan, segmenter: Segmenter, options: CaseOptions,
                    sink: OutputSink, stages: _Stages) -> None:
     """Every planned output, each atomically; a failing one is recorded and the others are still written."""
@@ -463,7 +468,7 @@ def _write_outputs(outcome: CaseOutcome, plan: OutputPlan, segmenter: Segmenter,
         spec = OUTPUTS[fmt]
         try:
             t1 = time.perf_counter()
-            sink.write(spec.filename, lambda dest, spec=spec: spec.write(dest, data))
+            sink.write(spec.filename, _bound_writer(spec.write, data))
             outcome.timings[f"write_{fmt}"] = time.perf_counter() - t1
             outcome.outputs.append(spec.filename)
         except (DiskFullError, KeyboardInterrupt, SystemExit):

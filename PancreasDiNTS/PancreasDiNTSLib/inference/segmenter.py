@@ -243,7 +243,8 @@ class Segmenter:
         confidence, lesion = probability_readout(probs) if readout else (None, None)
         out = AsDiscrete(argmax=True)(probs)
         del probs
-        return Inverted(np.asarray(out.detach().cpu().numpy()[0]).astype(np.uint8), confidence, lesion)
+        labels = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        return Inverted(np.asarray(labels[0]).astype(np.uint8), confidence, lesion)
 
     def predict(self, image: Any, on_stage: Callable[[str, float, str], None] | None = None,
                 pre: Any = None) -> np.ndarray:
