@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,22 @@ class CaseFolder:
             return disk_full_error(path, exc)
         return OutputError(f"{printable(path)}: cannot be written ({exc.strerror or exc}); check the permissions "
                            "of the output folder or choose another -o")
+
+
+def probe_writable(folder: Path, create: bool = False) -> None:
+    """OutputError (or DiskFullError when the disk is full; both exit 5) unless a file can be made in ``folder``
+    (created first with ``create``); the probe file is removed again."""
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(folder, exc) from None
+        raise OutputError(f"{printable(folder)}: output folder is not writable ({exc.strerror or exc}); check "
+                          "its permissions or choose another -o") from None
 
 
 def free_bytes(folder: Path) -> int | None:

@@ -33,14 +33,13 @@ from PancreasDiNTSLib.core.atomic import write_text_atomic
 from PancreasDiNTSLib.core.errors import (
     DiskFullError,
     InputError,
-    OutputError,
     PancreasDiNTSError,
     UsageError,
     disk_full_error,
     is_disk_full,
     printable,
 )
-from PancreasDiNTSLib.core.ownership import CaseFolder
+from PancreasDiNTSLib.core.ownership import CaseFolder, probe_writable
 from PancreasDiNTSLib.core.paths import BATCH_NAMES
 from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
 from PancreasDiNTSLib.inference.fastpath import prefetched
@@ -143,16 +142,7 @@ class SegmentSummary:
 
 def check_writable(out_dir: Path) -> None:
     """OutputError (exit 5) unless ``out_dir`` can be created and written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{time.time_ns()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full_error(out_dir, exc) from None
-        raise OutputError(f"{printable(out_dir)}: output folder is not writable ({exc.strerror or exc}); "
-                          "choose another -o") from None
+    probe_writable(out_dir, create=True)
 
 
 def expected_names(formats: tuple[str, ...], path: Path) -> list[str]:

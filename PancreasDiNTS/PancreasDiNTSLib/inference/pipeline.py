@@ -30,9 +30,7 @@ size estimate and an optional precondition; :func:`register_output` adds more. W
 from __future__ import annotations
 
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +50,7 @@ from PancreasDiNTSLib.core.errors import (
     is_disk_full,
     printable,
 )
-from PancreasDiNTSLib.core.ownership import free_bytes
+from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
 from PancreasDiNTSLib.inference.fastpath import predict_roi
@@ -272,15 +270,7 @@ def check_destination(sink: OutputSink, names: list[str], need_bytes: int) -> No
         raise OutputError(f"{printable(sink.path / taken[0])}: exists and was not written by pancreas-dints (or "
                           "was changed since); move or rename it, then rerun")
     probe_dir = sink.path if sink.path.is_dir() else sink.path.parent
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=probe_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full_error(probe_dir, exc) from None
-        raise OutputError(f"{printable(probe_dir)}: output folder is not writable ({exc.strerror or exc}); "
-                          "check its permissions or choose another -o") from None
+    probe_writable(probe_dir)
     free = free_bytes(probe_dir)
     if free is not None and free < need_bytes:
         raise DiskFullError(f"{printable(probe_dir)}: {free / 2**20:.0f} MiB free, the outputs of this case need up "
