@@ -10,7 +10,6 @@ against MONAI in Testing/test_scene_estimate.py) on the model's grid (``Spacingd
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from collections.abc import Sequence
@@ -39,6 +38,15 @@ class WindowSpec:
     pixdim: tuple[float, float, float] = DEFAULT_PIXDIM
 
 
+def _have_yaml() -> bool:
+    """PyYAML importable here (Slicer's Python may lack it until the engine's packages are installed)."""
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _config(model: str | Path) -> dict[str, Any] | None:
     """The model's inference config as data, read within core.safeparse's limits (this runs in Slicer's own
     process: an alias bomb or a huge file must not hang it); None when absent or unreadable."""
@@ -48,7 +56,7 @@ def _config(model: str | Path) -> dict[str, Any] | None:
         if not path.is_file():
             continue
         try:
-            if name.endswith(".json") or importlib.util.find_spec("yaml") is not None:
+            if name.endswith(".json") or _have_yaml():
                 data = load_data_file(path)
                 return data if isinstance(data, dict) else None
             return {"_text": read_text_bounded(path)}  # no PyYAML yet: the numbers are found in the text
