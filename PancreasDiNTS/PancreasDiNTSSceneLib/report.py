@@ -90,6 +90,25 @@ def report_lines(report: dict[str, Any]) -> list[tuple[str, str, list[list[float
             for column, name, value in _per_segment(report, names) if _point_pair(value)]
 
 
+def _filled_table(scene: Any, table_node: Any, name: str, reference: Any, columns: list[Any]) -> Any:
+    """``table_node`` (or a new vtkMRMLTableNode added next to ``reference``) holding ``columns`` (vtk arrays),
+    locked: the numbers come from the engine, and editing them in the table view is confusing."""
+    created = table_node is None
+    if created:
+        table_node = slicer.vtkMRMLTableNode()
+        table_node.SetName(scene.GenerateUniqueName(name))
+    table = vtk.vtkTable()
+    for array in columns:
+        table.AddColumn(array)
+    table_node.SetAndObserveTable(table)
+    table_node.SetLocked(True)
+    if created:
+        scene.AddNode(table_node)
+        if reference is not None:
+            place_next_to(scene, table_node, reference)
+    return table_node
+
+
 def report_table(report: dict[str, Any], scene: Any = None, table_node: Any = None, name: str = "measurements",
                  reference: Any = None) -> Any:
     """Fill ``table_node`` (or a new vtkMRMLTableNode) with :func:`report_rows`; its old content is replaced.
@@ -99,11 +118,7 @@ def report_table(report: dict[str, Any], scene: Any = None, table_node: Any = No
     """
     scene = resolve_scene(scene)
     columns, rows = report_rows(report)
-    created = table_node is None
-    if created:
-        table_node = slicer.vtkMRMLTableNode()
-        table_node.SetName(scene.GenerateUniqueName(name))
-    table = vtk.vtkTable()
+    arrays = []
     for index, column in enumerate(columns):
         array = vtk.vtkStringArray() if index == 0 else vtk.vtkDoubleArray()
         array.SetName(column)
@@ -113,18 +128,13 @@ def report_table(report: dict[str, Any], scene: Any = None, table_node: Any = No
                 array.InsertNextValue(str(value))
             else:
                 array.InsertNextValue(float("nan") if value is None else value)
-        table.AddColumn(array)
-    table_node.SetAndObserveTable(table)
-    table_node.SetLocked(True)  # the numbers come from the engine; editing them in the table view is confusing
+        arrays.append(array)
+    table_node = _filled_table(scene, table_node, name, reference, arrays)
     for column in columns[1:]:
         if column.endswith("ml"):
             table_node.SetColumnUnitLabel(column, "mL")
         elif column.endswith("_mm"):
             table_node.SetColumnUnitLabel(column, "mm")
-    if created:
-        scene.AddNode(table_node)
-        if reference is not None:
-            place_next_to(scene, table_node, reference)
     return table_node
 
 
@@ -229,25 +239,14 @@ def readout_table(report: dict[str, Any], scene: Any = None, table_node: Any = N
     rows = readout_rows(report)
     if not rows:
         return report_table(report, scene, table_node, name, reference)
-    scene = resolve_scene(scene)
-    created = table_node is None
-    if created:
-        table_node = slicer.vtkMRMLTableNode()
-        table_node.SetName(scene.GenerateUniqueName(name))
-    table = vtk.vtkTable()
+    arrays = []
     for index, column in enumerate(READOUT_COLUMNS):
         array = vtk.vtkStringArray()
         array.SetName(column)
         for row in rows:
             array.InsertNextValue(row[index])
-        table.AddColumn(array)
-    table_node.SetAndObserveTable(table)
-    table_node.SetLocked(True)
-    if created:
-        scene.AddNode(table_node)
-        if reference is not None:
-            place_next_to(scene, table_node, reference)
-    return table_node
+        arrays.append(array)
+    return _filled_table(resolve_scene(scene), table_node, name, reference, arrays)
 
 
 def readout_lines(report: dict[str, Any]) -> list[tuple[str, list[list[float]]]]:
