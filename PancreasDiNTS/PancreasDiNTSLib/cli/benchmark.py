@@ -312,7 +312,7 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         c_run = _cpu_seconds()
         # the one case pipeline (read, preprocess, infer, invert, write), each stage timed and CUDA-synchronised
-        outcome = segment_case(Path(cfg["input"]), seg, CaseOptions(formats=("nifti",), report=False),
+        outcome = segment_case(Path(cfg["input"]), seg, CaseOptions(formats=("nifti",), report=False, readout=False),
                                PlainFolder(Path(cfg["out_dir"])))
         case, t, labels = outcome.case, outcome.timings, outcome.labels
         stages = {"read": t["read"], "preprocess": t["preprocess"], "infer": t["infer"],

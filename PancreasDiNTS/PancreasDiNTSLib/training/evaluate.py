@@ -79,7 +79,7 @@ def bundle_mean_dice(per_case: np.ndarray) -> float:
 
 def predict_case(segmenter: Segmenter, image_path: str) -> tuple[np.ndarray, LoadedImage]:
     """Labels on the grid of the image file, and the loaded image: pipeline.segment_case, nothing written."""
-    outcome = segment_case(Path(image_path), segmenter, CaseOptions(formats=(), report=False))
+    outcome = segment_case(Path(image_path), segmenter, CaseOptions(formats=(), report=False, readout=False))
     return outcome.labels, outcome.case
 
 
