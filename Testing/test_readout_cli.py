@@ -133,6 +133,10 @@ def test_measurements_csv_keeps_a_users_file_and_lists_skipped_cases(tmp_path, i
     code, err = segment(capsys, inputs[:1], out, tiny_bundle, "--format", "nifti", "--overwrite")
     assert code == 0 and "measurements.csv was not written by pancreas-dints" in err
     assert (out / "measurements.csv").read_text() == "my own table\n1,2,3\n"
+    (out / "summary.json").write_text('{"my": "notes"}\n')  # OUTDIR is the user's folder: same rule
+    code, err = segment(capsys, inputs[:1], out, tiny_bundle, "--format", "nifti")
+    assert code == 0 and "summary.json was not written by pancreas-dints" in err
+    assert (out / "summary.json").read_text() == '{"my": "notes"}\n'
 
 
 def test_roi_mode_notes_that_confidence_needs_the_whole_image(tmp_path, inputs, tiny_bundle, capsys):

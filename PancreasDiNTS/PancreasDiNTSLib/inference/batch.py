@@ -11,8 +11,8 @@
 - Batch files in OUTDIR (``core.paths.BATCH_NAMES``): ``summary.json`` (every case's status) and
   ``measurements.csv`` (one row per case: the read-out's volumes, lesion diameters, size category, location and
   lesion score, read back from each case's report.json, so skipped cases have their row too), both written
-  atomically at the end of the run (``-rank<r>`` under torchrun). Like summary.json, measurements.csv is
-  replaced only when it is the engine's (its header row); a user's file of that name is left alone (warning).
+  atomically at the end of the run (``-rank<r>`` under torchrun). Each replaces an existing file only when it is
+  the engine's (its first line); a user's file of that name is left alone (warning).
 - ``prefetch``: reading, checking and preprocessing case i+1 run in a background thread while case i is inferred
   (fastpath.prefetched); the labels are the same either way. Under torchrun rank r takes cases r, r+W, ...
 """
@@ -280,8 +280,25 @@ def _batch_file(settings: SegmentSettings, key: str) -> Path:
     return settings.out_dir / name
 
 
-def _write_summary(settings: SegmentSettings, summary: SegmentSummary) -> None:
-    write_text_atomic(_batch_file(settings, "summary"), json.dumps(summary.as_dict(), indent=2) + "\n")
+def _write_summary(settings: SegmentSettings, summary: SegmentSummary, reporter: Progress) -> None:
+    text = json.dumps(summary.as_dict(), indent=2) + "\n"
+    _write_batch_file(_batch_file(settings, "summary"), text, text[:text.index(",")], reporter)
+
+
+def _write_batch_file(dest: Path, text: str, signature: str, reporter: Progress) -> None:
+    """Write ``text`` to ``dest`` atomically; an existing file is replaced only when it begins with
+    ``signature`` (the engine's own earlier file); a user's file of that name is left alone, with a warning."""
+    if dest.exists() or dest.is_symlink():
+        try:
+            with dest.open(encoding="utf-8") as fh:
+                ours = dest.is_file() and not dest.is_symlink() and fh.read(len(signature)) == signature
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            reporter.write(f"warning: {printable(dest)} was not written by pancreas-dints; left as it is "
+                           f"({dest.name} not written)")
+            return
+    write_text_atomic(dest, text)
 
 
 def _case_readout(result: CaseResult) -> tuple[dict[str, Any] | None, str]:
@@ -310,19 +327,8 @@ def measurements_csv(results: list[CaseResult]) -> str:
 
 def _write_measurements(settings: SegmentSettings, results: list[CaseResult], reporter: Progress) -> None:
     """measurements.csv next to summary.json; an existing file is replaced only when it is the engine's."""
-    dest = _batch_file(settings, "measurements")
-    header = ",".join(CSV_COLUMNS[:3])
-    if dest.exists() or dest.is_symlink():
-        try:
-            ours = dest.is_file() and not dest.is_symlink() and dest.open(encoding="utf-8").readline().startswith(
-                header)
-        except (OSError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            reporter.write(f"warning: {printable(dest)} was not written by pancreas-dints; left as it is "
-                           "(measurements.csv not written)")
-            return
-    write_text_atomic(dest, measurements_csv(results))
+    _write_batch_file(_batch_file(settings, "measurements"), measurements_csv(results), ",".join(CSV_COLUMNS[:3]),
+                      reporter)
 
 
 def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = None,
@@ -352,7 +358,7 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
         batch.loop(cases)
     except DiskFullError:
         try:
-            _write_summary(settings, SegmentSummary(batch.results))
+            _write_summary(settings, SegmentSummary(batch.results), reporter)
         except PancreasDiNTSError:
             pass  # the disk is still full; the one-line error says so
         raise
@@ -361,6 +367,6 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
     summary = SegmentSummary(batch.results)
     if batch.results:
         _write_measurements(settings, batch.results, reporter)
-        _write_summary(settings, summary)
+        _write_summary(settings, summary, reporter)
     reporter.emit(summary.as_dict())
     return summary
