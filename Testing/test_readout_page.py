@@ -15,10 +15,8 @@ pytest.importorskip("matplotlib")
 
 
 def phantom(seed: int, shape=(128, 128, 64), **kw):
-    try:
-        from PancreasDiNTSLib.synthetic.phantom import make_phantom
-    except ImportError:  # before the engine reorganisation
-        from PancreasDiNTSLib.phantom import make_phantom  # type: ignore[no-redef]
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
+
     return make_phantom(seed, shape=shape, spacing=(0.8, 0.8, 1.0), **kw)
 
 
