@@ -7,8 +7,8 @@ import shutil
 import subprocess
 import sys
 
-from conftest import EXAMPLE_CT_SM, require
 from PancreasDiNTSLib.model.download import DEFAULT_VERSION, installed_path
+from support import EXAMPLE_CT_SM, require
 
 
 def _segment(tmp_path, env, *args):

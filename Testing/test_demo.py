@@ -12,10 +12,10 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PYTHON
 from PancreasDiNTSLib.core.atomic import FOLDER_MANIFEST
 from PancreasDiNTSLib.core.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError
 from PancreasDiNTSLib.synthetic import demo
+from support import PYTHON
 
 
 def _demo_model():

@@ -21,7 +21,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def vol():
-    from conftest import EXAMPLE_CT, require
+    from support import EXAMPLE_CT, require
 
     return load_crop(require(EXAMPLE_CT))
 

@@ -31,7 +31,7 @@ def vol(example_ct):
 
 @pytest.fixture(scope="session")
 def example_ct():
-    from conftest import EXAMPLE_CT, require
+    from support import EXAMPLE_CT, require
 
     return require(EXAMPLE_CT)
 

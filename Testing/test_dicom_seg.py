@@ -13,18 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PYTHON
 from dicom_factory import RAS_TO_LPS, Volume, axial_planes, load_crop, tilted_planes, write_series
 from PancreasDiNTSLib.io.dicom_seg import DicomSegError, clean_text
 from PancreasDiNTSLib.io.images import read_image
 from PancreasDiNTSLib.io.writers import check_dicom_seg_preconditions, write_dicom_seg
+from support import PYTHON
 
 HOSTILE_NAME = ("Pancreas\x00model\n\r\x1b[31m" + "x" * 200 + "\\end\x7f" + "y" * 20)[:237]
 
 
 @pytest.fixture(scope="module")
 def vol():
-    from conftest import EXAMPLE_CT, require
+    from support import EXAMPLE_CT, require
 
     full = load_crop(require(EXAMPLE_CT))
     affine = full.affine_ras.copy()

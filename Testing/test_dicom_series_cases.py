@@ -16,7 +16,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def two_series(tmp_path_factory):
-    from conftest import EXAMPLE_CT, require
+    from support import EXAMPLE_CT, require
 
     vol = load_crop(require(EXAMPLE_CT))
     folder = tmp_path_factory.mktemp("dicom") / "study"

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import PYTHON
 from image_files import crop_nifti
 from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core import errors
 from PancreasDiNTSLib.inference.segmenter import with_oom_fallback
 from PancreasDiNTSLib.model.loader import load_bundle
+from support import PYTHON
 
 
 @pytest.fixture(scope="module")

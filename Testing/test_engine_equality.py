@@ -8,8 +8,8 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PYTHON
 from PancreasDiNTSLib.model.bundle import monai_arch_ckpt_override
+from support import PYTHON
 
 
 def run_monai_bundle(bundle, image, out_dir, env):

@@ -10,13 +10,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PYTHON
 from image_files import crop_nifti, load_nifti, write_dicom_series, write_itk
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.inference.batch import SegmentSettings
 from PancreasDiNTSLib.inference.batch import run_segment as _run_segment
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, read_image
+from support import PYTHON
 
 
 def run_segment(inputs, out, model, **kw):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON
 from PancreasDiNTSLib.core.errors import EXIT_DEVICE, ModelError
 from PancreasDiNTSLib.model.export import default_output, export_model, sidecar_path
 from PancreasDiNTSLib.model.exported import trt_unavailable_reason
 from PancreasDiNTSLib.model.loader import load_bundle
+from support import PYTHON
 
 TEST_OVERLAP = 0.25
 TEST_PIXDIM = (2.0, 2.0, 2.0)

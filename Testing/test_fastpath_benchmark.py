@@ -8,7 +8,7 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PYTHON
+from support import PYTHON
 
 
 @pytest.mark.slow

@@ -17,12 +17,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PYTHON
 from image_files import crop_nifti, load_nifti, write_dicom_series
 from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core import errors
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.io.placement import safe_case_name
+from support import PYTHON
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 from PancreasDiNTSLib.core.errors import (
     EXIT_DOWNLOAD,
     EXIT_MODEL,
@@ -30,6 +29,7 @@ from PancreasDiNTSLib.model import download as dl
 from PancreasDiNTSLib.model.bundle import file_md5
 from PancreasDiNTSLib.model.loader import load_bundle
 from PancreasDiNTSLib.model.release import RELEASED_OPTIONAL, RELEASED_REQUIRED
+from support import REPO
 
 LIB = REPO / "PancreasDiNTS" / "PancreasDiNTSLib"
 

@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 import test_scene_support as support
-from conftest import EXAMPLE_CT_SM, require
+from support import EXAMPLE_CT_SM, require
 
 slicer = support.import_slicer_core()
 

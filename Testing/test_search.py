@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REFERENCE_BUNDLE
 from PancreasDiNTSLib.model.bundle import load_arch_file
 from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
 from PancreasDiNTSLib.training.data import prepare_datalist, write_datalist
@@ -29,6 +28,7 @@ from PancreasDiNTSLib.training.search import (
     weight_lr,
 )
 from PancreasDiNTSLib.training.settings import SettingsError
+from support import REFERENCE_BUNDLE
 
 CLI = [sys.executable, "-m", "PancreasDiNTSLib.cli"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

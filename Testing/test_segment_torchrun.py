@@ -6,8 +6,8 @@ import json
 import shutil
 import subprocess
 
-from conftest import PYTHON
 from image_files import crop_nifti
+from support import PYTHON
 
 
 def test_torchrun_shards_cases(tmp_path, example_ct_sm, tiny_bundle, cli_env):
