@@ -95,3 +95,23 @@ def test_display_orientation_maps_ras_points_to_the_right_voxels(code):
         ras = geo.to_ras(a, np.array([idx], float))
         c = np.rint(_ras_to_canonical(ras, a, shape, order, flips)[0]).astype(int)
         assert can[tuple(c)] == arr[idx]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_dollar_signs_in_names_are_text_not_mathtext(tmp_path, suffix):
+    """Issue 26 item 10: ``$\\frac$`` in an input or model name made report-png/pdf fail in matplotlib's
+    mathtext parser; every string on the page is literal text now (and rcParams are left as they were)."""
+    import matplotlib
+
+    hu, lab, aff = phantom(5, shape=(64, 64, 32), tumour=True, noise=False)
+    m = case_readout(lab, aff)
+    meta = {"input": "$\\frac$ case_$x^2$.nii.gz", "title": "$\\frac{a}{", "notes": ["$\\sqrt$ note"],
+            "model": {"name": "$\\frac$", "version": "$1$", "weights_md5": "$" * 32}}
+    before = matplotlib.rcParams["text.parse_math"]
+    out = page.render_case_page(tmp_path / f"report{suffix}", hu, lab, aff, m, meta)
+    assert out.stat().st_size > 10_000
+    assert matplotlib.rcParams["text.parse_math"] == before
+    with pytest.raises(ValueError):  # the same names do break mathtext: the test can tell the difference
+        from matplotlib.mathtext import MathTextParser
+
+        MathTextParser("agg").parse("$\\frac$ case_$x^2$.nii.gz")

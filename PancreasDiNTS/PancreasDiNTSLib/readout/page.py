@@ -27,6 +27,7 @@ CT_WINDOW = (-150.0, 250.0)  # abdomen: level 50, width 400
 CLOSE_UP_MARGIN_MM = 12.0
 PAGE_INCHES = (8.27, 11.69)  # A4 portrait
 DPI = 110
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}  # every string the page draws is literal text
 
 
 def canonical_axes(affine_ras: np.ndarray) -> tuple[list[int], list[bool]]:
@@ -290,7 +291,7 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
     ``notes`` (extra lines) and ``notice`` (default: not for clinical use). The demo passes ``truth`` (outlined
     in white, lesion dashed) and ``fill=True`` (segments filled in their colours).
     """
-    from matplotlib.figure import Figure
+    import matplotlib
 
     dest = Path(dest)
     affine = geo.check_affine(affine_ras)
@@ -299,6 +300,15 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
     if ct.shape != labels.shape or ct.ndim != 3 or (truth is not None and np.shape(truth) != labels.shape):
         raise ValueError(f"ct {ct.shape}, labels {labels.shape} and truth must be 3D arrays on one grid")
     sc = _scene(ct, labels, affine, truth, measurements)
+    # Text on the page is text: names like "$\\frac$" are drawn as typed, never parsed as mathtext or TeX.
+    with matplotlib.rc_context(PLAIN_TEXT):
+        _draw_page(dest, sc, meta, measurements, fill)
+    return dest
+
+
+def _draw_page(dest: Path, sc: _Scene, meta: dict[str, Any], measurements: dict[str, Any], fill: bool) -> None:
+    from matplotlib.figure import Figure
+
     i, j, k = sc.point
     fig = Figure(figsize=PAGE_INCHES, dpi=DPI)
     gs = fig.add_gridspec(4, 3, height_ratios=[0.75, 2.2, 2.2, 2.1], hspace=0.1, wspace=0.03,
@@ -313,4 +323,3 @@ def render_case_page(dest: Path, ct: np.ndarray, labels: np.ndarray, affine_ras:
     fmt = "pdf" if dest.suffix.lower() == ".pdf" else "png"
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format=fmt)
-    return dest
