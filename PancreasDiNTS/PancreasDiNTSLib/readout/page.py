@@ -27,7 +27,7 @@ CT_WINDOW = (-150.0, 250.0)  # abdomen: level 50, width 400
 CLOSE_UP_MARGIN_MM = 12.0
 PAGE_INCHES = (8.27, 11.69)  # A4 portrait
 DPI = 110
-PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}  # every string the page draws is literal text
+PLAIN_TEXT: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}  # every string the page draws is literal text
 
 
 def canonical_axes(affine_ras: np.ndarray) -> tuple[list[int], list[bool]]:
