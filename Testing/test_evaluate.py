@@ -120,3 +120,35 @@ def test_evaluate_bad_input_is_one_line(tiny_bundle, phantom_datalist, tmp_path,
     assert r.returncode == 1 and len(errors) == 1 and Path(item["image"]).name[:-7] in errors[0]
     assert "shape" in errors[0]
     assert not (tmp_path / "E2" / "metrics.csv").exists()
+
+
+def test_relative_datalist_is_resolved_once(tiny_bundle, phantom_datalist, tmp_path, monkeypatch, capsys):
+    """Issue 26 item 11: `evaluate --datalist scratch/dl.json` looked for the cases in scratch/scratch/. Now a
+    relative --datalist is taken from the working folder once, its items from the datalist's folder (no
+    dataset_dir entry), a dataset_dir entry from the datalist's folder, and --dataset-dir from the working folder."""
+    import shutil
+
+    from PancreasDiNTSLib.cli import main
+    from PancreasDiNTSLib.training.data import load_datalist
+
+    _, dl = phantom_datalist
+    item = dl["testing"][0]
+    scratch = tmp_path / "scratch"
+    for key in ("image", "label"):
+        (scratch / "cases" / key).mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(dl["dataset_dir"]) / item[key], scratch / "cases" / key / Path(item[key]).name)
+    rel = {k: f"cases/{k}/{Path(item[k]).name}" for k in ("image", "label")}
+    (scratch / "dl.json").write_text(json.dumps({"testing": [rel]}))
+    (scratch / "dl_entry.json").write_text(json.dumps({"dataset_dir": "cases", "testing": [
+        {k: f"{k}/{Path(item[k]).name}" for k in ("image", "label")}]}))
+    monkeypatch.chdir(tmp_path)
+    expected = str((scratch / rel["image"]).resolve())
+    assert load_datalist("scratch/dl.json", "testing")[0]["image"] == expected
+    assert load_datalist("scratch/dl_entry.json", "testing")[0]["image"] == expected
+    assert load_datalist("scratch/dl_entry.json", "testing", base_dir="scratch/cases")[0]["image"] == expected
+    code = main(["evaluate", "--model", str(tiny_bundle), "--datalist", "scratch/dl.json", "-o", "EVAL",
+                 "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    summary = json.loads((tmp_path / "EVAL" / "summary.json").read_text())
+    assert summary["cases"] == 1 and summary["datalist"] == str(scratch / "dl.json")

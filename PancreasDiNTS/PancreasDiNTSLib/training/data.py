@@ -140,10 +140,11 @@ def load_datalist(
 ) -> list[dict[str, str]]:
     """Items of one split with absolute paths; InputError for an empty split or a missing file.
 
-    The base folder is ``base_dir``, else the datalist's ``dataset_dir`` entry, else the datalist's folder.
+    The base folder is ``base_dir`` (a relative one from the working folder, as any command-line path), else the
+    datalist's ``dataset_dir`` entry (a relative one from the datalist's folder), else the datalist's folder.
     Items may be dicts ``{"image", "label"}`` or plain image paths (as in the MSD ``test`` list).
     """
-    path = Path(path)
+    path = Path(path).resolve()  # resolved once: every relative path below is taken from an absolute folder
     data = read_datalist_json(path)
     if key not in data:
         raise InputError(f"{path}: no {key!r} split (has: {', '.join(k for k in data if isinstance(data[k], list))})")
@@ -152,9 +153,7 @@ def load_datalist(
         raise InputError(f"{path}: {key!r} must be a list of cases")
     if not raw and not allow_empty:
         raise InputError(f"{path}: the {key!r} split is empty; regenerate it with `pancreas-dints prepare-datalist`")
-    base = Path(base_dir) if base_dir else Path(data.get("dataset_dir") or path.parent)
-    if not base.is_absolute():
-        base = (path.parent / base).resolve()
+    base = Path(base_dir).resolve() if base_dir else (path.parent / str(data.get("dataset_dir") or ".")).resolve()
     items: list[dict[str, str]] = []
     for i, entry in enumerate(raw):
         entry = {IMAGE_KEY: entry} if isinstance(entry, str) else entry

@@ -116,6 +116,7 @@ def evaluate(
     """Evaluate ``model`` on ``split`` of ``datalist``; writes metrics.csv and summary.json in ``out_dir``."""
     t0 = time.perf_counter()
     progress = progress or Progress("none")
+    datalist = Path(datalist).resolve()  # once: a relative --datalist is taken from the working folder
     bundle = load_bundle(model)
     items = load_datalist(datalist, split, base_dir=dataset_dir, need_labels=True)
     num_classes = bundle.network.num_classes
@@ -161,7 +162,7 @@ def evaluate(
     summary: dict[str, Any] = {
         "model": str(Path(model)),
         "model_name": bundle.name,
-        "datalist": str(Path(datalist)),
+        "datalist": str(datalist),
         "split": split,
         "cases": len(rows),
         "mean_dice": _none_if_nan(bundle_mean_dice(np.asarray(dice_matrix).reshape(len(rows), -1))),
