@@ -1,0 +1,195 @@
+"""The cases of a `segment` output folder, their review status and key numbers, and the CT each came from.
+
+A batch folder is what ``pancreas-dints segment -o OUTDIR`` wrote: ``summary.json`` and/or ``measurements.csv``
+naming the cases, each case a folder ``OUTDIR/<case>/`` whose ownership manifest lists ``labels.nii.gz`` and
+``segmentation.seg.nrrd``. Case names from those files are used only as names of direct sub-folders of OUTDIR
+(never as paths). The CT is the input recorded in the manifest (resolved path and identity: size and mtime of a
+file, the listing hash of a DICOM folder); when it is gone or changed the case says so and stays read-only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import InputError, UsageError, printable
+from ..core.ownership import CaseFolder, input_identity, read_manifest
+from ..core.paths import BATCH_NAMES, OUTPUT_NAMES
+from ..core.safeparse import parse_json, read_text_bounded
+from ..io.dicom import read_dicom_series
+from ..readout.report import csv_row
+
+REVIEW_NAME = "review.json"
+REVIEW_CSV = "review.csv"
+CORRECTED_LABELS = "labels_corrected.nii.gz"
+CORRECTED_SEG = "segmentation_corrected.seg.nrrd"
+STATUSES = ("not reviewed", "accepted", "corrected", "rejected")
+LABELS = OUTPUT_NAMES["nifti"]
+SEGMENTATION = OUTPUT_NAMES["seg.nrrd"]
+REPORT = OUTPUT_NAMES["report"]
+MAX_JSON_BYTES = 64 << 20
+MAX_CASES = 10000
+# the key numbers shown for each case in the list (measurements.csv columns)
+KEY_COLUMNS = ("pancreas_ml", "lesion_ml", "longest_axial_diameter_mm", "size_category_by_size_only",
+               "lesion_score_uncalibrated")
+
+
+def read_json(path: Path, error: type[InputError] | type[UsageError] = InputError) -> Any:
+    """A bounded JSON file (the engine's own limits); ``error`` with one line when it cannot be read."""
+    return parse_json(read_text_bounded(path, MAX_JSON_BYTES, error), path, error=error)
+
+
+@dataclass
+class CtSource:
+    """Where a case's CT is: a file or a DICOM folder (+ series), or why it cannot be used (``problem``)."""
+
+    path: Path | None
+    kind: str = "file"
+    series_uid: str | None = None
+    problem: str = ""
+
+
+@dataclass
+class Case:
+    """One case of a batch: its folder, review status and the key numbers shown in the list."""
+
+    name: str
+    folder: Path
+    status: str = "not reviewed"
+    numbers: dict[str, Any] = field(default_factory=dict)
+    problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "problem": self.problem} | {
+            k: self.numbers.get(k, "") for k in KEY_COLUMNS}
+
+
+def _names_from_summary(outdir: Path) -> list[str]:
+    data = read_json(outdir / BATCH_NAMES["summary"], UsageError)
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list):
+        raise UsageError(f"{printable(outdir / BATCH_NAMES['summary'])}: no 'results' list; not a summary "
+                         "written by pancreas-dints segment")
+    names = []
+    for r in results:
+        if isinstance(r, dict) and r.get("status") in ("ok", "skipped") and isinstance(r.get("output_dir"), str):
+            names.append(Path(r["output_dir"]).name)
+    return names
+
+
+def _names_from_measurements(outdir: Path) -> list[str]:
+    text = read_text_bounded(outdir / BATCH_NAMES["measurements"], MAX_JSON_BYTES, UsageError)
+    return [row.get("case", "") for row in csv.DictReader(io.StringIO(text)) if row.get("status") == "ok"]
+
+
+def batch_cases(outdir: Path) -> list[Case]:
+    """The reviewable cases of ``outdir`` in the batch's order; UsageError (exit 2) when it is no batch folder."""
+    outdir = Path(outdir)
+    if not outdir.is_dir():
+        raise UsageError(f"{printable(outdir)}: no such folder; give the -o folder of a `pancreas-dints segment` run")
+    names: list[str] = []
+    if (outdir / BATCH_NAMES["summary"]).is_file():
+        names += _names_from_summary(outdir)
+    if (outdir / BATCH_NAMES["measurements"]).is_file():
+        names += _names_from_measurements(outdir)
+    if not names and not any((outdir / n).is_file() for n in BATCH_NAMES.values()):
+        raise UsageError(f"{printable(outdir)}: not a batch output folder (no summary.json or measurements.csv "
+                         "written by `pancreas-dints segment`); give the folder passed to segment -o")
+    cases = []
+    for name in dict.fromkeys(names):
+        folder = outdir / name
+        if not name or "/" in name or "\\" in name or name in (".", "..") or not folder.is_dir():
+            continue
+        cases.append(load_case(folder))
+    if not cases:
+        raise UsageError(f"{printable(outdir)}: the batch lists no case folder with results (every case failed, "
+                         "or the case folders were moved); nothing to review")
+    return cases[:MAX_CASES]
+
+
+def load_case(folder: Path) -> Case:
+    """The case in ``folder`` with its review status and key numbers (corrected ones once corrected)."""
+    case = Case(folder.name, folder)
+    owned = CaseFolder(folder)
+    if owned.manifest is None or not owned.has([LABELS, REPORT]):
+        case.problem = (f"{printable(folder.name)}: no labels.nii.gz/report.json written by pancreas-dints here; "
+                        "rerun segment for it")
+        return case
+    review = read_review(folder)
+    readout = None
+    if review:
+        case.status = str(review.get("status", "not reviewed"))
+        readout = review.get("readout") if case.status == "corrected" else None
+    if readout is None:
+        try:
+            report = read_json(folder / REPORT)
+            readout = report.get("readout") if isinstance(report, dict) else None
+        except InputError as exc:
+            case.problem = str(exc)
+    row = csv_row(readout if isinstance(readout, dict) else None, case.name)
+    case.numbers = {k: row.get(k, "") for k in KEY_COLUMNS}
+    return case
+
+
+def read_review(folder: Path) -> dict[str, Any] | None:
+    """The case's review.json when the engine wrote it (listed unchanged in the manifest), else None."""
+    owned = CaseFolder(folder)
+    if REVIEW_NAME not in owned.files or not owned.has([REVIEW_NAME]) or not owned.owns(REVIEW_NAME):
+        return None
+    try:
+        data = read_json(folder / REVIEW_NAME)
+    except InputError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def segmentation_to_open(folder: Path) -> tuple[Path, bool]:
+    """(the .seg.nrrd to show, whether it is the corrected one): a case reopens from its corrected file.
+
+    InputError when the file is not the engine's (absent from the manifest, or changed since it was written)."""
+    owned = CaseFolder(folder)
+    for name, corrected in ((CORRECTED_SEG, True), (SEGMENTATION, False)):
+        if name in owned.files and owned.has([name]) and owned.owns(name):
+            return folder / name, corrected
+    raise InputError(f"{printable(folder / SEGMENTATION)}: not the segmentation pancreas-dints wrote for this case "
+                     "(missing, or changed since); rerun segment for this case")
+
+
+def ct_source(folder: Path) -> CtSource:
+    """The case's CT from its manifest; ``problem`` says why it cannot be shown (gone, changed, unknown)."""
+    manifest = read_manifest(folder) or {}
+    recorded = manifest.get("input")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("path"), str):
+        return CtSource(None, problem="no input recorded for this case (older engine); read-only")
+    path = Path(recorded["path"])
+    kind = str(recorded.get("kind", "file"))
+    series = None
+    if kind == "folder":
+        try:
+            report = read_json(folder / REPORT)
+            series = ((report.get("dicom_series") or {}).get("uid") if isinstance(report, dict) else None)
+        except InputError:
+            series = None
+    if not path.exists():
+        return CtSource(path, kind, series, f"the CT {printable(path)} is gone; read-only (restore it to edit)")
+    try:
+        same = input_identity(path) == recorded
+    except OSError:
+        same = False
+    if not same:
+        return CtSource(path, kind, series, f"the CT {printable(path)} changed since it was segmented; read-only "
+                                            "(segment it again to review it)")
+    return CtSource(path, kind, series if isinstance(series, str) else None)
+
+
+def dicom_ct(source: CtSource) -> tuple[np.ndarray, np.ndarray]:
+    """(HU data (X, Y, Z), RAS affine) of a DICOM CT through the engine's own reader (labels.nii.gz's grid)."""
+    if source.path is None:
+        raise InputError("no CT recorded for this case")
+    volume = read_dicom_series(source.path, source.series_uid)
+    return volume.data, volume.affine_ras
