@@ -303,3 +303,74 @@ def test_large_lesion_is_fast():
     elapsed = time.perf_counter() - t0
     assert abs(les["longest_3d_diameter"]["mm"] - 50.0) <= 1.0
     assert elapsed < 3.0, elapsed
+
+
+def all_pairs_perpendicular(points: np.ndarray, axis: np.ndarray, tolerances=geo.PERPENDICULAR_TOLERANCES_DEG):
+    """The reference: every pair compared, the first tolerance that admits one (length, tolerance)."""
+    u = axis / np.linalg.norm(axis)
+    a, b = points @ u, points @ np.array([-u[1], u[0]])
+    da, db = a[None, :] - a[:, None], b[None, :] - b[:, None]
+    for tol in tolerances:
+        ok = (np.abs(da) <= np.tan(np.radians(tol)) * np.abs(db) + 1e-9) & (np.abs(db) > 1e-9)
+        if ok.any():
+            return float(np.sqrt(np.where(ok, da * da + db * db, -1.0).max())), tol
+    return None
+
+
+def checkerboard(n: int) -> np.ndarray:
+    lab = np.zeros((n + 4, n + 4, 3), np.uint8)
+    ii, jj = np.indices((n, n))
+    lab[2:-2, 2:-2, 1] = np.where((ii + jj) % 2 == 0, 2, 0)
+    return lab
+
+
+def slice_points(mask2d: np.ndarray, spacing=(0.8, 0.7), deg: float = 0.0) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return geo.exposed_faces(mask2d) * np.array(spacing) @ np.array([[c, -s], [s, c]]).T
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_perpendicular_search_equals_all_pairs(seed):
+    """Issue 26 item 9: the perpendicular compares only two Pareto staircases; the same length as every pair on
+    random, convex (rotated digital ellipses), checkerboard and sparse point sets, at every tolerance step."""
+    rng = np.random.default_rng(seed)
+    ii, jj = np.indices((40, 34)) - np.array([20, 17])[:, None, None]
+    rx, ry, deg = rng.uniform(4, 16), rng.uniform(3, 15), rng.uniform(0, 180)
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    ellipse = ((c * ii + s * jj) / rx) ** 2 + ((-s * ii + c * jj) / ry) ** 2 <= 1.0
+    sets = {"convex": slice_points(ellipse, deg=7.0 * seed), "random": rng.normal(size=(300, 2)) * [9, 3],
+            "noisy": slice_points(rng.random((30, 30)) < 0.5), "checker": slice_points(checkerboard(24)[:, :, 1] == 2),
+            "sparse": rng.normal(size=(5, 2))}
+    for name, pts in sets.items():
+        axis = rng.normal(size=2)
+        for tolerances in (geo.PERPENDICULAR_TOLERANCES_DEG, (1.0, 2.0, 45.0), (0.05, 60.0)):
+            got = geo.longest_perpendicular(pts, axis, tolerances)
+            want = all_pairs_perpendicular(pts, axis, tolerances)
+            assert (got is None) == (want is None), name
+            if got is not None:
+                length, i, j, dev, tol = got
+                assert (round(length, 9), tol) == (round(want[0], 9), want[1]), (name, tolerances)
+                assert np.linalg.norm(pts[j] - pts[i]) == pytest.approx(length) and dev <= tol + 1e-6
+
+
+@pytest.mark.parametrize("n", [128, 256])
+def test_checkerboard_lesion_is_measured_in_seconds(n):
+    """Issue 26 item 9: a 128^2 checkerboard lesion took 48 s, 256^2 over 120 s (all pairs of ~n^2 boundary
+    points). Now the staircases have O(n) points and the whole read-out stays under the 5 s target."""
+    lab = checkerboard(n)
+    aff = make_affine((0.8, 0.8, 2.0))
+    t0 = time.process_time()
+    les = measure(lab, aff)["lesion"]["largest"]
+    elapsed = time.process_time() - t0
+    assert elapsed < 5.0, elapsed
+    pts = slice_points(lab[:, :, 1] == 2, spacing=(0.8, 0.8))
+    e = np.array(les["longest_axial_diameter"]["endpoints_ras"])[:, :2]
+    axis = e[1] - e[0]
+    u = axis / np.linalg.norm(axis)
+    t = np.tan(np.radians(5.0))
+    low, high = geo._staircases(t * (pts @ [-u[1], u[0]]) - pts @ u, t * (pts @ [-u[1], u[0]]) + pts @ u)
+    assert len(pts) == 2 * n * n and len(low) + len(high) <= 16 * n  # what is compared: O(n), not O(n^2)
+    perp = les["perpendicular_diameter"]
+    # the checkerboard spans the square: its diagonals are the long axis and (within 5 degrees) its perpendicular
+    assert les["longest_axial_diameter"]["mm"] == pytest.approx(0.8 * n * np.sqrt(2), abs=2.0)
+    assert perp["tolerance_deg"] == 5.0 and perp["mm"] == pytest.approx(0.8 * n * np.sqrt(2), abs=3.0)

@@ -96,6 +96,19 @@ def farthest_pair(points: np.ndarray) -> tuple[float, int, int]:
     return float(np.linalg.norm(p[i] - p[j])), i, j
 
 
+def _staircases(s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the Pareto-minimal and Pareto-maximal points of (s1, s2): every point is >= some minimal one and
+    <= some maximal one in both coordinates (one point kept per duplicate)."""
+
+    def maxima(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        order = np.lexsort((-y, -x))  # x descending, ties y descending
+        ys = y[order]
+        before = np.maximum.accumulate(np.concatenate([[-np.inf], ys[:-1]]))
+        return order[ys > before]
+
+    return maxima(-s1, -s2), maxima(s1, s2)
+
+
 def longest_perpendicular(points2d: np.ndarray, axis: np.ndarray,
                           tolerances_deg: tuple[float, ...] = PERPENDICULAR_TOLERANCES_DEG,
                           ) -> tuple[float, int, int, float, float] | None:
@@ -103,34 +116,52 @@ def longest_perpendicular(points2d: np.ndarray, axis: np.ndarray,
     perpendicular to ``axis``; ``(length, i, j, deviation_deg, tolerance_deg)``, or None if no pair exists.
 
     The first tolerance of ``tolerances_deg`` that admits a pair is used (tiny lesions have few directions).
+    Exact without comparing all pairs: with a = along the axis, b = across it and t = tan(tolerance), a pair is
+    admitted when q - p lies in the cone |da| <= t db, i.e. when q dominates p in s1 = t b - a and s2 = t b + a.
+    In (s1, s2) the squared length is a quadratic form with non-negative coefficients for tolerances up to 45
+    degrees, so it grows when q moves up or p moves down the dominance order: the longest admitted pair joins a
+    Pareto-minimal and a Pareto-maximal point. Only those two staircases (O(side) points even on a checkerboard)
+    are compared, pair by pair.
     """
     p = np.asarray(points2d, dtype=np.float64)
     u = np.asarray(axis, dtype=np.float64) / float(np.linalg.norm(axis))
     v = np.array([-u[1], u[0]])
     a, b = p @ u, p @ v
-    n = len(p)
-    if n < 2:
+    if len(p) < 2:
         return None
-    block = max(1, PAIR_BLOCK // n)
     for tol in tolerances_deg:
         t = float(np.tan(np.radians(tol)))
-        best, bi, bj = -1.0, 0, 0
-        for s in range(0, n, block):
-            da = a[None, :] - a[s:s + block, None]
-            db = b[None, :] - b[s:s + block, None]
-            ok = (np.abs(da) <= t * np.abs(db) + 1e-9) & (np.abs(db) > 1e-9)
-            if not ok.any():
-                continue
-            d2 = np.where(ok, da * da + db * db, -1.0)
-            flat = int(np.argmax(d2))
-            r, c = divmod(flat, d2.shape[1])
-            if d2[r, c] > best:
-                best, bi, bj = float(d2[r, c]), s + r, c
+        if tol <= 45.0:
+            low, high = _staircases(t * b - a, t * b + a)
+        else:  # wider cones: the length is not monotone in the dominance order, compare all pairs
+            low = high = np.arange(len(p))
+        best, bi, bj = _longest_admitted(a, b, t, low, high)
         if best > 0:
             d = p[bj] - p[bi]
             dev = float(np.degrees(np.arctan2(abs(float(d @ u)), abs(float(d @ v)))))
             return float(np.sqrt(best)), bi, bj, dev, tol
     return None
+
+
+def _longest_admitted(a: np.ndarray, b: np.ndarray, t: float, low: np.ndarray, high: np.ndarray
+                      ) -> tuple[float, int, int]:
+    """Largest squared length over pairs (low[r], high[c]) with |da| <= t |db| (and db != 0), with its indices."""
+    best, bi, bj = -1.0, 0, 0
+    ah, bh = a[high], b[high]
+    block = max(1, PAIR_BLOCK // len(high))
+    for s in range(0, len(low), block):
+        rows = low[s:s + block]
+        da = ah[None, :] - a[rows, None]
+        db = bh[None, :] - b[rows, None]
+        ok = (np.abs(da) <= t * np.abs(db) + 1e-9) & (np.abs(db) > 1e-9)
+        if not ok.any():
+            continue
+        d2 = np.where(ok, da * da + db * db, -1.0)
+        flat = int(np.argmax(d2))
+        r, c = divmod(flat, d2.shape[1])
+        if d2[r, c] > best:
+            best, bi, bj = float(d2[r, c]), int(rows[r]), int(high[c])
+    return best, bi, bj
 
 
 def plane_basis(affine_ras: np.ndarray, axes: tuple[int, int]) -> np.ndarray:

@@ -19,7 +19,10 @@ Methods (the report repeats them under ``methods``):
   grids); the slice where it is largest is reported (ties: larger area). The perpendicular diameter is the
   longest segment between two boundary points of that slice whose direction is within 5 degrees of the
   perpendicular to the long axis (widened in steps to 10, 15, 20, 30, 45 degrees only when no pair qualifies;
-  the tolerance used and the actual deviation are reported). Endpoints are given in RAS mm.
+  the tolerance used and the actual deviation are reported). Exact without comparing all pairs: only the two
+  Pareto staircases of the boundary points in the cone's coordinates can hold the longest admitted pair
+  (geometry.longest_perpendicular), so adversarial label maps (checkerboards, noise) stay fast. Endpoints are
+  given in RAS mm.
 - size category: AJCC 8th edition pancreas T thresholds applied to the longest 3D diameter (the tumour's
   greatest dimension) of the largest lesion component, as reported (rounded to 0.01 mm): T1a <= 5 mm,
   T1b > 5 and < 10 mm, T1c 10-20 mm, T2 > 20 and <= 40 mm, T3 > 40 mm. By size only, not a stage.
