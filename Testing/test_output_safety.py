@@ -177,8 +177,9 @@ def test_obs4_same_stem_other_patient_gets_its_own_folder(tmp_path, tiny_ct, tin
     assert seg(capsys, [a], out, tiny_bundle, "--format", "nifti")[0] == 0
     code, err = seg(capsys, [b], out, tiny_bundle, "--format", "nifti")
     assert code == 0 and not re.search(r"^\s*skipped", err, re.M), err
-    summary = json.loads((out / "summary.json").read_text())
-    (res,) = summary["results"]
+    summary = json.loads((out / "summary.json").read_text())  # OUTDIR's table: earlier rows are kept
+    assert [r["input"] for r in summary["results"]] == [str(a), str(b)]
+    res = summary["results"][1]
     assert res["status"] == "ok" and res["output_dir"] == str(out / "ct-2")
     assert json.loads((out / "ct-2" / "report.json").read_text())["input"] == str(b)
     assert json.loads((out / "ct" / "report.json").read_text())["input"] == str(a)
@@ -190,7 +191,7 @@ def test_obs4_same_stem_other_patient_gets_its_own_folder(tmp_path, tiny_ct, tin
     # a changed file at the same path is another input: never skipped into the old results
     b.write_bytes(a.read_bytes())
     code, err = seg(capsys, [b], out, tiny_bundle, "--format", "nifti")
-    (res,) = json.loads((out / "summary.json").read_text())["results"]
+    res = json.loads((out / "summary.json").read_text())["results"][-1]
     assert code == 0 and res["status"] == "ok" and Path(res["output_dir"]).name == "ct-3"
 
 

@@ -4,28 +4,33 @@ Every case folder ``OUTDIR/<case>/`` carries ``.pancreas-dints.json``::
 
     {"schema": "pancreas-dints.case/1", "written_by": "pancreas-dints 0.1.0", "case": "ct",
      "input": {"path": "/data/A/ct.nii.gz", "kind": "file", "size": 123, "mtime_ns": 1700000000000000000},
-     "files": {"labels.nii.gz": {"size": 8123, "sha256": "..."}, "report.json": {...},
-               "segmentation.seg.nrrd": {"pending": true}}}
+     "files": {"labels.nii.gz": {"size": 8123, "sha256": "..."}, "report.json": {...}}}
 
-The engine replaces or deletes a file only when the manifest lists it and its bytes still match the recorded
-size and sha256 (``pending``: about to be written by a run that did not finish; it counts as the engine's).
-Everything else in the folder belongs to the user and is never touched. Torch-free (the Slicer bridge may read it).
+A file is the engine's only when the manifest lists it and its bytes match the recorded size and sha256: every
+output is written to a hidden staging name (``.labels.nii.gz.XXXX.part.nii.gz``), its digest is recorded in the
+manifest (with the digest of the file it replaces, until the rename is done) and only then is it renamed into
+place, so at every instant, a killed run included, each file in the folder is proven ours or not ours. The check
+is made again under the OUTDIR lock (core.atomic.folder_lock) right before each replace or delete: a file a user
+edited or dropped in meanwhile is kept and that output fails with one line. Entries marked ``pending`` (written
+by engines before 0.2) prove nothing. Everything else in the folder belongs to the user and is never touched.
+Torch-free (the Slicer bridge may read it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib import __version__
-from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.core.atomic import folder_lock, publish, staged, write_text_atomic
 from PancreasDiNTSLib.core.errors import OutputError, disk_full_error, is_disk_full, printable
 
 MANIFEST_NAME = ".pancreas-dints.json"
@@ -80,8 +85,24 @@ def _safe_member(folder: Path, name: str) -> Path | None:
     return folder / name
 
 
+def _proven(member: Path, entry: Any) -> bool:
+    """``member`` is a regular file whose bytes match ``entry`` ({"size", "sha256"}, or its ``replacing``)."""
+    if not isinstance(entry, dict) or member.is_symlink() or not member.is_file():
+        return False
+    wanted = [{k: e.get(k) for k in ("size", "sha256")} for e in (entry, entry.get("replacing"))
+              if isinstance(e, dict) and isinstance(e.get("sha256"), str)]
+    try:
+        size = member.stat().st_size
+        return any(w["size"] == size for w in wanted) and file_digest(member) in wanted
+    except OSError:
+        return False
+
+
 class CaseFolder:
-    """One case folder and its manifest; all writes into it go through :meth:`write`."""
+    """One case folder and its manifest; all writes into it go through :meth:`write`.
+
+    Changes (claim, write, finish) hold the lock of the folder's parent (OUTDIR) for their short decisive step
+    and merge with the manifest on disk, so concurrent runs of the same input keep each other's records."""
 
     def __init__(self, path: Path, identity: dict[str, Any] | None = None, case: str = "") -> None:
         self.path = Path(path)
@@ -96,29 +117,19 @@ class CaseFolder:
         return self.manifest is not None and self.identity is not None and self.manifest.get("input") == self.identity
 
     def owns(self, name: str) -> bool:
-        """The engine may replace or delete ``name``: absent, or listed and unchanged (or pending)."""
+        """The engine may replace or delete ``name``: absent, or listed and its bytes proven (digest)."""
         member = _safe_member(self.path, name)
         if member is None:
             return False
-        if not os.path.lexists(member):
-            return True
-        entry = self.files.get(name)
-        if not isinstance(entry, dict) or member.is_symlink() or not member.is_file():
-            return False
-        if entry.get("pending"):
-            return True
-        try:
-            return entry.get("size") == member.stat().st_size and entry == file_digest(member)
-        except OSError:
-            return False
+        return not os.path.lexists(member) or _proven(member, self.files.get(name))
 
     def has(self, names: list[str]) -> bool:
-        """Every name is listed as written (not pending) and present with its recorded size."""
+        """Every name is listed as written (no replace under way) and present with its recorded size."""
         for name in names:
             entry, member = self.files.get(name), _safe_member(self.path, name)
-            if not isinstance(entry, dict) or entry.get("pending") or member is None or not member.is_file():
+            if not isinstance(entry, dict) or "sha256" not in entry or "replacing" in entry or member is None:
                 return False
-            if member.stat().st_size != entry.get("size"):
+            if not member.is_file() or member.stat().st_size != entry.get("size"):
                 return False
         return True
 
@@ -127,41 +138,78 @@ class CaseFolder:
         return [n for n in names if not self.owns(n)]
 
     # -- changes
-    def begin(self, names: list[str]) -> None:
-        """Create the folder if needed and record ``names`` as pending before any of them is written."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise self._error(self.path, exc) from None
-        for name in names:
-            self.files[name] = {"pending": True}
+    def claim(self) -> None:
+        """Make the folder and its manifest (this input, no files yet), so that other runs see it taken. Called
+        under the OUTDIR lock by io.placement.claim_cases."""
+        self._mkdir()
         self._save()
 
+    def begin(self, names: list[str]) -> None:
+        """Make the folder if needed and record this input in its manifest, before any output is written."""
+        self._mkdir()
+        with self._locked():
+            self._save()
+
     def write(self, name: str, writer: Callable[[Path], Any]) -> None:
-        """``writer(dest)`` (which writes atomically) for an owned name, then record the file's digest."""
+        """``writer(staging)`` writes the file under a hidden staging name; then, under the lock, the current
+        file is checked again (absent or proven ours), the new digest is recorded and the file is renamed into
+        place. A file that is not (or no longer) the engine's is kept: OutputError, one line."""
         dest = _safe_member(self.path, name)
         if dest is None or not self.owns(name):
-            raise OutputError(f"{printable(self.path / name)}: not written by pancreas-dints (or changed since); "
-                              "move it away to let the engine write there")
-        self.files[name] = {"pending": True}
+            raise self._not_ours(name)
         try:
-            writer(dest)
-            self.files[name] = file_digest(dest)
+            with staged(dest) as tmp:
+                writer(tmp)
+                digest = file_digest(tmp)
+                with self._locked():
+                    if not self.owns(name):
+                        raise self._not_ours(name, meanwhile=True)
+                    old = self.files.get(name) if os.path.lexists(dest) else None
+                    self.files[name] = dict(digest, replacing=old) if old else digest
+                    self._save()  # a kill from here on leaves a file matching one of the two recorded digests
+                    publish(tmp, dest)
+                    self.files[name] = digest
+                    self._save()
         except OSError as exc:
             raise self._error(dest, exc) from None
 
     def finish(self, keep: list[str]) -> None:
-        """Delete the engine's own files that this run did not write (stale), then save the manifest."""
-        for name in [n for n in self.files if n not in keep]:
-            member = _safe_member(self.path, name)
-            if member is not None and self.owns(name):
-                try:
-                    if os.path.lexists(member):
-                        member.unlink()
-                except OSError:
-                    continue  # an undeletable stale file stays listed
-            self.files.pop(name, None)
-        self._save()
+        """Delete the engine's own files that this run did not write (stale; proven right before the delete),
+        then save the manifest."""
+        with self._locked():
+            for name in [n for n in self.files if n not in keep]:
+                member = _safe_member(self.path, name)
+                if member is not None and self.owns(name):
+                    try:
+                        if os.path.lexists(member):
+                            member.unlink()
+                    except OSError:
+                        continue  # an undeletable stale file stays listed
+                self.files.pop(name, None)
+            self._save()
+
+    # -- helpers
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The OUTDIR lock, with the manifest on disk merged in (another run of this input may have written)."""
+        with folder_lock(self.path.parent):
+            disk = read_manifest(self.path)
+            if disk is not None and (self.identity is None or disk.get("input") == self.identity):
+                for other, entry in disk["files"].items():
+                    if isinstance(entry, dict) and entry != self.files.get(other):
+                        self.files[other] = entry
+            yield
+
+    def _mkdir(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error(self.path, exc) from None
+
+    def _not_ours(self, name: str, meanwhile: bool = False) -> OutputError:
+        when = "; it was changed or added while this run worked and is kept" if meanwhile else " (or changed since)"
+        return OutputError(f"{printable(self.path / name)}: not written by pancreas-dints{when}; move it away to "
+                           "let the engine write there")
 
     def _save(self) -> None:
         data = {"schema": SCHEMA, "written_by": f"pancreas-dints {__version__}", "case": self.case,

@@ -1,8 +1,10 @@
 """The ``segment`` batch driver: it loops, names, skips, shards and summarises; each case is
 :func:`.pipeline.segment_case`.
 
-- Names and folders: :func:`.io.placement.plan_cases` (safe names from the resolved input, a folder per input
-  identity, ``ct``, ``ct-2``...; overlaps with inputs refused before any work, exit 2).
+- Names and folders: :class:`.io.placement.CasePlanner` (safe names from the resolved input, a folder per input
+  identity, ``ct``, ``ct-2``...; overlaps with inputs refused before any work, exit 2), then
+  :func:`.io.placement.claim_cases` plans again and makes the new case folders under the OUTDIR lock, so
+  concurrent runs into one OUTDIR never share a folder; a claimed folder a failed case wrote nothing into goes.
 - Ownership: every case folder carries a manifest (core.ownership); a rerun replaces only the engine's own
   unchanged files, each atomically; files a user added survive every rerun.
 - Skip: a case is skipped (without ``--overwrite``) only when its folder's manifest names the same input and
@@ -11,8 +13,11 @@
 - Batch files in OUTDIR (``core.paths.BATCH_NAMES``): ``summary.json`` (every case's status) and
   ``measurements.csv`` (one row per case: the read-out's volumes, lesion diameters, size category, location and
   lesion score, read back from each case's report.json, so skipped cases have their row too), both written
-  atomically at the end of the run (``-rank<r>`` under torchrun). Each replaces an existing file only when it is
-  the engine's (its first line); a user's file of that name is left alone (warning).
+  atomically at the end of the run (``-rank<r>`` under torchrun). They are OUTDIR's tables: under the OUTDIR
+  lock the rows already there are read and merged (one row per case folder and input; this run's rows replace
+  their own), never dropped, so concurrent and successive runs into one OUTDIR all keep their rows. Each
+  replaces an existing file only when it is the engine's (its first line); a user's file of that name is left
+  alone (warning).
 - ``prefetch``: reading, checking and preprocessing case i+1 run in a background thread while case i is inferred
   (fastpath.prefetched); the labels are the same either way. Under torchrun rank r takes cases r, r+W, ...
 """
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.core.atomic import folder_lock, write_text_atomic
 from PancreasDiNTSLib.core.errors import (
     DiskFullError,
     InputError,
@@ -47,15 +52,17 @@ from PancreasDiNTSLib.inference.pipeline import (
     OUTPUTS,
     REPORT_NAME,
     CaseOptions,
+    CaseOutcome,
     Prepared,
     RoiRequest,
     parse_formats,
     prepare_case,
     segment_case,
 )
+from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
 from PancreasDiNTSLib.inference.segmenter import MODES, Segmenter, resolve_device
 from PancreasDiNTSLib.io.images import expand_inputs
-from PancreasDiNTSLib.io.placement import PlannedCase, case_base_name, plan_cases
+from PancreasDiNTSLib.io.placement import CasePlanner, PlannedCase, case_base_name, claim_cases, release_claim
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
 from PancreasDiNTSLib.readout.report import CSV_COLUMNS, csv_row
@@ -83,6 +90,8 @@ class SegmentSettings:
     prefetch: bool = True
     rank: int = 0  # torchrun: this process takes cases rank, rank + world_size, ...
     world_size: int = 1
+    server: str | None = None  # --server URL: each case is segmented by a `pancreas-dints serve` (inference.remote)
+    token_file: str | None = None  # --token-file for --server
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
@@ -173,6 +182,7 @@ class _Batch:
         self.reporter = reporter
         self.load_model_s = load_model_s
         self.results: list[CaseResult] = []
+        self.remote: RemoteCases | None = None  # --server: cases go to the server instead of segment_case
 
     def skipped(self, planned: PlannedCase) -> bool:
         if self.settings.overwrite or not planned.existing:
@@ -204,10 +214,15 @@ class _Batch:
             got.timings["load_model"] = self.load_model_s
             for w in got.case.warnings:
                 self.reporter.write(f"warning: {name}: {printable(w)}")
-            assert self.segmenter is not None
             folder = CaseFolder(planned.folder, planned.identity, planned.name)
-            outcome = segment_case(got, self.segmenter, settings.case_options(planned), folder,
-                                   on_stage=lambda s, p, m: self.reporter.update(name, s, p, m), started=t0)
+            outcome: CaseOutcome | RemoteOutcome
+            if self.remote is not None:
+                outcome = self.remote.run(got, planned, settings.case_options(planned), folder,
+                                          lambda s, p, m: self.reporter.update(name, s, p, m))
+            else:
+                assert self.segmenter is not None
+                outcome = segment_case(got, self.segmenter, settings.case_options(planned), folder,
+                                       on_stage=lambda s, p, m: self.reporter.update(name, s, p, m), started=t0)
         except DiskFullError as exc:
             self.fail(planned, str(exc), t0)
             raise
@@ -280,25 +295,69 @@ def _batch_file(settings: SegmentSettings, key: str) -> Path:
     return settings.out_dir / name
 
 
-def _write_summary(settings: SegmentSettings, summary: SegmentSummary, reporter: Progress) -> None:
-    text = json.dumps(summary.as_dict(), indent=2) + "\n"
-    _write_batch_file(_batch_file(settings, "summary"), text, text[:text.index(",")], reporter)
+def _read_ours(dest: Path, signature: str) -> str | None:
+    """The text of ``dest`` when it is the engine's own earlier file (it begins with ``signature``), "" when
+    there is none, None when a file of that name is not the engine's."""
+    if not (dest.exists() or dest.is_symlink()):
+        return ""
+    try:
+        if dest.is_file() and not dest.is_symlink() and dest.stat().st_size <= MAX_TABLE_BYTES:
+            text = dest.read_text(encoding="utf-8")
+            return text if text.startswith(signature) else None
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
 
 
-def _write_batch_file(dest: Path, text: str, signature: str, reporter: Progress) -> None:
-    """Write ``text`` to ``dest`` atomically; an existing file is replaced only when it begins with
-    ``signature`` (the engine's own earlier file); a user's file of that name is left alone, with a warning."""
-    if dest.exists() or dest.is_symlink():
-        try:
-            with dest.open(encoding="utf-8") as fh:
-                ours = dest.is_file() and not dest.is_symlink() and fh.read(len(signature)) == signature
-        except (OSError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            reporter.write(f"warning: {printable(dest)} was not written by pancreas-dints; left as it is "
-                           f"({dest.name} not written)")
-            return
-    write_text_atomic(dest, text)
+def _row_key(row: dict[str, Any]) -> tuple[str, str]:
+    return str(row.get("case", "")), str(row.get("input", ""))
+
+
+def _merged(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The earlier rows with this run's rows replacing their own (same case and input), new rows appended."""
+    mine = {_row_key(r): r for r in rows}
+    out = [mine.pop(_row_key(r), r) for r in earlier if isinstance(r, dict)]
+    return out + [r for r in rows if _row_key(r) in mine]
+
+
+def _summary_text(earlier: str, summary: SegmentSummary) -> str:
+    try:
+        old = json.loads(earlier).get("results", []) if earlier else []
+    except (ValueError, AttributeError):
+        old = []
+    rows = _merged(old if isinstance(old, list) else [], [r.__dict__ for r in summary.results])
+    status = [r.get("status") for r in rows]
+    table = {"stage": "summary", "cases": len(rows), "succeeded": status.count("ok"),
+             "skipped": status.count("skipped"), "failed": status.count("failed"), "results": rows}
+    return json.dumps(table, indent=2) + "\n"
+
+
+def _measurements_text(earlier: str, results: list[CaseResult]) -> str:
+    old = list(csv.DictReader(io.StringIO(earlier))) if earlier else []
+    return measurements_csv(results, old)
+
+
+SUMMARY_SIGNATURE = '{\n  "stage": "summary"'
+MEASUREMENTS_SIGNATURE = ",".join(CSV_COLUMNS[:3])
+MAX_TABLE_BYTES = 256 << 20  # an engine table larger than this is not merged (left alone, with a warning)
+
+
+def _write_tables(settings: SegmentSettings, results: list[CaseResult], reporter: Progress,
+                  measurements: bool = True) -> None:
+    """summary.json (and measurements.csv) in OUTDIR, merged with the rows already there, under the OUTDIR lock;
+    a user's file of either name is left alone, with a warning."""
+    jobs = [("summary", SUMMARY_SIGNATURE, lambda old: _summary_text(old, SegmentSummary(results)))]
+    if measurements:
+        jobs.insert(0, ("measurements", MEASUREMENTS_SIGNATURE, lambda old: _measurements_text(old, results)))
+    with folder_lock(settings.out_dir):
+        for key, signature, make in jobs:
+            dest = _batch_file(settings, key)
+            earlier = _read_ours(dest, signature)
+            if earlier is None:
+                reporter.write(f"warning: {printable(dest)} was not written by pancreas-dints; left as it is "
+                               f"({dest.name} not written)")
+                continue
+            write_text_atomic(dest, make(earlier))
 
 
 def _case_readout(result: CaseResult) -> tuple[dict[str, Any] | None, str]:
@@ -313,22 +372,20 @@ def _case_readout(result: CaseResult) -> tuple[dict[str, Any] | None, str]:
     return (readout, "") if isinstance(readout, dict) else (None, f"{REPORT_NAME} has no read-out (older engine)")
 
 
-def measurements_csv(results: list[CaseResult]) -> str:
-    """measurements.csv: a header row and one row per case (readout.report.CSV_COLUMNS)."""
+def measurements_csv(results: list[CaseResult], earlier: list[dict[str, Any]] | None = None) -> str:
+    """measurements.csv: a header row and one row per case (readout.report.CSV_COLUMNS); ``earlier`` rows (an
+    earlier table of OUTDIR) are kept unless a result replaces them."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n", extrasaction="ignore",
+                            restval="")
     writer.writeheader()
+    rows = []
     for r in results:
         readout, why = _case_readout(r)
         note = why or (r.message if r.status != "ok" else "")
-        writer.writerow(csv_row(readout, r.case, r.input, r.status, printable(note)))
+        rows.append(csv_row(readout, r.case, r.input, r.status, printable(note)))
+    writer.writerows(_merged(earlier or [], rows))
     return buffer.getvalue()
-
-
-def _write_measurements(settings: SegmentSettings, results: list[CaseResult], reporter: Progress) -> None:
-    """measurements.csv next to summary.json; an existing file is replaced only when it is the engine's."""
-    _write_batch_file(_batch_file(settings, "measurements"), measurements_csv(results), ",".join(CSV_COLUMNS[:3]),
-                      reporter)
 
 
 def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = None,
@@ -339,34 +396,40 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
     folder or placement is unusable, and DiskFullError (after writing what it can) when the disk fills up.
     ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings."""
     out = settings.out_dir
-    if segmenter is None:
+    remote = RemoteCases(settings.server, settings.token_file, settings.mode) if settings.server else None
+    if segmenter is None and remote is None:
         dev = resolve_device(settings.device)
         bundle = load_bundle(resolve_model(settings.model))
     paths, failures = expand_all(settings.inputs)
-    plan = plan_cases(paths, out, settings.series)  # PlacementError (exit 2) before anything is written
+    planner = CasePlanner(paths, out, settings.series)
+    planner.plan()  # PlacementError (exit 2) before anything is written
     check_writable(out)
+    plan = claim_cases(planner, settings.rank, settings.world_size)  # planned again, claimed under the lock
     cases = plan[settings.rank::settings.world_size]
     reporter = Progress(settings.progress, total=max(1, len(cases)), callback=callback)
     # Model problems (weights that do not fit the architecture...) concern every case: fail before the first.
     t_model = time.perf_counter()
-    if segmenter is None and cases:
+    if segmenter is None and cases and remote is None:
         segmenter = Segmenter(bundle, dev, sw_batch_size=settings.sw_batch_size, mode=settings.mode,
                               engine=settings.engine)
     batch = _Batch(settings, segmenter, reporter, time.perf_counter() - t_model)
+    batch.remote = remote
     batch.results.extend(failures)
     try:
         batch.loop(cases)
     except DiskFullError:
         try:
-            _write_summary(settings, SegmentSummary(batch.results), reporter)
+            _write_tables(settings, batch.results, reporter, measurements=False)
         except PancreasDiNTSError:
             pass  # the disk is still full; the one-line error says so
         raise
     finally:
         reporter.close()
+        for planned in cases:  # no partial output: a folder claimed for a case that wrote nothing goes
+            if not planned.existing:
+                release_claim(planned)
     summary = SegmentSummary(batch.results)
     if batch.results:
-        _write_measurements(settings, batch.results, reporter)
-        _write_summary(settings, summary, reporter)
+        _write_tables(settings, batch.results, reporter)
     reporter.emit(summary.as_dict())
     return summary

@@ -6,9 +6,15 @@ Rules (README, "Output folders"):
   its series folder), without image suffixes, made safe on every OS: control and format characters and
   ``<>:"/\\|?*`` become ``_``, leading/trailing dots and spaces go (never empty, ``.``, ``..`` or hidden),
   Windows device names (CON, NUL, COM1...) get a ``_`` prefix, at most 96 UTF-8 bytes; empty -> ``case``.
+  Letters stay (Unicode, NFC): a name in another encoding than the file system's (Latin-1 bytes) is decoded,
+  and only where the file-system encoding cannot hold a letter is it transliterated (``Ü`` -> ``U``).
 - Identity: a folder ``OUTDIR/<name>`` is this input's only when its manifest names the same input
   (core.ownership.input_identity). Otherwise the case takes the first free name of ``<name>``, ``<name>-2``,
-  ``<name>-3``... (compared case-insensitively within one call), never another input's folder.
+  ``<name>-3``..., never another input's folder. Names are compared case-insensitively (``Ct``, ``ct`` and
+  ``CT`` are one name on macOS and Windows), with OUTDIR's entries and within the run, so a rerun finds each
+  input's folder whatever the case of its name.
+- Concurrent runs into one OUTDIR: :func:`claim_cases` plans and makes the new case folders (with a manifest
+  naming the input) as one step under the OUTDIR lock (core.atomic.folder_lock).
 - A DICOM folder with several series becomes one case per series (``<folder>-<number-description>``; identity
   adds the series' content fingerprint); ``series_uid`` (``--series``) keeps only that series of each folder.
 - A case folder is never an input, an ancestor or a descendant of an input, OUTDIR itself, a symlink or outside
@@ -18,14 +24,16 @@ Rules (README, "Output folders"):
 from __future__ import annotations
 
 import os
+import sys
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PancreasDiNTSLib.core.atomic import folder_lock
 from PancreasDiNTSLib.core.errors import PancreasDiNTSError, PlacementError, printable
-from PancreasDiNTSLib.core.ownership import CaseFolder, input_identity
+from PancreasDiNTSLib.core.ownership import MANIFEST_NAME, CaseFolder, input_identity
 from PancreasDiNTSLib.io.dicom import folder_cases
 from PancreasDiNTSLib.io.images import IMAGE_SUFFIXES, case_name, is_dicom_file
 
@@ -37,11 +45,47 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {f"{p}{i}
                                                                          for i in range(1, 10)}
 
 
-def safe_case_name(raw: str, limit: int = MAX_NAME_BYTES) -> str:
-    """A folder name that is valid, visible and unambiguous on Linux, macOS and Windows."""
-    text = unicodedata.normalize("NFC", raw)
+def _undo_escapes(text: str) -> str:
+    """A name whose bytes are not valid in the file-system encoding (a Latin-1 name on a UTF-8 system) reaches
+    Python as surrogate escapes: its bytes are read as UTF-8, else Windows-1252, else Latin-1, so letters stay."""
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    try:
+        raw = text.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeEncodeError:
+        return text
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")
+
+
+def _fits(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _transliterate(text: str, encoding: str) -> str:
+    """``text`` in ``encoding``: accents dropped (``Ü`` -> ``U``), anything else it cannot hold -> ``_``."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", "".join(c if _fits(c, encoding) else "_" for c in plain))
+
+
+def safe_case_name(raw: str, limit: int = MAX_NAME_BYTES, encoding: str | None = None) -> str:
+    """A folder name that is valid, visible and unambiguous on Linux, macOS and Windows. Letters are kept as
+    Unicode (NFC) where the file-system encoding (``encoding``, default Python's) can hold them, else
+    transliterated."""
+    encoding = encoding or sys.getfilesystemencoding()
+    text = unicodedata.normalize("NFC", _undo_escapes(raw))
     text = "".join("_" if (unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
                            or c in _FORBIDDEN) else c for c in text)
+    if not _fits(text, encoding):
+        text = _transliterate(text, encoding)
     text = text.strip(" .")
     while len(text.encode("utf-8")) > limit:
         text = text[:-1]
@@ -136,6 +180,7 @@ class _Planner:
         self.out_real = Path(os.path.realpath(out_dir))
         self.prints = [(p, footprint(p)) for p in paths]
         self.claimed: set[str] = set()
+        self.existing: dict[str, list[str]] = {}
 
     def check_out_dir(self) -> None:
         for path, fps in self.prints:
@@ -146,6 +191,21 @@ class _Planner:
                 if self.out_real == fp:
                     raise PlacementError(f"-o {printable(self.out)}: is the input {printable(path)}; choose an "
                                          "output folder")
+
+    def scan(self) -> None:
+        """What OUTDIR holds now, by case-folded name (``Ct`` and ``ct`` are one name on macOS and Windows)."""
+        self.claimed = set()
+        self.existing = {}
+        try:
+            names = os.listdir(self.out)
+        except OSError:
+            names = []
+        for name in names:
+            self.existing.setdefault(name.casefold(), []).append(name)
+
+    def taken(self, name: str) -> list[str]:
+        """The entries of OUTDIR whose name equals ``name`` up to case."""
+        return self.existing.get(name.casefold(), [])
 
     def usable(self, name: str) -> Path | None:
         """``OUTDIR/name`` unless it is a symlink or already claimed; PlacementError if it touches an input."""
@@ -172,40 +232,79 @@ def _identity(path: Path) -> dict[str, Any]:
         return {"path": os.path.abspath(path), "kind": "unreadable"}
 
 
+class CasePlanner:
+    """The inputs of one run (DICOM series split, identities, base names: the slow part, done once) and their
+    case folders under OUTDIR (:meth:`plan`, cheap: it can be redone under the OUTDIR lock)."""
+
+    def __init__(self, paths: list[Path], out_dir: Path, series_uid: str | None = None) -> None:
+        self.out = Path(out_dir)
+        self.planner = _Planner(paths, self.out)
+        self.planner.check_out_dir()
+        self.inputs = [ci for p in paths for ci in _case_inputs(p, series_uid)]
+        self.identities = [_identity(ci.path) for ci in self.inputs]
+        for ci, identity in zip(self.inputs, self.identities, strict=True):
+            if ci.series is not None:
+                identity.update(series=ci.series, series_fingerprint=ci.fingerprint)
+        self.bases = [case_base_name(ci.path) if not ci.suffix else
+                      safe_case_name(f"{case_base_name(ci.path)}-{ci.suffix}") for ci in self.inputs]
+
+    def _earlier(self, i: int) -> PlannedCase | None:
+        """The folder already holding input i's results (its manifest names the same input), if any."""
+        planner, ci = self.planner, self.inputs[i]
+        for name in candidates(self.bases[i]):
+            present = planner.taken(name)
+            if not present:
+                return None
+            for real_name in present:
+                folder = planner.usable(real_name)
+                if folder is not None and folder.is_dir() and CaseFolder(folder, self.identities[i]).same_input():
+                    planner.claim(real_name)
+                    return PlannedCase(ci.path, real_name, folder, self.identities[i], True, ci.series)
+        return None
+
+    def _free(self, i: int) -> PlannedCase:
+        """The first name free up to case (neither in OUTDIR nor claimed in this plan)."""
+        planner, ci = self.planner, self.inputs[i]
+        for name in candidates(self.bases[i]):
+            folder = planner.usable(name)
+            if folder is not None and not planner.taken(name) and not os.path.lexists(folder):
+                planner.claim(name)
+                return PlannedCase(ci.path, name, folder, self.identities[i], False, ci.series)
+        raise PlacementError(f"{printable(ci.path)}: no free case folder name under {printable(self.out)}")
+
+    def plan(self) -> list[PlannedCase]:
+        """Every input's case folder against what OUTDIR holds now: its earlier folder, else the first free name."""
+        self.planner.scan()
+        plan: list[PlannedCase | None] = [self._earlier(i) for i in range(len(self.inputs))]
+        return [p if p is not None else self._free(i) for i, p in enumerate(plan)]
+
+
 def plan_cases(paths: list[Path], out_dir: Path, series_uid: str | None = None) -> list[PlannedCase]:
     """The case folder of every input (see the module docstring); PlacementError before any work."""
-    planner = _Planner(paths, Path(out_dir))
-    planner.check_out_dir()
-    inputs = [ci for p in paths for ci in _case_inputs(p, series_uid)]
-    identities = [_identity(ci.path) for ci in inputs]
-    for ci, identity in zip(inputs, identities, strict=True):
-        if ci.series is not None:
-            identity.update(series=ci.series, series_fingerprint=ci.fingerprint)
-    bases = [case_base_name(ci.path) if not ci.suffix else
-             safe_case_name(f"{case_base_name(ci.path)}-{ci.suffix}") for ci in inputs]
-    plan: list[PlannedCase | None] = [None] * len(inputs)
-    for i, ci in enumerate(inputs):  # 1: a folder already holding this input's results
-        for name in candidates(bases[i]):
-            folder = planner.usable(name)
-            if folder is None:
-                if os.path.lexists(planner.out / name):
-                    continue
-                break
-            if not os.path.lexists(folder):
-                break
-            if folder.is_dir() and CaseFolder(folder, identities[i]).same_input():
-                planner.claim(name)
-                plan[i] = PlannedCase(ci.path, name, folder, identities[i], True, ci.series)
-                break
-    for i, ci in enumerate(inputs):  # 2: the first free name
-        if plan[i] is not None:
-            continue
-        for name in candidates(bases[i]):
-            folder = planner.usable(name)
-            if folder is not None and not os.path.lexists(folder):
-                planner.claim(name)
-                plan[i] = PlannedCase(ci.path, name, folder, identities[i], False, ci.series)
-                break
-        else:
-            raise PlacementError(f"{printable(ci.path)}: no free case folder name under {printable(out_dir)}")
-    return [p for p in plan if p is not None]
+    return CasePlanner(paths, out_dir, series_uid).plan()
+
+
+def claim_cases(planner: CasePlanner, rank: int = 0, world_size: int = 1) -> list[PlannedCase]:
+    """Plan again and claim, as one step under the OUTDIR lock: every new case folder of this process's share
+    (``plan[rank::world_size]``, torchrun) is made with a manifest naming its input before the lock is released,
+    so concurrent runs into one OUTDIR never share a folder (the same input twice shares its folder, as it would
+    one after the other). OUTDIR must exist. Returns the whole plan."""
+    with folder_lock(planner.out):
+        plan = planner.plan()
+        for planned in plan[rank::world_size]:
+            if not planned.existing:
+                CaseFolder(planned.folder, planned.identity, planned.name).claim()
+    return plan
+
+
+def release_claim(planned: PlannedCase) -> None:
+    """Remove a case folder this run claimed and then wrote nothing into (the case failed before writing):
+    only when it holds nothing but its manifest, unchanged (under the OUTDIR lock)."""
+    with folder_lock(planned.folder.parent):
+        folder = CaseFolder(planned.folder, planned.identity, planned.name)
+        try:
+            if folder.same_input() and not folder.files and os.listdir(planned.folder) == [MANIFEST_NAME]:
+                (planned.folder / MANIFEST_NAME).unlink()
+                planned.folder.rmdir()
+        except OSError:
+            pass  # it stays: a claimed folder is reused by the next run of this input
