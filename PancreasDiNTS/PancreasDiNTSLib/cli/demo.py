@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from PancreasDiNTSLib.synthetic.demo import DEFAULT_SEED, DEMO_MODEL_ENV, TRAINING_SEEDS
 
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (new, empty, or an earlier demo output, which is replaced)")
+                   help="output folder (new, empty, or an earlier demo output, which is replaced as a whole; not the "
+                        "current folder)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"phantom seed (default {DEFAULT_SEED}); seeds {TRAINING_SEEDS.start}..{TRAINING_SEEDS.stop - 1} "

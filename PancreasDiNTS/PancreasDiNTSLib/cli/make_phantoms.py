@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from PancreasDiNTSLib.core.errors import EXIT_OK, UsageError
+from PancreasDiNTSLib.core.errors import EXIT_OK, OutputError, UsageError, printable
 from PancreasDiNTSLib.core.progress import MODES
 
 HELP = "write synthetic abdominal CT phantoms with pancreas/tumour labels in the MSD Task07 layout"
@@ -15,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num", type=int, default=24, help="number of labelled cases (imagesTr/labelsTr); default 24")
     p.add_argument("--num-test", type=int, default=None,
                    help="number of unlabelled cases in imagesTs (default: a quarter of --num)")
-    p.add_argument("-o", "--output", required=True, metavar="DATA", help="output folder (must be new or empty)")
+    p.add_argument("-o", "--output", required=True, metavar="DATA",
+                   help="output folder (new or empty; not the current folder: it is made whole at the end)")
     p.add_argument("--seed", type=int, default=0, help="data set seed; the same seed gives the same files")
     p.add_argument("--size", default="small",
                    help="in-plane matrix size: tiny (48-64), small (112-144, default), medium (224-288), "
@@ -28,8 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from PancreasDiNTSLib.core.atomic import check_location
     from PancreasDiNTSLib.core.progress import Progress
     from PancreasDiNTSLib.synthetic.phantom import write_msd_dataset
+
+    out = check_location(Path(args.output).expanduser())  # -o ., -o afile/sub: one line before any work
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{printable(out)}: exists and is not a folder; choose a new output folder")
 
     size = int(args.size) if str(args.size).isdigit() else args.size
     try:
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--slice-mm {args.slice_mm}: give MIN,MAX in mm with 0 < MIN <= MAX, e.g. 0.6,1.2")
     num_test = args.num_test if args.num_test is not None else args.num // 4
     progress = Progress(args.progress, total=args.num + num_test)
-    out = write_msd_dataset(args.output, args.num, num_test, seed=args.seed, size=size, progress=progress,
+    out = write_msd_dataset(out, args.num, num_test, seed=args.seed, size=size, progress=progress,
                             overwrite=args.overwrite, slice_mm=(lo, hi))
     progress.emit({"stage": "summary", "output": str(out), "training": args.num, "test": num_test})
     progress.close()

@@ -6,8 +6,11 @@ Cache layout: ``<cache>/pancreas_ct_dints_segmentation/<version>/`` (the officia
 
 Provenance: a folder is installed as the official release only when its weights have the md5s compiled into the
 package (:mod:`PancreasDiNTSLib.model.release`); the ``large_files.yml`` that comes with a zip only checks that the zip
-is internally intact. Installing is atomic: files are unpacked into a hidden ``.part`` folder inside the cache, checked,
-and renamed into place; a failure (bad zip, checksum, full disk) leaves nothing behind.
+is internally intact. Any other model that reads as a valid bundle (the packaged demo model too: its architecture file
+is ``search_code_256.pt``) installs as a local model. Installing is atomic: files are unpacked into a hidden ``.part``
+folder inside the cache, checked, and renamed into place under the cache folder's lock (core.atomic.atomic_dir), so
+concurrent installs of one target replace it one after the other; a failure (bad zip, checksum, full disk) leaves
+nothing behind.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from PancreasDiNTSLib.model.release import RELEASED_OPTIONAL, RELEASED_REQUIRED
 DEFAULT_VERSION = "0.5.0"
 # The released weights: path -> (md5, url). Every official install has exactly these digests.
 RELEASED_FILES = dict(RELEASED_REQUIRED)
-REQUIRED = ("configs/inference.yaml", "models/model.pt", "models/search_code_18590.pt")
+REQUIRED = ("configs/inference.yaml", "models/model.pt", "models/search_code_18590.pt")  # the official release
+LOCAL_REQUIRED = ("configs/inference.yaml", "models/model.pt")  # any model (its search_code_*.pt: read_bundle_folder)
 LOCAL_DIR = "local"
 
 VERSION_RE = re.compile(r"\d+(\.\d+){0,3}")
@@ -297,7 +301,7 @@ def install_from(source: Path, version: str = DEFAULT_VERSION, dest: Path | None
             log(f"copying {source}")
             _copy_folder(source, unpacked)
         root = _bundle_root_in(unpacked)
-        for rel in REQUIRED:
+        for rel in LOCAL_REQUIRED:
             if not (root / rel).is_file():
                 raise DownloadError(f"{source}: {rel} is missing; {manual_instructions(installed_path(version, dest))}")
         log("verifying md5 checksums")

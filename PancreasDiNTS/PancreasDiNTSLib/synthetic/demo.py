@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib.core.atomic import atomic_dir
+from PancreasDiNTSLib.core.atomic import atomic_dir, check_location, check_replaceable
 from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
 from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
 from PancreasDiNTSLib.core.progress import Progress
@@ -79,7 +79,10 @@ def check_seed(seed: int) -> None:
 
 
 def check_output(out: Path) -> None:
-    """OUT must be new, empty or an earlier demo output (which is replaced); anything else is left alone."""
+    """OUT must be new, empty or an earlier demo output holding only what the demo wrote (it is replaced as a
+    whole); anything else is left alone. One line before any work: ``-o .`` (the current folder),
+    ``-o afile/sub`` (a path through a file) and a folder a user added inside an earlier output are refused."""
+    check_location(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder; choose a new output folder")
     if out.is_dir() and any(out.iterdir()):
@@ -91,6 +94,7 @@ def check_output(out: Path) -> None:
         if not earlier:
             raise OutputError(f"{out}: folder exists, is not empty and is not an earlier demo output; "
                               "choose a new or empty folder")
+    check_replaceable(out)
 
 
 def dice_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
