@@ -1,8 +1,9 @@
 """Pancreas DiNTS Train: architecture search, training, evaluation and export, run headless by the engine.
 
 Every method of the logic runs one ``PancreasDiNTSLib.cli`` command in a background process (never torch in
-Slicer's own process), either blocking (scripts, ``Slicer --no-main-window --python-script``) or in the
-background with progress callbacks (the panel). Example script::
+Slicer's own process), either blocking (scripts, ``Slicer --no-main-window --python-script``: events are still
+processed) or in the background with progress callbacks (the panel). The process runner, the package checks and
+the device list are the shared ``PancreasDiNTSSlicerLib`` (installed by the PancreasDiNTS module). Example::
 
     import slicer
     logic = slicer.util.getModuleLogic("PancreasDiNTSTrain")
@@ -20,6 +21,8 @@ import ctk
 import slicer
 import vtk
 from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSSlicerLib import devices, packages, reloading, resources
+from PancreasDiNTSSlicerLib.process import EngineProcess
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -29,10 +32,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from PancreasDiNTS import EngineProcess, PancreasDiNTSLogic, selectDevice, setDeviceItems
-
+MODULE_NAME = "PancreasDiNTSTrain"
 TASKS = ["train", "search", "evaluate", "export"]
-TRAIN_REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+# Module-specific name: every module's Resources/ lands in one qt-scripted-modules/Resources/ when installed.
+TRAIN_REQUIREMENTS_FILE = resources.requirementsFile(__file__, MODULE_NAME)
 PRESETS = ["tiny", "demo", "bundle"]
 EXPORT_FORMATS = ["torchscript", "onnx", "trt"]
 
@@ -114,6 +117,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._deviceTask = None  # the running GPU detection, if any
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -128,21 +132,30 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
-        self.ui.modelPathLineEdit.filters = (ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Files
-                                             | ctk.ctkPathLineEdit.Readable)
+        # evaluate and export take a model folder (bundle or train run): with Files set, ctkPathLineEdit would
+        # open a file dialog, where no folder can be chosen.
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
         self.ui.datalistPathLineEdit.nameFilters = ["Datalist (*.json)"]
         self.ui.archPathLineEdit.nameFilters = ["Architecture file (*.pt *.pth)"]
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
         self.ui.useAsModelButton.connect("clicked(bool)", self.onUseAsModel)
-        setDeviceItems(self.ui.deviceComboBox, background.DEFAULT_DEVICES)
+        devices.setDeviceItems(self.ui.deviceComboBox, devices.DEFAULT_DEVICES)
 
         self.initializeParameterNode()
 
     def cleanup(self):
-        self.logic.cancel()
+        """The application closes: stop the run and the GPU detection without touching widgets."""
+        self.logic.shutdown()
+        if self._deviceTask is not None:
+            self._deviceTask.stop()
         self.removeObservers()
+
+    def onReload(self):
+        """Reload the Slicer-side libraries and the bridge too, then the module file."""
+        reloading.reloadLibraries()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
         self.initializeParameterNode()
@@ -178,9 +191,10 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         running = self.logic.isRunning()
         self.ui.startButton.text = "Stop" if running else "Start"
         self.ui.settingsCollapsibleButton.enabled = not running
+        self.ui.refreshDevicesButton.enabled = self._deviceTask is None
         if not p:
             return
-        selectDevice(self.ui.deviceComboBox, p.device if p else "auto")
+        devices.selectDevice(self.ui.deviceComboBox, p.device)
         task = p.task
         self.ui.datalistPathLineEdit.enabled = task in ("train", "search", "evaluate")
         self.ui.archPathLineEdit.enabled = task == "train"
@@ -203,8 +217,20 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
 
     def onRefreshDevices(self):
-        with slicer.util.tryWithErrorDisplay("Failed to list the compute devices.", waitCursor=True):
-            setDeviceItems(self.ui.deviceComboBox, PancreasDiNTSLogic().listDevices(), self._parameterNode.device)
+        """Ask torch for the GPUs in a background process; the panel stays usable meanwhile."""
+        with slicer.util.tryWithErrorDisplay("Failed to list the compute devices."):
+            self.ui.refreshDevicesButton.text = "Detecting..."
+            self._deviceTask = devices.detectDevices(self.onDevicesDetected)
+        self.updateGUI()
+
+    def onDevicesDetected(self, found, error):
+        self._deviceTask = None
+        self.ui.refreshDevicesButton.text = "Detect GPUs"
+        devices.setDeviceItems(self.ui.deviceComboBox, found,
+                               self._parameterNode.device if self._parameterNode else "auto")
+        if error:
+            self.ui.statusLabel.text = f"GPU detection failed: {error}"
+        self.updateGUI()
 
     def onStartButton(self):
         if self.logic.isRunning():
@@ -213,8 +239,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(f"Failed to start {p.task}.", waitCursor=True):
-            if not PancreasDiNTSLogic().setupPythonRequirements(
-                    askConfirmation=True, extraRequirementsFiles=[TRAIN_REQUIREMENTS_FILE]):
+            if not self.logic.setupPythonRequirements(askConfirmation=True):
                 return
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
@@ -256,6 +281,10 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onCompleted(self, process):
         self.updateGUI()
+        with slicer.util.tryWithErrorDisplay("The run ended, but showing its outcome failed."):
+            self._showOutcome(process)
+
+    def _showOutcome(self, process):
         if process.cancelled:
             self.ui.statusLabel.text = "Stopped. Start again with 'Resume' checked to continue."
         elif process.returncode != 0:
@@ -274,7 +303,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onUseAsModel(self):
         """Select the trained run folder as the local model of the Pancreas DiNTS module."""
-        segmentParameters = PancreasDiNTSLogic().getParameterNode()
+        segmentParameters = slicer.util.getModuleLogic("PancreasDiNTS").getParameterNode()
         segmentParameters.useLocalModel = True
         segmentParameters.localModelPath = Path(str(self._parameterNode.outputFolder))
         slicer.util.selectModule("PancreasDiNTS")
@@ -300,12 +329,23 @@ class PancreasDiNTSTrainLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return PancreasDiNTSTrainParameterNode(super().getParameterNode())
 
+    def setupPythonRequirements(self, askConfirmation=True):
+        """torch (through the PyTorch extension), the engine's packages and the training extras; False when the
+        user declined. Nothing is imported to check; packages Slicer ships are never replaced."""
+        files = [resources.engineRequirementsFile(), TRAIN_REQUIREMENTS_FILE]
+        return packages.setupPythonRequirements(files, askConfirmation, requester="PancreasDiNTSTrain")
+
     def isRunning(self):
         return self._task is not None and self._task.running
 
     def cancel(self):
         if self._task is not None:
             self._task.cancel()
+
+    def shutdown(self):
+        """Slicer is closing: stop the run without calling back (a resumable run folder stays as it is)."""
+        if self._task is not None:
+            self._task.stop()
 
     def lastStatus(self):
         return self._task.parser.status if self._task else ""
@@ -368,8 +408,7 @@ class PancreasDiNTSTrainTest(ScriptedLoadableModuleTest):
 
     def test_PancreasDiNTSTrain_tinySearchAndTrain(self):
         self.delayDisplay("Preparing the engine (may install packages)")
-        self.assertTrue(PancreasDiNTSLogic().setupPythonRequirements(
-            askConfirmation=False, extraRequirementsFiles=[TRAIN_REQUIREMENTS_FILE]))
+        self.assertTrue(PancreasDiNTSTrainLogic().setupPythonRequirements(askConfirmation=False))
         work = Path(slicer.util.tempDirectory("PancreasDiNTSTrainTest"))
         python = background.python_executable()
         for command in (background.make_phantoms_command(python, work / "data", count=4, seed=5),

@@ -469,25 +469,26 @@ def test_requirements_checks_use_installed_distributions():
 
 
 def test_module_requirements_cover_the_engine_and_spare_slicer_packages():
-    """Resources/requirements.txt = the engine's dependencies (pyproject) minus what Slicer/PyTorch provide."""
+    """Resources/PancreasDiNTS-requirements.txt = the engine's dependencies (pyproject) minus what Slicer/PyTorch
+    provide (PancreasDiNTSSlicerLib.packages.SLICER_MANAGED_PACKAGES, pinned while pip runs)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    path = REPO / "PancreasDiNTS" / "Resources" / "requirements.txt"
+    path = REPO / "PancreasDiNTS" / "Resources" / "PancreasDiNTS-requirements.txt"
     required = {canonicalize_name(Requirement(r).name) for r in background.read_requirements(path)}
     tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     engine = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["dependencies"]}
-    tree = ast.parse((REPO / "PancreasDiNTS" / "PancreasDiNTS.py").read_text())
+    tree = ast.parse((REPO / "PancreasDiNTS" / "PancreasDiNTSSlicerLib" / "packages.py").read_text())
     managed_list = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                         and getattr(n.targets[0], "id", "") == "SLICER_MANAGED_PACKAGES")
     slicer_managed = {canonicalize_name(n) for n in managed_list}
     assert {"torch", "numpy", "simpleitk", "vtk", "requests"} <= slicer_managed
     for name in slicer_managed:
-        assert name not in required, f"{name} ships with Slicer or PyTorchUtils; requirements.txt must not list it"
+        assert name not in required, f"{name} ships with Slicer or PyTorchUtils; the requirements file must not list it"
     assert required == engine - slicer_managed
     # The Train module adds the engine's `train` extra.
-    train_path = REPO / "PancreasDiNTSTrain" / "Resources" / "requirements.txt"
+    train_path = REPO / "PancreasDiNTSTrain" / "Resources" / "PancreasDiNTSTrain-requirements.txt"
     train_required = {canonicalize_name(Requirement(r).name) for r in background.read_requirements(train_path)}
     train_extra = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["optional-dependencies"]["train"]}
     assert train_required == train_extra - slicer_managed

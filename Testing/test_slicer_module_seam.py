@@ -1,6 +1,6 @@
-"""The module's own control flow (EngineProcess, Logic.process, cancel) against the real engine, with Slicer
-replaced only at the thinnest seam: ``slicer.util.launchConsoleProcess`` (a real subprocess, as Slicer's), a
-timer the test ticks in place of Qt's event loop, the scene layer's ``write_engine_input`` writing a real NRRD,
+"""The module's own control flow (PancreasDiNTSSlicerLib's EngineProcess, Logic.process, cancel) against the real
+engine, with Slicer replaced only at the thinnest seam: ``slicer.util.launchConsoleProcess`` (a real subprocess, as
+Slicer's), a timer the test ticks in place of Qt's event loop (``slicer.app.processEvents`` ticks it too), the scene layer's ``write_engine_input`` writing a real NRRD,
 and ``importSegmentation`` (the scene layer itself is tested with the real MRML classes in test_scene_*.py). Everything else - command lines, the engine run, progress parsing, result lookup,
 report reading, clean-up - is the real code. The API checks in test_slicer_api.py are not replaced by this.
 """
@@ -32,15 +32,19 @@ class Loop:
         self.timers = []
         self.single_shots = []
 
+    def tick(self):
+        """One round of the event loop: every started timer and every pending single shot."""
+        for timer in [t for t in self.timers if t.active]:
+            timer.slot()
+        pending, self.single_shots = self.single_shots, []
+        for fn in pending:
+            fn()
+
     def run_until(self, condition, timeout=300.0):
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, "timed out waiting for the background process"
-            for timer in [t for t in self.timers if t.active]:
-                timer.slot()
-            pending, self.single_shots = self.single_shots, []
-            for fn in pending:
-                fn()
+            self.tick()
             time.sleep(0.02)
 
 
@@ -133,6 +137,7 @@ def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonb
     util.VTKObservationMixin = type("VTKObservationMixin", (), {"__init__": lambda self: None})
     slicer = types.ModuleType("slicer")
     slicer.util = util
+    slicer.app = types.SimpleNamespace(processEvents=loop.tick, testingEnabled=lambda: True)
     slicer.mrmlScene = "the scene"
     slicer.vtkMRMLMarkupsROINode = type("vtkMRMLMarkupsROINode", (), {})
     slicer.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (), {})
@@ -160,8 +165,10 @@ def module_factory(monkeypatch, tmp_path, example_ct_sm):
     def load(nonblocking_launch: bool):
         for name, mod in make_fake_slicer(loop, tmp_path, example_ct_sm, nonblocking_launch).items():
             monkeypatch.setitem(sys.modules, name, mod)
-        monkeypatch.delitem(sys.modules, "PancreasDiNTS", raising=False)
+        for name in [n for n in sys.modules if n == "PancreasDiNTS" or n.startswith("PancreasDiNTSSlicerLib")]:
+            monkeypatch.delitem(sys.modules, name)
         module = importlib.import_module("PancreasDiNTS")
+        process = importlib.import_module("PancreasDiNTSSlicerLib.process")
         export_node = sys.modules["slicer.util"].exportNode
 
         def write_engine_input(volume, path):
@@ -169,7 +176,7 @@ def module_factory(monkeypatch, tmp_path, example_ct_sm):
             return Path(path)
 
         monkeypatch.setattr(module.scenelib.runs, "write_engine_input", write_engine_input)
-        assert module._hasNonBlockingLaunch() is nonblocking_launch
+        assert process._hasNonBlockingLaunch() is nonblocking_launch
         return module, loop
 
     return load

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -318,6 +318,27 @@ def training_display(metrics: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def output_lines(stream: IO[str]) -> Iterator[str]:
+    """The lines of a process's text output until its end; an undecodable line is replaced, never the end.
+
+    A pipe opened in text mode decodes with the locale's encoding and raises on bytes it cannot decode, which
+    would stop a reader for good. The engine writes UTF-8 (``PYTHONIOENCODING``), so when the stream has a
+    binary buffer the lines are read from it and decoded as UTF-8 with replacement characters."""
+    raw = getattr(stream, "buffer", None)
+    if raw is not None:
+        for data in iter(raw.readline, b""):
+            yield data.decode("utf-8", errors="replace")
+        return
+    while True:
+        try:
+            line = stream.readline()
+        except UnicodeDecodeError:
+            continue  # skip the line that cannot be decoded, keep reading
+        if not line:
+            return
+        yield line
+
+
 class LinePump:
     """Reads a process's stdout on a thread into a queue, so a GUI timer can poll it without blocking.
 
@@ -332,9 +353,9 @@ class LinePump:
 
     def _read(self, stream: IO[str]) -> None:
         try:
-            for line in iter(stream.readline, ""):
+            for line in output_lines(stream):
                 self._queue.put(line)
-        except (ValueError, OSError, UnicodeDecodeError):  # stream closed or undecodable: stop reading
+        except (ValueError, OSError):  # stream closed: stop reading
             pass
         finally:
             self._queue.put(None)
@@ -361,7 +382,7 @@ class LinePump:
 def follow(proc: subprocess.Popen, on_line: Callable[[str], Any]) -> int:
     """Blocking: pass each output line of ``proc`` to ``on_line`` until it exits; return its exit code."""
     assert proc.stdout is not None
-    for line in iter(proc.stdout.readline, ""):
+    for line in output_lines(proc.stdout):
         on_line(line)
     return proc.wait()
 

@@ -1,0 +1,63 @@
+"""The device combo box of both panels and the GPU list, asked from a background process without blocking.
+
+The list of GPUs comes from torch, which never runs in Slicer's process: ``Detect GPUs`` starts the bridge's
+device command as an :class:`~PancreasDiNTSSlicerLib.process.EngineProcess` and fills the combo box when it ends.
+A device saved in the scene (``cuda:1``) that the list does not hold yet is shown as itself, never as
+"Automatic".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PancreasDiNTSLib.bridge import background
+
+from PancreasDiNTSSlicerLib.process import EngineProcess
+
+Devices = list[tuple[str, str]]
+DEFAULT_DEVICES: Devices = list(background.DEFAULT_DEVICES)
+
+
+def savedDeviceLabel(device: str) -> str:
+    """The combo box text of a device that is selected but not (yet) detected."""
+    return f"{device} (not detected yet: Detect GPUs)"
+
+
+def setDeviceItems(comboBox: Any, devices: Sequence[tuple[str, str]], current: str = "auto") -> None:
+    """Fill a device combo box with (device, label) pairs and select ``current``."""
+    wasBlocked = comboBox.blockSignals(True)
+    comboBox.clear()
+    for device, label in devices:
+        comboBox.addItem(label, device)
+    comboBox.blockSignals(wasBlocked)
+    selectDevice(comboBox, current)
+
+
+def selectDevice(comboBox: Any, device: str | None) -> None:
+    """Select ``device`` without signalling (the list is dynamic, so it is not bound to the parameter node).
+
+    A device the list does not hold is added under :func:`savedDeviceLabel`; an empty one selects "auto"."""
+    device = device or "auto"
+    index = comboBox.findData(device)
+    wasBlocked = comboBox.blockSignals(True)
+    if index < 0:
+        comboBox.addItem(savedDeviceLabel(device), device)
+        index = comboBox.findData(device)
+    if index != comboBox.currentIndex:
+        comboBox.setCurrentIndex(index)
+    comboBox.blockSignals(wasBlocked)
+
+
+def detectDevices(completed: Callable[[Devices, str], Any]) -> EngineProcess:
+    """Ask torch for the GPUs in a background process; ``completed(devices, error)`` is called when it ends
+    (error is "" on success; the devices are then auto, cpu and one entry per GPU)."""
+
+    def finished(process: EngineProcess) -> None:
+        if process.returncode != 0:
+            completed(list(DEFAULT_DEVICES), process.parser.error_message(process.returncode))
+            return
+        completed(background.parse_devices("\n".join(process.parser.log)), "")
+
+    task = EngineProcess(background.devices_command(background.python_executable()), finishedCallback=finished)
+    return task.start(waitForCompletion=False)

@@ -1,0 +1,148 @@
+"""The Python packages the engine needs in Slicer's Python: checked without importing them, installed safely.
+
+Checks read installed distributions with ``importlib.metadata`` and compare versions with ``packaging`` (the
+bridge's ``missing_requirements``): torch is never imported into Slicer's process to find out whether it is
+there. torch comes from the PyTorch extension (``PyTorchUtils.installTorch`` picks the CUDA or CPU build), only
+when it is missing or older than :data:`TORCH_REQUIREMENT`. The other packages are installed by pip with a
+constraints file that pins every package Slicer ships at its installed version: pip then refuses (with one
+clear message here) instead of silently replacing, e.g., Slicer's pydicom.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import slicer
+from PancreasDiNTSLib.bridge import background
+
+TORCH_REQUIREMENT = "torch>=2.4"
+# Packages Slicer ships (or the PyTorch extension manages): pinned at their installed versions while pip runs.
+SLICER_MANAGED_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "SimpleITK", "pydicom", "requests", "vtk",
+                           "packaging")
+CONSTRAINTS_FILE_NAME = "slicer-constraints.txt"
+
+
+def _hasPackagingModule() -> bool:
+    """True on Slicer >= 5.12 (slicer.packaging: pip_ensure, load_requirements)."""
+    return importlib.util.find_spec("slicer.packaging") is not None
+
+
+def installedVersion(name: str) -> str | None:
+    """The installed version of a distribution, or None (nothing is imported)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def torchNeedsInstall(requirement: str = TORCH_REQUIREMENT) -> bool:
+    """True when torch is not installed or its version is outside ``requirement`` (torch is not imported)."""
+    return bool(background.missing_requirements([requirement]))
+
+
+def slicerConstraints(packages: Iterable[str] = SLICER_MANAGED_PACKAGES) -> list[str]:
+    """``name==version`` for each of ``packages`` that is installed: what pip must not replace."""
+    return [f"{name}=={version}" for name in packages if (version := installedVersion(name))]
+
+
+def writeConstraints(path: Path, packages: Iterable[str] = SLICER_MANAGED_PACKAGES) -> Path:
+    """A pip constraints file pinning what Slicer ships (see :func:`slicerConstraints`)."""
+    lines = ["# Packages Slicer ships, pinned at their installed versions: pip may not replace them.",
+             *slicerConstraints(packages)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def readRequirements(files: Iterable[str | Path]) -> list[str]:
+    """The requirement lines of every requirements file, in order."""
+    return [line for path in files for line in background.read_requirements(path)]
+
+
+def installFailedMessage(missing: Sequence[str], constraints: Sequence[str]) -> str:
+    """One line: what failed and why it may have (a pinned package Slicer ships), and where pip's words are."""
+    return (f"Installing {', '.join(missing)} failed. Packages Slicer ships are never replaced "
+            f"({', '.join(constraints) or 'none installed'}); a package needing another version of one of them "
+            "cannot be installed in this Slicer. The Python console shows pip's message.")
+
+
+def ensureTorch(askConfirmation: bool = True, requirement: str = TORCH_REQUIREMENT) -> bool:
+    """Make sure a torch satisfying ``requirement`` is installed; False when the user declined.
+
+    Nothing is imported when the installed torch is recent enough; otherwise the PyTorch extension installs it
+    (its ``installTorch`` imports torch once, after installing)."""
+    if not torchNeedsInstall(requirement):
+        return True
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError as exc:
+        raise RuntimeError("Pancreas DiNTS needs the PyTorch extension: install 'PyTorch' from the Extensions "
+                           "Manager, restart Slicer, then try again.") from exc
+    specifier = requirement[len("torch"):].strip()
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
+                                                          torchVersionRequirement=specifier)
+    return torch is not None
+
+
+def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
+                   requester: str = "PancreasDiNTS") -> bool:
+    """Install what ``files`` require and is missing, pinning what Slicer ships; False when the user declined.
+
+    askConfirmation also decides whether a restart may be offered (never in testing mode, where Slicer's dialogs
+    answer Yes by themselves, nor in scripts). A pip failure raises RuntimeError with one clear line."""
+    missing = background.missing_requirements(readRequirements(files))
+    if not missing:
+        return True
+    with tempfile.TemporaryDirectory(prefix="PancreasDiNTS-pip-") as folder:
+        constraints = writeConstraints(Path(folder) / CONSTRAINTS_FILE_NAME)
+        pinned = slicerConstraints()
+        if _hasPackagingModule():  # Slicer >= 5.12: checks, asks, installs with progress, offers a restart
+            import slicer.packaging
+
+            try:  # skip_in_testing=False: the self-test (run with --testing) needs the packages to run at all
+                slicer.packaging.pip_ensure(missing, constraints=str(constraints), prompt_install=askConfirmation,
+                                            prompt_restart=askConfirmation, requester=requester,
+                                            skip_in_testing=False)
+            except RuntimeError as error:  # raised when the user declines ("User declined package installation")
+                if "declined" not in str(error):
+                    raise
+                logging.info(f"{requester}: installation of {', '.join(missing)} declined")
+                return False
+            except subprocess.CalledProcessError as error:
+                raise RuntimeError(installFailedMessage(missing, pinned)) from error
+        else:
+            if not _installWithPip(missing, constraints, pinned, askConfirmation, requester):
+                return False
+    return not background.missing_requirements(missing)
+
+
+def _installWithPip(missing: Sequence[str], constraints: Path, pinned: Sequence[str], askConfirmation: bool,
+                    requester: str) -> bool:
+    """Slicer 5.10: confirm, ``pip install -c constraints``, offer a restart when an imported package changed."""
+    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            f"{requester} needs these Python packages, which will be downloaded and installed now:\n\n"
+            + "\n".join(missing), windowTitle="Install Python packages"):
+        return False
+    upgraded = [req for req in missing if background.requirement_installed(req)]
+    try:
+        slicer.util.pip_install(["-c", str(constraints), *missing])
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(installFailedMessage(missing, pinned)) from error
+    # The engine runs in a new process and sees new packages at once; Slicer itself only after a restart.
+    if upgraded and askConfirmation and not slicer.app.testingEnabled() and slicer.util.confirmYesNoDisplay(
+            "Some packages were upgraded. Restart Slicer now so that it uses the new versions too?"):
+        slicer.util.restart()
+    return True
+
+
+def setupPythonRequirements(files: Sequence[str | Path], askConfirmation: bool = True,
+                            requester: str = "PancreasDiNTS") -> bool:
+    """torch (through the PyTorch extension), then the packages of ``files``; False when the user declined."""
+    if not ensureTorch(askConfirmation):
+        return False
+    return ensurePackages(files, askConfirmation, requester)
