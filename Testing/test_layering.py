@@ -2,7 +2,7 @@
 
 Layers, lowest first; a module may import its own sub-package and any lower layer, never a higher one:
 
-    core  <  io, model, readout, bridge  <  inference  <  training  <  synthetic  <  cli
+    core  <  io, model, readout, bridge  <  inference  <  training, server  <  synthetic  <  cli
 
 ``core`` and ``bridge`` never import torch (the Slicer modules import them in Slicer's own process), and the
 package's imports form no cycle.
@@ -20,13 +20,13 @@ LAYERS = {
     "": 0, "core": 0,
     "io": 1, "model": 1, "readout": 1, "bridge": 1,
     "inference": 2, "review": 2,
-    "training": 3,
+    "training": 3, "server": 3,
     "synthetic": 4,
     "cli": 5,
 }
 TORCH_FREE = ("core", "bridge", "readout", "review")
 # Within one layer, these sub-packages may not import each other (they are independent of one another).
-INDEPENDENT = {"io", "model", "readout", "bridge"}
+INDEPENDENT = {"io", "model", "readout", "bridge", "training", "server"}
 
 
 def module_name(path: Path) -> str:

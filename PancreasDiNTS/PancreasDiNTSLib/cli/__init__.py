@@ -41,6 +41,7 @@ COMMANDS = {
     "export": "export",
     "benchmark": "benchmark",
     "demo": "demo",
+    "serve": "serve",
 }
 
 

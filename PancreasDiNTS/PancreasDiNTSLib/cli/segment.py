@@ -55,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
                    help="do not read/preprocess the next case in a background thread during inference (saves the "
                         "memory of one case in batch mode)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="segment on a `pancreas-dints serve` server (e.g. https://gpu-server:8765): the same case "
+                        "folders, files and tables as a local run (docs/SERVER.md)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="the server's token (default: $PANCREAS_DINTS_TOKEN_FILE, else ~/.config/pancreas-dints/token)")
 
 
 def positive_int(text: str) -> int:
@@ -85,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
         inputs=tuple(args.inputs), out_dir=args.output, model=args.model, device=device, formats=args.formats,
         progress=args.progress, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct,
         sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, series=args.series,
-        prefetch=args.prefetch,
+        prefetch=args.prefetch, server=args.server, token_file=args.token_file,
         rank=rank, world_size=world,
     )
 

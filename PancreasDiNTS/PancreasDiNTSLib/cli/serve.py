@@ -1,0 +1,47 @@
+"""`pancreas-dints serve`: segment on this machine for other machines (HTTP API; docs/SERVER.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PancreasDiNTSLib.cli.segment import positive_int
+
+HELP = "serve segmentation over HTTP to Slicer and `segment --server` clients (token, job queue, GPU workers)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; another address needs TLS)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    p.add_argument("--model", default="official", metavar="BUNDLE_DIR",
+                   help="the model to serve, as for `segment` (default: official)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: one worker per GPU, or one on the CPU), or devices such as cuda:0,cuda:1")
+    p.add_argument("--data", default="~/.local/share/pancreas-dints/server", metavar="DIR",
+                   help="job store, uploads, results, token and logs (made with mode 0700)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="the token clients must send (default: DATA/token, made on the first start, mode 0600)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (and --tls-key)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
+    p.add_argument("--max-upload-mb", type=positive_int, default=2048, help="largest upload (default 2048 MiB)")
+    p.add_argument("--max-queue", type=positive_int, default=64, help="most jobs waiting (default 64; then 503)")
+    p.add_argument("--min-free-mb", type=positive_int, default=1024,
+                   help="free disk space kept in DATA; uploads that would eat into it are refused (507)")
+    p.add_argument("--retention-hours", type=float, default=72.0,
+                   help="finished jobs' results are deleted after this time unless the client deleted them (default 72)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from PancreasDiNTSLib.server.app import Limits
+    from PancreasDiNTSLib.server.serve import ServeSettings, serve
+
+    limits = Limits(max_upload_bytes=args.max_upload_mb << 20, max_unpacked_bytes=4 * (args.max_upload_mb << 20),
+                    max_queue=args.max_queue, min_free_bytes=args.min_free_mb << 20,
+                    retention_s=args.retention_hours * 3600.0)
+    settings = ServeSettings(
+        data=Path(args.data), model=args.model, host=args.host, port=args.port, devices=args.device,
+        token_file=Path(args.token_file) if args.token_file else None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
+        limits=limits)
+    return serve(settings)

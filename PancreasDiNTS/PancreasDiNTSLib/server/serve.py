@@ -1,0 +1,177 @@
+"""Starting ``pancreas-dints serve``: data folder, token, lock, job recovery, workers, then uvicorn.
+
+The data folder (``--data``, mode 0700) holds ``token`` (made on first start, mode 0600, unless ``--token-file``
+gives one), ``jobs.sqlite3`` (the job store), ``jobs/<id>/`` (uploads and results), ``logs/`` (worker output)
+and ``server.json`` (the address, written once listening). One server per data folder (a lock). A
+non-loopback ``--host`` prints that the traffic must go over TLS (``--tls-cert``/``--tls-key``, or a proxy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PancreasDiNTSLib.bridge.background import devices_command, parse_devices
+from PancreasDiNTSLib.bridge.remote import is_loopback, read_token
+from PancreasDiNTSLib.core.atomic import write_text_atomic
+from PancreasDiNTSLib.core.errors import UsageError, printable
+from PancreasDiNTSLib.server.app import Limits, Service, create_app
+from PancreasDiNTSLib.server.store import JobStore
+from PancreasDiNTSLib.server.workers import WorkerPool
+
+TOKEN_NAME = "token"
+JANITOR_EVERY_S = 60.0
+
+
+@dataclass
+class ServeSettings:
+    data: Path
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8765
+    devices: str = "auto"
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def say(text: str) -> None:
+    print(f"pancreas-dints serve: {printable(text)}", file=sys.stderr, flush=True)
+
+
+def load_token(data: Path, token_file: Path | None) -> tuple[str, Path]:
+    """The token (from ``token_file``, else DATA/token, made on the first start with mode 0600) and its file."""
+    if token_file is not None:
+        return read_token(token_file), token_file
+    path = data / TOKEN_NAME
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise UsageError(f"{printable(path)}: readable by other users; run chmod 600 on it (or delete it for a new "
+                         "token), then start again")
+    return read_token(path), path
+
+
+@contextlib.contextmanager
+def data_lock(data: Path) -> Iterator[None]:
+    """One server per data folder (an exclusive lock on DATA/server.lock while it runs)."""
+    handle = open(data / "server.lock", "a+")  # noqa: SIM115
+    try:
+        if os.name == "posix":
+            import fcntl
+
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UsageError(f"--data {printable(data)}: another server uses this data folder; stop it or "
+                                 "choose another folder") from None
+        yield
+    finally:
+        handle.close()
+
+
+def worker_devices(spec: str) -> list[str]:
+    """``auto``: one worker per GPU (none: one on the CPU); else the comma-separated devices given."""
+    if spec != "auto":
+        devices = [d.strip() for d in spec.split(",") if d.strip()]
+        if not devices:
+            raise UsageError("--device: give auto, cpu, cuda, cuda:N or a comma-separated list")
+        return devices
+    try:
+        out = subprocess.run(devices_command(sys.executable), capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    gpus = [d for d, _ in parse_devices(out) if d.startswith("cuda:")]
+    return gpus or ["cpu"]
+
+
+def clean_orphans(store: JobStore) -> int:
+    """Remove job folders with no job in the store (uploads that were never accepted)."""
+    known, removed = store.known_ids(), 0
+    for folder in store.jobs_dir.iterdir():
+        if folder.name not in known:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def janitor(service: Service, stop: threading.Event) -> None:
+    """Delete finished jobs past the retention time (their files and their row)."""
+    while not stop.wait(JANITOR_EVERY_S):
+        for job_id in service.store.expired(time.time() - service.limits.retention_s):
+            shutil.rmtree(service.store.job_dir(job_id), ignore_errors=True)
+            service.store.delete(job_id)
+
+
+def _listen(settings: ServeSettings) -> tuple[socket.socket, str]:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        sock = socket.create_server((settings.host, settings.port), family=family)
+    except OSError as exc:
+        raise UsageError(f"--host {printable(settings.host)} --port {settings.port}: cannot listen there "
+                         f"({exc.strerror or exc}); choose another port") from None
+    scheme = "https" if settings.tls_cert else "http"
+    host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    return sock, f"{scheme}://{host}:{sock.getsockname()[1]}"
+
+
+def _check_tls(settings: ServeSettings) -> None:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together (the certificate and its private key)")
+    for p in (settings.tls_cert, settings.tls_key):
+        if p is not None and not Path(p).is_file():
+            raise UsageError(f"{printable(p)}: file not found")
+    if not is_loopback(settings.host) and not settings.tls_cert:
+        say(f"warning: listening on {settings.host} without TLS: images and the token cross the network in clear; "
+            "use --tls-cert/--tls-key or a reverse proxy with HTTPS (docs/SERVER.md)")
+
+
+def serve(settings: ServeSettings) -> int:
+    """Run the server until SIGINT/SIGTERM; returns an exit code."""
+    import uvicorn
+
+    _check_tls(settings)
+    data = settings.data.expanduser().resolve()
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (data / "logs").mkdir(exist_ok=True, mode=0o700)
+    with data_lock(data):
+        token, token_path = load_token(data, settings.token_file)
+        store = JobStore(data)
+        orphans, counts = clean_orphans(store), store.recover()
+        if orphans or any(counts.values()):
+            say(f"recovered: {counts['requeued']} job(s) queued again, {counts['failed']} failed with a reason, "
+                f"{orphans} unfinished upload(s) removed")
+        pool = WorkerPool(store, settings.model, worker_devices(settings.devices), data / "logs")
+        hello = pool.start()
+        service = Service(store, pool, token, settings.limits)
+        sock, url = _listen(settings)
+        stop = threading.Event()
+        threading.Thread(target=janitor, args=(service, stop), daemon=True).start()
+        write_text_atomic(data / "server.json", json.dumps({"url": url, "pid": os.getpid()}) + "\n")
+        model = hello.get("model", {})
+        say(f"listening on {url} (model {model.get('name', '?')} {model.get('version', '')}, workers: "
+            f"{', '.join(s.device for s in pool.slots)}; token in {token_path}; API page {url}/docs)")
+        config = uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+                                ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+                                ssl_keyfile=str(settings.tls_key) if settings.tls_key else None)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            stop.set()
+            pool.stop()
+            store.close()
+    return 0
