@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PancreasDiNTSLib.model.fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
 
 __all__ = [
-    "WindowGrid", "window_grid", "constant_window_values", "sliding_window_exact_skip", "SlidingStats",
+    "WindowGrid", "window_grid", "constant_window_values", "sliding_window_exact_skip", "finish_sums", "SlidingStats",
     "choose_sw_batch_size", "box_to_voxels", "crop_image", "paste_labels", "is_oom", "tune_cpu_allocator",
     "FastInferer", "predict_roi", "prefetched",
 ]
@@ -193,6 +193,9 @@ def sliding_window_exact_skip(
     progress: Callable[[int, int], None] | None = None,
     stats: SlidingStats | None = None,
     region: Sequence[tuple[int, int]] | None = None,
+    windows: Sequence[int] | None = None,
+    into: torch.Tensor | None = None,
+    raw: bool = False,
 ) -> torch.Tensor:
     """Logits equal to ``monai.inferers.sliding_window_inference(inputs, roi_size, sw_batch_size, predictor,
     overlap, mode="constant")`` with constant windows computed once per value (see module docstring).
@@ -204,6 +207,10 @@ def sliding_window_exact_skip(
     ``region``: half-open voxel ranges of the (unpadded) image; only windows that touch it run, the logits
     inside it are the full run's, and outside it they are set to "background" (0 for channel 0, -1e4 for the
     others, so softmax/argmax give label 0 there).
+    ``windows``: run only these windows (indices into :func:`window_grid`'s list, MONAI's order), e.g. those a
+    region of any shape touches (inference/region.py). ``raw``: return the padded sums before the division by the
+    window count (a plain tensor, to be finished with :func:`finish_sums`); ``into``: such sums of earlier windows
+    to add to (updated in place).
     """
     from monai.data import MetaTensor
     from monai.utils import convert_to_dst_type
@@ -223,12 +230,15 @@ def sliding_window_exact_skip(
     n_win = len(slices)
     consts = constant_window_values(x, grid) if skip_constant else [None] * n_win
     order, box = _windows_in_region(grid, region)
+    if windows is not None:
+        chosen = set(windows)
+        order = [i for i in order if i in chosen]
     todo = [i for i in order if consts[i] is None]
     stats.windows, stats.computed, stats.constant = len(order), len(todo), len(order) - len(todo)
     state = {"batch": max(1, int(sw_batch_size))}
     stats.batch_size = state["batch"]
 
-    output: torch.Tensor | None = None
+    output: torch.Tensor | None = into
 
     def add(i: int, logits: torch.Tensor) -> None:
         nonlocal output
@@ -240,6 +250,8 @@ def sliding_window_exact_skip(
                  _WindowRun(predictor, state, stats, fixed_batch, win_device, progress))
     if output is None:
         raise ValueError(f"the region {region} touches no window of the image")
+    if raw:
+        return output
     output = _finish(output, grid, box)
     if temp_meta is not None:
         return convert_to_dst_type(output, temp_meta, device=out_device)[0]
@@ -311,6 +323,12 @@ def _windows_in_region(grid: Any, region: Sequence[tuple[int, int]] | None
     hi = [e + grid.pad[2 * (nd - 1 - a)] for a, (_, e) in enumerate(region)]
     order = [i for i in order if all(sl.start < hi[a] and sl.stop > lo[a] for a, sl in enumerate(grid.slices[i]))]
     return order, (lo, hi)
+
+
+def finish_sums(output: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+    """Padded window sums (``raw=True``) -> logits on the image: divided by the full run's window count (so a
+    voxel all of whose windows ran gets the full run's logits) and the padding cropped."""
+    return _finish(output, grid, None)
 
 
 def _finish(output: torch.Tensor, grid: Any, box: tuple[list[int], list[int]] | None) -> torch.Tensor:

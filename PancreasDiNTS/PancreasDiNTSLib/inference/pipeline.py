@@ -11,7 +11,8 @@ read/check  io.images.read_image (format, 3D, CT intensities) and            rea
             (not applicable -> note; its own check; the destination:
             ownership, writability, free space) before any inference
 preprocess  Segmenter.preprocess (the bundle's transforms)                   preprocess
-infer       Segmenter.infer (sliding window; ROI: fastpath.predict_roi)       infer / roi_infer
+infer       Segmenter.infer (sliding window; ROI: fastpath.predict_roi;      infer / roi_infer
+            automatic region: region.infer_auto)
 invert      Segmenter.invert (softmax, inversion, argmax; the uint8          postprocess
             confidence map and lesion maximum from the same probabilities)
 measure     voxel counts and mL; ``CaseOptions.measure`` adds more           measure
@@ -54,10 +55,11 @@ from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
 from PancreasDiNTSLib.inference.fastpath import predict_roi
+from PancreasDiNTSLib.inference.region import REGION_MODES, infer_auto
 from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
 from PancreasDiNTSLib.io.dicom import series_from_meta
-from PancreasDiNTSLib.io.images import LoadedImage, read_image
+from PancreasDiNTSLib.io.images import LoadedImage, is_dicom_file, read_image
 from PancreasDiNTSLib.readout.page import render_case_page
 from PancreasDiNTSLib.readout.report import case_readout
 
@@ -66,7 +68,8 @@ Measure = Callable[[np.ndarray, LoadedImage], dict[str, Any]]  # extra measureme
 REPORT_NAME = OUTPUT_NAMES["report"]
 ROI_SPACES = ("ras", "voxel")
 ROI_MODES = ("grid", "local")
-FORMAT_ALIASES = {"nii": "nifti", "nii.gz": "nifti", "seg": "seg.nrrd", "dicomseg": "dicom-seg", "dcm": "dicom-seg"}
+FORMAT_ALIASES = {"nii": "nifti", "nii.gz": "nifti", "seg": "seg.nrrd", "dicomseg": "dicom-seg", "dcm": "dicom-seg",
+                  "dicomsr": "dicom-sr", "sr": "dicom-sr", "rtss": "rtstruct"}
 REPORT_RESERVE_BYTES = 1 << 20  # report.json, manifest and slack in the free-space estimate
 PAGE_BYTES = 4 << 20  # an upper bound of one case page (PNG or PDF)
 ROI_CONFIDENCE_REASON = ("ROI mode: the model ran only around the box, so there are no whole-image "
@@ -118,6 +121,7 @@ class CaseData:
     confidence: np.ndarray | None = None  # uint8 255 x max softmax probability on the input grid (None: ROI mode)
     readout: dict[str, Any] = field(default_factory=dict)  # readout.report.case_readout of the labels
     model: dict[str, Any] = field(default_factory=dict)  # Bundle.describe() (name, version, md5s)
+    written: dict[str, Path] = field(default_factory=dict)  # format -> its file, written earlier in this case
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class OutputSpec:
     title: str = ""  # how notes name it (default: the format name)
     # (case, model name, model version) -> notes; raises when the output cannot be made for this case
     precheck: Callable[[LoadedImage, str, str], list[str]] | None = None
+    requires: tuple[str, ...] = ()  # formats it needs written before it (parse_formats adds them)
+    refuse_non_dicom: bool = False  # dicom_only, but a non-DICOM input is refused (UsageError) instead of a note
 
 
 OUTPUTS: dict[str, OutputSpec] = {}
@@ -161,6 +167,19 @@ register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
                            lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version),
                            lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True,
                            precheck=_dicom_seg_precheck, title="DICOM SEG"))
+register_output(OutputSpec(
+    "dicom-sr", OUTPUT_NAMES["dicom-sr"],
+    lambda d, c: writers.write_dicom_sr(d, c.written.get("dicom-seg"), c.readout, c.model, c.case, c.model_name,
+                                        c.model_version),
+    lambda case: (1 << 20) + 2048 * len(case.dicom_files), dicom_only=True, refuse_non_dicom=True,
+    precheck=lambda case, name, version: writers.check_dicom_sr_preconditions(case, name, version),
+    requires=("dicom-seg",), title="DICOM SR"))
+register_output(OutputSpec(
+    "rtstruct", OUTPUT_NAMES["rtstruct"],
+    lambda d, c: writers.write_rtstruct(d, c.labels, c.case, c.model_name, c.model_version),
+    lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True, refuse_non_dicom=True,
+    precheck=lambda case, name, version: writers.check_rtstruct_preconditions(case, name, version),
+    title="RTSTRUCT"))
 
 
 def _write_confidence(dest: Path, data: CaseData) -> Path:
@@ -195,8 +214,9 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         item = FORMAT_ALIASES.get(item, item)
         if item not in OUTPUTS:
             raise UsageError(f"--format {printable(item)}: unknown output format; choose from {', '.join(OUTPUTS)}")
-        if item not in out:
-            out.append(item)
+        for need in (*OUTPUTS[item].requires, item):  # e.g. dicom-sr references the DICOM SEG it writes too
+            if need not in out:
+                out.append(need)
     if not out:
         raise UsageError("--format: give at least one of " + ", ".join(OUTPUTS))
     return tuple(out)
@@ -213,6 +233,7 @@ class CaseOptions:
     report: bool = True  # write report.json (the batch does; demo and benchmark write their own or none)
     measure: Measure | None = None  # hook: the read-out's measurements, merged into report["measurements"]
     readout: bool = True  # the read-out (report["readout"], confidence map); off: labels only (evaluate, benchmark)
+    region: str = "whole"  # "whole" | "auto" (inference/region.py: a coarse pass, the dense pass where the gland is)
     report_extra: dict[str, Any] = field(default_factory=dict)  # keys added to (or replacing) report.json's
 
 
@@ -277,6 +298,15 @@ def check_destination(sink: OutputSink, names: list[str], need_bytes: int) -> No
                             f"to {need_bytes / 2**20:.0f} MiB; free space or choose another -o")
 
 
+def refuse_non_dicom(formats: tuple[str, ...], inputs: list[Path]) -> None:
+    """UsageError (exit 2, before any inference) when a format that needs DICOM is asked for a non-DICOM input."""
+    needs = [f for f in formats if OUTPUTS[f].refuse_non_dicom]
+    for path in inputs if needs else []:
+        if not (Path(path).is_dir() or is_dicom_file(Path(path))):
+            raise UsageError(f"--format {','.join(needs)}: {printable(path)} is not a DICOM series; these outputs "
+                             "reference the input's DICOM images (give a DICOM folder, or leave them out of --format)")
+
+
 def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | None,
                   model: tuple[str, str] = ("", "")) -> OutputPlan:
     """Preconditions of every requested output, right after reading and before inference.
@@ -286,11 +316,17 @@ def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | No
     plan = OutputPlan()
     for fmt in options.formats:
         spec = OUTPUTS[fmt]
+        if spec.refuse_non_dicom and case.fmt != "dicom":
+            refuse_non_dicom((fmt,), [case.path])
         if spec.dicom_only and case.fmt != "dicom":
             plan.notes.append(f"{spec.title or fmt} not written: the input is not a DICOM series")
             continue
         if spec.whole_image and options.roi is not None:
             plan.notes.append(f"{spec.title or fmt} not written: {ROI_CONFIDENCE_REASON}")
+            continue
+        missing = [r for r in spec.requires if r in plan.failed]
+        if missing:
+            plan.failed[fmt] = f"it needs {missing[0]}, which cannot be written"
             continue
         try:
             if spec.precheck is not None:
@@ -376,11 +412,13 @@ class CaseOutcome:
     report: dict[str, Any] = field(default_factory=dict)
     readout: dict[str, Any] = field(default_factory=dict)  # readout.report.case_readout -> report["readout"]
     confidence: np.ndarray | None = None  # the uint8 confidence map (None in ROI mode)
+    region: dict[str, Any] = field(default_factory=dict)  # the automatic region's run (report inference.region)
 
 
 def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, stages: _Stages,
-             readout: bool = True) -> Inverted:
-    """preprocess -> infer -> invert (or the ROI path, which runs the same stages on its windows)."""
+             readout: bool = True, region: dict[str, Any] | None = None) -> Inverted:
+    """preprocess -> infer -> invert (or the ROI path, which runs the same stages on its windows). ``region``:
+    a dict to run the automatic region (region.infer_auto) and receive what it did."""
     image = prepared.case.image
     if roi is not None:
         stages.say("infer", 0.1, f"ROI {list(roi.box)} ({roi.space}, {roi.mode} mode)")
@@ -396,9 +434,25 @@ def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, s
     def on_window(done: int, total: int) -> None:
         stages.say("infer", 0.1 + 0.8 * done / max(1, total), f"window {done}/{total}")
 
-    logits = stages.run("infer", segmenter.infer, pre, on_window)
+    if region is None:
+        logits = stages.run("infer", segmenter.infer, pre, on_window)
+    else:
+        logits = stages.run("infer", _infer_auto, segmenter, pre, stages, region)
     stages.say("postprocess", 0.92, "inverting to the input grid")
     return stages.run("postprocess", segmenter.invert, logits, pre, readout=readout)
+
+
+def _infer_auto(segmenter: Segmenter, pre: Any, stages: _Stages, into: dict[str, Any]) -> Any:
+    """region.infer_auto with its passes as progress (coarse 10-25 %, dense 25-90 %); what ran goes to ``into``."""
+    spans = {"coarse": (0.1, 0.15), "dense": (0.25, 0.65), "whole": (0.1, 0.8)}
+
+    def progress(name: str, done: int, total: int) -> None:
+        start, width = spans[name]
+        stages.say("infer", start + width * done / max(1, total), f"{name} window {done}/{total}")
+
+    logits, run = infer_auto(segmenter, pre, progress)
+    into.update(run.describe())
+    return logits
 
 
 def _readout(inverted: Inverted, case: LoadedImage, roi: RoiRequest | None, stages: _Stages) -> dict[str, Any]:
@@ -422,7 +476,10 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     t0 = started if started is not None else time.perf_counter()
     prepared = source if isinstance(source, Prepared) else prepare_case(source, segmenter, options, sink, on_stage)
     stages = _Stages(segmenter.device, on_stage, prepared.timings)
-    inverted = _predict(prepared, segmenter, options.roi, stages, options.readout)
+    if options.region not in REGION_MODES:
+        raise UsageError(f"--region {printable(options.region)}: choose {' or '.join(REGION_MODES)}")
+    region: dict[str, Any] | None = {} if options.region == "auto" and options.roi is None else None
+    inverted = _predict(prepared, segmenter, options.roi, stages, options.readout, region)
     labels = inverted.labels
     case = prepared.case
     voxels, ml = stages.run("measure", writers.volumes_ml, labels, case)
@@ -430,7 +487,9 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     readout = _readout(inverted, case, options.roi, stages) if options.readout else {}
     outcome = CaseOutcome(case, labels, voxels, ml, stages.timings, measurements, notes=list(prepared.plan.notes),
                           failed_outputs=dict(prepared.plan.failed), readout=readout,
-                          confidence=inverted.confidence)
+                          confidence=inverted.confidence, region=region or {})
+    if region and region.get("fallback"):
+        outcome.notes.append(f"automatic region: {region['fallback']}")
     if sink is not None:
         _write_outputs(outcome, prepared.plan, segmenter, options, sink, stages)
     outcome.timings["total"] = time.perf_counter() - t0
@@ -461,6 +520,7 @@ def _write_outputs(outcome: CaseOutcome, plan: OutputPlan, segmenter: Segmenter,
             sink.write(spec.filename, _bound_writer(spec.write, data))
             outcome.timings[f"write_{fmt}"] = time.perf_counter() - t1
             outcome.outputs.append(spec.filename)
+            data.written[fmt] = sink.path / spec.filename
         except (DiskFullError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - one output failing keeps the others (reported per output)
@@ -486,6 +546,7 @@ def case_report(outcome: CaseOutcome, segmenter: Segmenter, options: CaseOptions
     """report.json of a case (segment's; the demo adds its own keys)."""
     case = outcome.case
     inference = segmenter.describe() | ({"roi": options.roi.describe()} if options.roi else {})
+    inference["region"] = outcome.region or {"mode": "box" if options.roi else "whole"}
     report: dict[str, Any] = {
         "case": case.name,
         "input": str(case.path),
