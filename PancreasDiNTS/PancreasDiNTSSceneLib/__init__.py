@@ -19,7 +19,7 @@ from PancreasDiNTSSceneLib.report import (
     report_table,
 )
 from PancreasDiNTSSceneLib.roi import roi_argument, roi_box_ras
-from PancreasDiNTSSceneLib.runs import SegmentationJob, SegmentationResult
+from PancreasDiNTSSceneLib.runs import RemoteSegmentationJob, SegmentationJob, SegmentationResult
 from PancreasDiNTSSceneLib.segmentations import (
     import_segmentation,
     our_segment_ids,
@@ -35,6 +35,7 @@ from PancreasDiNTSSceneLib.volumes import (
 
 __all__ = [
     "CONFIDENCE_COLOR_NODE_NAME",
+    "RemoteSegmentationJob",
     "SceneLayerError",
     "SegmentationJob",
     "SegmentationResult",

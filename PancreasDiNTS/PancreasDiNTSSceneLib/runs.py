@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import background, remote
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
@@ -146,3 +146,40 @@ class SegmentationJob:
         """Remove the temporary folder (input copy and outputs)."""
         if self.work_dir is not None and not self.keep_outputs:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+@dataclass
+class RemoteSegmentationJob(SegmentationJob):
+    """A Segment run on a ``pancreas-dints serve`` server: the same input file and the same import as a local
+    run; :meth:`start` returns a :class:`bridge.remote.RemoteRun` (standard-library HTTP on a thread) that is
+    read like the engine's process: drain its lines into a ProgressParser, then ``complete(run.returncode,
+    cancelled, parser)``. ``model`` is the server's (the argument is ignored)."""
+
+    server_url: str = ""
+    token: str = ""
+    cafile: str | None = None
+
+    def start(self) -> remote.RemoteRun:
+        """Check the choices, write the input volume (world coordinates) and start the upload on a thread."""
+        self.scene = resolve_scene(self.scene)
+        if self.input_volume is None:
+            raise SceneLayerError("select an input CT volume")
+        if not self.server_url or not self.token:
+            raise SceneLayerError("give the server's address and its token")
+        if self.mode not in MODES:
+            raise SceneLayerError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        try:
+            client = remote.ServerClient(self.server_url, self.token, cafile=self.cafile)
+        except remote.RemoteError as exc:
+            raise SceneLayerError(str(exc)) from None
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="PancreasDiNTS-"))
+        try:
+            input_path = write_engine_input(self.input_volume, Path(self.work_dir) / INPUT_FILE_NAME)
+        except Exception:
+            self.cleanup()
+            raise
+        options = remote.job_options(self.requested_formats(), self.mode, self.roi_box, "ras", self.roi_mode,
+                                     self.allow_non_ct)
+        return remote.RemoteRun(client, input_path, self.output_dir, options,
+                                case=INPUT_FILE_NAME.split(".")[0]).start()
