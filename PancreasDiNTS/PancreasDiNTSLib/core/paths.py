@@ -19,12 +19,14 @@ OUTPUT_NAMES = {
     "nifti": "labels.nii.gz",
     "seg.nrrd": "segmentation.seg.nrrd",
     "dicom-seg": "segmentation.dcm",
+    "dicom-sr": "measurements-sr.dcm",
+    "rtstruct": "rtstruct.dcm",
     "confidence": "confidence.nii.gz",
     "report-png": "report.png",
     "report-pdf": "report.pdf",
     "report": "report.json",
 }
-FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "confidence", "report-png", "report-pdf")
+FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "dicom-sr", "rtstruct", "confidence", "report-png", "report-pdf")
 # The files `segment` writes into OUTDIR itself, next to the case folders (per rank under torchrun).
 BATCH_NAMES = {"summary": "summary.json", "measurements": "measurements.csv"}
 

@@ -57,6 +57,7 @@ from PancreasDiNTSLib.inference.pipeline import (
     RoiRequest,
     parse_formats,
     prepare_case,
+    refuse_non_dicom,
     segment_case,
 )
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
@@ -401,6 +402,7 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
         dev = resolve_device(settings.device)
         bundle = load_bundle(resolve_model(settings.model))
     paths, failures = expand_all(settings.inputs)
+    refuse_non_dicom(settings.formats, paths)  # dicom-sr/rtstruct of a non-DICOM input: exit 2, before any work
     planner = CasePlanner(paths, out, settings.series)
     planner.plan()  # PlacementError (exit 2) before anything is written
     check_writable(out)

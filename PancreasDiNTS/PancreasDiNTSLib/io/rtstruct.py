@@ -71,7 +71,7 @@ def _image_ref(image: Any):
 def _roi_contours(label: int, frames: np.ndarray, images: Sequence[Any]) -> list[Any]:
     from pydicom.dataset import Dataset
 
-    items = []
+    items: list[Any] = []
     for k, image in enumerate(images):
         for ring in slice_contours(frames[k] == label):
             item = Dataset()
@@ -86,11 +86,11 @@ def _roi_contours(label: int, frames: np.ndarray, images: Sequence[Any]) -> list
 
 def _header(sources: SegSources, model_name: str, model_version: str) -> Any:
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ImplicitVRLittleEndian, generate_uid
 
     first = sources.datasets[0]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STRUCT_STORAGE
+    meta.MediaStorageSOPClassUID = UID(RT_STRUCT_STORAGE)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ImplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID

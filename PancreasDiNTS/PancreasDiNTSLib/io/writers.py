@@ -1,4 +1,5 @@
-"""Writing results: label map NIfTI, Slicer ``.seg.nrrd`` (slicerio), DICOM SEG (highdicom), ``report.json``.
+"""Writing results: label map NIfTI, Slicer ``.seg.nrrd`` (slicerio), DICOM SEG and SR (highdicom), RTSTRUCT,
+``report.json``.
 
 Every writer writes to a temporary name in the destination folder and renames it (atomic.py), so a crash never
 leaves a half-written file under the final name. Geometry comes from the loaded input, so outputs overlay it
@@ -15,7 +16,7 @@ import numpy as np
 
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
-from PancreasDiNTSLib.io import dicom_seg
+from PancreasDiNTSLib.io import dicom_seg, dicom_sr, rtstruct
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage, load_nifti
 
 
@@ -119,6 +120,44 @@ def check_dicom_seg_preconditions(case: LoadedImage, model_name: str = "Pancreas
     if case.fmt != "dicom" or not case.dicom_files:
         raise dicom_seg.DicomSegError(f"{case.path}: DICOM SEG needs a DICOM input series")
     return dicom_seg.check_preconditions(case.dicom_files, model_name, model_version)
+
+
+def _dicom_files(case: LoadedImage, what: str, error: type[Exception]) -> list[Path]:
+    if case.fmt != "dicom" or not case.dicom_files:
+        raise error(f"{case.path}: {what} needs a DICOM input series")
+    return list(case.dicom_files)
+
+
+def write_rtstruct(dest: Path, labels: np.ndarray, case: LoadedImage, model_name: str, model_version: str) -> Path:
+    """RT structure set (io.rtstruct): contours on the acquired CT images, referencing their SOP instances."""
+    rtstruct.write(dest, labels, case.affine_ras, _dicom_files(case, "an RT structure set", rtstruct.DicomRtError),
+                   model_name, model_version)
+    return dest
+
+
+def check_rtstruct_preconditions(case: LoadedImage, model_name: str = "PancreasDiNTS",
+                                 model_version: str = "") -> list[str]:
+    """Before inference: can an RTSTRUCT be written for this case (a trial one in memory)? Notes, or
+    rtstruct.DicomRtError (one line)."""
+    files = _dicom_files(case, "an RT structure set", rtstruct.DicomRtError)
+    return rtstruct.check_preconditions(files, model_name, model_version)
+
+
+def write_dicom_sr(dest: Path, seg_path: Path | None, readout: dict[str, Any], model: dict[str, Any],
+                   case: LoadedImage, model_name: str, model_version: str) -> Path:
+    """DICOM SR of the read-out (io.dicom_sr) referencing the DICOM SEG written at ``seg_path`` in this run."""
+    files = _dicom_files(case, "a DICOM SR", dicom_sr.DicomSrError)
+    if seg_path is None:
+        raise dicom_sr.DicomSrError("the DICOM SEG its measurements reference was not written (see dicom-seg)")
+    dicom_sr.write(dest, seg_path, readout, model, files, model_name, model_version)
+    return dest
+
+
+def check_dicom_sr_preconditions(case: LoadedImage, model_name: str = "PancreasDiNTS",
+                                 model_version: str = "") -> list[str]:
+    """Before inference: a trial SR (with a trial SEG and a stand-in read-out) of this series, in memory."""
+    files = _dicom_files(case, "a DICOM SR", dicom_sr.DicomSrError)
+    return dicom_sr.check_preconditions(files, model_name, model_version)
 
 
 def volumes_ml(labels: np.ndarray, case: LoadedImage) -> tuple[dict[str, int], dict[str, float]]:
