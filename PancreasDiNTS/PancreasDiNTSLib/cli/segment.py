@@ -27,9 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "`pancreas-dints download`")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--format", default="nifti,seg.nrrd", dest="formats",
-                   help=f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM inputs; dicom-sr, which writes the SEG too, "
-                        "and rtstruct refuse other inputs); "
-                        "default nifti,seg.nrrd")
+                   help=f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM inputs; "
+                        "dicom-sr, which writes the SEG too, and rtstruct refuse other inputs); default nifti,seg.nrrd")
     p.add_argument("--progress", default="auto", choices=MODES,
                    help="bar (terminal), json (one JSON object per line on stdout), none; auto = bar on a terminal")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
