@@ -193,6 +193,64 @@ def test_line_pump_does_not_block_and_sees_the_end():
     assert proc.wait() == 0
 
 
+BAD_BYTES_OUTPUT = [b'{"case": "c", "stage": "infer", "fraction": 0.25}\n', b"caf\xe9 \xff\xfe \x81\x9d undecodable\n",
+                    b"\xc2\xb5m and \x80\n", b'{"case": "c", "stage": "infer", "fraction": 0.75}\n', b"last line\n"]
+
+
+def _pipe_with(chunks: list[bytes], encoding: str):
+    """A real OS pipe holding ``chunks``, its read end opened in text mode as Popen(universal_newlines=True)
+    opens it (the locale's encoding: ascii under LANG=C, cp1252 on many Windows computers)."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as writer:
+        writer.write(b"".join(chunks))
+    return open(read_fd, encoding=encoding, newline=None)  # the pump reads it
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "cp1252", "utf-8"])
+def test_line_pump_skips_undecodable_bytes_and_reads_on(encoding):
+    """Bytes the locale cannot decode used to end the pump's reading (the run then looked "running" forever or
+    lost its last lines): every line still arrives, the bad ones with replacement characters."""
+    with _pipe_with(BAD_BYTES_OUTPUT, encoding) as stream:
+        if encoding != "utf-8":  # the finding: a plain text-mode reader stops at the bad line
+            with _pipe_with(BAD_BYTES_OUTPUT, encoding) as plain, pytest.raises(UnicodeDecodeError):
+                list(iter(plain.readline, ""))
+        pump = background.LinePump(stream)
+        lines: list[str] = []
+        deadline = time.monotonic() + 10
+        while not pump.ended:
+            assert time.monotonic() < deadline
+            lines += pump.drain()
+            time.sleep(0.01)
+    assert len(lines) == 5 and lines[-1].strip() == "last line"
+    assert "\ufffd" in lines[1] and lines[2].startswith("\u00b5m")
+    parser = background.ProgressParser()
+    assert [parser.feed(line).fraction for line in lines] == [0.25, None, None, 0.75, None]
+
+
+def test_output_lines_skips_a_line_a_bufferless_stream_cannot_decode():
+    class Stream:  # a text stream without a binary buffer that fails on its second line
+        def __init__(self):
+            self.items = ["one\n", UnicodeDecodeError("ascii", b"\xff", 0, 1, "bad"), "three\n", ""]
+
+        def readline(self):
+            item = self.items.pop(0)
+            if isinstance(item, Exception):
+                raise item
+            return item
+
+    assert list(background.output_lines(Stream())) == ["one\n", "three\n"]
+
+
+def test_follow_reads_past_undecodable_bytes():
+    code = "import sys; sys.stdout.buffer.write(b'a\\n\\xff\\xfe\\n{\"stage\": \"load\", \"fraction\": 1.0}\\n'); sys.exit(2)"
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONIOENCODING="ascii")
+    proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True, encoding="ascii", env=env)
+    parser = background.ProgressParser()
+    assert background.follow(proc, parser.feed) == 2
+    assert parser.fraction == 1.0 and parser.log[0] == "a"
+
+
 def test_follow_is_the_blocking_reader():
     proc = launch([PY, "-c", "print('{\"stage\": \"load\", \"fraction\": 0.5}'); print('x'); raise SystemExit(3)"])
     parser = background.ProgressParser()

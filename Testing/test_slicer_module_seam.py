@@ -311,3 +311,79 @@ def test_cancel_kills_the_run_and_leaves_nothing(module_factory, tiny_bundle, tm
     assert not logic.isRunning() and not logic.importSegmentation.calls
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
+
+
+PROGRESS_SCRIPT = ("import json, time\n"
+                   "for i in range(3):\n"
+                   "    print(json.dumps({'case': 'c', 'stage': 'infer', 'fraction': i / 3}), flush=True)\n"
+                   "    time.sleep(0.2)\n")
+
+
+@pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])
+def test_raising_callbacks_neither_stop_the_poller_nor_leave_the_run_running(module_factory, nonblocking_launch):
+    """Slicer's poller stops for good when a callback raises (5.12: the next singleShot is never scheduled), and
+    the panel would stay "running": every callback is guarded, the error kept and logged."""
+    module, loop = module_factory(nonblocking_launch)
+    seen = []
+
+    def on_event(event):
+        seen.append(event.fraction)
+        raise ValueError("a widget is gone")
+
+    def on_finished(task):
+        raise RuntimeError("completion failed")
+
+    task = module.EngineProcess([sys.executable, "-c", PROGRESS_SCRIPT], on_event, on_finished)
+    task.start(waitForCompletion=False)
+    loop.run_until(lambda: not task.running, timeout=60)
+    assert seen == [0.0, 1 / 3, 2 / 3] and task.returncode == 0
+    assert len(task.callbackErrors) == 4 and "completion failed" in task.callbackErrors[-1]
+
+
+@pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])
+def test_a_blocking_run_keeps_processing_events(module_factory, nonblocking_launch, monkeypatch):
+    """waitForCompletion=True (scripts, the self-test, listDevices) starts the non-blocking way and processes
+    events until the end, so the GUI is repainted while the child imports torch."""
+    module, loop = module_factory(nonblocking_launch)
+    ticks = []
+    monkeypatch.setattr(sys.modules["slicer"].app, "processEvents", lambda: (ticks.append(1), loop.tick()))
+    events = []
+    task = module.EngineProcess([sys.executable, "-c", PROGRESS_SCRIPT], events.append).start(waitForCompletion=True)
+    assert task.returncode == 0 and not task.running and len(events) == 3
+    assert len(ticks) > 10  # about 0.6 s of child at one round per 20 ms
+
+
+def test_shutdown_stops_the_run_and_removes_the_ct_copy_without_calling_back(module_factory, tiny_bundle, tmp_path):
+    """Slicer exits mid-run (widget cleanup): the process tree dies, the temporary folder with the copy of the CT
+    goes, and no completion callback touches the (closing) panel."""
+    module, loop = module_factory(nonblocking_launch=True)
+    logic = module.PancreasDiNTSLogic()
+    logic.importSegmentation = Recorder()
+    stages, completed = [], []
+    logic.process("volume node", None, str(tiny_bundle), "cpu", waitForCompletion=False,
+                  eventCallback=lambda e: stages.append(e.stage), completedCallback=completed.append)
+    loop.run_until(lambda: "load" in stages or completed)
+    work = logic._job.work_dir
+    assert (work / "input.nrrd").is_file()
+    pid = logic._task.proc.pid
+    logic.shutdown()
+    assert not logic.isRunning() and not work.exists() and not completed
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    loop.run_until(lambda: True)
+    assert not completed
+
+
+def test_an_import_failure_is_a_failed_run_with_one_line(module_factory, tiny_bundle, tmp_path):
+    """An unexpected exception while loading the result ends as a failed result (the panel shows it), not as a
+    traceback in the console with the panel stuck; the temporary folder is gone."""
+    module, _ = module_factory(nonblocking_launch=False)
+    logic = module.PancreasDiNTSLogic()
+
+    def broken_import(segmentationFile, inputVolume, outputSegmentation=None):
+        raise KeyError("Segment_1")
+
+    logic.importSegmentation = broken_import
+    logic.loadConfidence = ConfidenceRecorder()
+    with pytest.raises(RuntimeError, match=r"^Loading the engine's result failed: 'Segment_1'$"):
+        logic.process("volume node", None, str(tiny_bundle), "cpu", confidence=False)
+    assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
