@@ -164,8 +164,16 @@ def check_location(dest: Path) -> Path:
 def check_replaceable(dest: Path) -> None:
     """OutputError unless ``dest`` can be made here (:func:`check_location`) and is absent, an empty folder, or
     a folder holding exactly what pancreas-dints wrote there: a folder is replaced as a whole only when nothing
-    in it belongs to anyone else."""
+    in it belongs to anyone else. Checked under the parent's lock (when the parent exists), so a concurrent
+    swap is never seen half done."""
     dest = check_location(dest)
+    if not os.path.isdir(dest.parent):
+        return _check_replaceable(dest)
+    with folder_lock(dest.parent):
+        _check_replaceable(dest)
+
+
+def _check_replaceable(dest: Path) -> None:
     if not os.path.lexists(dest):
         return
     if dest.is_symlink() or not dest.is_dir():
@@ -196,7 +204,7 @@ def _swap_in(tmp: Path, dest: Path) -> Path | None:
         if not os.path.lexists(dest):
             os.replace(tmp, dest)
             return None
-        check_replaceable(dest)
+        _check_replaceable(dest)
         aside = _temporary_folder(dest, ".old")
         try:
             os.replace(dest, aside)  # onto the empty folder just made: a unique name, never a user's folder
@@ -236,5 +244,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 def write_text_atomic(dest: Path, text: str) -> None:
+    """``text`` as UTF-8, atomically; a file name's undecodable bytes (surrogate escapes) are written back as
+    the bytes they were."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")

@@ -303,7 +303,7 @@ def _read_ours(dest: Path, signature: str) -> str | None:
         return ""
     try:
         if dest.is_file() and not dest.is_symlink() and dest.stat().st_size <= MAX_TABLE_BYTES:
-            text = dest.read_text(encoding="utf-8")
+            text = dest.read_text(encoding="utf-8", errors="surrogateescape")
             return text if text.startswith(signature) else None
     except (OSError, UnicodeDecodeError):
         pass
