@@ -94,7 +94,8 @@ def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
     """Install what ``files`` require and is missing, pinning what Slicer ships; False when the user declined.
 
     askConfirmation also decides whether a restart may be offered (never in testing mode, where Slicer's dialogs
-    answer Yes by themselves, nor in scripts). A pip failure raises RuntimeError with one clear line."""
+    answer Yes by themselves, nor in scripts). A pip failure, or a requirement still unmet afterwards, raises
+    RuntimeError with one clear line."""
     missing = background.missing_requirements(readRequirements(files))
     if not missing:
         return True
@@ -115,10 +116,13 @@ def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
                 return False
             except subprocess.CalledProcessError as error:
                 raise RuntimeError(installFailedMessage(missing, pinned)) from error
-        else:
-            if not _installWithPip(missing, constraints, pinned, askConfirmation, requester):
-                return False
-    return not background.missing_requirements(missing)
+        elif not _installWithPip(missing, constraints, pinned, askConfirmation, requester):
+            return False
+    still = background.missing_requirements(missing)
+    if still:
+        raise RuntimeError(f"Still missing after the installation: {', '.join(still)}. Restart Slicer and try "
+                           "again; the Python console shows pip's messages.")
+    return True
 
 
 def _installWithPip(missing: Sequence[str], constraints: Path, pinned: Sequence[str], askConfirmation: bool,
