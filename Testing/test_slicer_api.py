@@ -345,3 +345,24 @@ def test_scene_layer_slicer_util_calls_exist_on_every_supported_release(path):
     use = Usage(ast.parse(path.read_text(encoding="utf-8")))
     problems = check_slicer_util(use) + check_slicer_packaging(use) + check_imports(use)
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+SLICER_LIB = facts.REPO / "PancreasDiNTS" / "PancreasDiNTSSlicerLib"
+
+
+@pytest.mark.parametrize("path", sorted(SLICER_LIB.glob("*.py")), ids=lambda p: p.name)
+def test_slicer_side_library_uses_real_names_on_every_supported_release(path):
+    """The library both modules share (process runner, package installs, devices): every slicer.util and
+    slicer.packaging name exists, 5.12-only ones only behind a release check."""
+    use = Usage(ast.parse(path.read_text(encoding="utf-8")))
+    problems = check_slicer_util(use) + check_slicer_packaging(use) + check_imports(use)
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def test_slicer_side_library_calls_the_5_12_apis_it_needs():
+    """The non-blocking launch and pip_ensure are really used (so the checks above check something)."""
+    process = Usage(ast.parse((SLICER_LIB / "process.py").read_text(encoding="utf-8")))
+    launches = [call for name, call, _ in process.calls_of("slicer.util") if name == "launchConsoleProcess"]
+    assert any(call is not None and "blocking" in {k.arg for k in call.keywords} for call in launches)
+    packages = Usage(ast.parse((SLICER_LIB / "packages.py").read_text(encoding="utf-8")))
+    assert [name for name, _, _ in packages.calls_of("slicer.packaging")] == ["pip_ensure"]

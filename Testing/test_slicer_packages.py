@@ -176,6 +176,25 @@ def test_torch_is_checked_without_importing_it_and_installed_only_when_missing_o
         packages.ensureTorch(requirement="torch>=999")
 
 
+def test_pytorch_extension_is_found_in_the_extensions_folder_under_testing(load, monkeypatch, tmp_path):
+    """With --testing Slicer ignores the settings that put installed extensions on the module path: the
+    PyTorch extension is then found in the extensions folder (slicer.app.extensionsInstallPath)."""
+    fake = FakeSlicer(testing=True)
+    packages = load(fake)
+    monkeypatch.delitem(sys.modules, "PyTorchUtils", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    fake.module.app.extensionsInstallPath = str(tmp_path / "Extensions-33241")
+    with pytest.raises(RuntimeError, match="needs the PyTorch extension"):
+        packages.pyTorchUtils()
+    folder = tmp_path / "Extensions-33241" / "PyTorch" / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    folder.mkdir(parents=True)
+    (folder / "PyTorchUtils.py").write_text(
+        "class PyTorchUtilsLogic:\n    def installTorch(self, **kwargs):\n        return ('installed', kwargs)\n")
+    assert packages.ensureTorch(askConfirmation=False, requirement="torch>=999") is True
+    assert sys.modules["PyTorchUtils"].__file__ == str(folder / "PyTorchUtils.py")
+    monkeypatch.delitem(sys.modules, "PyTorchUtils")
+
+
 def test_slicer_510_installs_with_the_constraints_and_offers_a_restart_only_when_asked(load, tmp_path):
     fake = FakeSlicer()
     packages = load(fake)

@@ -10,13 +10,16 @@ clear message here) instead of silently replacing, e.g., Slicer's pydicom.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import slicer
 from PancreasDiNTSLib.bridge import background
@@ -78,15 +81,30 @@ def ensureTorch(askConfirmation: bool = True, requirement: str = TORCH_REQUIREME
     (its ``installTorch`` imports torch once, after installing)."""
     if not torchNeedsInstall(requirement):
         return True
+    specifier = requirement[len("torch"):].strip()
+    torch = pyTorchUtils().PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
+                                                            torchVersionRequirement=specifier)
+    return torch is not None
+
+
+def pyTorchUtils() -> Any:
+    """The PyTorch extension's ``PyTorchUtils`` module, also under ``--testing``.
+
+    With ``--testing`` Slicer reads temporary settings, so installed extensions' module folders are not on the
+    module path; the extension is then looked up in the extensions folder itself."""
     try:
         import PyTorchUtils
-    except ModuleNotFoundError as exc:
+
+        return PyTorchUtils
+    except ModuleNotFoundError:
+        pass
+    root = Path(getattr(slicer.app, "extensionsInstallPath", "") or "")
+    found = sorted(root.glob("PyTorch*/**/qt-scripted-modules/PyTorchUtils.py")) if str(root) != "." else []
+    if not found:
         raise RuntimeError("Pancreas DiNTS needs the PyTorch extension: install 'PyTorch' from the Extensions "
-                           "Manager, restart Slicer, then try again.") from exc
-    specifier = requirement[len("torch"):].strip()
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
-                                                          torchVersionRequirement=specifier)
-    return torch is not None
+                           "Manager, restart Slicer, then try again.")
+    sys.path.append(str(found[-1].parent))
+    return importlib.import_module("PyTorchUtils")
 
 
 def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
