@@ -121,19 +121,32 @@ def load_case(folder: Path) -> Case:
                         "rerun segment for it")
         return case
     review = read_review(folder)
-    readout = None
     if review:
         case.status = str(review.get("status", "not reviewed"))
-        readout = review.get("readout") if case.status == "corrected" else None
-    if readout is None:
-        try:
-            report = read_json(folder / REPORT)
-            readout = report.get("readout") if isinstance(report, dict) else None
-        except InputError as exc:
-            case.problem = str(exc)
-    row = csv_row(readout if isinstance(readout, dict) else None, case.name)
+    try:
+        readout, _ = case_readout_of(folder, review)
+    except InputError as exc:
+        readout, case.problem = None, str(exc)
+    row = csv_row(readout, case.name)
     case.numbers = {k: row.get(k, "") for k in KEY_COLUMNS}
     return case
+
+
+def case_readout_of(folder: Path, review: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(the read-out to show, where it comes from): the corrected one once corrected, else report.json's."""
+    review = review if review is not None else read_review(folder)
+    if review and review.get("status") == "corrected" and isinstance(review.get("readout"), dict):
+        return review["readout"], "corrected labels (review.json)"
+    report = read_json(folder / REPORT)
+    readout = report.get("readout") if isinstance(report, dict) else None
+    return (readout if isinstance(readout, dict) else None), "report.json"
+
+
+def lesion_centre(readout: dict[str, Any] | None) -> list[float] | None:
+    """RAS centroid of the largest lesion component (where the views are centred), None without a lesion."""
+    largest = ((readout or {}).get("lesion") or {}).get("largest") or {}
+    centre = largest.get("centroid_ras")
+    return [float(v) for v in centre] if isinstance(centre, list) and len(centre) == 3 else None
 
 
 def read_review(folder: Path) -> dict[str, Any] | None:

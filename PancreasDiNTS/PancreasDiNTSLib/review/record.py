@@ -6,7 +6,7 @@ A corrected save writes ``labels_corrected.nii.gz`` with the header, affine and 
 and ``review.json`` with the read-out recomputed on the corrected labels, voxels added and removed and Dice per
 segment. Every file is written atomically through the case folder's manifest (core.ownership), so a later
 rerun or review may replace them and a user's file of the same name is never overwritten; the original outputs
-are never touched. Saves of one case are serialised by a lock file: with two browsers on one case the last save
+are never touched. Saves of one case are serialised by the case folder's lock (core.atomic.folder_lock): with two browsers on one case the last save
 wins and both are kept in ``review.json``'s history. ``OUTDIR/review.csv`` summarises the batch after each save.
 """
 
@@ -23,9 +23,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from filelock import FileLock
-
-from ..core.atomic import atomic_path, write_text_atomic
+from ..core.atomic import folder_lock, write_text_atomic
 from ..core.errors import InputError, OutputError, UsageError, printable
 from ..core.ownership import CaseFolder
 from ..core.paths import OUTPUT_NAMES
@@ -44,8 +42,6 @@ from .batch import (
 )
 
 SCHEMA = "pancreas-dints.review/1"
-LOCK_NAME = ".pancreas-dints-review.lock"
-LOCK_TIMEOUT_S = 60.0
 MAX_TEXT = 500  # reviewer name and reason: characters kept
 MAX_HISTORY = 100
 SAVED_STATUSES = ("accepted", "corrected", "rejected")
@@ -101,21 +97,20 @@ def _check_input(review: ReviewInput, shape: tuple[int, ...]) -> None:
 
 
 def _write_labels(dest: Path, labels: np.ndarray, original: nib.Nifti1Image) -> None:
-    """``labels`` with exactly the original's header, affine, qform/sform and dtype, atomically."""
+    """``labels`` with exactly the original's header, affine, qform/sform and dtype (``dest`` is the case
+    folder's staging name: CaseFolder.write renames it into place)."""
     header = original.header.copy()
     image = nib.Nifti1Image(np.asarray(labels, dtype=header.get_data_dtype()), original.affine, header)
     image.set_qform(*original.get_qform(coded=True))
     image.set_sform(*original.get_sform(coded=True))
-    with atomic_path(dest) as tmp:
-        nib.save(image, str(tmp))
+    nib.save(image, str(dest))
 
 
 def _write_with(writer: Callable[[Path], Any]) -> Callable[[Path], None]:
     def write(dest: Path) -> None:
-        with atomic_path(dest) as tmp:
-            writer(tmp)
-            if not tmp.is_file() or tmp.stat().st_size == 0:
-                raise OutputError(f"{printable(dest)}: the segmentation writer wrote nothing")
+        writer(dest)
+        if not dest.is_file() or dest.stat().st_size == 0:
+            raise OutputError(f"{printable(dest)}: the segmentation writer wrote nothing")
     return write
 
 
@@ -161,7 +156,7 @@ def save_review(folder: Path, review: ReviewInput, now: datetime | None = None) 
     holds a user's file; nothing is written before every check has passed."""
     folder = Path(folder)
     now = now or datetime.now(timezone.utc)
-    with FileLock(str(folder / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+    with folder_lock(folder):  # one review save of this case at a time (CaseFolder itself locks OUTDIR)
         probe = CaseFolder(folder)
         if probe.manifest is None or not probe.has([LABELS]) or not probe.owns(LABELS):
             raise InputError(f"{printable(folder / LABELS)}: not the labels pancreas-dints wrote for this case (or "
@@ -183,7 +178,7 @@ def save_review(folder: Path, review: ReviewInput, now: datetime | None = None) 
             owned.write(CORRECTED_LABELS, lambda dest: _write_labels(dest, after, original))
             owned.write(CORRECTED_SEG, _write_with(review.write_segmentation))
         text = json.dumps(record, indent=1, default=float) + "\n"
-        owned.write(REVIEW_NAME, lambda dest: write_text_atomic(dest, text))
+        owned.write(REVIEW_NAME, lambda dest: dest.write_text(text, encoding="utf-8"))
         owned.finish(list(owned.files))
     write_review_csv(folder.parent)
     return record
@@ -213,7 +208,7 @@ def write_review_csv(outdir: Path) -> bool:
     first line); False (nothing written) when a user's file holds that name."""
     dest = Path(outdir) / REVIEW_CSV
     header = ",".join(CSV_COLUMNS)
-    with FileLock(str(Path(outdir) / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+    with folder_lock(Path(outdir)):
         if dest.exists() or dest.is_symlink():
             try:
                 with dest.open(encoding="utf-8") as fh:
