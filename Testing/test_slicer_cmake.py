@@ -108,3 +108,19 @@ def test_extension_cmake_follows_the_extension_template():
     assert subdirs == list(facts.MODULES)
     for sub in subdirs:
         assert (facts.REPO / sub / "CMakeLists.txt").is_file()
+
+
+def test_extension_ships_its_own_licence_and_readme():
+    """Without EXTENSION_LICENSE_FILE, UseSlicer.cmake defaults it to Slicer's licence and packaging ships that
+    (docs/SLICER.md); ours is Apache-2.0, as pyproject.toml says, set before find_package(Slicer)."""
+    text = cmake_text(TOP)
+    values = {m.group(1): (m.group(2), m.start()) for m in
+              re.finditer(r"set\((EXTENSION_(?:LICENSE|README)_FILE)\s+(\S+)\)", text)}
+    assert values["EXTENSION_LICENSE_FILE"][0] == "${CMAKE_CURRENT_SOURCE_DIR}/LICENSE"
+    assert values["EXTENSION_README_FILE"][0] == "${CMAKE_CURRENT_SOURCE_DIR}/README.md"
+    find_slicer = text.index("find_package(Slicer REQUIRED)")
+    assert all(position < find_slicer for _, position in values.values())
+    licence = (facts.REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in licence
+    assert re.search(r'^license = "Apache-2.0"$', (facts.REPO / "pyproject.toml").read_text(), re.M)
