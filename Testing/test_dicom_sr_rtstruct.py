@@ -232,6 +232,18 @@ def test_sr_references_resolve_to_the_seg_segments_and_the_ct_series(axial):
     assert str(sr.StudyInstanceUID) == str(seg.StudyInstanceUID) == str(strict_read(case.dicom_files[0]).StudyInstanceUID)
 
 
+def test_sr_of_a_case_without_lesion_reports_zero_ml_and_no_diameters(tmp_path, axial):
+    root = axial[0]
+    write_case(root / "ct", tmp_path / "out", lambda shape: np.where(constructed_labels(shape) == 1, 1, 0).astype(np.uint8))
+    groups = sr_groups(strict_read(tmp_path / "out" / "measurements-sr.dcm"))
+    assert set(groups) == {"Pancreas", "Pancreatic tumor", "Case lesion score"}
+    assert num(groups["Pancreatic tumor"]["Volume"][0]) == 0.0
+    assert num(groups["Pancreatic tumor"]["Number of connected lesion components"][0]) == 0
+    rt = strict_read(tmp_path / "out" / "rtstruct.dcm")
+    lesion = next(r for r in rt.ROIContourSequence if r.ReferencedROINumber == 2)
+    assert "ContourSequence" not in lesion  # an empty ROI: listed, no contour
+
+
 # ------------------------------------------------------------------------------------------------- RTSTRUCT
 
 def raster_contours(rt, files: list[Path]) -> dict[int, dict[str, np.ndarray]]:
@@ -440,11 +452,7 @@ def test_cli_writes_seg_sr_and_rtstruct_and_refuses_non_dicom(tmp_path, vol, tin
     ds = strict_read(case_dir / "measurements-sr.dcm")
     groups = sr_groups(ds)
     for key, name in (("pancreas", "Pancreas"), ("pancreatic_tumor", "Pancreatic tumor")):
-        seg = report["readout"]["segments"][key]
-        if seg["voxels"]:
-            assert num(groups[name]["Volume"][0]) == seg["volume_ml"]
-        else:
-            assert name not in groups
+        assert num(groups[name]["Volume"][0]) == report["readout"]["segments"][key]["volume_ml"]  # 0 mL too
     img = nib.load(str(case_dir / "labels.nii.gz"))
     labels = np.asarray(img.dataobj)
     rt = strict_read(case_dir / "rtstruct.dcm")

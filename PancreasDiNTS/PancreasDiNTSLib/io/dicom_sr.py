@@ -2,7 +2,7 @@
 
 Content (every number is the value in report.json's "readout", as rounded there):
 
-- one Volumetric ROI group (TID 1411) per non-empty segment, referencing that segment of the DICOM SEG written
+- one Volumetric ROI group (TID 1411) per segment (an empty one says 0 mL), referencing that segment of the DICOM SEG written
   in the same run (its SOP Instance and Segment Number, and through it the CT images): volume (mL), mean
   confidence, low-confidence volume near the boundary (mL); the lesion's group adds the number of components;
 - one Measurement group (TID 1501) per measured lesion component (largest first): volume, longest axial
@@ -142,14 +142,15 @@ def _tracking(text: str, *key: str) -> Any:
 
 
 def _segment_groups(ctx: _Context, readout: dict[str, Any], run: str) -> list[Any]:
-    """TID 1411 per non-empty segment: volume and confidence figures, referencing the SEG segment."""
+    """TID 1411 per segment (empty ones too: 0 mL is a finding): volume and confidence, referencing the SEG
+    segment (through the CT series when the SEG holds no frame of it)."""
     from highdicom.sr import FindingSite, VolumetricROIMeasurementsAndQualitativeEvaluations
 
     groups = []
     conf = readout.get("confidence") or {}
     for seg in SEGMENTS:
-        rec = (readout.get("segments") or {}).get(seg.slicer_id) or {}
-        if not rec.get("voxels"):
+        rec = (readout.get("segments") or {}).get(seg.slicer_id)
+        if rec is None:
             continue
         items = [ctx.measure(_code(TermCode("SCT", "118565006", "Volume")), rec["volume_ml"], "mL")]
         c = (conf.get("segments") or {}).get(seg.slicer_id) or {}
