@@ -8,6 +8,13 @@ the input it was made from.
 The runs go through the real batch driver (`run_segment`: expansion, planning, skip, prefetch, segment_case,
 writers, manifests, summary), with a stub network (labels from an HU threshold) so that an example takes a
 fraction of a second.
+
+Issue 26: rounds of concurrent runs into one OUTDIR (threads of this process: the OUTDIR lock is an OS file lock
+taken per open file, so threads contend for it exactly as processes do) over inputs that share a file name,
+with random user edits between the rounds (an engine output corrected, a file dropped under a name a later run
+plans, a note). After every round: each patient has one folder and its labels are that patient's, every edit
+is kept byte for byte, every other file in a case folder is proven by its manifest digest, and summary.json
+keeps a row for every case any run reported.
 """
 
 from __future__ import annotations
@@ -16,17 +23,19 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from image_files import write_dicom_series
 from PancreasDiNTSLib.core.errors import PlacementError
-from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
+from PancreasDiNTSLib.core.ownership import MANIFEST_NAME, file_digest
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 from PancreasDiNTSLib.inference.segmenter import Inverted
 
@@ -188,3 +197,97 @@ def test_output_placement_never_loses_or_misplaces_data(specs, symlink, which, r
                 added = cases[plant % len(cases)] / f"labels_corrected_{plant}.nii.gz"
                 added.write_bytes(b"manual correction %d" % plant)
                 user[added] = added.read_bytes()
+
+
+# --------------------------------------------------------------------------- issue 26: concurrent runs, edits
+
+
+def stub_labels(path: Path) -> np.ndarray:
+    """The labels StubSegmenter makes for a NIfTI input."""
+    a = np.asarray(nib.load(str(path)).dataobj)
+    return ((a > -200).astype(np.uint8) + (a > 100).astype(np.uint8)).astype(np.uint8)
+
+
+def check_cases(out: Path, user: dict[Path, bytes], reported: set[tuple[str, str]]) -> None:
+    """One folder per patient holding that patient's labels; user files kept; the rest proven; rows kept."""
+    owner: dict[str, str] = {}
+    for case in sorted(p for p in out.iterdir() if (p / MANIFEST_NAME).is_file()):
+        manifest = json.loads((case / MANIFEST_NAME).read_text())
+        source = manifest["input"]["path"]
+        assert source not in owner, f"{source} has two folders: {owner.get(source)} and {case.name}"
+        owner[source] = case.name
+        for name, entry in manifest["files"].items():
+            path = case / name
+            if path.is_file() and path not in user:
+                assert "replacing" not in entry and file_digest(path) == entry, f"{path} is not proven"
+        labels = case / "labels.nii.gz"
+        if labels.is_file() and labels not in user:
+            assert np.array_equal(np.asarray(nib.load(str(labels)).dataobj), stub_labels(Path(source))), \
+                f"{labels} holds another patient's labels"
+    for path, content in user.items():
+        assert path.read_bytes() == content, f"the user's {path} was replaced"
+    rows = {(r["case"], r["input"]) for r in json.loads((out / "summary.json").read_text())["results"]}
+    assert reported <= rows, f"summary.json dropped {reported - rows}"
+
+
+def user_edit(out: Path, kind: str, pick: int, user: dict[Path, bytes]) -> None:
+    """Between rounds: the user corrects an engine output, drops a file under a planned name, or adds a note."""
+    cases = sorted(p for p in out.iterdir() if (p / MANIFEST_NAME).is_file()) if out.is_dir() else []
+    if not cases:
+        return
+    case = cases[pick % len(cases)]
+    name = {"correct": "labels.nii.gz", "drop": "segmentation.seg.nrrd", "note": f"note_{pick}.txt"}[kind]
+    if kind == "drop" and (case / name).exists():
+        name = "report.pdf"
+    target = case / name
+    if kind == "correct" and not target.is_file():
+        return
+    target.write_bytes(b"the user's %s %d" % (kind.encode(), pick))
+    user[target] = target.read_bytes()
+
+
+round_strategy = st.tuples(
+    st.lists(st.tuples(st.lists(st.integers(0, 4), min_size=1, max_size=3, unique=True),
+                       st.lists(st.sampled_from(["nifti", "seg.nrrd"]), min_size=1, max_size=2, unique=True),
+                       st.booleans()), min_size=2, max_size=3),
+    st.lists(st.tuples(st.sampled_from(["correct", "drop", "note"]), st.integers(0, 20)), max_size=2))
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(rounds=st.lists(round_strategy, min_size=1, max_size=3))
+def test_concurrent_runs_and_edits_between_runs_keep_every_patient(rounds):
+    stub = StubSegmenter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = []
+        for k, name in enumerate(["ct", "ct", "CT", "ct", "Ct"]):  # five patients, file names that collide
+            path = root / f"site{k}" / f"{name}.nii.gz"
+            path.parent.mkdir()
+            nib.save(nib.Nifti1Image(ct_volume(100 + k), AFFINE), str(path))
+            inputs.append(path)
+        before = {p: p.read_bytes() for p in inputs}
+        out = root / "out"
+        user: dict[Path, bytes] = {}
+        reported: set[tuple[str, str]] = set()
+
+        def one_run(job: tuple[list[int], list[str], bool]):
+            chosen, formats, overwrite = job
+            return run_segment(SegmentSettings(tuple(str(inputs[i]) for i in chosen), out, "stub",
+                                               formats=tuple(formats), progress="none", overwrite=overwrite,
+                                               prefetch=False), segmenter=stub)  # type: ignore[arg-type]
+
+        for jobs, edits in rounds:
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                summaries = list(pool.map(one_run, jobs))
+            for summary in summaries:
+                reported |= {(r.case, r.input) for r in summary.results}
+                for r in summary.results:
+                    if r.status == "failed":  # only ever because of a user's file, said in one line
+                        assert "not written by pancreas-dints" in r.message, r.message
+                        event("a user's file stopped an output")
+            event(f"{len(jobs)} concurrent runs")
+            check_cases(out, user, reported)
+            for kind, pick in edits:
+                user_edit(out, kind, pick, user)
+        assert {p: p.read_bytes() for p in inputs} == before
