@@ -78,6 +78,10 @@ class RemoteCases:
                 source, kind = zip_series(case.dicom_files, Path(tmp) / "series.zip"), "zip"
             else:
                 source, kind = planned.path, upload_kind(planned.path)
+            limit = int(self.served.get("limits", {}).get("max_upload_bytes", 0))
+            if limit and source.stat().st_size > limit:
+                raise InputError(f"{printable(planned.path)}: {source.stat().st_size >> 20} MiB to send, more than the "
+                                 f"server's limit of {limit >> 20} MiB (serve --max-upload-mb)")
             on_stage("upload", 0.0, "sending to the server")
             job = str(self.client.submit(source, kind, query)["id"])
         try:

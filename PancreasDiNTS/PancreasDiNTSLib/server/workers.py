@@ -94,6 +94,8 @@ class Slot:
             self.job_id = None
             cancelled = job_id in self.cancelled
             self.cancelled.discard(job_id)
+        if result is None and self.pool.stopping.is_set():
+            return  # the server is stopping: the job stays 'running' and is queued again at the next start
         if result is None:
             if not cancelled:
                 code = self.proc.wait() if self.proc is not None else None

@@ -1,0 +1,99 @@
+"""Faults of `pancreas-dints serve`, for real: `kill -9` of the server during a job (its workers die with it; after a
+restart on the same data folder the job runs again, the queued one too, nothing accepted is lost), `kill -9` of a
+worker (the job fails with the reason, the server stays up and the next job runs), and the job store's recovery
+rules (second interruption: failed with a reason; missing upload: failed; unaccepted uploads: removed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+from server_support import make_token, start_server, wait_for, write_ct
+
+from PancreasDiNTSLib.bridge.remote import ServerClient, job_options
+from PancreasDiNTSLib.server.serve import clean_orphans
+from PancreasDiNTSLib.server.store import JobStore, new_job_id
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    base = tmp_path_factory.mktemp("faults")
+    token = make_token(base / "client")
+    state = {"server": start_server(base / "data", token), "base": base, "token": token,
+             "long": write_ct(base / "in" / "long.nii.gz", (80, 80, 48), seed=2),
+             "tiny": write_ct(base / "in" / "tiny.nii.gz")}
+    yield state
+    state["server"].stop()
+
+
+def test_kill_9_of_the_server_loses_no_accepted_job(site):
+    srv = site["server"]
+    client = ServerClient(srv.url, srv.token)
+    running = client.submit(site["long"], "nii.gz", job_options())["id"]
+    queued = client.submit(site["tiny"], "nii.gz", job_options())["id"]
+    wait_for(lambda: client.status(running)["stage"] == "infer", timeout=120)
+    workers = srv.workers()
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(timeout=30)
+    wait_for(lambda: all(_gone(w) for w in workers), timeout=10)  # the workers die with the server
+    srv = site["server"] = start_server(srv.data, site["token"])
+    client = ServerClient(srv.url, srv.token)
+    assert client.status(running)["state"] in ("queued", "running")
+    log = (srv.data.parent / f"{srv.data.name}-serve.log").read_text()
+    assert "1 job(s) queued again" in log
+    for job in (running, queued):
+        final = client.wait(job, poll=0.3)
+        assert final["state"] == "done", final
+    assert [s["id"] for s in sorted((client.status(j) for j in (running, queued)), key=lambda s: s["started"])] \
+        == [running, queued]  # FIFO kept across the restart
+
+
+def test_kill_9_of_a_worker_fails_the_job_and_the_server_stays_up(site):
+    srv = site["server"]
+    client = ServerClient(srv.url, srv.token)
+    job = client.submit(site["long"], "nii.gz", job_options())["id"]
+    wait_for(lambda: client.status(job)["stage"] == "infer", timeout=120)
+    (worker,) = srv.workers()
+    os.kill(worker.pid, signal.SIGKILL)
+    final = client.wait(job, poll=0.2)
+    print(final["error"])
+    assert final["state"] == "failed" and "worker process ended unexpectedly (signal 9)" in final["error"]
+    assert srv.proc.poll() is None and client.health()["status"] == "ok"
+    after = client.wait(client.submit(site["tiny"], "nii.gz", job_options())["id"], poll=0.3)
+    assert after["state"] == "done"  # a fresh worker took the next job
+    assert [w.pid for w in srv.workers()] != [worker.pid]
+
+
+def test_store_recovery_rules(tmp_path):
+    store = JobStore(tmp_path)
+    ids = [new_job_id() for _ in range(3)]
+    for job_id in ids:
+        (store.job_dir(job_id) / "input").mkdir(parents=True)
+        store.add(job_id, "nii.gz", {"formats": "nifti"}, 10, "0" * 64)
+    orphan = store.jobs_dir / new_job_id()
+    (orphan / "input").mkdir(parents=True)  # an upload that was never accepted (no row)
+    assert clean_orphans(store) == 1 and not orphan.exists()
+    assert store.claim_next(0)["id"] == ids[0]  # FIFO
+    assert store.recover() == {"requeued": 1, "failed": 0}
+    assert store.get(ids[0])["state"] == "queued"
+    assert store.claim_next(0)["id"] == ids[0] and store.get(ids[0])["attempts"] == 2
+    (store.job_dir(ids[1]) / "input").rmdir()  # an accepted upload that disappeared
+    assert store.recover() == {"requeued": 0, "failed": 2}
+    first, second = store.get(ids[0]), store.get(ids[1])
+    assert first["state"] == "failed" and "twice" in first["error"]
+    assert second["state"] == "failed" and "missing" in second["error"]
+    assert store.get(ids[2])["state"] == "queued"
+    assert store.expired(time.time() + 1) == [ids[0], ids[1]] or set(store.expired(time.time() + 1)) == set(ids[:2])
+    store.close()
