@@ -41,11 +41,13 @@ def _edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _rings(mask: np.ndarray) -> list[tuple[list[Point], tuple[int, int]]]:
     """Closed rings of pixel edges (corner lists, collinear corners dropped), each with one pixel on its inside
     side. At a corner shared by two diagonal pixels the ring turns so that the diagonal pair stays connected."""
-    starts, ends, pixels = _edges(mask)
+    s_arr, e_arr, p_arr = _edges(mask)
+    starts = [(int(x), int(y)) for x, y in s_arr.tolist()]
+    ends = [(int(x), int(y)) for x, y in e_arr.tolist()]
     out_edges: dict[Point, list[int]] = {}
-    for k, (x, y) in enumerate(starts.tolist()):
-        out_edges.setdefault((x, y), []).append(k)
-    used = np.zeros(len(starts), dtype=bool)
+    for k, start in enumerate(starts):
+        out_edges.setdefault(start, []).append(k)
+    used = [False] * len(starts)
     rings = []
     for first in range(len(starts)):
         if used[first]:
@@ -54,17 +56,16 @@ def _rings(mask: np.ndarray) -> list[tuple[list[Point], tuple[int, int]]]:
         k = first
         while not used[k]:
             used[k] = True
-            sx, sy = starts[k]
-            ex, ey = ends[k]
-            ring.append((int(sx), int(sy)))
-            options = [j for j in out_edges[(int(ex), int(ey))] if not used[j]]
+            (sx, sy), (ex, ey) = starts[k], ends[k]
+            ring.append((sx, sy))
+            options = [j for j in out_edges[(ex, ey)] if not used[j]]
             if not options:
                 break
             if len(options) > 1:  # a corner shared by two diagonal pixels: keep them connected
-                din = (ex - sx, ey - sy)
-                options.sort(key=lambda j: -(din[0] * (ends[j][1] - starts[j][1]) - din[1] * (ends[j][0] - starts[j][0])))
+                dx, dy = ex - sx, ey - sy
+                options.sort(key=lambda j: -(dx * (ends[j][1] - starts[j][1]) - dy * (ends[j][0] - starts[j][0])))
             k = options[0]
-        rings.append((_drop_collinear(ring), (int(pixels[first][0]), int(pixels[first][1]))))
+        rings.append((_drop_collinear(ring), (int(p_arr[first][0]), int(p_arr[first][1]))))
     return rings
 
 
@@ -120,9 +121,12 @@ def keyhole(outline: list[Point], holes: list[list[Point]]) -> list[Point]:
 
 def slice_contours(mask: np.ndarray) -> list[list[Point]]:
     """The closed contours of one slice's mask (rows, cols): one per 8-connected component, holes keyholed."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
+    full = np.asarray(mask, dtype=bool)
+    rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+    if not len(rows):
         return []
+    r0, c0 = int(rows[0]), int(cols[0])
+    mask = full[r0:int(rows[-1]) + 1, c0:int(cols[-1]) + 1]  # the work is on the bounding box only
     comp, _ = ndimage.label(mask, structure=EIGHT)
     outlines: dict[int, list[Point]] = {}
     holes: dict[int, list[list[Point]]] = {}
@@ -132,4 +136,4 @@ def slice_contours(mask: np.ndarray) -> list[list[Point]]:
             outlines[label] = ring
         else:
             holes.setdefault(label, []).append(ring)
-    return [keyhole(outlines[label], holes.get(label, [])) for label in sorted(outlines)]
+    return [[(x + c0, y + r0) for x, y in keyhole(outlines[label], holes.get(label, []))] for label in sorted(outlines)]
