@@ -15,7 +15,7 @@ $(PY):
 
 setup: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null && echo "using the installed torch" || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,slicer]"
+	$(PY) -m pip install --quiet -e ".[test,slicer,review]"
 
 demo: setup
 	$(VENV)/bin/pancreas-dints demo -o $(DEMO_OUT)

@@ -69,12 +69,18 @@ class Case:
             k: self.numbers.get(k, "") for k in KEY_COLUMNS}
 
 
-def _names_from_summary(outdir: Path) -> list[str]:
-    data = read_json(outdir / BATCH_NAMES["summary"], UsageError)
+def _summaries(outdir: Path) -> list[Path]:
+    """summary.json, and the per-rank summary-rank<r>.json of a torchrun batch."""
+    stem, suffix = Path(BATCH_NAMES["summary"]).stem, Path(BATCH_NAMES["summary"]).suffix
+    ranked = sorted(outdir.glob(f"{stem}-rank*{suffix}"))
+    return [p for p in [outdir / BATCH_NAMES["summary"], *ranked] if p.is_file()]
+
+
+def _names_from_summary(path: Path) -> list[str]:
+    data = read_json(path, UsageError)
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, list):
-        raise UsageError(f"{printable(outdir / BATCH_NAMES['summary'])}: no 'results' list; not a summary "
-                         "written by pancreas-dints segment")
+        raise UsageError(f"{printable(path)}: no 'results' list; not a summary written by pancreas-dints segment")
     names = []
     for r in results:
         if isinstance(r, dict) and r.get("status") in ("ok", "skipped") and isinstance(r.get("output_dir"), str):
@@ -93,11 +99,12 @@ def batch_cases(outdir: Path) -> list[Case]:
     if not outdir.is_dir():
         raise UsageError(f"{printable(outdir)}: no such folder; give the -o folder of a `pancreas-dints segment` run")
     names: list[str] = []
-    if (outdir / BATCH_NAMES["summary"]).is_file():
-        names += _names_from_summary(outdir)
+    summaries = _summaries(outdir)
+    for summary in summaries:
+        names += _names_from_summary(summary)
     if (outdir / BATCH_NAMES["measurements"]).is_file():
         names += _names_from_measurements(outdir)
-    if not names and not any((outdir / n).is_file() for n in BATCH_NAMES.values()):
+    if not summaries and not (outdir / BATCH_NAMES["measurements"]).is_file():
         raise UsageError(f"{printable(outdir)}: not a batch output folder (no summary.json or measurements.csv "
                          "written by `pancreas-dints segment`); give the folder passed to segment -o")
     cases = []
@@ -133,9 +140,10 @@ def load_case(folder: Path) -> Case:
 
 
 def case_readout_of(folder: Path, review: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
-    """(the read-out to show, where it comes from): the corrected one once corrected, else report.json's."""
+    """(the read-out to show, where it comes from): the corrected labels' once a correction was saved, else
+    report.json's."""
     review = review if review is not None else read_review(folder)
-    if review and review.get("status") == "corrected" and isinstance(review.get("readout"), dict):
+    if review and isinstance(review.get("readout"), dict):
         return review["readout"], "corrected labels (review.json)"
     report = read_json(folder / REPORT)
     readout = report.get("readout") if isinstance(report, dict) else None

@@ -23,6 +23,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+
 from ..core.atomic import folder_lock, write_text_atomic
 from ..core.errors import InputError, OutputError, UsageError, printable
 from ..core.ownership import CaseFolder
@@ -60,6 +61,17 @@ class ReviewInput:
     reason: str = ""
     labels: np.ndarray | None = None
     write_segmentation: Callable[[Path], Any] | None = None
+
+
+def load_labels(path: Path) -> nib.Nifti1Image:
+    """A NIfTI label file (InputError, one line, when it is not one)."""
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for a bad file
+        raise InputError(f"{printable(path)}: not a readable NIfTI file ({type(exc).__name__})") from None
+    if not isinstance(image, nib.Nifti1Image):
+        raise InputError(f"{printable(path)}: not a NIfTI-1 file")
+    return image
 
 
 def compare(original: np.ndarray, corrected: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -121,7 +133,7 @@ def corrected_readout(folder: Path, labels: np.ndarray, affine: np.ndarray) -> d
     confidence = None
     name = OUTPUT_NAMES["confidence"]
     if name in owned.files and owned.has([name]):
-        conf = np.asarray(nib.load(str(folder / name)).dataobj)
+        conf = np.asarray(load_labels(folder / name).dataobj)
         confidence = conf if conf.dtype == np.uint8 and conf.shape == labels.shape else None
     out = case_readout(labels, affine, confidence_map=confidence,
                        confidence_reason="no confidence map for this case")
@@ -137,6 +149,7 @@ def corrected_readout(folder: Path, labels: np.ndarray, affine: np.ndarray) -> d
 
 def _record(folder: Path, review: ReviewInput, changes: dict[str, Any], readout: dict[str, Any] | None,
             now: datetime) -> dict[str, Any]:
+    """review.json's content; ``readout`` (and the corrected files) when the decision is on corrected labels."""
     previous = read_review(folder) or {}
     history = [h for h in previous.get("history", []) if isinstance(h, dict)]
     if previous:
@@ -144,9 +157,24 @@ def _record(folder: Path, review: ReviewInput, changes: dict[str, Any], readout:
     return {
         "schema": SCHEMA, "case": folder.name, "status": review.status, "reviewer": _clean(review.reviewer),
         "time": now.isoformat(timespec="seconds"), "reason": _clean(review.reason),
-        "original": LABELS, "files": [CORRECTED_LABELS, CORRECTED_SEG] if review.status == "corrected" else [],
+        "original": LABELS, "files": [CORRECTED_LABELS, CORRECTED_SEG] if readout is not None else [],
         "changes": changes, "readout": readout, "history": history[-MAX_HISTORY:],
     }
+
+
+def _decided_labels(folder: Path, owned: CaseFolder, review: ReviewInput, before: np.ndarray,
+                    original: nib.Nifti1Image) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """(the labels the decision is about, their read-out or None for the original labels): a correction's labels;
+    for Accept/Reject the earlier correction when there is one (a case reopens from it, so it is on screen)."""
+    if review.status == "corrected" and review.labels is not None:
+        after = np.asarray(review.labels)
+        return after, corrected_readout(folder, after, original.affine)
+    if owned.has([CORRECTED_LABELS, CORRECTED_SEG]) and owned.owns(CORRECTED_LABELS):
+        after = np.asarray(load_labels(folder / CORRECTED_LABELS).dataobj)
+        if after.shape == before.shape:
+            earlier = (read_review(folder) or {}).get("readout")
+            return after, earlier if isinstance(earlier, dict) else corrected_readout(folder, after, original.affine)
+    return before, None
 
 
 def save_review(folder: Path, review: ReviewInput, now: datetime | None = None) -> dict[str, Any]:
@@ -162,7 +190,7 @@ def save_review(folder: Path, review: ReviewInput, now: datetime | None = None) 
             raise InputError(f"{printable(folder / LABELS)}: not the labels pancreas-dints wrote for this case (or "
                              "changed since); nothing saved")
         owned = CaseFolder(folder, identity=probe.manifest.get("input"), case=str(probe.manifest.get("case", "")))
-        original = nib.load(str(folder / LABELS))
+        original = load_labels(folder / LABELS)
         before = np.asarray(original.dataobj)
         _check_input(review, before.shape)
         names = [REVIEW_NAME] + ([CORRECTED_LABELS, CORRECTED_SEG] if review.status == "corrected" else [])
@@ -170,8 +198,7 @@ def save_review(folder: Path, review: ReviewInput, now: datetime | None = None) 
         if taken:
             raise OutputError(f"{printable(folder / taken[0])}: not written by pancreas-dints (or changed since); "
                               "move it away to save the review")
-        after = before if review.labels is None else np.asarray(review.labels)
-        readout = corrected_readout(folder, after, original.affine) if review.status == "corrected" else None
+        after, readout = _decided_labels(folder, owned, review, before, original)
         record = _record(folder, review, compare(before, after), readout, now)
         owned.begin(names)
         if review.status == "corrected" and review.write_segmentation is not None:
