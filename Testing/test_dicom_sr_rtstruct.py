@@ -334,9 +334,8 @@ def test_rtstruct_contours_lie_on_the_ct_slices_and_rasterise_to_the_labels(axia
 
     # the hole slice: lesion A (one keyholed contour, its hole empty) and lesion B, two contours on one image
     k = HOLE_SLICE
-    uid = next(d.SOPInstanceUID for d in ct
-               if abs(float(np.array(d.ImagePositionPatient, float) @ np.cross(*np.split(np.array(
-                   d.ImageOrientationPatient, float), 2))) - float(case.affine_ras[2, 3] + 3.0 * k)) < 0.01)
+    origin = (RAS_TO_LPS @ case.affine_ras @ np.array([0, 0, k, 1.0]))[:3]  # grid slice k's first voxel, LPS
+    uid = next(d.SOPInstanceUID for d in ct if np.abs(np.array(d.ImagePositionPatient, float) - origin).max() < 0.01)
     lesion = next(r for r in rt.ROIContourSequence if r.ReferencedROINumber == 2)
     on_slice = [c for c in lesion.ContourSequence if c.ContourImageSequence[0].ReferencedSOPInstanceUID == uid]
     assert len(on_slice) == 2
