@@ -66,40 +66,51 @@ def test_missing_slices_are_refused(tmp_path, vol):
         read_image(tmp_path / "s")
 
 
-def test_one_then_three_mm_is_resampled_exactly(tmp_path, vol):
-    """Observation: slices at 1 mm then 3 mm became one uniform 1.974 mm. Now: a regular 1 mm grid (the
-    median step), equal to the original CT resampled onto that grid by SimpleITK."""
-    positions = list(np.arange(46) * 1.0) + list(48.0 + 3.0 * np.arange(32))  # 0..45 by 1, then 48..141 by 3
+def test_three_mm_then_one_mm_is_resampled_exactly(tmp_path, vol):
+    """Observation: slices at 1 mm then 3 mm became one uniform 1.974 mm. Now: a regular grid with the usual
+    (median) step, here 3 mm, equal to the original CT resampled onto that grid by SimpleITK. (Where 1 mm is the
+    usual step, the 3 mm steps are 3 x the usual step: missing slices, refused; see the test below.)"""
+    positions = list(np.arange(16) * 1.0) + list(18.0 + 3.0 * np.arange(42))  # 0..15 by 1, then 18..141 by 3
     write_series(tmp_path / "s", vol, axial_planes(vol, positions))
     got = read_dicom_series(tmp_path / "s")
-    assert got.resampled and got.data.shape == (64, 64, 142)
+    assert got.resampled and got.data.shape == (64, 64, 48)
     spacing = np.linalg.norm(got.affine_ras[:3, :3], axis=0)
-    np.testing.assert_allclose(spacing, [3.0, 3.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(spacing, [3.0, 3.0, 3.0], atol=1e-6)
     assert any("non-uniform slice spacing" in n for n in got.notes)
     truth = truth_on_grid(vol, got.data.shape, got.affine_ras)
     err = np.abs(got.data - truth)
-    # generated 1 mm slices are rounded to integer HU: 0.5 HU at most
+    # generated slices are rounded to integer HU: 0.5 HU at most
     assert err.max() <= 0.51, err.max()
     case = read_image(tmp_path / "s")
     assert any("resampled" in w for w in case.warnings)
     np.testing.assert_allclose(case.affine_ras, got.affine_ras)
 
 
-def test_change_of_pitch_is_not_missing_slices(tmp_path, vol):
-    """1 mm then 6 mm (a pitch change, larger on one side only) is resampled; the same 6 mm step between 1 mm
-    steps on both sides is a gap (5 slices missing) and refused."""
-    pitch = list(np.arange(10) * 1.0) + list(15.0 + 6.0 * np.arange(8))
+def test_change_of_pitch_is_resampled_a_multiple_of_the_usual_step_is_refused(tmp_path, vol):
+    """Issue 26 item 6, the rule: a step that is a whole multiple (m >= 2, within 10 % of a step) of the usual
+    (median) step is m - 1 missing slices wherever it occurs; other non-uniform steps are resampled. 1 mm then
+    2.5 mm is resampled; 1 mm then 6 mm (1 mm usual), 6 mm between 1 mm steps on both sides, two single missing
+    slices two apart and every other slice missing along a stretch are refused."""
+    pitch = list(np.arange(10) * 1.0) + list(11.5 + 2.5 * np.arange(8))
     write_series(tmp_path / "pitch", vol, axial_planes(vol, pitch))
     got = read_dicom_series(tmp_path / "pitch")
     assert got.resampled
     truth = truth_on_grid(vol, got.data.shape, got.affine_ras)
     inside = np.arange(got.data.shape[2]) * 1.0 <= 9.0  # the 1 mm part: both interpolate V the same way
     assert np.abs(got.data - truth)[:, :, inside].max() <= 0.51
-    gap = list(np.arange(10) * 1.0) + list(15.0 + np.arange(8))
-    write_series(tmp_path / "gap", vol, axial_planes(vol, gap))
-    with pytest.raises(InputError) as exc:
-        read_dicom_series(tmp_path / "gap")
-    assert "about 5 missing" in one_line(exc)
+    every = np.arange(48) * 3.0
+    cases = {
+        "six_after_one": (list(np.arange(10) * 1.0) + list(15.0 + 6.0 * np.arange(8)), "about 5 missing"),
+        "gap_between": (list(np.arange(10) * 1.0) + list(15.0 + np.arange(8)), "about 5 missing"),
+        "two_single": (list(np.delete(every, [20, 22])), "about 1 missing"),
+        "every_other": (list(np.delete(every, range(11, 31, 2))), "2 x the usual 3.00 mm step"),
+    }
+    for name, (positions, words) in cases.items():
+        write_series(tmp_path / name, vol, axial_planes(vol, positions))
+        with pytest.raises(InputError) as exc:
+            read_dicom_series(tmp_path / name)
+        text = one_line(exc)
+        assert "slices missing" in text and words in text, (name, text)
 
 
 def bone_centroid_mm(data: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ import torch
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.errors import (
     DiskFullError,
+    InputError,
     OutputError,
     PancreasDiNTSError,
     UsageError,
@@ -54,7 +55,7 @@ from PancreasDiNTSLib.core.errors import (
 from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
-from PancreasDiNTSLib.inference.fastpath import predict_roi
+from PancreasDiNTSLib.inference.fastpath import box_to_voxels, predict_roi
 from PancreasDiNTSLib.inference.region import REGION_MODES, infer_auto
 from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
@@ -92,6 +93,10 @@ class RoiRequest:
             raise UsageError(f"--roi-space {printable(self.space)}: choose {' or '.join(ROI_SPACES)}")
         if self.mode not in ROI_MODES:
             raise UsageError(f"--roi-mode {printable(self.mode)}: choose {' or '.join(ROI_MODES)}")
+        flat = [axis for axis, lo, hi in zip("XYZ", self.box[:3], self.box[3:], strict=True) if lo == hi]
+        if flat:
+            raise UsageError(f"--roi {printable(','.join(map(str, self.box)))}: the box has zero size along "
+                             f"{', '.join(flat)}; give two opposite corners that differ on every axis")
 
     @classmethod
     def parse(cls, text: str, space: str = "ras", mode: str = "grid") -> RoiRequest:
@@ -345,6 +350,20 @@ def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | No
     return plan
 
 
+def check_roi(case: LoadedImage, roi: RoiRequest) -> None:
+    """InputError (before inference) when the --roi box holds no voxel of this image."""
+    try:
+        box_to_voxels(roi.box, case.affine_ras, case.shape, roi.space)
+    except ValueError:
+        lo = case.affine_ras @ np.array([0, 0, 0, 1.0])
+        hi = case.affine_ras @ np.array([*(s - 1 for s in case.shape), 1.0])
+        extent = (f"voxels 0..{', 0..'.join(str(s - 1) for s in case.shape)}" if roi.space == "voxel" else
+                  "RAS " + ", ".join(f"{min(a, b):.1f}..{max(a, b):.1f}" for a, b in zip(lo[:3], hi[:3], strict=True))
+                  + " mm")
+        raise InputError(f"{printable(case.path)}: --roi {','.join(f'{v:g}' for v in roi.box)} ({roi.space}) holds no "
+                         f"voxel of this image ({extent}); draw the box over the image") from None
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return printable(text[0] if text else type(exc).__name__)[:300]
@@ -387,6 +406,8 @@ def prepare_case(path: Path, segmenter: Segmenter | None, options: CaseOptions, 
     stages = _Stages(segmenter.device if segmenter is not None else torch.device("cpu"), on_stage)
     stages.say("load", 0.0, f"reading {Path(path).name}")
     case = stages.run("read", read_image, path, allow_non_ct=options.allow_non_ct, series_uid=options.series)
+    if options.roi is not None:
+        check_roi(case, options.roi)
     bundle = segmenter.bundle if segmenter is not None else None
     plan = check_outputs(case, options, sink, (bundle.name, bundle.version) if bundle is not None else ("", ""))
     pre = None

@@ -12,16 +12,20 @@ of ImageOrientationPatient). The series is then
 * **read as it is** when the positions lie on a regular grid along the normal (within 5 % of a step);
 * **resampled** onto a regular grid in patient space (axes: the row, column and normal directions; in-plane
   spacing kept, slice spacing = the median step; extent covering every slice) when the spacing is non-uniform
-  but complete (e.g. 1 mm then 3 mm) or the stack is tilted/sheared (gantry tilt: positions not along the
-  normal). Each value is the linear interpolation between the two neighbouring acquired slices in the
+  without gaps (e.g. 1 mm then 2.5 mm, or jitter) or the stack is tilted/sheared (gantry tilt: positions not
+  along the normal). Each value is the linear interpolation between the two neighbouring acquired slices in the
   acquisition's own (sheared, non-uniform) index space, the same resampling ITK does for a sheared image;
   points outside every slice get the series' lowest value. A note says what was done;
-* **refused** with one line when slices are missing (a step > 1.5 x the neighbouring steps), positions repeat,
+* **refused** with one line when slices are missing (a step that is m >= 2 times the usual step, the median,
+  within 10 % of a step, wherever it occurs: two single gaps, every other slice of a stretch, 1 mm then 3 mm
+  where 1 mm is the usual step; or a step > 1.5 x the steps on both sides), positions repeat,
   ImagePositionPatient / ImageOrientationPatient / PixelSpacing is missing (SliceThickness is never used as a
   position), or rows, columns, pixel spacing or orientation differ within the series.
 
-Pixels: pydicom's decoders (native RLE, pylibjpeg-openjpeg for JPEG 2000, pyjpegls for JPEG-LS), else
-SimpleITK's GDCM reader (JPEG lossless and anything else GDCM reads); rescale slope/intercept applied per slice.
+Pixels: pydicom's decoders (native RLE, pylibjpeg-openjpeg for JPEG 2000, pyjpegls for JPEG-LS), else, only for a
+transfer syntax pydicom has no decoder for, SimpleITK's GDCM reader (JPEG lossless and anything else GDCM reads);
+rescale slope/intercept applied per slice. Uncompressed pixel data shorter than Rows x Columns x samples x bits,
+and data pydicom's own decoder fails on, are refused (damaged file), never padded or passed on to GDCM.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Tolerances, as fractions of a step: positions within 5 % of a regular grid are regular.
 REGULAR_TOL = 0.05
 GAP_FACTOR = 1.5  # a step larger than 1.5 x its neighbours' (median) means missing slices
+MULTIPLE_TOL = 0.1  # a step within 10 % of a step of m x the usual (median) step, m >= 2: m - 1 missing slices
 ORIENTATION_TOL = 1e-4
 NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG", "DOC",
                         "FID", "PLAN", "RWV", "AU", "ECG"}
@@ -451,15 +456,7 @@ def plan_grid(geom: SliceGeometry, where: Path) -> GridPlan:
         repeats = int((steps <= max(1e-3, 0.01 * median)).sum())
         raise InputError(f"{where}: {repeats + 1 if repeats == 1 else repeats} images share a slice position "
                          "(several acquisitions, phases or echoes in one series?); export each as its own series")
-    for k, step in enumerate(steps):
-        # A gap is larger than the steps on both sides (a change of pitch, 1 mm then 5 mm, is larger on one side).
-        sides = [float(np.median(side)) for side in (steps[max(0, k - 2):k], steps[k + 1:k + 3]) if len(side)]
-        local = max(sides) if sides else median
-        if step > GAP_FACTOR * local:
-            missing = max(1, int(round(step / local)) - 1)
-            raise InputError(f"{where}: slices missing: a gap of {step:.2f} mm between slices {k + 1} and {k + 2} "
-                             f"(at {d[k]:.2f} and {d[k + 1]:.2f} mm along the normal) where neighbouring slices are "
-                             f"{local:.2f} mm apart (about {missing} missing); re-export the complete series")
+    _refuse_gaps(steps, d, median, where)
     # In-plane offset of each slice from the first (zero for a stack along the normal).
     offsets = (geom.positions - geom.positions[0]) - np.outer(d - d[0], geom.normal)
     shear = float(np.linalg.norm(offsets, axis=1).max())
@@ -479,6 +476,24 @@ def plan_grid(geom: SliceGeometry, where: Path) -> GridPlan:
     return GridPlan(regular, float(mean_step) if regular else median, notes)
 
 
+def _refuse_gaps(steps: np.ndarray, d: np.ndarray, usual: float, where: Path) -> None:
+    """InputError at the first gap: a step of m >= 2 times the usual (median) step, within ``MULTIPLE_TOL`` of a
+    step, wherever it occurs (m - 1 missing slices), or a step over ``GAP_FACTOR`` x the steps on both sides."""
+    for k, step in enumerate(steps):
+        ratio = float(step) / usual
+        sides = [float(np.median(side)) for side in (steps[max(0, k - 2):k], steps[k + 1:k + 3]) if len(side)]
+        local = max(sides) if sides else usual
+        if round(ratio) >= 2 and abs(ratio - round(ratio)) <= MULTIPLE_TOL:
+            why, missing = f"{round(ratio)} x the usual {usual:.2f} mm step", round(ratio) - 1
+        elif step > GAP_FACTOR * local:
+            why, missing = f"where neighbouring slices are {local:.2f} mm apart", max(1, int(round(step / local)) - 1)
+        else:
+            continue
+        raise InputError(f"{where}: slices missing: a gap of {step:.2f} mm between slices {k + 1} and {k + 2} "
+                         f"(at {d[k]:.2f} and {d[k + 1]:.2f} mm along the normal), {why} (about {missing} "
+                         "missing); re-export the complete series")
+
+
 # ------------------------------------------------------------------------------------------------------- pixels
 
 def _decode(path: Path) -> tuple[np.ndarray, str | None]:
@@ -487,19 +502,64 @@ def _decode(path: Path) -> tuple[np.ndarray, str | None]:
 
     ds = pydicom.dcmread(str(path), force=True)
     if "PixelData" not in ds:
-        raise InputError(f"{path}: DICOM image has no pixel data")
+        raise InputError(f"{path}: DICOM image has no pixel data (the file may be truncated); re-export the series")
     if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) is None:
         # No file meta (preamble-less files): the transfer syntax was deduced while reading.
         ds.file_meta = ds.file_meta if hasattr(ds, "file_meta") else pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR
                                           else pydicom.uid.ExplicitVRLittleEndian)
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        native = not syntax.is_encapsulated
+    except ValueError:  # a private or unknown transfer syntax: GDCM may know it
+        native = False
+    if native:
+        _check_native_length(ds, path)
     try:
         raw = np.asarray(ds.pixel_array)
-    except Exception as exc:  # noqa: BLE001 - no pydicom decoder for this transfer syntax: try GDCM
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for data it cannot decode
+        if _pydicom_decodes(syntax):  # a decoder that fails on these bytes: damaged data, never a second opinion
+            raise InputError(f"{path}: pixel data cannot be decoded ({_first_line(exc)}); the file is damaged or "
+                             "truncated: re-export the series") from None
         return _decode_gdcm(path, ds, exc), "decoded with GDCM (SimpleITK)"
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     return (raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)), None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:160]
+
+
+def _check_native_length(ds: Any, path: Path) -> None:
+    """Uncompressed pixel data must hold Rows x Columns x SamplesPerPixel x frames x BitsAllocated bits: a short
+    (truncated) one is refused, never padded or handed to another decoder."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(f"{path}: DICOM image without valid Rows, Columns or BitsAllocated; re-export the "
+                         "series") from None
+    if bits not in (1, 8, 16, 32, 64):
+        raise InputError(f"{path}: BitsAllocated {bits} is not a DICOM pixel size (8, 16 or 32 for CT)")
+    need = (rows * cols * samples * frames * bits + 7) // 8
+    have = len(ds.PixelData)
+    if have < need:
+        raise InputError(f"{path}: pixel data truncated: {have} bytes where {rows} rows x {cols} columns x "
+                         f"{samples} sample(s) x {bits} bits need {need}; the file is damaged: re-export the series")
+
+
+def _pydicom_decodes(syntax: Any) -> bool:
+    """Whether pydicom has a working decoder (a plugin installed) for this transfer syntax."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(syntax).is_available)
+    except (ImportError, NotImplementedError, ValueError, KeyError):
+        return False
 
 
 def _decode_gdcm(path: Path, ds: Any, first: BaseException) -> np.ndarray:

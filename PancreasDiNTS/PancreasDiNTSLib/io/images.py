@@ -32,6 +32,10 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # A CT in Hounsfield units has air near -1000; the bulk of a body CT lies between -1024 and +3000.
 CT_MIN_LOW = -500.0
 CT_RANGE = (-4000.0, 40000.0)
+# A human CT: voxel spacing 0.05-50 mm along each axis (beyond: wrong units or a broken header), and an
+# image at most 3000 mm long along each axis.
+SPACING_RANGE_MM = (0.05, 50.0)
+MAX_EXTENT_MM = 3000.0
 
 
 @dataclass
@@ -157,6 +161,11 @@ def _read_nifti(path: Path):
         if path.name.lower().endswith(".gz"):
             with gzip.open(path, "rb") as fh:
                 fh.read(348)
+        header = load_nifti(path)  # the header as written: MONAI's reader would "correct" a NaN affine silently
+        if header.get_data_dtype().kind == "c":
+            raise InputError(f"{path}: complex-valued voxels ({header.get_data_dtype()}); a CT has real values in HU: "
+                             "save the real part or the magnitude")
+        check_affine(header.affine, path)
         img = LoadImage(reader="NibabelReader", image_only=True)(str(path))
     except InputError:
         raise
@@ -186,6 +195,9 @@ def _sitk_to_metatensor(sitk_image, path: Path):
     from monai.data import MetaTensor
 
     dim = sitk_image.GetDimension()
+    if "complex" in sitk_image.GetPixelIDTypeAsString():
+        raise InputError(f"{path}: complex-valued voxels ({sitk_image.GetPixelIDTypeAsString()}); a CT has real "
+                         "values in HU: save the real part or the magnitude")
     arr = sitk.GetArrayFromImage(sitk_image)  # (Z, Y, X)
     if sitk_image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: has {sitk_image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -227,6 +239,34 @@ def _read_dicom(source: Path, series_uid: str | None = None):
     """A DICOM series through io.dicom (geometry checked, irregular stacks resampled or refused)."""
     volume = dicom.read_dicom_series(source, series_uid)
     return volume.to_metatensor(source), volume.files, volume.notes
+
+
+def check_affine(affine: Any, path: Path) -> None:
+    """Refuse a voxel-to-world matrix with NaN/infinite entries or (nearly) parallel or zero voxel axes."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise InputError(f"{path}: the voxel-to-world matrix (affine) holds NaN or infinite values; fix the header "
+                         "(NIfTI qform/sform, NRRD space directions and origin)")
+    norms = np.linalg.norm(a[:3, :3], axis=0)
+    if (norms <= 0).any() or abs(np.linalg.det(a[:3, :3] / norms)) < 1e-3:
+        raise InputError(f"{path}: the voxel-to-world matrix (affine) is singular (voxel axes "
+                         f"{np.round(a[:3, :3].T, 4).tolist()}); fix the header (NIfTI qform/sform, NRRD space "
+                         "directions)")
+
+
+def check_geometry(affine: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+    """The affine (:func:`check_affine`), a voxel spacing in ``SPACING_RANGE_MM`` and an extent of at most
+    ``MAX_EXTENT_MM`` along each axis; InputError otherwise (before any resampling)."""
+    check_affine(affine, path)
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    lo, hi = SPACING_RANGE_MM
+    if (spacing < lo).any() or (spacing > hi).any():
+        raise InputError(f"{path}: voxel spacing {[float(f'{s:.4g}') for s in spacing]} mm is outside {lo}-{hi:g} mm; "
+                         "check the header's spacing and units (a CT has 0.2-10 mm voxels)")
+    extent = spacing * np.asarray(shape, dtype=np.float64)
+    if (extent > MAX_EXTENT_MM).any():
+        raise InputError(f"{path}: the image spans {[round(float(e)) for e in extent]} mm, more than "
+                         f"{MAX_EXTENT_MM:.0f} mm along an axis; check the header's spacing and units")
 
 
 def check_ct(data: np.ndarray, path: Path, allow_non_ct: bool = False) -> list[str]:
@@ -283,8 +323,10 @@ def read_image(path: str | Path, allow_non_ct: bool = False, series_uid: str | N
 
     # Channel-first with the bundle's EnsureChannelFirst; reject 2D and true 4D images.
     shape = tuple(image.shape)
-    if len(shape) == 4 and shape[-1] == 1:
+    if len(shape) == 4 and shape[-1] == 1:  # (X, Y, Z, 1): one volume; without a channel, as a 3D file reads
         image = image[..., 0]
+        image.meta["original_channel_dim"] = float("nan")
+        image.meta["spatial_shape"] = np.array(image.shape)
         shape = tuple(image.shape)
     if len(shape) != 3:
         raise InputError(f"{path}: image has shape {shape}; a single 3D CT volume is needed (not 2D or 4D)")
@@ -293,9 +335,10 @@ def read_image(path: str | Path, allow_non_ct: bool = False, series_uid: str | N
     from monai.transforms import EnsureChannelFirst
 
     image = EnsureChannelFirst()(image)
+    affine = np.asarray(cast("MetaTensor", image).affine, dtype=np.float64)
+    check_geometry(affine, shape, path)
     data = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
     warnings += check_ct(data, path, allow_non_ct)
-    affine = np.asarray(cast("MetaTensor", image).affine, dtype=np.float64)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     return LoadedImage(
         name=case_name(path),
