@@ -159,6 +159,30 @@ def test_item2_interrupted_run_outputs_are_proven_by_digest(tmp_path, tiny_ct, t
         assert (case / "segmentation.seg.nrrd").read_bytes() == b"the user's own segmentation"
 
 
+def test_item2_manifest_states_a_kill_can_leave(tmp_path):
+    """What a kill between two steps of a write leaves is decided by digests: a replace under way proves the old
+    and the new bytes (nothing else) and is never 'done'; an older engine's 'pending' proves nothing."""
+    from PancreasDiNTSLib.core.ownership import SCHEMA, CaseFolder
+
+    case = tmp_path / "ct"
+    case.mkdir()
+    (case / "labels.nii.gz").write_bytes(b"old labels")
+    (case / "report.pdf").write_bytes(b"the user's pdf")
+    (tmp_path / "new").write_bytes(b"new labels")
+    old, new = file_digest(case / "labels.nii.gz"), file_digest(tmp_path / "new")
+    manifest = {"schema": SCHEMA, "case": "ct", "input": None,
+                "files": {"labels.nii.gz": dict(new, replacing=old), "report.pdf": {"pending": True}}}
+    (case / MANIFEST_NAME).write_text(json.dumps(manifest))
+    folder = CaseFolder(case)
+    assert folder.owns("labels.nii.gz") and not folder.has(["labels.nii.gz"])  # killed before the rename
+    (tmp_path / "new").replace(case / "labels.nii.gz")
+    assert folder.owns("labels.nii.gz")  # killed after the rename, before the manifest's last save
+    (case / "labels.nii.gz").write_bytes(b"corrected")
+    assert not folder.owns("labels.nii.gz") and not folder.owns("report.pdf")
+    assert folder.conflicts(["labels.nii.gz", "report.pdf", "segmentation.seg.nrrd"]) == ["labels.nii.gz",
+                                                                                           "report.pdf"]
+
+
 # --------------------------------------------------------------------------- 3: edits during a rerun
 
 
