@@ -403,6 +403,34 @@ def test_dciodvfy_finds_no_errors(axial):
         assert all("99PDINTS" in ln for ln in lines if ln.startswith("Warning")), (name, lines[:5])
 
 
+def test_partial_success_a_series_without_seg_fails_sr_and_rtstruct_before_inference_and_keeps_the_rest(tmp_path,
+                                                                                                       vol):
+    """Images of two studies in one series: no SEG, SR or RTSTRUCT can reference them. Known right after reading
+    (each fails with one line; the NIfTI is still planned); an SR whose SEG was not written fails by itself."""
+    from dicom_factory import new_ids
+    from PancreasDiNTSLib.inference.pipeline import CaseOptions, check_outputs, parse_formats
+    from PancreasDiNTSLib.io.dicom_sr import DicomSrError
+    from PancreasDiNTSLib.io.images import read_image
+    from PancreasDiNTSLib.io.writers import write_dicom_sr
+
+    ids = [new_ids(), new_ids()]
+
+    def two_studies(ds, k):
+        ds.StudyInstanceUID = ids[k % 2].study
+
+    write_series(tmp_path / "s", vol, axial_planes(vol, np.arange(6) * 3.0), ids=ids[0], edit=two_studies)
+    case = read_image(tmp_path / "s")
+    formats = parse_formats("nifti,dicom-sr,rtstruct")
+    assert formats == ("nifti", "dicom-seg", "dicom-sr", "rtstruct")
+    plan = check_outputs(case, CaseOptions(formats=formats), None, ("tiny", "1"))
+    assert plan.formats == ["nifti"] and set(plan.failed) == {"dicom-seg", "dicom-sr", "rtstruct"}
+    assert plan.failed["dicom-sr"] == "it needs dicom-seg, which cannot be written"
+    assert "StudyInstanceUID" in plan.failed["rtstruct"] and all("\n" not in v for v in plan.failed.values())
+    with pytest.raises(DicomSrError, match="DICOM SEG its measurements reference was not written"):
+        write_dicom_sr(tmp_path / "sr.dcm", None, {"segments": {}}, {}, case, "tiny", "1")
+    assert not (tmp_path / "sr.dcm").exists()
+
+
 # ------------------------------------------------------------------------------------------------- contours
 
 def test_contours_rasterise_exactly_and_enclose_the_pixel_area():

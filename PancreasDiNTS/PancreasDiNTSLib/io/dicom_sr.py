@@ -265,7 +265,7 @@ def build_report(sources: SegSources, seg: Any, readout: dict[str, Any], model: 
     return Comprehensive3DSR(
         evidence=[seg, *sources.datasets], content=report[0], series_instance_uid=hd.UID(),
         series_number=(number % 100000) + 3000, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="PancreasDiNTS", series_description="Pancreas DiNTS read-out",
+        manufacturer="PancreasDiNTS", series_description="Pancreas DiNTS read-out (research, not for clinical use)",
         coding_schemes=[CodingSchemeIdentificationItem(
             LOCAL_SCHEME, name="PancreasDiNTS local codes",
             responsible_organization="PancreasDiNTS")])

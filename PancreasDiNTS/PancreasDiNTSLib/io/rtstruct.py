@@ -111,7 +111,7 @@ def _header(sources: SegSources, model_name: str, model_version: str) -> Any:
     except (TypeError, ValueError):
         number = 0
     ds.SeriesNumber = (number % 100000) + 2000
-    ds.SeriesDescription = "Pancreas DiNTS structures"
+    ds.SeriesDescription = "Pancreas DiNTS structures (research, unapproved)"
     ds.OperatorsName = ""
     ds.Manufacturer = "PancreasDiNTS"
     ds.ManufacturerModelName = clean_text(model_name, "LO") or "unknown"
