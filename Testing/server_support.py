@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
 
 START_TIMEOUT_S = 240.0
@@ -83,7 +82,6 @@ def start_server(data: Path, token_file: Path, *extra: str, env: dict[str, str] 
 def write_ct(path: Path, shape: tuple[int, int, int] = (40, 40, 24), seed: int = 1, crop_z: int | None = None) -> Path:
     """A small synthetic CT (phantom, int16 HU) as NIfTI; ``crop_z`` keeps that many slices (a distinct input)."""
     import nibabel as nib
-
     from PancreasDiNTSLib.synthetic.phantom import make_phantom
 
     hu, _, affine = make_phantom(seed, shape=shape, spacing=(1.6, 1.6, 2.0), orientation="RAS")

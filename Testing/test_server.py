@@ -25,9 +25,6 @@ import nibabel as nib
 import numpy as np
 import psutil
 import pytest
-from server_support import make_token, start_server, wait_for, write_ct
-from support import EXAMPLE_CT_SM, require
-
 from PancreasDiNTSLib.bridge.remote import (
     INPUT_PLACEHOLDER,
     RemoteError,
@@ -38,6 +35,8 @@ from PancreasDiNTSLib.bridge.remote import (
 from PancreasDiNTSLib.cli import main as cli_main
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
+from server_support import make_token, start_server, wait_for, write_ct
+from support import EXAMPLE_CT_SM, require
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 MAX_UPLOAD_MB = 2
@@ -227,6 +226,19 @@ def test_bad_uploads_fail_with_the_local_message(client, tmp_path):
     with pytest.raises(RemoteError) as err:
         client.submit(not_zip, "zip", job_options())
     assert err.value.status == 400 and "not a readable zip" in str(err.value)
+
+
+def test_progress_stream_follows_a_job_to_its_end(server, client, inputs):
+    job = client.submit(inputs["tiny"], "nii.gz", job_options())["id"]
+    lines = []
+    with httpx.stream("GET", f"{server.url}/v1/jobs/{job}/events", timeout=120,
+                      headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in resp.iter_lines() if line]
+    assert lines[0]["state"] in ("queued", "running") and lines[-1]["state"] == "done"
+    fractions = [status["fraction"] for status in lines]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {f["name"] for f in lines[-1]["files"]} == {"labels.nii.gz", "segmentation.seg.nrrd", "report.json"}
 
 
 def _tree(pid: int) -> list[psutil.Process]:

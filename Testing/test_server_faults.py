@@ -11,11 +11,10 @@ import time
 
 import psutil
 import pytest
-from server_support import make_token, start_server, wait_for, write_ct
-
 from PancreasDiNTSLib.bridge.remote import ServerClient, job_options
 from PancreasDiNTSLib.server.serve import clean_orphans
 from PancreasDiNTSLib.server.store import JobStore, new_job_id
+from server_support import make_token, start_server, wait_for, write_ct
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -32,11 +32,10 @@ for extra in (ROOT / "PancreasDiNTS", ROOT / "Testing"):
         sys.path.insert(0, str(extra))
 
 import psutil  # noqa: E402
-from server_support import make_token, start_server, write_ct  # noqa: E402
-
 from PancreasDiNTSLib.bridge.remote import ServerClient, job_options  # noqa: E402
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL  # noqa: E402
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment  # noqa: E402
+from server_support import make_token, start_server, write_ct  # noqa: E402
 
 
 def case_seconds(case: Path, out: Path, server: Any = None) -> float:
