@@ -64,6 +64,7 @@ def test_files_added_during_the_run_stop_the_swap(tmp_path):
     assert (dest / "added-meanwhile.txt").read_text() == "user" and (dest / "a.txt").read_text() == "1"
 
 
+@pytest.mark.slow
 def test_demo_rerun_keeps_a_users_file(tmp_path, cli_env):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "PancreasDiNTSLib.cli", "demo", "-o", str(out), "--device", "cpu",

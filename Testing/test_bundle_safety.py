@@ -33,6 +33,7 @@ def copy_bundle(src: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_pickled_code_in_arch_file_is_refused(tmp_path, tiny_bundle):
     marker = tmp_path / "pwned"
     b = copy_bundle(tiny_bundle, tmp_path / "b")

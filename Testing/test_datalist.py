@@ -60,6 +60,7 @@ def test_bundle_split_counts_and_rule(tmp_path):
     assert prepare_datalist(tmp_path / "Task07_Pancreas")["testing"] == dl["testing"]
 
 
+@pytest.mark.slow
 def test_split_of_a_phantom_folder_and_cli(tmp_path, cli_env):
     data = write_msd_dataset(tmp_path / "ph", 10, 0, seed=1, size="tiny")
     out = tmp_path / "dl.json"

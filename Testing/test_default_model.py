@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from PancreasDiNTSLib.model.download import DEFAULT_VERSION, installed_path
 from support import EXAMPLE_CT_SM, require
 
@@ -17,6 +18,7 @@ def _segment(tmp_path, env, *args):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_without_model_and_nothing_installed(tmp_path, cli_env):
     env = dict(cli_env, PANCREAS_DINTS_HOME=str(tmp_path / "home"))
     run = _segment(tmp_path, env)
@@ -25,6 +27,7 @@ def test_without_model_and_nothing_installed(tmp_path, cli_env):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_without_model_uses_the_installed_one(tmp_path, cli_env, tiny_bundle, monkeypatch):
     monkeypatch.setenv("PANCREAS_DINTS_HOME", str(tmp_path / "home"))
     target = installed_path(DEFAULT_VERSION)

@@ -204,6 +204,7 @@ def test_clean_text_limits():
     assert clean_text("a\\b", "LO") == "a/b" and len(clean_text("x" * 40, "SH")) == 16
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, deid_folder, tilted_folder, tiny_bundle, cli_env):
     """The real CLI on the de-identified J2K series and the tilted series: every output of both is written."""
     out = tmp_path / "out"

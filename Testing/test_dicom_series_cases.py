@@ -32,6 +32,7 @@ def _segment(folder, out, model, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_each_series_is_its_own_case(tmp_path, two_series, tiny_bundle):
     folder, a, b = two_series
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -47,6 +48,7 @@ def test_each_series_is_its_own_case(tmp_path, two_series, tiny_bundle):
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == sorted(reports)
 
 
+@pytest.mark.slow
 def test_series_option_picks_one(tmp_path, two_series, tiny_bundle):
     folder, _, b = two_series
     run = _segment(folder, tmp_path / "out", tiny_bundle, "--series", b.series)

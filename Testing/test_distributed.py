@@ -100,6 +100,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_process_gloo_under_torchrun(tmp_path, cli_env):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -142,6 +142,7 @@ def test_model_folder_missing_or_not_a_bundle(tmp_path, tiny_ct, capsys):
     assert code == errors.EXIT_MODEL and "no configs/inference.yaml" in err
 
 
+@pytest.mark.slow
 def test_mismatched_arch_and_weights(tmp_path, tiny_ct, tiny_bundle, reference_bundle, capsys):
     from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
@@ -206,6 +207,7 @@ def test_gpu_out_of_memory_policy():
         with_oom_fallback(other_error, 2)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_prints_one_line_without_traceback(tmp_path, tiny_bundle, cli_env):
     bad = tmp_path / "ct.nii.gz"
     bad.write_text("not an image")

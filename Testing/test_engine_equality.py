@@ -37,6 +37,7 @@ def reference_labels(tiny_bundle, example_ct_sm, tmp_path_factory, cli_env):
     return run_monai_bundle(tiny_bundle, example_ct_sm, tmp_path_factory.mktemp("ref"), cli_env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fast", "exact"])
 def test_labels_equal_monai_bundle_run(mode, tiny_bundle, example_ct_sm, tmp_path, cli_env, reference_labels):
     """Both our default fast path and the MONAI reference path give the bundle's labels."""

@@ -67,6 +67,7 @@ def segmented(tmp_path_factory, all_formats, tiny_bundle, cli_env):
     return out, [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_every_format_gives_the_same_labels_on_the_input_grid(segmented, all_formats):
     out, _ = segmented
     reference = np.asarray(nib.load(str(out / "ct_nifti" / "labels.nii.gz")).dataobj)
@@ -183,6 +184,7 @@ def test_report_volumes_and_progress_stream(segmented):
     assert events[-1]["stage"] == "summary" and events[-1]["succeeded"] == 5
 
 
+@pytest.mark.slow
 def test_skip_existing_then_overwrite(tmp_path, small_ct, tiny_bundle):
     out = tmp_path / "out"
     first = run_segment([str(small_ct)], out, tiny_bundle, device="cpu", formats="nifti", progress="none")
@@ -200,6 +202,7 @@ def test_skip_existing_then_overwrite(tmp_path, small_ct, tiny_bundle):
     assert not [p for p in out.rglob("*") if ".part" in p.name or (p.name.startswith(".") and p.name != MANIFEST_NAME)]
 
 
+@pytest.mark.slow
 def test_prefetch_keeps_labels_order_and_case_isolation(tmp_path, small_ct, tiny_bundle):
     """Batch mode reads the next case in a background thread: same labels, same order, a bad case still fails alone."""
     inputs = tmp_path / "in"
@@ -234,6 +237,7 @@ def oblique_affine(spacing: tuple[float, float, float], degrees: float) -> np.nd
     return affine
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flip_lps", [False, True])
 def test_geometry_round_trip_oblique_anisotropic(tmp_path, small_ct, tiny_bundle, flip_lps):
     """Oblique, anisotropic, LPS-ordered inputs: outputs carry exactly the input geometry, in both files."""
@@ -265,6 +269,7 @@ def test_geometry_round_trip_oblique_anisotropic(tmp_path, small_ct, tiny_bundle
     # compared across all formats in test_every_format_gives_the_same_labels_on_the_input_grid.
 
 
+@pytest.mark.slow
 def test_roi_mode_equals_the_full_run_inside_the_box(tmp_path, small_ct, tiny_bundle, capsys):
     """--roi (voxel box, grid mode): labels inside the box equal the full run's, zero outside."""
     from PancreasDiNTSLib.cli import main

@@ -65,6 +65,7 @@ def phantom_datalist(tmp_path_factory):
     return root / "datalist.json", dl
 
 
+@pytest.mark.slow
 def test_evaluate_cli_matches_hand_computation(tiny_bundle, phantom_datalist, tmp_path, cli_env):
     datalist, dl = phantom_datalist
     out = tmp_path / "EVAL"
@@ -100,6 +101,7 @@ def test_evaluate_cli_matches_hand_computation(tiny_bundle, phantom_datalist, tm
     assert summary["mean_dice"] == pytest.approx(bundle_mean_dice(np.array(matrix)), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_bad_input_is_one_line(tiny_bundle, phantom_datalist, tmp_path, cli_env):
     datalist, dl = phantom_datalist
     r = subprocess.run(CLI + ["evaluate", "--model", str(tiny_bundle), "--datalist", str(datalist), "--split",

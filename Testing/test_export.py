@@ -67,6 +67,7 @@ def eager_labels(run_dir, ct) -> np.ndarray:
     return labels
 
 
+@pytest.mark.slow
 def test_torchscript_cli_matches_eager_labels(run_dir, ct, eager_labels, cli_env):
     proc = subprocess.run(
         [PYTHON, "-m", "PancreasDiNTSLib.cli", "export", "--model", str(run_dir), "--format", "torchscript"],
@@ -90,6 +91,7 @@ def test_torchscript_cli_matches_eager_labels(run_dir, ct, eager_labels, cli_env
     assert agreement >= 0.999
 
 
+@pytest.mark.slow
 def test_onnx_matches_eager_labels(run_dir, ct, eager_labels):
     result = export_model(run_dir, "onnx", log=lambda _m: None)
     assert result.path == run_dir / "models" / "model.onnx"
@@ -126,6 +128,7 @@ def test_onnx_runs_from_sidecar_alone(run_dir, tmp_path):
         load_bundle(tmp_path / "m.onnx")
 
 
+@pytest.mark.slow
 def test_fp16_onnx_keeps_float32_interface(run_dir, tmp_path):
     result = export_model(run_dir, "onnx", precision="fp16", output=tmp_path / "half.onnx", log=lambda _m: None)
     assert json.loads(result.sidecar.read_text())["precision"] == "fp16"
@@ -159,6 +162,7 @@ def test_unknown_file_is_refused(tmp_path, run_dir):
         load_bundle(orphan)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(trt_unavailable_reason() is None, reason="torch_tensorrt and CUDA present: message not shown")
 def test_trt_gives_one_clear_line(run_dir, cli_env):
     proc = subprocess.run(
@@ -173,6 +177,7 @@ def test_trt_gives_one_clear_line(run_dir, cli_env):
     assert not (run_dir / "models" / "model_trt.ts").exists()
 
 
+@pytest.mark.slow
 def test_segment_cli_accepts_exported_onnx(run_dir, example_ct_sm, tmp_path, cli_env):
     import nibabel as nib
 

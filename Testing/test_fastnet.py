@@ -69,6 +69,7 @@ ARCHS = [("random_arch", 4, 3, 0), ("random_arch", 3, 3, 1), ("random_arch", 2, 
     ("consistent", 5, 4, s) for s in (3, 7, 11)] + [("consistent", 4, 3, 5)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,blocks,depths,seed", ARCHS)
 def test_same_outputs_as_monai(kind, blocks, depths, seed):
     arch = random_arch(blocks, depths, seed=seed) if kind == "random_arch" else consistent_arch(blocks, depths, seed)

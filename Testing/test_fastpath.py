@@ -157,6 +157,7 @@ def test_batch_size_policy_on_cpu(nets):
     assert choose_sw_batch_size(nets[1], ROI, device="cpu", default=4) == 4
 
 
+@pytest.mark.slow
 def test_real_ct_fast_inferer_and_roi_equal_segmenter(tiny_bundle, example_ct_sm):
     """On real CT: FastInferer's logits equal the Segmenter's MONAI inferer; ROI grid mode's labels inside a
     box equal the full run's, zero outside, with fewer windows."""
@@ -218,6 +219,7 @@ def test_static_output_buffer_predictor(nets):
     assert float((out - ref).abs().max()) < 1e-5 * max(1.0, float(ref.abs().max()))
 
 
+@pytest.mark.slow
 def test_cpu_allocator_tuning_in_a_subprocess():
     """mallopt takes effect in a real process: repeated big tensors stop costing page faults (without it, each
     96 MiB of tensors costs ~24k faults and the kernel zeroes the pages again)."""

@@ -28,6 +28,7 @@ def _geometries(tmp_path, example_ct_sm):
     yield "oblique", path
 
 
+@pytest.mark.slow
 def test_slabs_equal_monai_invertd(tmp_path, example_ct_sm, tiny_bundle):
     seg = Segmenter(load_bundle(tiny_bundle), "cpu", mode="fast")
     for name, path in _geometries(tmp_path, example_ct_sm):
@@ -58,6 +59,7 @@ def test_only_the_bundles_spatial_transforms_are_inverted_in_slabs(example_ct_sm
         invert_labels(torch.zeros(3, *pre.shape[1:]), popped)
 
 
+@pytest.mark.slow
 def test_confidence_and_lesion_score_come_from_the_same_inverted_probabilities(tmp_path, example_ct_sm, tiny_bundle):
     """Segmenter.invert hands out labels equal to postprocess's, and the uint8 confidence map / lesion maximum of
     the very probabilities Invertd produced (brute force here: the whole inverted volume); the slab inversion

@@ -131,6 +131,7 @@ def test_no_import_cycles() -> None:
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", sorted(TORCH_FREE))
 def test_torch_free_layer_imports_without_torch(layer: str, tmp_path: Path) -> None:
     """Importing every module of the layer in a fresh interpreter loads no torch (checked for real)."""

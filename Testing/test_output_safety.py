@@ -92,6 +92,7 @@ def test_outdir_inside_an_input_folder_is_refused(tmp_path, tiny_ct, tiny_bundle
 # --------------------------------------------------------------------------- 2: "." and dot names
 
 
+@pytest.mark.slow
 def test_obs2_dot_input_is_named_after_the_folder(tmp_path, tiny_ct, tiny_bundle, capsys, monkeypatch):
     data, affine = load_nifti(tiny_ct)
     series = write_dicom_series(data, affine, tmp_path / "work" / "abdomen_ct")
@@ -107,6 +108,7 @@ def test_obs2_dot_input_is_named_after_the_folder(tmp_path, tiny_ct, tiny_bundle
     assert snapshot(tmp_path, skip=results) == outside  # no temporary or .old folder next to OUTDIR
 
 
+@pytest.mark.slow
 def test_obs2_files_named_dot_dot(tmp_path, tiny_ct, tiny_bundle, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -141,6 +143,7 @@ def test_safe_case_names():
 # --------------------------------------------------------------------------- 3: user files in a case folder
 
 
+@pytest.mark.slow
 def test_obs3_rerun_keeps_user_files_and_refuses_edited_outputs(tmp_path, tiny_ct, tiny_bundle, capsys):
     out = tmp_path / "out"
     assert seg(capsys, [tiny_ct], out, tiny_bundle, "--format", "nifti")[0] == 0
@@ -168,6 +171,7 @@ def test_obs3_rerun_keeps_user_files_and_refuses_edited_outputs(tmp_path, tiny_c
 # --------------------------------------------------------------------------- 4: identity
 
 
+@pytest.mark.slow
 def test_obs4_same_stem_other_patient_gets_its_own_folder(tmp_path, tiny_ct, tiny_bundle, capsys):
     a = tmp_path / "A" / "ct.nii.gz"
     a.parent.mkdir()
@@ -195,6 +199,7 @@ def test_obs4_same_stem_other_patient_gets_its_own_folder(tmp_path, tiny_ct, tin
     assert code == 0 and res["status"] == "ok" and Path(res["output_dir"]).name == "ct-3"
 
 
+@pytest.mark.slow
 def test_obs4_same_stem_within_one_call(tmp_path, tiny_ct, tiny_bundle, capsys):
     a = tmp_path / "A" / "ct.nii.gz"
     a.parent.mkdir()
@@ -213,6 +218,7 @@ def test_obs4_same_stem_within_one_call(tmp_path, tiny_ct, tiny_bundle, capsys):
 # --------------------------------------------------------------------------- partial success
 
 
+@pytest.mark.slow
 def test_failing_output_keeps_the_others(tmp_path, tiny_ct, tiny_bundle, capsys, monkeypatch):
     from PancreasDiNTSLib.io import writers
 
@@ -280,6 +286,7 @@ def test_disk_full_while_writing_an_output_is_exit_5(tmp_path, tiny_ct, tiny_bun
     assert summary["results"][0]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_the_summary_is_exit_5(tmp_path, tiny_ct, tiny_bundle, capsys, monkeypatch):
     write_text = Path.write_text
 
@@ -294,6 +301,7 @@ def test_disk_full_while_writing_the_summary_is_exit_5(tmp_path, tiny_ct, tiny_b
     assert not [p for p in (tmp_path / "out").rglob("*") if ".part" in p.name]
 
 
+@pytest.mark.slow
 def test_real_file_size_limit_is_exit_5(tmp_path, tiny_ct, tiny_bundle, cli_env):
     """A real write failure from the kernel (RLIMIT_FSIZE -> EFBIG) in a real subprocess."""
     import resource
@@ -310,6 +318,7 @@ def test_real_file_size_limit_is_exit_5(tmp_path, tiny_ct, tiny_bundle, cli_env)
     assert not [p for p in out.rglob("*") if ".part" in p.name]
 
 
+@pytest.mark.slow
 def test_real_full_tmpfs_is_exit_5(tmp_path, tiny_ct, tiny_bundle, cli_env):
     """A really full file system (a 64 KiB tmpfs; needs root, skipped otherwise)."""
     mnt = tmp_path / "small"
@@ -332,6 +341,7 @@ def test_real_full_tmpfs_is_exit_5(tmp_path, tiny_ct, tiny_bundle, cli_env):
 # --------------------------------------------------------------------------- special files, signals, options
 
 
+@pytest.mark.slow
 def test_fifo_and_device_inputs_are_refused_without_reading(tmp_path, tiny_bundle, cli_env):
     fifo = tmp_path / "ct.nii.gz"
     os.mkfifo(fifo)
@@ -359,6 +369,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, tiny_ct, tiny_bundle, cli_env):
     out = tmp_path / "out"
     proc = subprocess.Popen([PYTHON, "-c", SIGTERM_DRIVER, "segment", str(tiny_ct), "-o", str(out), "--model",
@@ -391,6 +402,7 @@ def test_invalid_option_values_are_usage_errors(tmp_path, tiny_ct, tiny_bundle, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_control_characters_in_names_cannot_forge_lines(tmp_path, tiny_ct, tiny_bundle, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -168,6 +168,7 @@ def check_after(root: Path, out: Path, before: dict[str, str], user: dict[Path, 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(specs=inputs_strategy, symlink=st.booleans(), which=st.sampled_from(OUTDIRS), runs=runs_strategy,
        plant=st.integers(0, 10))
+@pytest.mark.slow
 def test_output_placement_never_loses_or_misplaces_data(specs, symlink, which, runs, plant):
     stub = StubSegmenter()
     with tempfile.TemporaryDirectory() as tmp:

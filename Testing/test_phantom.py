@@ -128,6 +128,7 @@ def test_msd_layout(tmp_path):
     assert not any(p.name.endswith(".part") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_make_phantoms(tmp_path, cli_env):
     out = tmp_path / "DATA"
     r = subprocess.run([sys.executable, "-m", "PancreasDiNTSLib.cli", "make-phantoms", "-n", "2", "--num-test", "1",

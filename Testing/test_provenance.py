@@ -87,6 +87,7 @@ def test_official_md5s_are_the_released_ones(reference_bundle):
     assert dl.RELEASED_FILES == RELEASED_REQUIRED
 
 
+@pytest.mark.slow
 def test_other_models_zip_with_its_own_list_is_not_installed_as_official(tmp_path, bundle, cli_env):
     """Observation 7a: a zip of another model whose own large_files.yml matches its own weights."""
     write_large_files(bundle, {rel: file_md5(bundle / rel) for rel in dl.RELEASED_FILES})
@@ -121,6 +122,7 @@ def test_local_install_name(tmp_path, bundle, capsys):
 # ---------------------------------------------------------------------------------------------- --version
 
 
+@pytest.mark.slow
 def test_version_that_is_a_path_is_a_usage_error(tmp_path, bundle, cli_env):
     """Observation 7b: `--version ../../victim` replaced a folder outside the cache."""
     archive = zip_folder(bundle, tmp_path / "bundle.zip")
@@ -153,6 +155,7 @@ def test_real_versions_are_accepted(tmp_path):
 # ---------------------------------------------------------------------------------------------- paths inside the folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
 def test_large_files_path_outside_is_refused_without_its_md5(tmp_path, bundle, example_ct_sm, cli_env, how):
     """Observation 7c: a large_files.yml path `../../etc/passwd` printed that file's md5."""
@@ -225,6 +228,7 @@ def test_symlinks_inside_the_folder_are_fine(bundle):
 # ---------------------------------------------------------------------------------------------- bounded parsing (CLI)
 
 
+@pytest.mark.slow
 def test_alias_bomb_in_inference_yaml_is_exit_3(tmp_path, bundle, example_ct_sm, cli_env):
     """Observation 8a: `roi_size: *l9` ran 64 s and 3.4 GB before a MemoryError traceback."""
     from test_safeparse import alias_bomb
@@ -240,6 +244,7 @@ def test_alias_bomb_in_inference_yaml_is_exit_3(tmp_path, bundle, example_ct_sm,
     assert len(lines) == 1 and "alias" in lines[0] and "inference.yaml" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["configs/metadata.json", "large_files.yml", "large_files.json"])
 def test_deeply_nested_model_files_are_exit_3(tmp_path, bundle, example_ct_sm, cli_env, name):
     """Observation 8b: metadata.json / large_files.yml nested 100 000 deep -> RecursionError traceback."""
@@ -272,6 +277,7 @@ def test_alias_bomb_memory_stays_small():
 # ---------------------------------------------------------------------------------------------- installing
 
 
+@pytest.mark.slow
 def test_disk_full_during_extraction_is_exit_6_and_leaves_nothing(tmp_path, bundle, cli_env):
     """Observation 8c: ENOSPC during `download --from` extraction -> traceback (not 6)."""
     archive = zip_folder(bundle, tmp_path / "bundle.zip")

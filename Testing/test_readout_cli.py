@@ -64,6 +64,7 @@ def read_csv(path: Path) -> dict[str, dict[str, str]]:
     return {r["case"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_bad_cases_give_nulls_with_reasons_never_a_crash(tmp_path, inputs, tiny_bundle, crafted_labels, capsys):
     out = tmp_path / "out"
     code, err = segment(capsys, inputs, out, tiny_bundle, "--format", FORMATS)
@@ -118,6 +119,7 @@ def test_bad_cases_give_nulls_with_reasons_never_a_crash(tmp_path, inputs, tiny_
     assert json.loads((out / "summary.json").read_text())["succeeded"] == 3
 
 
+@pytest.mark.slow
 def test_measurements_csv_keeps_a_users_file_and_lists_skipped_cases(tmp_path, inputs, tiny_bundle,
                                                                       crafted_labels, capsys):
     out = tmp_path / "out"
@@ -139,6 +141,7 @@ def test_measurements_csv_keeps_a_users_file_and_lists_skipped_cases(tmp_path, i
     assert (out / "summary.json").read_text() == '{"my": "notes"}\n'
 
 
+@pytest.mark.slow
 def test_roi_mode_notes_that_confidence_needs_the_whole_image(tmp_path, inputs, tiny_bundle, capsys):
     out = tmp_path / "out"
     code, err = segment(capsys, inputs[:1], out, tiny_bundle, "--format", "nifti,confidence",
@@ -150,6 +153,7 @@ def test_roi_mode_notes_that_confidence_needs_the_whole_image(tmp_path, inputs, 
     assert report["readout"]["confidence"] is None and "ROI mode" in report["readout"]["confidence_reason"]
 
 
+@pytest.mark.slow
 def test_readout_can_be_turned_off_for_labels_only_callers(inputs, tiny_bundle):
     """evaluate/benchmark-style calls: CaseOptions(readout=False) gives the same labels, no read-out, no map."""
     from PancreasDiNTSLib.inference.pipeline import CaseOptions, segment_case

@@ -54,6 +54,7 @@ def engine_run(tmp_path_factory, tiny_bundle, cli_env):
     return {"scene": scene, "volumes": volumes, "out": work / "out", "work": work, "bundle": tiny_bundle}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_import_equals_engine_labels_in_ras(engine_run, variant):
     scene, volume = engine_run["scene"], engine_run["volumes"][variant]
@@ -120,6 +121,7 @@ def _scene_state(scene, segmentation_node):
                                       for name in ("Liver", "Pancreas", "Pancreatic tumor")}
 
 
+@pytest.mark.slow
 def test_failed_run_and_bad_file_leave_the_scene_unchanged(engine_run, tmp_path, cli_env):
     scene, volume = engine_run["scene"], engine_run["volumes"]["ras"]
     existing = support.segmentation_with_liver(scene, volume)
@@ -145,6 +147,7 @@ def test_failed_run_and_bad_file_leave_the_scene_unchanged(engine_run, tmp_path,
             assert _scene_state(scene, existing) == before
 
 
+@pytest.mark.slow
 def test_cancelled_run_leaves_the_scene_unchanged(engine_run, cli_env):
     scene, volume = engine_run["scene"], engine_run["volumes"]["ras"]
     existing = support.segmentation_with_liver(scene, volume)
@@ -165,6 +168,7 @@ def test_cancelled_run_leaves_the_scene_unchanged(engine_run, cli_env):
     assert not job.work_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotated", [False, True], ids=["axis_aligned_roi", "rotated_roi"])
 def test_roi_node_box_segments_only_inside(engine_run, rotated, cli_env):
     """ROI node -> box -> ``segment --roi`` (grid mode) -> import: labels only inside the box, and inside it

@@ -140,6 +140,7 @@ def test_path_tables_match_monai():
         assert (list(space.arch_code2in), list(space.arch_code2out)) == path_tables(depths)
 
 
+@pytest.mark.slow
 def test_search_writes_released_format_arch_and_picture(tiny_search):
     out, events = tiny_search
     epochs = [e for e in events if e.get("stage") == "epoch"]
@@ -171,6 +172,7 @@ def test_search_writes_released_format_arch_and_picture(tiny_search):
     assert not torch.equal(last["model"][key], prev["model"][key])
 
 
+@pytest.mark.slow
 def test_warmup_leaves_architecture_untouched(dataset, tmp_path):
     settings = make_search_settings("tiny", ["epochs=2", "warmup_epochs=1", "val_interval=2"])
     search(dataset, tmp_path / "S", settings=settings, device="cpu")
@@ -183,6 +185,7 @@ def test_warmup_leaves_architecture_untouched(dataset, tmp_path):
         assert not torch.equal(after_search[key], after_warmup[key]), name
 
 
+@pytest.mark.slow
 def test_ram_cost_term_steers_the_architecture(dataset, tmp_path):
     """With a faster architecture lr, the super-net's expected RAM fraction moves from ~0.5 to ram_cost_factor."""
     import csv
@@ -195,6 +198,7 @@ def test_ram_cost_term_steers_the_architecture(dataset, tmp_path):
     assert first > 0.45 and abs(last - 0.2) < 0.05, (first, last)
 
 
+@pytest.mark.slow
 def test_searched_arch_trains_and_segments(tiny_search, dataset, tmp_path, env):
     arch = _arch_file(tiny_search[0])
     run = tmp_path / "RUN"
@@ -220,6 +224,7 @@ def test_searched_arch_trains_and_segments(tiny_search, dataset, tmp_path, env):
     assert nib.load(labels[0]).shape[:3] == nib.load(image).shape[:3]
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_gives_the_same_search(tiny_search, dataset, tmp_path, env):
     out = tmp_path / "SEARCH"
     proc = subprocess.Popen(_search_cmd(dataset, out), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -245,6 +250,7 @@ def test_kill9_then_resume_gives_the_same_search(tiny_search, dataset, tmp_path,
     assert all(np.array_equal(a[k], b[k]) for k in ("node_a", "arch_code_a", "arch_code_c"))
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_search(dataset, tmp_path, env):
     out = tmp_path / "SEARCH2"
     r = subprocess.run(_search_cmd(dataset, out, launcher=TORCHRUN), capture_output=True, text=True, env=env,
@@ -260,6 +266,7 @@ def test_two_process_torchrun_search(dataset, tmp_path, env):
     assert len((out / "metrics.csv").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_train(tiny_search, dataset, tmp_path, env):
     run = tmp_path / "RUN2"
     r = subprocess.run(TORCHRUN + ["train", "--datalist", str(dataset), "--arch", str(_arch_file(tiny_search[0])),

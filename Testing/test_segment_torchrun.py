@@ -6,10 +6,12 @@ import json
 import shutil
 import subprocess
 
+import pytest
 from image_files import crop_nifti
 from support import PYTHON
 
 
+@pytest.mark.slow
 def test_torchrun_shards_cases(tmp_path, example_ct_sm, tiny_bundle, cli_env):
     inputs = tmp_path / "in"
     inputs.mkdir()

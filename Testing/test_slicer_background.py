@@ -355,6 +355,7 @@ def test_cancel_during_inference_leaves_no_output(tmp_path, tiny_bundle, example
     assert not (out / "example_ct_sm").exists()
 
 
+@pytest.mark.slow
 def test_bad_model_gives_the_engine_one_line_message(tmp_path, example_ct_sm):
     model = tmp_path / "not_a_model"
     model.mkdir()
@@ -400,6 +401,7 @@ def test_train_module_commands_run_end_to_end(tmp_path):
     assert evaluation.summary is not None
 
 
+@pytest.mark.slow
 def test_download_of_a_non_official_bundle_installs_a_local_model(tmp_path, tiny_bundle):
     """The module's download button path, offline variant: a bundle that is not the official release (other
     weights) is installed as a local model under CACHE/local/, with a line saying so, never in the official
@@ -503,6 +505,7 @@ def test_find_arch_file(tmp_path):
     assert background.find_arch_file(tmp_path, {"arch_file": str(tmp_path / "gone.pt")}) == final
 
 
+@pytest.mark.slow
 def test_device_listing_runs_outside_the_caller(tmp_path):
     proc = launch(background.devices_command(PY), cwd=tmp_path)
     output, _ = proc.communicate(timeout=300)

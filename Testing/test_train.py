@@ -78,6 +78,7 @@ def test_settings_presets_and_overrides():
     assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["lr"] == pytest.approx(2 * demo.lr)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_logs(tiny_run):
     run, events = tiny_run
     epochs = [e for e in events if e.get("stage") == "epoch"]
@@ -96,6 +97,7 @@ def test_training_lowers_loss_and_logs(tiny_run):
     assert (run / "checkpoints" / "previous.pt").is_file()
 
 
+@pytest.mark.slow
 def test_run_folder_is_a_bundle_for_segment_and_monai(tiny_run, dataset, tmp_path, cli_env):
     run, _ = tiny_run
     datalist_path, dl = dataset
@@ -128,6 +130,7 @@ def test_run_folder_is_a_bundle_for_segment_and_monai(tiny_run, dataset, tmp_pat
         assert ours.shape == nib.load(image).shape and np.array_equal(ours, theirs.astype(ours.dtype))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reaches_the_same_weights(tiny_run, dataset, tmp_path, cli_env):
     run_ref, _ = tiny_run
     run = tmp_path / "RUN"
@@ -162,6 +165,7 @@ def test_resume_after_kill_reaches_the_same_weights(tiny_run, dataset, tmp_path,
     assert all(torch.equal(ref_model[k], new_model[k]) for k in ref_model)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(tiny_run, dataset, cli_env):
     run, _ = tiny_run
     before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
@@ -172,6 +176,7 @@ def test_existing_run_is_not_overwritten(tiny_run, dataset, cli_env):
     assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_bad_datalist_is_one_line(dataset, tmp_path, cli_env):
     _, dl = dataset
     bad = dict(dl, training=dl["training"][:1] + [{"image": "imagesTr/missing_case.nii.gz",
@@ -204,6 +209,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
         load_checkpoint(folder)
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(dataset, tmp_path, cli_env):
     """The same command under torchrun (gloo on CPU): data partitioned per rank, DDP, rank 0 writes the bundle."""
     run = tmp_path / "DDP"
