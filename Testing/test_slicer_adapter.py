@@ -15,7 +15,7 @@ COMPUTE_LIBRARIES = {"numpy", "torch", "monai", "SimpleITK", "sitkUtils", "itk",
                      "slicerio", "highdicom", "pydicom", "PIL", "skimage", "cv2", "vtk.util.numpy_support"}
 # Engine modules that import only the standard library at module level (checked below).
 # (the torch-free layers bridge/ and core/: Testing/test_layering.py checks that they import no torch)
-LIGHT_ENGINE_MODULES = {"bridge", "bridge.background", "bridge.estimate", "core", "core.terminology"}
+LIGHT_ENGINE_MODULES = {"bridge", "bridge.background", "bridge.estimate", "bridge.remote", "core", "core.terminology"}
 
 
 def imports(tree: ast.Module) -> set[str]:
@@ -80,6 +80,8 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 from PancreasDiNTSLib.bridge import background, estimate
 from PancreasDiNTSLib.core import terminology
+from PancreasDiNTSLib.bridge import remote  # the server's HTTP client (urllib)
+assert remote.job_options(roi=(0, 0, 0, 1, 1, 1))["roi_space"] == "ras"
 spec = estimate.window_spec(background.demo_model_folder() or "no-model")  # yaml blocked: the text fallback
 assert estimate.estimate_windows([0, 300, 0, 250, 0, 90], spec) > 0
 cmd = background.segment_command("python", "ct.nrrd", "out", "model", "cpu")

@@ -2,6 +2,7 @@
 
 - ``process``: :class:`EngineProcess`, one engine command in a background process, its output parsed into
   progress events; never blocks the GUI thread (a blocking call keeps processing events).
+- ``remote``: :class:`RemoteTask`, a Segment run on a ``pancreas-dints serve`` server read like an EngineProcess.
 - ``packages``: what the engine needs installed in Slicer's Python, checked with ``importlib.metadata`` and
   ``packaging`` (torch is never imported), installed through the PyTorch extension and pip with a constraints
   file that pins every package Slicer ships.

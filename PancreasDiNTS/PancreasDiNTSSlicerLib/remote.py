@@ -1,0 +1,96 @@
+"""A Segment run on a ``pancreas-dints serve`` server, driven like :class:`.process.EngineProcess`.
+
+The run itself is :class:`PancreasDiNTSLib.bridge.remote.RemoteRun` (standard-library HTTP on a thread: upload,
+follow, download); this class polls its engine-style output lines from a ``qt.QTimer`` into the same
+``ProgressParser``, so the panel's progress, ETA, Cancel and completion code are those of a local run. Nothing
+new is installed into Slicer for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import qt
+import slicer
+from PancreasDiNTSLib.bridge import background, remote
+
+
+class RemoteTask:
+    """``running``, ``returncode``, ``cancelled``, ``parser``, ``start``/``wait``/``cancel``/``stop`` as EngineProcess."""
+
+    POLL_INTERVAL_MSEC = 200
+    WAIT_SLEEP_SEC = 0.02
+
+    def __init__(self, run: remote.RemoteRun, eventCallback: Callable[[background.Event], Any] | None = None,
+                 finishedCallback: Callable[[RemoteTask], Any] | None = None) -> None:
+        self.run = run
+        self.eventCallback = eventCallback
+        self.finishedCallback = finishedCallback
+        self.parser = background.ProgressParser()
+        self.returncode: int | None = None
+        self.cancelled = False
+        self.callbackErrors: list[str] = []
+        self._timer: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.returncode is None
+
+    def start(self, waitForCompletion: bool = True) -> RemoteTask:
+        self.run.start()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_INTERVAL_MSEC)
+        self._timer.connect("timeout()", self._poll)
+        self._timer.start()
+        if waitForCompletion:
+            self.wait()
+        return self
+
+    def wait(self) -> int | None:
+        while self.running:
+            slicer.app.processEvents()
+            time.sleep(self.WAIT_SLEEP_SEC)
+        return self.returncode
+
+    def cancel(self) -> None:
+        """Cancel the job on the server (its worker's process tree is ended there) and stop following it."""
+        if self.running:
+            self.cancelled = True
+            self.run.cancel()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Slicer is closing: cancel without calling back."""
+        self.eventCallback = self.finishedCallback = None
+        self.cancel()
+        self._finish(self.run.returncode if self.run.returncode is not None else 130)
+
+    def _poll(self) -> None:
+        for line in self.run.drain():
+            event = self.parser.feed(line)
+            if event.kind == "log" and event.line:
+                logging.info(event.line)
+            if self.eventCallback:
+                self._guarded(self.eventCallback, event)
+        if self.run.ended:
+            self._finish(self.run.returncode)
+
+    def _finish(self, returncode: int | None) -> None:
+        if self.returncode is not None:
+            return
+        self.returncode = returncode if returncode is not None else -1
+        if self._timer is not None:
+            self._timer.stop()
+        if self.finishedCallback:
+            self._guarded(self.finishedCallback, self)
+
+    def _guarded(self, callback: Callable[[Any], Any], argument: Any) -> None:
+        try:
+            callback(argument)
+        except Exception:  # logged and kept: never raised into Qt's timer
+            text = traceback.format_exc()
+            self.callbackErrors.append(text)
+            logging.error(f"PancreasDiNTS: a callback failed:\n{text}")
