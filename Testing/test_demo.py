@@ -45,6 +45,7 @@ def demo_run(tmp_path_factory, cli_env):
     return out, proc
 
 
+@pytest.mark.slow
 def test_demo_prints_the_dice_of_the_files_it_wrote(demo_run):
     out, proc = demo_run
     text = proc.stdout
@@ -133,6 +134,7 @@ def test_demo_report_has_the_readout_of_its_labels(demo_run):
     assert ro["lesion"]["largest"]["location"]["part"] == report["phantom"]["tumour_part"]
 
 
+@pytest.mark.slow
 def test_demo_refuses_training_seeds_and_foreign_folders(tmp_path, cli_env):
     _demo_model()
     out = tmp_path / "out"
@@ -155,13 +157,20 @@ def test_demo_refuses_training_seeds_and_foreign_folders(tmp_path, cli_env):
 
 
 def test_earlier_demo_output_may_be_replaced(tmp_path):
+    from PancreasDiNTSLib.core.atomic import atomic_dir
+
     earlier = tmp_path / "earlier"
-    earlier.mkdir()
-    (earlier / "report.json").write_text(json.dumps({"demo": True}))
+    with atomic_dir(earlier) as tmp:  # as run_demo writes it
+        (tmp / "report.json").write_text(json.dumps({"demo": True}))
     demo.check_output(earlier)  # accepted: the demo replaces its own earlier output
     (earlier / "report.json").write_text(json.dumps({"case": "ct1"}))  # a `segment` report is not a demo output
     with pytest.raises(OutputError):
         demo.check_output(earlier)
+    plain = tmp_path / "plain"  # a demo report the demo did not write there (no folder manifest): left alone
+    plain.mkdir()
+    (plain / "report.json").write_text(json.dumps({"demo": True}))
+    with pytest.raises(OutputError, match="did not write"):
+        demo.check_output(plain)
     demo.check_output(tmp_path / "new")
 
 

@@ -164,7 +164,7 @@ class CaseFolder:
                 with self._locked():
                     if not self.owns(name):
                         raise self._not_ours(name, meanwhile=True)
-                    old = self.files.get(name) if os.path.lexists(dest) else None
+                    old = file_digest(dest) if os.path.lexists(dest) else None  # the bytes being replaced
                     self.files[name] = dict(digest, replacing=old) if old else digest
                     self._save()  # a kill from here on leaves a file matching one of the two recorded digests
                     publish(tmp, dest)
