@@ -1,13 +1,14 @@
 # PancreasDiNTS: the two commands of the README.
 #   make demo   create .venv, install CPU torch (unless one is importable) and the package, run the offline demo
-#   make test   the same set-up, then ruff and the pytest suite (what .ci/run calls)
+#   make test   the same set-up, then ruff, mypy and the whole pytest suite (what .ci/run calls)
+#   make test-fast  the edit loop: the quick tests of every sub-package (no set-up step; see Testing/README.md)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +25,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Two pytest workers (pytest-xdist) on the two cores; the ten slowest tests are listed at the end.
+PYTEST_WORKERS ?= 2
+FAST_MARKERS ?= not slow and not subprocess and not server and not browser
+
 test: setup lint
-	$(PY) -m pytest -q Testing
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=10 Testing
+
+test-fast: $(PY)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" Testing
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
