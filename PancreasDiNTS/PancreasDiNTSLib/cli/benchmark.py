@@ -83,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ours to time, comma separated: exact (the Segmenter's MONAI path), fast (FastDiNTS, "
                         "bit-identical network), fastmm (FastDiNTS with matrix-product upsampling: rounding-level "
                         "differences), each optionally :ENGINE or :ENGINE:BATCH (ENGINE eager|cuda-graph|compile, "
-                        "BATCH n|auto); the first one is the one `speedup` compares (default fast)")
+                        "BATCH n|auto), and +auto for the automatic pancreas region (e.g. fast+auto; default: the "
+                        "whole volume); the first one is the one `speedup` compares (default fast)")
     p.add_argument("--engine", default="eager", choices=ENGINES,
                    help="how ours runs the network (fast mode)")
     p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")
@@ -312,8 +313,8 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         c_run = _cpu_seconds()
         # the one case pipeline (read, preprocess, infer, invert, write), each stage timed and CUDA-synchronised
-        outcome = segment_case(Path(cfg["input"]), seg, CaseOptions(formats=("nifti",), report=False, readout=False),
-                               PlainFolder(Path(cfg["out_dir"])))
+        options = CaseOptions(formats=("nifti",), report=False, readout=False, region=cfg.get("region", "whole"))
+        outcome = segment_case(Path(cfg["input"]), seg, options, PlainFolder(Path(cfg["out_dir"])))
         case, t, labels = outcome.case, outcome.timings, outcome.labels
         stages = {"read": t["read"], "preprocess": t["preprocess"], "infer": t["infer"],
                   "invert": t["postprocess"], "write": t["write"]}
@@ -328,6 +329,7 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
             "output": str(out_path),
             "torch_threads": torch.get_num_threads(),
             "windows": None,
+            "region": outcome.region or None,
         }
         if fast is not None:
             st = fast.stats
@@ -442,9 +444,12 @@ def _input_ct(given: Path | None, shared: Path | None, preset: Preset) -> Path:
 def _parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     for m in modes:
-        parts = m.split(":")
-        if parts[0] not in ("fast", "fastmm", "exact") or (len(parts) > 1 and parts[1] not in ENGINES):
-            raise InputError(f"--modes: {m!r} is not exact, fast[mm], fast[mm]:ENGINE or fast[mm]:ENGINE:BATCH")
+        spec, _, region = m.partition("+")
+        parts = spec.split(":")
+        if parts[0] not in ("fast", "fastmm", "exact") or (len(parts) > 1 and parts[1] not in ENGINES) or \
+                region not in ("", "auto"):
+            raise InputError(f"--modes: {m!r} is not exact, fast[mm], fast[mm]:ENGINE or fast[mm]:ENGINE:BATCH, "
+                             "each optionally +auto")
     return modes
 
 
@@ -495,12 +500,14 @@ def _run_all(args: argparse.Namespace, modes: list[str], common: dict[str, Any],
                                         args.timeout)
         print(f"bundle: pipeline {results['bundle']['pipeline_s']:.2f} s", file=sys.stderr)
     for mode in modes:
-        parts = mode.split(":")
-        out_dir = work / f"out_ours_{mode.replace(':', '_')}"
+        spec, _, region = mode.partition("+")
+        parts = spec.split(":")
+        tag = mode.replace(":", "_").replace("+", "_")
+        out_dir = work / f"out_ours_{tag}"
         out_dir.mkdir(exist_ok=True)
         cfg = {**common, "mode": parts[0], "out_dir": str(out_dir), "engine": parts[1] if len(parts) > 1 else args.engine,
-               "sw_batch_size": parts[2] if len(parts) > 2 else args.sw_batch_size,
-               "roi_cube_mm": args.roi_cube_mm if mode == modes[0] else 0, "tag": mode.replace(":", "_")}
+               "sw_batch_size": parts[2] if len(parts) > 2 else args.sw_batch_size, "region": region or "whole",
+               "roi_cube_mm": args.roi_cube_mm if mode == modes[0] else 0, "tag": tag}
         results[f"ours-{mode}"] = _run_worker("ours", cfg, work, env, args.timeout)
         print(f"ours-{mode}: pipeline {results[f'ours-{mode}']['pipeline_s']:.2f} s", file=sys.stderr)
     return results
@@ -567,7 +574,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     summary.update(_comparison(results, modes))
     summary["runs"] = {k: {kk: v[kk] for kk in ("stages", "pipeline_s", "pipeline_cpu_s", "process_s", "import_s",
-                                                 "model_load_s", "peak_rss_gib", "allocator_tuned") if kk in v}
+                                                 "model_load_s", "peak_rss_gib", "allocator_tuned", "region",
+                                                 "output") if kk in v}
                        | {kk: v[kk] for kk in v if kk.startswith(("peak_gpu", "windows", "sw_batch"))}
                        for k, v in results.items()}
     print(json.dumps(summary, default=str))

@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-mode", default="grid", choices=("grid", "local"),
                    help="grid: the full run's windows touching the box (labels in the box equal the full run's); "
                         "local: crop the CT to the box plus context (time proportional to the box)")
+    p.add_argument("--region", default=None, choices=("auto", "whole"),
+                   help="auto: a coarse pass over non-overlapping windows finds the pancreas and lesions, the full "
+                        "run's windows then run only there (labels equal a whole run's wherever they ran; outside "
+                        "it labels are background); whole: every window. Default: auto on a CPU, whole on a GPU; "
+                        "a --roi box takes its place")
     p.add_argument("--series", default=None, metavar="UID",
                    help="read only this series (SeriesInstanceUID) of each DICOM folder; without it a folder of "
                         "several series gives one case per series")
@@ -89,7 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
     return SegmentSettings(
         inputs=tuple(args.inputs), out_dir=args.output, model=args.model, device=device, formats=args.formats,
         progress=args.progress, overwrite=args.overwrite, allow_non_ct=args.allow_non_ct,
-        sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, series=args.series,
+        sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, region=args.region,
+        series=args.series,
         prefetch=args.prefetch, server=args.server, token_file=args.token_file,
         rank=rank, world_size=world,
     )

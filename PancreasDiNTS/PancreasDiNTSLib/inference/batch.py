@@ -60,6 +60,7 @@ from PancreasDiNTSLib.inference.pipeline import (
     refuse_non_dicom,
     segment_case,
 )
+from PancreasDiNTSLib.inference.region import REGION_MODES, resolve_region
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
 from PancreasDiNTSLib.inference.segmenter import MODES, Segmenter, resolve_device
 from PancreasDiNTSLib.io.images import expand_inputs
@@ -87,6 +88,7 @@ class SegmentSettings:
     mode: str = "fast"  # see Segmenter: fast | exact | fastmm
     engine: str = "eager"  # eager | cuda-graph | compile
     roi: RoiRequest | None = None
+    region: str | None = None  # --region auto|whole; None: auto on a CPU, whole on a GPU (region.resolve_region)
     series: str | None = None  # --series: only this series of each DICOM folder (UID or io.dicom selector)
     prefetch: bool = True
     rank: int = 0  # torchrun: this process takes cases rank, rank + world_size, ...
@@ -104,13 +106,18 @@ class SegmentSettings:
             raise UsageError(f"--mode {printable(self.mode)}: choose one of {', '.join(MODES)}")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine {printable(self.engine)}: choose one of {', '.join(ENGINES)}")
+        if self.region is not None and self.region not in REGION_MODES:
+            raise UsageError(f"--region {printable(self.region)}: choose {' or '.join(REGION_MODES)}")
+        if self.region == "auto" and self.roi is not None:
+            raise UsageError("--region auto and --roi: choose one (the box, or the automatic region)")
         if not (0 <= self.rank < max(1, self.world_size)):
             raise UsageError(f"rank {self.rank} of world size {self.world_size}: check RANK / WORLD_SIZE")
 
     def case_options(self, planned: PlannedCase) -> CaseOptions:
         extra = {"case": planned.name, "input": str(planned.path), "input_identity": planned.identity}
+        region = resolve_region(self.region, resolve_device(self.device), self.roi)
         return CaseOptions(self.formats, self.roi, self.allow_non_ct, series=planned.series, report=True,
-                           report_extra=extra)
+                           report_extra=extra, region=region)
 
 
 @dataclass

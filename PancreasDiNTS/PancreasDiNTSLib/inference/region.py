@@ -344,7 +344,8 @@ def infer_auto(segmenter: Any, pre: Any, progress: ProgressFn | None = None,
 def _dense(passes: _Passes, x: torch.Tensor, full: tuple[WindowGrid, float], region: tuple[np.ndarray, set[int]],
            spacing: Sequence[float], run: RegionRun, progress: Callable[[int, int], None] | None
            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The dense pass and its growth rounds: (padded window sums, exact region, final region mask). The first
+    """The dense pass and its growth rounds: (padded window sums, exact region, the region: its mask and the
+    dense foreground in the exact region, which joins the pieces growth added). The first
     round also runs every constant window (no network call: their logits are computed once per value)."""
     grid, overlap = full
     mask, constant = region
@@ -363,9 +364,10 @@ def _dense(passes: _Passes, x: torch.Tensor, full: tuple[WindowGrid, float], reg
         ran.update(new)
         run.dense_windows.append(len(new))
         exact = exact_region(grid, ran)
-        touched = faces_touched(_foreground_of_sums(sums, grid), exact)
+        foreground = _foreground_of_sums(sums, grid) & exact
+        touched = faces_touched(foreground, exact)
         if not touched.any() or len(ran) == len(grid.windows):
-            return sums, exact, mask
+            return sums, exact, mask | foreground  # the region: where it was put, joined by what it found
         mask = mask | dilate(touched, spacing, run.settings.margin_mm)
     raise AssertionError("unreachable: the last round runs every window")
 

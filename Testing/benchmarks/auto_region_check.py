@@ -1,0 +1,251 @@
+"""The automatic pancreas region (``segment --region auto``) against the whole-volume run, end to end.
+
+    OMP_NUM_THREADS=1 python Testing/benchmarks/auto_region_check.py [--overlaps 0.5,0.625] [--skip-adversarial]
+
+The trained model available offline is the demo model (trained on small phantoms), so the CT is a mosaic of
+phantoms (``--tiles`` x, y, z of 128 x 128 x 60 voxels at 0.8 x 0.8 x 1 mm; 4 x 4 x 5 tiles = 41 x 41 x 30 cm,
+the size of a whole-abdomen CT). Most tiles have their pancreas and lesion painted over with tissue drawn from
+around the gland (body without a gland, so no window of the volume is empty or constant); three keep their
+gland: one near a corner, one inside, and one at the volume's border with a lesion. Each run is
+``pancreas-dints benchmark --skip-bundle --modes fast,fast+auto`` (separate processes, 1 CPU thread, the same
+input): the whole-volume fast run (whose labels equal the exact MONAI run's: test_fastpath, test_engine_equality;
+``--exact`` adds the exact run itself) against the automatic region. Reported per case: labels equal over the
+whole volume, Dice against the whole run for the pancreas and for every lesion component of the whole run, the
+end-to-end speed-up (read .. write) and the windows each pass ran.
+
+``--overlaps``: the demo model's own sliding-window overlap (0.5: every voxel is seen by about 8 windows) and the
+released bundle's (0.625, about 19 windows: a copy of the demo bundle with only ``inferer.overlap`` changed).
+
+The adversarial set (smaller volumes, 2 x 2 x 2 or 3 x 3 x 1 tiles): a lesion without its gland, two glands far
+apart, and a gland cut by the volume's edge; each must match the whole run (or report a fallback).
+
+Targets (issue 22): labels >= 99.99 % equal, Dice >= 0.99 for the pancreas and every lesion, speed-up >= 4x. The
+table is printed, and the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT / "PancreasDiNTS"
+if str(ENGINE) not in sys.path:
+    sys.path.insert(0, str(ENGINE))
+
+import numpy as np  # noqa: E402
+
+DEMO = ENGINE / "PancreasDiNTSLib" / "resources" / "models" / "demo"
+TILE_SHAPE = (128, 128, 60)
+TILE_SPACING = (0.8, 0.8, 1.0)
+FIRST_SEED = 720001  # not a training or held-out seed of the demo model
+TARGETS = {"agreement": 0.9999, "dice": 0.99, "speedup": 4.0}
+
+
+def _tissue(seed: int) -> np.ndarray:
+    """A tile of abdominal tissue without organs: a smooth random field split into fat (-100 HU) and soft tissue
+    (40 HU), partial-volume blur and 12 HU noise (body everywhere: no window of it is constant)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.standard_normal(TILE_SHAPE), sigma=(6.0, 6.0, 5.0))
+    hu = np.where(field > 0, 40.0, -100.0).astype(np.float32)
+    hu = ndimage.gaussian_filter(hu, 0.7)
+    return (hu + rng.normal(0.0, 12.0, TILE_SHAPE)).astype(np.float32)
+
+
+def _tile(seed: int, keep: str) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom tile; ``keep``: "gland" (as drawn, with a lesion), "lesion" (the pancreas painted over, the
+    lesion kept) or "none" (pancreas and lesion painted over with voxels drawn from the tissue around them)."""
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
+    from scipy import ndimage
+
+    if keep == "tissue":
+        return _tissue(seed), np.zeros(TILE_SHAPE, dtype=np.uint8)
+    hu, lab, _ = make_phantom(seed, shape=TILE_SHAPE, spacing=TILE_SPACING, orientation="RAS",
+                              tumour=keep != "none")
+    hu, lab = hu.astype(np.float32), lab.astype(np.uint8)
+    erase = {"gland": None, "lesion": 1, "none": 0}[keep]
+    if erase is None:
+        return hu, lab
+    target = lab == 1 if erase == 1 else lab > 0
+    ring = ndimage.binary_dilation(lab > 0, iterations=4) & (lab == 0)
+    rng = np.random.default_rng(seed)
+    hu[target] = rng.choice(hu[ring], size=int(target.sum()))
+    lab[target] = 0
+    return hu, lab
+
+
+def make_volume(dest: Path, tiles: tuple[int, int, int], glands: dict[tuple[int, int, int], str], seed: int,
+                crop_x: int = 0, filler: str = "none") -> Path:
+    """A mosaic CT (NIfTI, RAS, the tile spacing) with glands in the tiles named by ``glands``; ``crop_x``
+    voxels cut off the low-x side (to cut a gland by the volume's edge)."""
+    import nibabel as nib
+
+    shape = tuple(t * s for t, s in zip(tiles, TILE_SHAPE, strict=True))
+    image = np.empty(shape, dtype=np.float32)
+    for i in range(tiles[0]):
+        for j in range(tiles[1]):
+            for k in range(tiles[2]):
+                hu, _ = _tile(seed, glands.get((i, j, k), filler))
+                sl = tuple(slice(n * s, (n + 1) * s) for n, s in zip((i, j, k), TILE_SHAPE, strict=True))
+                image[sl] = hu
+                seed += 1
+    image = image[crop_x:]
+    affine = np.diag([*TILE_SPACING, 1.0])
+    affine[:3, 3] = -(np.asarray(image.shape) - 1) / 2.0 * np.asarray(TILE_SPACING)
+    path = dest / "ct.nii.gz"
+    dest.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.rint(image).astype(np.int16), affine), path)
+    return path
+
+
+def bundle_with_overlap(model: Path, overlap: float, work: Path) -> Path:
+    """``model`` as is, or a copy whose ``inferer.overlap`` is ``overlap`` (nothing else changed)."""
+    import shutil
+
+    text = (model / "configs" / "inference.yaml").read_text()
+    current = next(line for line in text.splitlines() if line.strip().startswith("overlap:"))
+    if float(current.split(":", 1)[1]) == overlap:
+        return model
+    copy = work / f"model_overlap_{overlap}"
+    if not copy.exists():
+        shutil.copytree(model, copy)
+        (copy / "configs" / "inference.yaml").write_text(text.replace(current, current.split(":")[0] + f": {overlap}"))
+    return copy
+
+
+def _labels(path: str) -> np.ndarray:
+    import nibabel as nib
+
+    return np.rint(np.asarray(nib.load(path).dataobj)).astype(np.uint8)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = int(a.sum()) + int(b.sum())
+    return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
+
+
+def compare(whole: np.ndarray, auto: np.ndarray) -> dict[str, Any]:
+    """Agreement, pancreas Dice and per-lesion Dice (each lesion component of the whole run, in its box grown by
+    2 voxels) of the automatic region's labels against the whole run's."""
+    from scipy import ndimage
+
+    out: dict[str, Any] = {"agreement": float((whole == auto).mean()), "differing_voxels": int((whole != auto).sum()),
+                           "dice_pancreas": _dice(whole == 1, auto == 1), "dice_lesion": _dice(whole == 2, auto == 2),
+                           "voxels_whole": [int((whole == k).sum()) for k in (1, 2)],
+                           "voxels_auto": [int((auto == k).sum()) for k in (1, 2)]}
+    comps, n = ndimage.label(whole == 2, structure=np.ones((3, 3, 3), dtype=bool))
+    per = []
+    for c, sl in enumerate(ndimage.find_objects(comps), start=1):
+        box = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in sl)
+        per.append(_dice(comps[box] == c, auto[box] == 2))
+    out["lesions"] = n
+    out["dice_per_lesion_min"] = min(per) if per else None
+    return out
+
+
+def run_case(name: str, ct: Path, model: Path, work: Path, exact: bool, threads: int) -> dict[str, Any]:
+    """The benchmark's whole and auto runs of one CT, and their comparison."""
+    modes = "fast,fast+auto" + (",exact" if exact else "")
+    cmd = [sys.executable, str(ROOT / "Testing" / "benchmarks" / "benchmark.py"), "--device", "cpu", "--skip-bundle",
+           "--model", str(model), "--input", str(ct), "--modes", modes, "--threads", str(threads),
+           "--workdir", str(work), "--timeout", "14400"]
+    print(f"[{name}] " + " ".join(cmd), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"auto_region_check: the benchmark of {name} failed (exit {proc.returncode})")
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])["runs"]
+    whole, auto = runs["ours-fast"], runs["ours-fast+auto"]
+    result = {"case": name, "whole_s": round(whole["pipeline_s"], 2), "auto_s": round(auto["pipeline_s"], 2),
+              "speedup": round(whole["pipeline_s"] / auto["pipeline_s"], 3),
+              "speedup_infer": round(whole["stages"]["infer"] / max(auto["stages"]["infer"], 1e-9), 3),
+              "whole_windows": whole.get("windows"), "whole_computed": whole.get("windows_computed"),
+              "region": auto.get("region"), "stages_whole": whole["stages"], "stages_auto": auto["stages"]}
+    labels_whole = _labels(whole["output"])
+    result.update(compare(labels_whole, _labels(auto["output"])))
+    if exact:
+        result["whole_fast_equals_exact"] = bool((labels_whole == _labels(runs["ours-exact"]["output"])).all())
+    return result
+
+
+def adversarial_cases(work: Path) -> list[tuple[str, Path]]:
+    """(name, CT) of the adversarial set."""
+    seed = FIRST_SEED + 500
+    lesion_only = make_volume(work / "adv_lesion_only", (2, 2, 2), {(1, 0, 1): "lesion"}, seed)
+    far_apart = make_volume(work / "adv_two_glands", (3, 3, 1), {(0, 0, 0): "gland", (2, 2, 0): "gland"}, seed + 10)
+    cut = make_volume(work / "adv_cut_by_edge", (2, 2, 2), {(0, 1, 0): "gland"}, seed + 30, crop_x=TILE_SHAPE[0] // 2)
+    return [("lesion only", lesion_only), ("two glands far apart", far_apart), ("gland cut by the edge", cut)]
+
+
+def passed(r: dict[str, Any]) -> bool:
+    """Labels and Dice targets (the speed-up is judged on the main volume only)."""
+    dice_ok = all(v is None or v >= TARGETS["dice"] for v in (r["dice_per_lesion_min"],)) and \
+        (r["voxels_whole"][0] == 0 or r["dice_pancreas"] >= TARGETS["dice"])
+    return (r["agreement"] >= TARGETS["agreement"] and dice_ok) or bool((r.get("region") or {}).get("fallback"))
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'case':<34}{'whole s':>9}{'auto s':>9}{'speedup':>9}{'infer x':>9}{'windows c+d/full':>18}"
+          f"{'equal %':>11}{'Dice p':>8}{'Dice les':>9}{'fallback':>10}")
+    for r in rows:
+        reg = r.get("region") or {}
+        w = reg.get("windows") or {}
+        windows = f"{w.get('coarse', 0)}+{sum(w.get('dense', []))}/{w.get('full', '?')}"
+        les = r["dice_per_lesion_min"]
+        print(f"{r['case']:<34}{r['whole_s']:>9.1f}{r['auto_s']:>9.1f}{r['speedup']:>9.2f}{r['speedup_infer']:>9.2f}"
+              f"{windows:>18}{100 * r['agreement']:>11.4f}{r['dice_pancreas']:>8.4f}"
+              f"{'-' if les is None else f'{les:.4f}':>9}{'yes' if reg.get('fallback') else 'no':>10}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=DEMO)
+    p.add_argument("--tiles", default="4,4,5", help="phantoms along x,y,z of the main volume (default 4,4,5)")
+    p.add_argument("--overlaps", default="0.5,0.625", help="sliding-window overlaps to run the main volume with")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--exact", action="store_true", help="also run the whole volume with --mode exact (slow)")
+    p.add_argument("--skip-adversarial", action="store_true")
+    p.add_argument("--workdir", type=Path)
+    args = p.parse_args(argv)
+    tiles = tuple(int(t) for t in args.tiles.split(","))
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="pdints-auto-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    n = tiles
+    glands = {(0, n[1] - 1, min(1, n[2] - 1)): "gland", (n[0] // 2, n[1] // 2 - 1 if n[1] > 2 else 0, n[2] // 2): "gland",
+              (n[0] - 1, 0, n[2] - 1): "gland"}  # near a corner, inside, at the border (with a lesion)
+    main_ct = make_volume(work / "main", tiles, glands, FIRST_SEED)  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    overlaps = [float(o) for o in args.overlaps.split(",")]
+    for n_run, overlap in enumerate(overlaps):  # the adversarial set after the first overlap (the model's own)
+        model = bundle_with_overlap(args.model.resolve(), overlap, work)
+        r = run_case(f"abdomen {tiles}, overlap {overlap}", main_ct, model, work / f"main_{overlap}", args.exact,
+                     args.threads)
+        r["overlap"] = overlap
+        rows.append(r)
+        print_table(rows)
+        if n_run == 0 and not args.skip_adversarial:
+            for name, ct in adversarial_cases(work):
+                rows.append(run_case(name, ct, args.model.resolve(), work / name.replace(" ", "_"), False,
+                                     args.threads))
+                print_table(rows)
+    main_rows = [r for r in rows if "overlap" in r]
+    summary = {"model": str(args.model), "tiles": tiles, "shape": [t * s for t, s in zip(tiles, TILE_SHAPE, strict=True)],
+               "spacing_mm": TILE_SPACING, "threads": args.threads, "targets": TARGETS,
+               "all_labels_ok": all(passed(r) for r in rows),
+               "speedup_ok": {str(r["overlap"]): r["speedup"] >= TARGETS["speedup"] for r in main_rows},
+               "cases": [{k: v for k, v in r.items() if not k.startswith("stages")} for r in rows]}
+    print_table(rows)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
