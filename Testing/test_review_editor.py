@@ -162,22 +162,25 @@ def test_bad_cases_are_refused_in_one_line(batch_out, tmp_path, capsys):
 
     out = tmp_path / "out"
     shutil.copytree(batch_out, out)
-    ras, lps, oblique = (rs.case_folder(out, v) for v in ("ras", "lps", "oblique"))
-    # a foreign .seg.nrrd in place of the engine's
-    shutil.copyfile(rs.case_folder(out, "dicom") / "segmentation.seg.nrrd", lps / "segmentation.seg.nrrd")
-    # a user's file where the corrected labels would go: kept, nothing written
-    (oblique / "labels_corrected.nii.gz").write_bytes(b"mine")
+    ras, lps, dicom = (rs.case_folder(out, v) for v in ("ras", "lps", "dicom"))
+    # a foreign .seg.nrrd in place of the engine's (and no correction to open instead)
+    for name in ("segmentation_corrected.seg.nrrd", "labels_corrected.nii.gz"):
+        (dicom / name).unlink(missing_ok=True)
+    shutil.copyfile(rs.case_folder(out, "oblique") / "segmentation.seg.nrrd", dicom / "segmentation.seg.nrrd")
+    # a user's file where the corrected labels go: kept, nothing written
+    (lps / "labels_corrected.nii.gz").write_bytes(b"mine")
     session = ReviewSession(out, "tester")
-    session.open([c.folder for c in session.cases].index(lps))
+    session.open([c.folder for c in session.cases].index(dicom))
     assert "not the segmentation pancreas-dints wrote" in session.error and not session.editable
-    session.open([c.folder for c in session.cases].index(oblique))
+    session.open([c.folder for c in session.cases].index(lps))
     session.paint_at(session.case.centre_ras, 5.0)
     with pytest.raises(OutputError, match="labels_corrected.nii.gz: not written by pancreas-dints"):
         session.save_corrected()
-    assert (oblique / "labels_corrected.nii.gz").read_bytes() == b"mine"
+    assert (lps / "labels_corrected.nii.gz").read_bytes() == b"mine"
     # the CT changed since it was segmented, then gone: read-only, nothing saved
     ct = Path(batch.ct_source(ras).path)
     stat = ct.stat()
+    review_before = rs.digests(ras) | {n: (ras / n).read_bytes() for n in ("review.json",) if (ras / n).exists()}
     try:
         os.utime(ct, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
         session.open([c.folder for c in session.cases].index(ras))
@@ -187,7 +190,8 @@ def test_bad_cases_are_refused_in_one_line(batch_out, tmp_path, capsys):
         assert "is gone" in session.case.read_only and not session.editable
         with pytest.raises(SceneLayerError, match="read-only"):
             session.save_corrected()
-        assert not (ras / "review.json").exists()
+        assert rs.digests(ras) | {n: (ras / n).read_bytes() for n in ("review.json",) if (ras / n).exists()} \
+            == review_before, "a read-only case was written"
     finally:
         if ct.with_suffix(".away").exists():
             ct.with_suffix(".away").rename(ct)

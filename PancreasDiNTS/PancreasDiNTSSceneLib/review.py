@@ -131,7 +131,7 @@ def load_case(folder: str | Path, scene: Any = None) -> LoadedCase:
     folder = Path(folder)
     try:
         seg_path, corrected = batch.segmentation_to_open(folder)
-        metadata = segment_metadata(folder / batch.SEGMENTATION)
+        metadata = segment_metadata(seg_path)  # a corrected file carries the original's metadata
     except Exception as exc:  # InputError from the engine, SceneLayerError from the reader
         raise SceneLayerError(str(exc)) from None
     missing = [s.name for s in terminology.SEGMENTS if s.name not in metadata]
