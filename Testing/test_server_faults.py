@@ -1,4 +1,4 @@
-"""Faults of `pancreas-dints serve`, for real: `kill -9` of the server during a job (its workers die with it; after a
+"""Faults of `pancreas-dints serve` (this module's server speaks HTTPS with a self-signed certificate), for real: `kill -9` of the server during a job (its workers die with it; after a
 restart on the same data folder the job runs again, the queued one too, nothing accepted is lost), `kill -9` of a
 worker (the job fails with the reason, the server stays up and the next job runs), and the job store's recovery
 rules (second interruption: failed with a reason; missing upload: failed; unaccepted uploads: removed)."""
@@ -6,12 +6,14 @@ rules (second interruption: failed with a reason; missing upload: failed; unacce
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 
 import psutil
 import pytest
-from PancreasDiNTSLib.bridge.remote import ServerClient, job_options
+from PancreasDiNTSLib.bridge.remote import RemoteError, ServerClient, job_options
 from PancreasDiNTSLib.server.serve import clean_orphans
 from PancreasDiNTSLib.server.store import JobStore, new_job_id
 from server_support import make_token, start_server, wait_for, write_ct
@@ -26,20 +28,42 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
+def _certificate(folder):
+    """A self-signed certificate for 127.0.0.1 (openssl), so this module's server speaks HTTPS."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("faults")
     token = make_token(base / "client")
-    state = {"server": start_server(base / "data", token), "base": base, "token": token,
+    cert, key = _certificate(base)
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    state = {"server": start_server(base / "data", token, *tls), "base": base, "token": token, "tls": tls,
+             "cert": str(cert),
              "long": write_ct(base / "in" / "long.nii.gz", (80, 80, 48), seed=2),
              "tiny": write_ct(base / "in" / "tiny.nii.gz")}
     yield state
     state["server"].stop()
 
 
+def test_https_only_with_the_certificate(site):
+    srv = site["server"]
+    assert srv.url.startswith("https://127.0.0.1:")
+    assert ServerClient(srv.url, srv.token, cafile=site["cert"]).model()["model"]["name"]
+    with pytest.raises(RemoteError, match="cannot reach"):  # the system CAs do not know the self-signed one
+        ServerClient(srv.url, srv.token).health()
+
+
 def test_kill_9_of_the_server_loses_no_accepted_job(site):
     srv = site["server"]
-    client = ServerClient(srv.url, srv.token)
+    client = ServerClient(srv.url, srv.token, cafile=site["cert"])
     running = client.submit(site["long"], "nii.gz", job_options())["id"]
     queued = client.submit(site["tiny"], "nii.gz", job_options())["id"]
     wait_for(lambda: client.status(running)["stage"] == "infer", timeout=120)
@@ -47,8 +71,8 @@ def test_kill_9_of_the_server_loses_no_accepted_job(site):
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait(timeout=30)
     wait_for(lambda: all(_gone(w) for w in workers), timeout=10)  # the workers die with the server
-    srv = site["server"] = start_server(srv.data, site["token"])
-    client = ServerClient(srv.url, srv.token)
+    srv = site["server"] = start_server(srv.data, site["token"], *site["tls"])
+    client = ServerClient(srv.url, srv.token, cafile=site["cert"])
     assert client.status(running)["state"] in ("queued", "running")
     log = (srv.data.parent / f"{srv.data.name}-serve.log").read_text()
     assert "1 job(s) queued again" in log
@@ -61,7 +85,7 @@ def test_kill_9_of_the_server_loses_no_accepted_job(site):
 
 def test_kill_9_of_a_worker_fails_the_job_and_the_server_stays_up(site):
     srv = site["server"]
-    client = ServerClient(srv.url, srv.token)
+    client = ServerClient(srv.url, srv.token, cafile=site["cert"])
     job = client.submit(site["long"], "nii.gz", job_options())["id"]
     wait_for(lambda: client.status(job)["stage"] == "infer", timeout=120)
     (worker,) = srv.workers()
