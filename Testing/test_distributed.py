@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 import torch
+from PancreasDiNTSLib.core.errors import DeviceError
+from PancreasDiNTSLib.inference.device import device_for_rank
 from PancreasDiNTSLib.training import distributed as D
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -44,7 +46,7 @@ def test_shard_reads_torchrun_env_without_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert D.shard(["a", "b", "c"]) == ["b"]
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert D.device_for_rank("cpu") == torch.device("cpu")
+    assert device_for_rank("cpu") == torch.device("cpu")
 
 
 def test_partition_with_fewer_items_than_ranks():
@@ -64,7 +66,7 @@ def test_lr_rule_matches_bundle_multi_gpu_config():
 def test_cuda_request_without_gpu_is_one_clear_error(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(D.DeviceError, match="no CUDA GPU"):
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
         D.init_distributed("cuda")
 
 

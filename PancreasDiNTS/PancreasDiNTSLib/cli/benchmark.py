@@ -545,7 +545,7 @@ def _comparison(results: dict[str, dict[str, Any]], modes: list[str]) -> dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    from PancreasDiNTSLib.inference.segmenter import resolve_device
+    from PancreasDiNTSLib.inference.device import resolve_device
 
     device = str(resolve_device(args.device))
     if not device.startswith("cuda") and device != "cpu":

@@ -82,8 +82,8 @@ def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
     """The command line as SegmentSettings (UsageError, exit 2, for values argparse cannot check)."""
     # the engine (torch) is imported when the command runs, not when `pancreas-dints --help` builds the parser
     from PancreasDiNTSLib.inference.batch import SegmentSettings
+    from PancreasDiNTSLib.inference.device import device_for_rank
     from PancreasDiNTSLib.inference.pipeline import RoiRequest
-    from PancreasDiNTSLib.training.distributed import device_for_rank
 
     # Under torchrun each process takes every WORLD_SIZE-th case; no process group is needed for that.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

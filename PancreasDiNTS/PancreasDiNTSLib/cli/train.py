@@ -45,7 +45,8 @@ def run_job(args: argparse.Namespace, settings: Any, job: Callable[..., dict[str
     """``job(device=..., progress=...)`` in a torchrun session (or alone); its summary where this process prints
     the closing line (rank 0, not JSON), else None. ``--show-settings`` prints the settings instead."""
     from PancreasDiNTSLib.core.progress import Progress
-    from PancreasDiNTSLib.training.distributed import distributed_session, is_main, launched_by_torchrun
+    from PancreasDiNTSLib.inference.device import launched_by_torchrun
+    from PancreasDiNTSLib.training.distributed import distributed_session, is_main
 
     if args.show_settings:
         print(json.dumps(asdict(settings), indent=2))

@@ -39,20 +39,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from PancreasDiNTSLib.inference.device import halve_on_oom
 from PancreasDiNTSLib.model.fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
 
 __all__ = [
     "WindowGrid", "window_grid", "constant_window_values", "sliding_window_exact_skip", "finish_sums", "SlidingStats",
-    "choose_sw_batch_size", "box_to_voxels", "crop_image", "paste_labels", "is_oom", "tune_cpu_allocator",
+    "choose_sw_batch_size", "box_to_voxels", "crop_image", "paste_labels", "tune_cpu_allocator",
     "FastInferer", "predict_roi", "prefetched",
 ]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for a (CUDA) out-of-memory error."""
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 # ---------------------------------------------------------------------------------------------- window grid
@@ -156,27 +152,25 @@ class SlidingStats:
 def _call_with_oom_fallback(predictor: Predictor, batch: torch.Tensor, state: dict[str, int],
                             stats: SlidingStats, fixed_batch: bool) -> torch.Tensor:
     """predictor(batch); on CUDA OOM halve the batch size (kept in ``state``) and run the pieces."""
-    while True:
-        size = state["batch"]
-        try:
-            outs = []
-            for i in range(0, batch.shape[0], size):
-                part = batch[i : i + size]
-                n = part.shape[0]
-                if fixed_batch and n < size:
-                    part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
-                stats.network_calls += 1
-                out = predictor(part)[:n]
-                # a CUDA-graph predictor returns its static buffer: copy it before the next call
-                outs.append(out if batch.shape[0] <= size else out.clone())
-            return outs[0] if len(outs) == 1 else torch.cat(outs)
-        except RuntimeError as exc:
-            if not is_oom(exc) or size <= 1:
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            state["batch"] = max(1, size // 2)
-            stats.oom_retries += 1
+
+    def run(size: int) -> torch.Tensor:
+        outs = []
+        for i in range(0, batch.shape[0], size):
+            part = batch[i : i + size]
+            n = part.shape[0]
+            if fixed_batch and n < size:
+                part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
+            stats.network_calls += 1
+            out = predictor(part)[:n]
+            # a CUDA-graph predictor returns its static buffer: copy it before the next call
+            outs.append(out if batch.shape[0] <= size else out.clone())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def retried(size: int) -> None:
+        state["batch"] = size
+        stats.oom_retries += 1
+
+    return halve_on_oom(run, state["batch"], on_retry=retried)[0]
 
 
 def sliding_window_exact_skip(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from PancreasDiNTSLib.core.errors import DeviceError
+from PancreasDiNTSLib.inference.device import halve_on_oom, is_oom, resolve_device
 from PancreasDiNTSLib.inference.fastpath import FastInferer
 from PancreasDiNTSLib.inference.invert import (
     SLAB_THRESHOLD,
@@ -40,29 +41,6 @@ class Inverted:
     labels: np.ndarray
     confidence: np.ndarray | None = None
     lesion: tuple[float, tuple[int, int, int]] | None = None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/``cpu``/``cuda``/``cuda:N`` -> a usable torch.device, or DeviceError saying why not."""
-    name = str(device or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {name}: no CUDA GPU is available to PyTorch here "
-                              f"(torch {torch.__version__}); use --device cpu")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise DeviceError(f"--device {name}: not a device name; use cuda or cuda:N") from None
-        index = dev.index or 0
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible "
-                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-        return torch.device("cuda", index)
-    raise DeviceError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
 
 
 def build_preprocessing(spec: InferenceSpec, key: str = "image"):
@@ -106,10 +84,6 @@ class _CountingPredictor(torch.nn.Module):
         return out
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 def with_oom_fallback(attempt: Callable[[int, torch.device | None], Any], sw_batch: int,
                       device_name: str = "cuda") -> tuple[Any, int]:
     """Run ``attempt(sw_batch, stitch_device)``; on out-of-memory halve the batch, then stitch on the CPU.
@@ -117,24 +91,23 @@ def with_oom_fallback(attempt: Callable[[int, torch.device | None], Any], sw_bat
     Returns (result, the batch size that worked). Raises DeviceError telling the user to use the CPU when even one
     window at a time with CPU stitching does not fit.
     """
-    stitch_device: torch.device | None = None
-    while True:
-        try:
-            return attempt(sw_batch, stitch_device), sw_batch
-        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_oom(exc):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if sw_batch > 1:
-                sw_batch = max(1, sw_batch // 2)
-            elif stitch_device is None:
-                stitch_device = torch.device("cpu")
-            else:
-                raise DeviceError(
-                    f"GPU {device_name} ran out of memory even with one window at a time and stitching on the "
-                    "CPU; use --device cpu (slower) or free GPU memory"
-                ) from None
+    stitch: list[torch.device | None] = [None]
+
+    def stitch_on_cpu() -> bool:
+        if stitch[0] is not None:
+            return False
+        stitch[0] = torch.device("cpu")
+        return True
+
+    try:
+        return halve_on_oom(lambda size: attempt(size, stitch[0]), sw_batch, last_resort=stitch_on_cpu)
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        raise DeviceError(
+            f"GPU {device_name} ran out of memory even with one window at a time and stitching on the "
+            "CPU; use --device cpu (slower) or free GPU memory"
+        ) from None
 
 
 class Segmenter:
@@ -204,7 +177,7 @@ class Segmenter:
             try:
                 return self.fast(pre, on_window)
             except RuntimeError as exc:  # the fast path already halved its batch down to one window
-                if self.device.type == "cuda" and _is_oom(exc):
+                if self.device.type == "cuda" and is_oom(exc):
                     raise DeviceError(f"GPU {self.device} ran out of memory even with one window at a time; "
                                       "use --device cpu (slower) or free GPU memory") from None
                 raise

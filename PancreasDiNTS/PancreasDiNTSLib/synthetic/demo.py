@@ -26,8 +26,9 @@ from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, Pa
 from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.terminology import METRIC_KEYS
+from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, case_report, segment_case
-from PancreasDiNTSLib.inference.segmenter import Segmenter, resolve_device
+from PancreasDiNTSLib.inference.segmenter import Segmenter
 from PancreasDiNTSLib.io.writers import save_nifti, volumes_ml, write_report
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle

@@ -23,10 +23,9 @@ from typing import Any, TypeVar, overload
 import torch
 import torch.distributed as dist
 
-from PancreasDiNTSLib.core.errors import DeviceError
+from PancreasDiNTSLib.inference.device import launched_by_torchrun, resolve_device
 
 T = TypeVar("T")
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 @dataclass
@@ -46,11 +45,6 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    """True when the torchrun environment variables are set for more than one process."""
-    return all(k in os.environ for k in ENV_KEYS) and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -83,38 +77,6 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
-def _pick_device(requested: str | torch.device | None, local_rank: int, world_size: int) -> torch.device:
-    name = str(requested or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not name.startswith("cuda"):
-        raise DeviceError(f"--device {name}: use auto, cpu or cuda")
-    if not torch.cuda.is_available():
-        raise DeviceError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu")
-    count = torch.cuda.device_count()
-    if world_size > 1 or name == "cuda":
-        index = local_rank if world_size > 1 else (torch.device(name).index or 0)
-    else:
-        index = torch.device(name).index or 0
-    if index >= count:
-        raise DeviceError(
-            f"process with LOCAL_RANK {local_rank} needs cuda:{index} but only {count} GPU(s) are visible; "
-            f"use torchrun --nproc_per_node={count} (one process per GPU) or --device cpu"
-        )
-    return torch.device("cuda", index)
-
-
-def device_for_rank(requested: str | torch.device | None = None) -> torch.device:
-    """This process's device without joining a process group: ``cuda:LOCAL_RANK`` under torchrun on GPUs.
-
-    For work that needs no collective (e.g. ``segment`` on its :func:`shard` of the cases).
-    """
-    world = max(1, _env_int("WORLD_SIZE", 1)) if launched_by_torchrun() else 1
-    return _pick_device(requested, _env_int("LOCAL_RANK", 0) if world > 1 else 0, world)
-
-
 def init_distributed(
     device: str | torch.device | None = None, backend: str | None = None, timeout_s: float = 1800.0
 ) -> DistContext:
@@ -124,7 +86,7 @@ def init_distributed(
     same context. Outside torchrun: rank 0 of 1, no process group.
     """
     world, local = max(1, _env_int("WORLD_SIZE", 1)), _env_int("LOCAL_RANK", 0)
-    dev = _pick_device(device, local, world)
+    dev = resolve_device(device, local, world)
     if world == 1 or not launched_by_torchrun():
         return DistContext(0, 1, 0, dev, None)
     if dev.type == "cuda":

@@ -34,7 +34,7 @@ from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.errors import PancreasDiNTSError
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.terminology import METRIC_KEYS
-from PancreasDiNTSLib.inference.segmenter import resolve_device
+from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.training.checkpoint import (
     CheckpointWarning,
     capture_rng_state,
