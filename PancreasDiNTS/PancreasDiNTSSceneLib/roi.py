@@ -53,11 +53,16 @@ def volume_world_bounds(volume: Any) -> list[float]:
 
 
 def estimate_line(volume: Any, model: Any, roi_node: Any = None, roi_mode: str = "grid",
-                  seconds_per_window: float | None = None) -> str:
-    """One line before a run: sliding windows and time on this computer (see PancreasDiNTSLib.bridge.estimate)."""
+                  seconds_per_window: float | None = None, region: str = "whole") -> str:
+    """One line before a run: sliding windows and time on this computer (see PancreasDiNTSLib.bridge.estimate).
+    ``region="auto"`` (no ROI node): the automatic pancreas region's estimate, the default on a CPU."""
     if volume is None or volume.GetImageData() is None:
         raise SceneLayerError("select an input CT volume")
     spec = estimate.window_spec(model)
+    if roi_node is None and region == "auto":
+        auto = estimate.estimate_auto(volume_world_bounds(volume), spec)
+        return ("automatic pancreas region (the default on a CPU): "
+                f"{estimate.describe_auto_estimate(auto, seconds_per_window)}")
     box = roi_box_ras(roi_node) if roi_node is not None else None
     try:
         windows = estimate.estimate_windows(volume_world_bounds(volume), spec, box, roi_mode)

@@ -56,6 +56,7 @@ class SegmentationJob:
     roi_box: tuple[float, ...] | None = None
     roi_mode: str = "grid"
     mode: str = "fast"
+    region: str | None = None  # "auto" | "whole" (segment --region; None: the engine's default, auto on a CPU)
     allow_non_ct: bool = False
     formats: tuple[str, ...] = ("seg.nrrd", "confidence")  # the confidence map only while load_confidence
     python: str | None = None
@@ -88,6 +89,8 @@ class SegmentationJob:
             raise SceneLayerError(f"model not found: {self.model}; choose a bundle folder or an exported model file")
         if self.mode not in MODES:
             raise SceneLayerError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.region not in (None, "auto", "whole"):
+            raise SceneLayerError(f"region must be auto or whole, not {self.region!r}")
         created = self.work_dir is None
         if created:
             self.work_dir = Path(tempfile.mkdtemp(prefix="PancreasDiNTS-"))
@@ -104,6 +107,8 @@ class SegmentationJob:
         if self.roi_box is not None:
             # "--roi=..." in one word: a box starting with a negative number would read as an option
             command += [f"--roi={roi_argument(self.roi_box)}", "--roi-space", "ras", "--roi-mode", self.roi_mode]
+        elif self.region is not None:
+            command += ["--region", self.region]
         return command
 
     def complete(self, returncode: int | None, cancelled: bool = False,
