@@ -60,7 +60,7 @@ class PancreasDiNTS(ScriptedLoadableModule):
             "network (trained on the Medical Segmentation Decathlon Task07). Select a CT volume and a model, "
             "then click <b>Segment</b>. Computation runs in a separate process and can be cancelled. "
             "This is a research tool, not a medical device."
-        )
+        ) + resources.helpLink()
         self.parent.acknowledgementText = (
             "Built on MONAI (DiNTS: Differentiable Neural Network Topology Search, He et al., CVPR 2021) and the "
             "MONAI Model Zoo bundle pancreas_ct_dints_segmentation (Apache-2.0)."

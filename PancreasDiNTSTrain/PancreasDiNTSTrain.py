@@ -59,7 +59,7 @@ class PancreasDiNTSTrain(ScriptedLoadableModule):
             "Runs the PancreasDiNTS engine in a background process; the same logic works headless from "
             "<tt>Slicer --no-main-window --python-script</tt>. A trained run folder can be used as a local model "
             "in the Pancreas DiNTS module."
-        )
+        ) + resources.helpLink()
         self.parent.acknowledgementText = (
             "Built on MONAI DiNTS (He et al., CVPR 2021) and the MONAI Model Zoo bundle "
             "pancreas_ct_dints_segmentation (Apache-2.0)."

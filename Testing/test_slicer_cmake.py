@@ -124,3 +124,17 @@ def test_extension_ships_its_own_licence_and_readme():
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in licence
     assert re.search(r'^license = "Apache-2.0"$', (facts.REPO / "pyproject.toml").read_text(), re.M)
+
+
+def test_module_help_links_to_the_extension_homepage():
+    """The catalogue's reviewers ask for module help that links to the documentation: the link is the
+    extension's homepage (EXTENSION_HOMEPAGE) at a README section that exists."""
+    homepage = dict(re.findall(r'set\((EXTENSION_HOMEPAGE)\s+"([^"]*)"\)', cmake_text(TOP)))["EXTENSION_HOMEPAGE"]
+    text = (facts.REPO / "PancreasDiNTS" / "PancreasDiNTSSlicerLib" / "resources.py").read_text(encoding="utf-8")
+    url = re.search(r'^DOCUMENTATION_URL = "([^"]+)"$', text, re.M).group(1)
+    base, anchor = url.split("#")
+    assert base == homepage
+    headings = re.findall(r"^#+ (.+)$", (facts.REPO / "README.md").read_text(encoding="utf-8"), re.M)
+    assert anchor in {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+    for name in facts.MODULES:
+        assert "resources.helpLink()" in facts.MODULE_FILES[name].read_text(encoding="utf-8")

@@ -10,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 REQUIREMENTS_SUFFIX = "-requirements.txt"
+# The modules' help links here (the extension's EXTENSION_HOMEPAGE, README section "Slicer modules").
+DOCUMENTATION_URL = "https://github.com/PancreasDiNTS/SlicerPancreasDiNTS#slicer-modules"
+
+
+def helpLink() -> str:
+    """The sentence every module's help text ends with: where its documentation is."""
+    return f' See the <a href="{DOCUMENTATION_URL}">documentation</a>.'
 
 
 def resourcesFolder(moduleFile: str | Path) -> Path:
