@@ -50,6 +50,28 @@ class UsageError(PancreasDiNTSError):
     exit_code = EXIT_USAGE
 
 
+class MissingPackageError(UsageError):
+    """A Python package a feature needs is not installed: refused before any work with the pip command, exit 2."""
+
+
+def require_modules(what: str, modules: tuple[str, ...] | list[str], install: str) -> None:
+    """MissingPackageError ``<what> needs the Python package <m>: <install>`` when a module cannot be found
+    (found by ``importlib.util.find_spec``, nothing is imported)."""
+    import importlib.util
+
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise MissingPackageError(f"{what} needs the Python package{'s' if len(missing) > 1 else ''} "
+                                  f"{', '.join(missing)}: {install}")
+
+
 class DiskFullError(OutputError):
     """The output file system is full (or a size/quota limit was hit): the run stops, exit 5."""
 

@@ -51,6 +51,7 @@ from PancreasDiNTSLib.core.errors import (
     disk_full_error,
     is_disk_full,
     printable,
+    require_modules,
 )
 from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
@@ -201,12 +202,18 @@ def _write_page(dest: Path, data: CaseData) -> Path:
     return render_case_page(dest, ct, data.labels, case.affine_ras, data.readout, meta)
 
 
+def _page_precheck(case: LoadedImage, model_name: str, model_version: str) -> list[str]:
+    """The page draws with matplotlib (a dependency): a missing one fails this output before inference."""
+    require_modules("the report page", ("matplotlib",), "pip install matplotlib")
+    return []
+
+
 register_output(OutputSpec("confidence", OUTPUT_NAMES["confidence"], _write_confidence,
                            lambda case: _voxels(case) + 4096, whole_image=True))
 register_output(OutputSpec("report-png", OUTPUT_NAMES["report-png"], _write_page, lambda case: PAGE_BYTES,
-                           title="report page"))
+                           title="report page", precheck=_page_precheck))
 register_output(OutputSpec("report-pdf", OUTPUT_NAMES["report-pdf"], _write_page, lambda case: PAGE_BYTES,
-                           title="report page (PDF)"))
+                           title="report page (PDF)", precheck=_page_precheck))
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

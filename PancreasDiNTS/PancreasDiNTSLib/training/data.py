@@ -27,7 +27,7 @@ import torch
 from nibabel.orientations import io_orientation
 
 from PancreasDiNTSLib.core.atomic import write_text_atomic
-from PancreasDiNTSLib.core.errors import InputError, PancreasDiNTSError
+from PancreasDiNTSLib.core.errors import InputError, PancreasDiNTSError, require_modules
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.safeparse import MAX_DATALIST_BYTES, parse_json, read_text_bounded
 from PancreasDiNTSLib.io.images import load_nifti
@@ -67,6 +67,7 @@ def prepare_datalist(
     ``dataset_0.json``. When there are not more than ``train_size`` cases (e.g. a phantom set), the bundle's
     proportion 196/281 is used instead of the count. ``imagesTs`` holds no labels and is not part of any split.
     """
+    require_modules("the bundle's split (prepare-datalist)", ("sklearn",), "pip install 'PancreasDiNTSLib[train]'")
     from monai.utils import set_determinism
     from sklearn.model_selection import train_test_split
 
