@@ -122,3 +122,25 @@ def test_connector_check_rejects_mismatches():
     assert _connector_accepts("ctkPathLineEdit", "Path", False)
     assert _connector_accepts("qMRMLNodeComboBox", "node", False)
     assert not _connector_accepts("QPlainTextEdit", "str", False)  # no connector for QPlainTextEdit
+
+
+# Path fields that must accept a folder (a model bundle, a train run, an output folder): ctkPathLineEdit opens a
+# file dialog when its filters include Files (CTK ctkPathLineEdit.cpp L551/L570), where no folder can be chosen.
+FOLDER_FIELDS = {"PancreasDiNTS": {"localModelPathLineEdit"},
+                 "PancreasDiNTSTrain": {"outputFolderPathLineEdit", "modelPathLineEdit"}}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_folder_path_fields_browse_folders(name):
+    tree = facts.module_tree(name)
+    filters = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = facts.dotted(node.targets[0]) or ""
+            if target.startswith("self.ui.") and target.endswith(".filters"):
+                filters[target.split(".")[2]] = {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)}
+    for field in FOLDER_FIELDS[name]:
+        assert "Dirs" in filters.get(field, set()), f"{name}: {field} does not browse folders"
+        assert "Files" not in filters[field], f"{name}: {field} has Files in its filters: a folder cannot be chosen"
+    if name == "PancreasDiNTS":  # an exported model file is chosen with its own button
+        assert "localModelFileButton" in widgets(parse_ui(name))
