@@ -41,6 +41,8 @@ def test_own_imports_at_module_top() -> None:
     for path in sorted(LIB.rglob("*.py")):
         if path.parent.name == "cli":
             continue  # each sub-command imports its engine module when it runs, so `--help` stays fast
+        if path.relative_to(LIB).as_posix() == "benchmark/workers.py":
+            continue  # a timed run imports what it times inside the timer, as the bundle's run does
         tree = ast.parse(path.read_text())
         for fn in _functions(tree):
             for node in ast.walk(fn):

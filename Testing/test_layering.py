@@ -20,13 +20,13 @@ LAYERS = {
     "": 0, "core": 0,
     "io": 1, "model": 1, "readout": 1, "bridge": 1,
     "inference": 2, "review": 2,
-    "training": 3, "server": 3,
+    "training": 3, "server": 3, "benchmark": 3,
     "synthetic": 4,
     "cli": 5,
 }
 TORCH_FREE = ("core", "bridge", "readout", "review")
 # Within one layer, these sub-packages may not import each other (they are independent of one another).
-INDEPENDENT = {"io", "model", "readout", "bridge", "training", "server"}
+INDEPENDENT = {"io", "model", "readout", "bridge", "training", "server", "benchmark"}
 
 
 def module_name(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Run the side-by-side benchmark from a source checkout: ``python Testing/benchmarks/benchmark.py [options]``.
 
-The same as ``pancreas-dints benchmark [options]`` (see PancreasDiNTSLib/cli/benchmark.py for what is timed);
+The same as ``pancreas-dints benchmark [options]`` (see PancreasDiNTSLib/benchmark/workers.py for what is timed);
 this wrapper only puts the checkout's engine on the path first, so it works without ``pip install -e .``.
 Examples (the last line printed is JSON with ``speedup`` and ``agreement``)::
 

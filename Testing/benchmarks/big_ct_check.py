@@ -43,7 +43,8 @@ def make_big_ct(source: Path, dest: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from PancreasDiNTSLib.cli.benchmark import PeakRSS, _shared_dir
+    from PancreasDiNTSLib.benchmark.compare import shared_dir as _shared_dir
+    from PancreasDiNTSLib.benchmark.workers import PeakRSS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path)
