@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
-from PancreasDiNTSLib.inference.fastpath import (
-    FastInferer,
-    SlidingStats,
-    box_to_voxels,
-    choose_sw_batch_size,
-    predict_roi,
-    sliding_window_exact_skip,
-    window_grid,
-)
+from PancreasDiNTSLib.inference.fastpath import FastInferer, choose_sw_batch_size
+from PancreasDiNTSLib.inference.roi import box_to_voxels, predict_roi
+from PancreasDiNTSLib.inference.windows import SlidingStats, sliding_window_exact_skip, window_grid
 from PancreasDiNTSLib.model.fastnet import make_fast
 from PancreasDiNTSLib.model.network import build_dints, random_arch
 from PancreasDiNTSLib.model.spec import NetworkSpec
@@ -161,7 +155,7 @@ def test_batch_size_policy_on_cpu(nets):
 def test_real_ct_fast_inferer_and_roi_equal_segmenter(tiny_bundle, example_ct_sm):
     """On real CT: FastInferer's logits equal the Segmenter's MONAI inferer; ROI grid mode's labels inside a
     box equal the full run's, zero outside, with fewer windows."""
-    from PancreasDiNTSLib.inference.fastpath import crop_image
+    from PancreasDiNTSLib.inference.roi import crop_image
     from PancreasDiNTSLib.inference.segmenter import Segmenter
     from PancreasDiNTSLib.io.images import read_image
     from PancreasDiNTSLib.model.loader import load_bundle
@@ -273,7 +267,7 @@ def test_prefetch_overlaps_loading_with_processing():
     time out), results come in order, and a failing load is handed over instead of stopping the batch."""
     import threading
 
-    from PancreasDiNTSLib.inference.fastpath import prefetched
+    from PancreasDiNTSLib.inference.prefetch import prefetched
 
     loaded = {i: threading.Event() for i in range(4)}
 

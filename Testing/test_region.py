@@ -16,8 +16,8 @@ from PancreasDiNTSLib.core.errors import UsageError
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
 from PancreasDiNTSLib.inference import region as R
 from PancreasDiNTSLib.inference.batch import SegmentSettings
-from PancreasDiNTSLib.inference.fastpath import sliding_window_exact_skip, window_grid
 from PancreasDiNTSLib.inference.pipeline import RoiRequest
+from PancreasDiNTSLib.inference.windows import sliding_window_exact_skip, window_grid
 
 ROI = (16, 16, 16)
 SPACING = (0.8, 0.8, 1.0)

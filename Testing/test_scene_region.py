@@ -15,7 +15,7 @@ from PancreasDiNTSLib.bridge import estimate  # noqa: E402
 
 def test_auto_estimate_counts_the_engines_windows():
     from PancreasDiNTSLib.inference import region
-    from PancreasDiNTSLib.inference.fastpath import window_grid
+    from PancreasDiNTSLib.inference.windows import window_grid
 
     assert (estimate.AUTO_MARGIN_MM, estimate.AUTO_MIN_SAVING) == (region.MARGIN_MM, region.MIN_SAVING)
     spec = estimate.WindowSpec((64, 64, 48), 0.5, (0.8, 0.8, 1.0))

@@ -14,7 +14,7 @@ Both run as real subprocesses, one after the other, with the same thread setting
   - ``dints_space#device``: ``cpu`` on a CPU run only (the release hard-codes ``cuda``).
 
 * **ours** -- read (io.images.read_image) -> preprocess (Segmenter.preprocess: the bundle's transforms) -> infer
-  (FastDiNTS + fastpath.sliding_window_exact_skip) -> invert (Segmenter.postprocess: softmax, Invertd, argmax, as
+  (FastDiNTS + windows.sliding_window_exact_skip) -> invert (Segmenter.postprocess: softmax, Invertd, argmax, as
   the bundle) -> write (io.writers). ``--modes exact`` adds the Segmenter's MONAI path.
 
 Each stage is timed (CUDA synchronised), with peak RAM (process tree, sampled) and peak GPU memory. The last
@@ -258,7 +258,8 @@ def _time_roi(seg: Segmenter, case: LoadedImage, labels: np.ndarray, cube: float
     (``full_s``: its preprocess + infer + invert seconds)."""
     import numpy as np
 
-    from PancreasDiNTSLib.inference.fastpath import FastInferer, box_to_voxels, predict_roi
+    from PancreasDiNTSLib.inference.fastpath import FastInferer
+    from PancreasDiNTSLib.inference.roi import box_to_voxels, predict_roi
 
     img = case.image
     aff = np.asarray(img.affine, dtype=float)

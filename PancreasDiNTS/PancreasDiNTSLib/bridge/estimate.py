@@ -4,7 +4,7 @@ Torch-free (the Slicer panel shows the estimate before anything is started). The
 ``SlidingWindowInferer`` (scan interval and window starts of ``monai.data.utils.dense_patch_slices``; checked
 against MONAI in Testing/test_scene_estimate.py) on the model's grid (``Spacingd`` pixdim, ``roi_size``,
 ``overlap`` read from the model's ``configs/inference.yaml``/``.json`` as data). ROI modes follow
-``inference.fastpath.predict_roi``: ``grid`` runs the full run's windows that touch the box (grown by 2 voxels),
+``inference.roi.predict_roi``: ``grid`` runs the full run's windows that touch the box (grown by 2 voxels),
 ``local`` runs every window of the box grown by 24 mm of context, at least one window wide. The automatic pancreas
 region (``inference.region``, ``segment --region auto``) runs a coarse pass of non-overlapping windows, then the full
 run's windows around the gland: the estimate counts the coarse pass exactly and the dense pass for a typical gland

@@ -19,7 +19,7 @@
   replaces an existing file only when it is the engine's (its first line); a user's file of that name is left
   alone (warning).
 - ``prefetch``: reading, checking and preprocessing case i+1 run in a background thread while case i is inferred
-  (fastpath.prefetched); the labels are the same either way. Under torchrun rank r takes cases r, r+W, ...
+  (prefetch.prefetched); the labels are the same either way. Under torchrun rank r takes cases r, r+W, ...
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from PancreasDiNTSLib.core.errors import (
 from PancreasDiNTSLib.core.ownership import CaseFolder, probe_writable
 from PancreasDiNTSLib.core.paths import BATCH_NAMES
 from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
-from PancreasDiNTSLib.inference.fastpath import prefetched
 from PancreasDiNTSLib.inference.pipeline import (
     OUTPUTS,
     REPORT_NAME,
@@ -60,6 +59,7 @@ from PancreasDiNTSLib.inference.pipeline import (
     refuse_non_dicom,
     segment_case,
 )
+from PancreasDiNTSLib.inference.prefetch import prefetched
 from PancreasDiNTSLib.inference.region import REGION_MODES, resolve_region
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
 from PancreasDiNTSLib.inference.segmenter import MODES, Segmenter, resolve_device
@@ -286,7 +286,7 @@ class _Batch:
 
 
 def _call(fn: Any, arg: Any) -> Any:
-    """``fn(arg)``, or the exception it raised (the same contract as fastpath.prefetched)."""
+    """``fn(arg)``, or the exception it raised (the same contract as prefetch.prefetched)."""
     try:
         return fn(arg)
     except (KeyboardInterrupt, SystemExit):

@@ -11,7 +11,7 @@ read/check  io.images.read_image (format, 3D, CT intensities) and            rea
             (not applicable -> note; its own check; the destination:
             ownership, writability, free space) before any inference
 preprocess  Segmenter.preprocess (the bundle's transforms)                   preprocess
-infer       Segmenter.infer (sliding window; ROI: fastpath.predict_roi;      infer / roi_infer
+infer       Segmenter.infer (sliding window; ROI: roi.predict_roi;      infer / roi_infer
             automatic region: region.infer_auto)
 invert      Segmenter.invert (softmax, inversion, argmax; the uint8          postprocess
             confidence map and lesion maximum from the same probabilities)
@@ -56,8 +56,8 @@ from PancreasDiNTSLib.core.errors import (
 from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
-from PancreasDiNTSLib.inference.fastpath import box_to_voxels, predict_roi
 from PancreasDiNTSLib.inference.region import REGION_MODES, infer_auto
+from PancreasDiNTSLib.inference.roi import box_to_voxels, predict_roi
 from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
 from PancreasDiNTSLib.io.dicom import series_from_meta

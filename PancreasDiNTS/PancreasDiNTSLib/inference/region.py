@@ -9,7 +9,7 @@
    (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.1, far below an argmax's 0.5), dilated by
    :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius). Several separate regions
    are allowed.
-3. **Dense pass** -- the full run's own windows that touch the region (``fastpath.sliding_window_exact_skip``
+3. **Dense pass** -- the full run's own windows that touch the region (``windows.sliding_window_exact_skip``
    with ``windows=``). Every voxel all of whose covering windows ran (the *exact region*, which holds the
    region) gets the full run's window sum in MONAI's order, so its logits and labels are the whole-volume run's.
 4. **Growth** -- where the dense foreground touches a face of the exact region (the image's own edges do not
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from PancreasDiNTSLib.inference.fastpath import (
+from PancreasDiNTSLib.inference.windows import (
     SlidingStats,
     WindowGrid,
     constant_window_values,
@@ -177,7 +177,7 @@ def windows_touching(mask: np.ndarray, grid: WindowGrid) -> list[int]:
 
 def constant_windows(x: torch.Tensor, grid: WindowGrid) -> dict[int, tuple[float, ...]]:
     """The windows of ``grid`` on (1, C, ...) ``x`` whose content is one value, with that value
-    (fastpath.constant_window_values: the sliding window computes each value's logits once)."""
+    (windows.constant_window_values: the sliding window computes each value's logits once)."""
     padded = F.pad(x, pad=grid.pad, mode="constant", value=0.0) if any(grid.pad) else x
     return {i: v for i, v in enumerate(constant_window_values(padded, grid)) if v is not None}
 

@@ -116,7 +116,7 @@ class Segmenter:
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", sw_batch_size: int | None = None,
                  amp: bool | None = None, mode: str = "exact", engine: str = "eager") -> None:
         """``mode``: "exact" (MONAI's SlidingWindowInferer, the reference), "fast" (static DiNTS forward and a
-        sliding window that computes constant windows once: the same logits, see fastpath.py) or "fastmm" (fast
+        sliding window that computes constant windows once: the same logits, see inference/windows.py) or "fastmm" (fast
         with matrix-product upsampling: rounding-level differences). ``engine`` (fast modes): eager, cuda-graph
         or compile."""
         if mode not in MODES:
