@@ -157,7 +157,7 @@ class ServerClient:
         except (ValueError, OSError):
             text = None
         if exc.code == 401:
-            text = f"{text or 'token refused'}; check --token-file (the server's DATA/token)"
+            text = f"{text or 'token refused'}; check the token (the server's DATA/token file)"
         return printable(f"{self.url}: HTTP {exc.code}: {text or exc.reason}")
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
