@@ -30,10 +30,11 @@ size estimate and an optional precondition; :func:`register_output` adds more. W
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -388,13 +389,14 @@ class _Stages:
         if self.on_stage is not None:
             self.on_stage(stage, part, printable(message))
 
-    def run(self, key: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """``with stages.timed("infer"): ...`` adds the block's seconds (CUDA work included) to ``timings[key]``."""
         t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
+        yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
-        return out
 
 
 @dataclass
@@ -412,7 +414,8 @@ def prepare_case(path: Path, segmenter: Segmenter | None, options: CaseOptions, 
     """read -> check -> preprocess (not in ROI mode, which preprocesses its own crop)."""
     stages = _Stages(segmenter.device if segmenter is not None else torch.device("cpu"), on_stage)
     stages.say("load", 0.0, f"reading {Path(path).name}")
-    case = stages.run("read", read_image, path, allow_non_ct=options.allow_non_ct, series_uid=options.series)
+    with stages.timed("read"):
+        case = read_image(path, allow_non_ct=options.allow_non_ct, series_uid=options.series)
     if options.roi is not None:
         check_roi(case, options.roi)
     bundle = segmenter.bundle if segmenter is not None else None
@@ -420,7 +423,8 @@ def prepare_case(path: Path, segmenter: Segmenter | None, options: CaseOptions, 
     pre = None
     if options.roi is None and segmenter is not None:
         stages.say("preprocess", 0.05, "resampling to the model's grid")
-        pre = stages.run("preprocess", segmenter.preprocess, case.image)
+        with stages.timed("preprocess"):
+            pre = segmenter.preprocess(case.image)
     return Prepared(case, plan, pre, stages.timings)
 
 
@@ -450,24 +454,25 @@ def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, s
     image = prepared.case.image
     if roi is not None:
         stages.say("infer", 0.1, f"ROI {list(roi.box)} ({roi.space}, {roi.mode} mode)")
-        return Inverted(stages.run("roi_infer", predict_roi, segmenter, image, roi.box, space=roi.space,
-                                   mode=roi.mode, fast=segmenter.fast))
+        with stages.timed("roi_infer"):
+            return Inverted(predict_roi(segmenter, image, roi.box, space=roi.space, mode=roi.mode,
+                                        fast=segmenter.fast))
     pre = prepared.pre
     if pre is None:
         stages.say("preprocess", 0.05, "resampling to the model's grid")
-        pre = stages.run("preprocess", segmenter.preprocess, image)
+        with stages.timed("preprocess"):
+            pre = segmenter.preprocess(image)
     else:
         stages.say("preprocess", 0.05, "resampled to the model's grid")
 
     def on_window(done: int, total: int) -> None:
         stages.say("infer", 0.1 + 0.8 * done / max(1, total), f"window {done}/{total}")
 
-    if region is None:
-        logits = stages.run("infer", segmenter.infer, pre, on_window)
-    else:
-        logits = stages.run("infer", _infer_auto, segmenter, pre, stages, region)
+    with stages.timed("infer"):
+        logits = segmenter.infer(pre, on_window) if region is None else _infer_auto(segmenter, pre, stages, region)
     stages.say("postprocess", 0.92, "inverting to the input grid")
-    return stages.run("postprocess", segmenter.invert, logits, pre, readout=readout)
+    with stages.timed("postprocess"):
+        return segmenter.invert(logits, pre, readout=readout)
 
 
 def _infer_auto(segmenter: Segmenter, pre: Any, stages: _Stages, into: dict[str, Any]) -> Any:
@@ -486,9 +491,10 @@ def _infer_auto(segmenter: Segmenter, pre: Any, stages: _Stages, into: dict[str,
 def _readout(inverted: Inverted, case: LoadedImage, roi: RoiRequest | None, stages: _Stages) -> dict[str, Any]:
     """The read-out of the labels (measurements, location, confidence from the inversion's map)."""
     stages.say("readout", 0.93, "measuring the segments")
-    return stages.run("readout", case_readout, inverted.labels, case.affine_ras, confidence_map=inverted.confidence,
-                      lesion=inverted.lesion,
-                      confidence_reason=ROI_CONFIDENCE_REASON if roi is not None else "no probabilities given")
+    with stages.timed("readout"):
+        return case_readout(inverted.labels, case.affine_ras, confidence_map=inverted.confidence,
+                            lesion=inverted.lesion,
+                            confidence_reason=ROI_CONFIDENCE_REASON if roi is not None else "no probabilities given")
 
 
 def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOptions | None = None,
@@ -510,8 +516,9 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     inverted = _predict(prepared, segmenter, options.roi, stages, options.readout, region)
     labels = inverted.labels
     case = prepared.case
-    voxels, ml = stages.run("measure", writers.volumes_ml, labels, case)
-    measurements = stages.run("measure", options.measure, labels, case) if options.measure is not None else {}
+    with stages.timed("measure"):
+        voxels, ml = writers.volumes_ml(labels, case)
+        measurements = options.measure(labels, case) if options.measure is not None else {}
     readout = _readout(inverted, case, options.roi, stages) if options.readout else {}
     outcome = CaseOutcome(case, labels, voxels, ml, stages.timings, measurements, notes=list(prepared.plan.notes),
                           failed_outputs=dict(prepared.plan.failed), readout=readout,
