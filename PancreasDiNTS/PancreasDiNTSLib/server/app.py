@@ -201,6 +201,8 @@ def _jobs_router(service: Service) -> APIRouter:
         job_id, size, digest = await _store_upload(service, request, kind, declared)
         service.store.add(job_id, kind, opts, size, digest)
         service.pool.notify()
+        client = request.client.host if request.client else "?"
+        service.pool.log(f"job {job_id}: accepted from {client} ({kind}, {size} bytes, sha256 {digest[:16]}...)")
         return _status(service, _job_or_404(service, job_id))
 
     @router.get("/jobs/{job_id}", summary="Status: state, queue position, progress fraction, ETA, result files")

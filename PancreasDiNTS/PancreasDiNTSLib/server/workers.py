@@ -113,6 +113,9 @@ class Slot:
             store.finish(job_id, "failed", str(result.get("error") or "failed"))
         self.pool.live.pop(job_id, None)
         shutil.rmtree(folder / "input", ignore_errors=True)  # the patient image is not kept once the job ended
+        final = store.get(job_id) or {}
+        self.pool.log(f"job {job_id}: {final.get('state', 'deleted')} after {time.monotonic() - started:.1f} s on "
+                      f"worker {self.index}" + (f" ({final['error']})" if final.get("error") else ""))
 
     def _exchange(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """Send one job and follow its progress; its result, or None when the worker died."""
