@@ -374,3 +374,22 @@ def test_checkerboard_lesion_is_measured_in_seconds(n):
     # the checkerboard spans the square: its diagonals are the long axis and (within 5 degrees) its perpendicular
     assert les["longest_axial_diameter"]["mm"] == pytest.approx(0.8 * n * np.sqrt(2), abs=2.0)
     assert perp["tolerance_deg"] == 5.0 and perp["mm"] == pytest.approx(0.8 * n * np.sqrt(2), abs=3.0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_hull_candidates_keep_every_hull_vertex(ndim):
+    """The 3D and per-slice diameters hull only the face centres first or last on their grid line: a subset of
+    the exposed faces that holds every convex hull vertex, so the farthest pair is the same (exact)."""
+    from scipy.spatial import ConvexHull
+
+    rng = np.random.default_rng(ndim)
+    for _ in range(25):
+        mask = rng.random(tuple(rng.integers(2, 10, ndim))) < rng.uniform(0.05, 0.9)
+        if mask.sum() < 2:
+            continue
+        faces, cand = geo.exposed_faces(mask), geo.hull_candidates(mask)
+        keep = {tuple(p) for p in cand}
+        assert keep <= {tuple(p) for p in faces}
+        assert {tuple(faces[i]) for i in ConvexHull(faces).vertices} <= keep
+        assert geo.farthest_pair(cand)[0] == pytest.approx(geo.farthest_pair(faces)[0], abs=1e-12)
+        assert len(cand) <= 2 * ndim * int(np.prod(np.array(mask.shape[:-1]) + 1))  # two per grid line

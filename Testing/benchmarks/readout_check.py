@@ -1,8 +1,8 @@
 """Read-out time on adversarial label maps (issue 26 item 9), and the perpendicular search against all pairs.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python Testing/benchmarks/readout_check.py``. Prints the seconds of
-``readout.measure.measure`` on a 128^2 and a 256^2 checkerboard lesion, a noisy 200x200x40 lesion and a 12 cm
-ball, and, on a 64^2 checkerboard slice, the staircase search against every pair (same length, time ratio).
+``readout.measure.measure`` on a 128^2 and a 256^2 checkerboard lesion, noisy 200x200x40 and 400x400x80
+lesions, a ball and a lesion filling a 512x512x200 volume, and, on a 64^2 checkerboard slice, the staircase search against every pair (same length, time ratio).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def main() -> None:
     i, j, k = np.indices((160, 160, 160)) - 80
     cases = {"checkerboard 128^2": checkerboard(128), "checkerboard 256^2": checkerboard(256),
              "noisy 200x200x40": (rng.random((200, 200, 40)) < 0.5).astype(np.uint8) * 2,
-             "ball r=75 voxels": ((i * i + j * j + k * k) <= 75 * 75).astype(np.uint8) * 2}
+             "ball r=75 voxels": ((i * i + j * j + k * k) <= 75 * 75).astype(np.uint8) * 2,
+             "noisy 400x400x80": (rng.random((400, 400, 80)) < 0.5).astype(np.uint8) * 2,
+             "full 512x512x200": np.full((512, 512, 200), 2, np.uint8)}
     aff = np.diag([0.8, 0.8, 2.0, 1.0])
     for name, lab in cases.items():
         t0 = time.perf_counter()

@@ -12,7 +12,8 @@ Methods (the report repeats them under ``methods``):
 - surface points: centres of the exposed voxel faces (the vertices marching cubes puts at iso-level 0.5), so a
   diameter runs edge to edge; a sphere of radius r measures 2r within about one voxel.
 - longest 3D diameter: largest distance between surface points (convex hull, then all pairs of hull vertices:
-  exact).
+  exact); only the surface points first or last on their grid line go into the hull (the others lie between
+  two of them, so the hull is the same), which keeps a noisy lesion fast.
 - longest axial diameter (RECIST 1.1 / WHO): on every slice of the axial array axis (the axis closest to the
   patient's S axis), the largest distance between the in-plane exposed edge midpoints of the lesion in that
   slice, measured in the slice plane with the affine (true in-plane spacing and direction, also on oblique
@@ -114,48 +115,57 @@ def _touches_border(index: np.ndarray, shape: tuple[int, ...]) -> bool:
     return bool((index.min(axis=0) == 0).any() or (index.max(axis=0) >= np.array(shape) - 1).any())
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...], list[int]]:
-    """Component map of ``mask`` cropped to its bounding box, the crop, and labels sorted by size (desc)."""
-    nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+def _components(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...], list[int], np.ndarray]:
+    """Component map of ``mask`` cropped to its bounding box, the crop, labels sorted by size (desc) and the voxel
+    count of each label (index 0: background)."""
+    columns = np.asarray(mask.any(axis=2))  # two passes over the volume for the three extents
+    nz = [np.flatnonzero(columns.any(axis=1)), np.flatnonzero(columns.any(axis=0)),
+          np.flatnonzero(mask.any(axis=(0, 1)))]
     crop = tuple(slice(int(z[0]), int(z[-1]) + 1) for z in nz)
     comp, n = ndimage.label(mask[crop], structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
-    order = [int(k) + 1 for k in np.argsort(-sizes, kind="stable")]
-    return comp, crop, order
+    sizes = ndimage.histogram(comp, -0.5, n + 0.5, n + 1)  # per label 0..n; np.bincount would copy to int64
+    order = [int(k) + 1 for k in np.argsort(-sizes[1:], kind="stable")]
+    return comp, crop, order, sizes
+
+
+def _slice_ras(e2: np.ndarray, s: int, ax: int, inplane: tuple[int, ...], offset: np.ndarray, affine: np.ndarray
+               ) -> np.ndarray:
+    """RAS mm of in-plane index points ``e2`` (N, 2) of slice ``s`` along ``ax`` of a component's crop."""
+    idx = np.zeros((len(e2), 3))
+    idx[:, inplane[0]], idx[:, inplane[1]] = e2[:, 0], e2[:, 1]
+    idx[:, ax] = s
+    return geo.to_ras(affine, idx + offset)
 
 
 def _diameters(local: np.ndarray, offset: np.ndarray, affine: np.ndarray, ax: int) -> dict[str, Any]:
     """Longest 3D, longest axial and perpendicular diameters of one component (``local`` = its cropped mask)."""
     out: dict[str, Any] = {}
-    pts = geo.to_ras(affine, geo.exposed_faces(local) + offset)
+    pts = geo.to_ras(affine, geo.hull_candidates(local) + offset)
     d3, i, j = geo.farthest_pair(pts)
     out["longest_3d_diameter"] = {"mm": _r(d3), "endpoints_ras": [_pt(pts[i]), _pt(pts[j])]}
     inplane = tuple(a for a in range(3) if a != ax)
     basis = geo.plane_basis(affine, inplane)  # type: ignore[arg-type]
     best: tuple[float, int, int] | None = None
-    best_slice = None
+    ends = None
     for s in range(local.shape[ax]):
         m2 = np.take(local, s, axis=ax)
         if not m2.any():
             continue
-        e2 = geo.exposed_faces(m2)
-        idx = np.zeros((len(e2), 3))
-        idx[:, inplane[0]], idx[:, inplane[1]] = e2[:, 0], e2[:, 1]
-        idx[:, ax] = s
-        ras = geo.to_ras(affine, idx + offset)
+        ras = _slice_ras(geo.hull_candidates(m2), s, ax, inplane, offset, affine)
         d, a, b = geo.farthest_pair(ras @ basis.T)
         area = int(m2.sum())
         if best is None or d > best[0] + 1e-6 or (abs(d - best[0]) <= 1e-6 and area > best[2]):
             best = (d, s, area)
-            best_slice = (ras, a, b)
-    assert best is not None and best_slice is not None
-    ras, a, b = best_slice
+            ends = (ras[a], ras[b])
+    assert best is not None and ends is not None
     out["longest_axial_diameter"] = {
-        "mm": _r(best[0]), "endpoints_ras": [_pt(ras[a]), _pt(ras[b])],
+        "mm": _r(best[0]), "endpoints_ras": [_pt(ends[0]), _pt(ends[1])],
         "slice_axis": int(ax), "slice_index": int(best[1] + offset[ax]),
     }
+    # the perpendicular needs every boundary point of that slice (the staircases are not only hull vertices)
+    ras = _slice_ras(geo.exposed_faces(np.take(local, best[1], axis=ax)), best[1], ax, inplane, offset, affine)
     p2 = ras @ basis.T
-    perp = geo.longest_perpendicular(p2, p2[b] - p2[a])
+    perp = geo.longest_perpendicular(p2, (ends[1] - ends[0]) @ basis.T)
     if perp is None:
         out["perpendicular_diameter"] = None
         out["perpendicular_reason"] = "no pair of boundary points across the long axis in that slice"
@@ -170,11 +180,14 @@ def _component(comp: np.ndarray, crop: tuple[slice, ...], lab: int, box: tuple[s
                shape: tuple[int, ...], vml: float, ax: int, rank: int) -> dict[str, Any]:
     local = comp[box] == lab
     offset = np.array([c.start + b.start for c, b in zip(crop, box, strict=True)], dtype=np.float64)
-    index = np.argwhere(local) + offset.astype(np.int64)
-    n = len(index)
+    n = int(local.sum())
+    # the component's box is tight (ndimage.find_objects): its corners are the index extremes
+    index = np.stack([offset, offset + np.array(local.shape) - 1]).astype(np.int64)
+    centre = [float((local.sum(axis=tuple(b for b in range(3) if b != a)) * np.arange(local.shape[a])).sum()) / n
+              for a in range(3)]
     rec: dict[str, Any] = {
         "rank": rank, "voxels": n, "volume_ml": _r(n * vml, ML_DECIMALS),
-        "centroid_ras": _pt(geo.to_ras(affine, index.mean(axis=0, keepdims=True))[0]),
+        "centroid_ras": _pt(geo.to_ras(affine, (np.array(centre) + offset)[None])[0]),
         "bounding_box": _bbox(index, affine),
         "touches_volume_border": _touches_border(index, shape),
     }
@@ -199,9 +212,8 @@ def _segment_summary(labels: np.ndarray, label: int, affine: np.ndarray, vml: fl
         rec.update({"bounding_box": None, "components": 0, "component_volumes_ml": [],
                     "touches_volume_border": False, "reason": f"no voxel labelled {label} ({seg.name})"})
         return rec, None
-    comp, crop, order = _components(mask)
-    index = np.argwhere(mask[crop]) + np.array([c.start for c in crop])
-    sizes = np.bincount(comp.ravel())
+    comp, crop, order, sizes = _components(mask)
+    index = np.array([[c.start for c in crop], [c.stop - 1 for c in crop]])  # the crop is the mask's index box
     rec.update({"bounding_box": _bbox(index, affine), "components": len(order),
                 "component_volumes_ml": [_r(sizes[k] * vml, ML_DECIMALS) for k in order],
                 "touches_volume_border": _touches_border(index, labels.shape), "reason": None})
