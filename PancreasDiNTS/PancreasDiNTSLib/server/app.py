@@ -42,6 +42,11 @@ from PancreasDiNTSLib.server.uploads import (
 from PancreasDiNTSLib.server.workers import WorkerPool
 
 MAX_SERIES_PARAM = 128
+# The request body of POST /v1/jobs as the OpenAPI page shows it (the endpoint streams it itself).
+UPLOAD_BODY = {"requestBody": {"required": True, "description": "the CT file (kind nii.gz, nii, nrrd, mha) or a zip "
+                               "of the DICOM files of one series (kind zip)",
+                               "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}}
 
 
 @dataclass
@@ -190,11 +195,15 @@ def _jobs_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.post("/jobs", status_code=202, summary="Submit one CT (the request body: the file, or a zip of one "
-                 "DICOM series); options as query parameters, as for `segment`")
-    async def submit(request: Request, kind: str) -> dict[str, Any]:
+                 "DICOM series); options as query parameters, as for `segment`", openapi_extra=UPLOAD_BODY)
+    async def submit(request: Request, kind: str, formats: str = "nifti,seg.nrrd", mode: str = "fast",
+                     roi: str | None = None, roi_space: str = "ras", roi_mode: str = "grid", allow_non_ct: bool = False,
+                     series: str | None = None) -> dict[str, Any]:
         if kind not in UPLOAD_KINDS:
             raise HTTPException(400, f"kind {printable(kind)[:20]}: choose one of {', '.join(UPLOAD_KINDS)}")
-        opts = _options(dict(request.query_params), service.pool.hello["options"])
+        query = {"formats": formats, "mode": mode, "roi": roi or "", "roi_space": roi_space, "roi_mode": roi_mode,
+                 "allow_non_ct": "true" if allow_non_ct else "false", "series": series or ""}
+        opts = _options(query, service.pool.hello["options"])
         if service.store.count("queued") >= service.limits.max_queue:
             raise HTTPException(503, f"the queue is full ({service.limits.max_queue} jobs); try again later")
         declared = _declared_length(request, service.limits)
