@@ -238,3 +238,10 @@ def test_segment_auto_region_equals_whole_run_with_the_demo_model(off_centre_ct,
     conf = {k: np.asarray(nib.load(out[k] / "confidence.nii.gz").dataobj) for k in out}
     fg = labels["whole"] > 0
     assert np.array_equal(conf["auto"][fg], conf["whole"][fg])
+    # a flipped (LPS) copy: the region lives on the model's grid, so the labels are the same voxels, flipped back
+    ras, lps = (nib.orientations.axcodes2ornt(c) for c in ("RAS", "LPS"))
+    flipped = tmp_path / "lps.nii.gz"
+    nib.save(nib.load(off_centre_ct).as_reoriented(nib.orientations.ornt_transform(ras, lps)), flipped)
+    assert main([*common[:1], str(flipped), *common[2:], "-o", str(tmp_path / "lps"), "--format", "nifti"]) == 0
+    back = nib.load(tmp_path / "lps" / "lps" / "labels.nii.gz").as_reoriented(nib.orientations.ornt_transform(lps, ras))
+    assert np.array_equal(np.asarray(back.dataobj), labels["whole"])
