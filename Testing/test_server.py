@@ -125,6 +125,23 @@ def test_rerun_through_the_server_skips_like_a_local_run(server, runs, inputs):
     assert (remote / "tiny" / ".pancreas-dints.json").read_text() == before
 
 
+def test_a_case_failing_on_the_server_fails_with_the_local_message(server, inputs, tmp_path):
+    """An ROI outside the CT passes the local read and check, then fails in the server's segmentation: the case
+    fails with the same one-line message as a local run (exit 1; the server's log shows the job failed there)."""
+    args = [str(inputs["tiny"]), "--roi=5000,5000,5000,5010,5010,5010", "--progress", "none"]
+    assert cli_main(["segment", *args, "-o", str(tmp_path / "local"), "--model", str(PACKAGED_DEMO_MODEL),
+                     "--device", "cpu"]) == 1
+    assert cli_main(["segment", *args, "-o", str(tmp_path / "remote"), "--server", server.url, "--token-file",
+                     str(server.token_file)]) == 1
+    local, remote = (json.loads((tmp_path / d / "summary.json").read_text())["results"] for d in ("local", "remote"))
+    print(remote[0]["message"])
+    assert remote[0]["status"] == local[0]["status"] == "failed"
+    assert remote[0]["message"] == local[0]["message"] and str(inputs["tiny"]) in remote[0]["message"]
+    log = (server.data.parent / f"{server.data.name}-serve.log").read_text()
+    assert "failed after" in log and "{input}: --roi 5000" in log
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == sorted(p.name for p in (tmp_path / "local").iterdir())
+
+
 def _endpoints(server) -> list[tuple[str, str]]:
     """Every operation of the OpenAPI description under /v1 (a job id and a file name filled in)."""
     spec = httpx.get(server.url + "/openapi.json").json()
@@ -349,3 +366,43 @@ def test_slicer_scene_layer_runs_on_the_server_and_cancels(server, runs, inputs)
     result = job.complete(run.returncode, cancelled=True, parser=parser)
     assert result.cancelled and scene.GetNumberOfNodes() == nodes and not job.work_dir.exists()
     assert ServerClient(server.url, server.token).status(run.job)["state"] == "cancelled"
+
+
+def test_slicer_panel_logic_runs_on_the_server(server, tmp_path, monkeypatch):
+    """PancreasDiNTS.py's Logic.process(server=..., token=...) with Slicer replaced at the seam test's thinnest seam
+    (slicer.util, a ticked timer): the remote run is polled like the engine process, its result handed over the same
+    way (segments on the exported input's grid), the temporary folder removed; a wrong token fails in one line."""
+    import importlib
+    import sys
+
+    import test_slicer_module_seam as seam
+
+    loop = seam.Loop()
+    monkeypatch.syspath_prepend(str(seam.REPO / "PancreasDiNTS"))
+    for name, mod in seam.make_fake_slicer(loop, tmp_path, require(EXAMPLE_CT_SM), True).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    for name in [n for n in sys.modules if n.split(".")[0] in ("PancreasDiNTS", "PancreasDiNTSSlicerLib",
+                                                               "PancreasDiNTSSceneLib")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("PancreasDiNTS")
+    export_node = sys.modules["slicer.util"].exportNode
+
+    def write_engine_input(volume, path):
+        export_node(volume, str(path))
+        return Path(path)
+
+    monkeypatch.setattr(module.scenelib.runs, "write_engine_input", write_engine_input)
+    logic = module.PancreasDiNTSLogic()
+    logic.importSegmentation = seam.Recorder()
+    logic.loadConfidence = lambda path, volume: "confidence node"
+    events = []
+    result = logic.process("volume node", None, None, server=server.url, token=server.token,
+                           eventCallback=events.append)
+    assert result.success and result.segmentationNode == "segmentation node", result.message
+    assert logic.importSegmentation.calls[0][0] == ["Pancreas", "Pancreatic tumor"]
+    assert result.confidenceNode == "confidence node" and set(result.volumes) == {"Pancreas", "Pancreatic tumor"}
+    assert {"upload", "done"} <= {e.stage for e in events if e.kind == "progress"}
+    assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
+    with pytest.raises(RuntimeError) as error:
+        logic.process("volume node", None, None, server=server.url, token="wrong")
+    assert "401" in str(error.value) and "\n" not in str(error.value)
