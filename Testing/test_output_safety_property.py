@@ -186,7 +186,8 @@ def test_output_placement_never_loses_or_misplaces_data(specs, symlink, which, r
             args = sorted({str(p.parent) for p in made}) if by_folder else [str(p) for p in made + links]
             try:
                 run_segment(SegmentSettings(tuple(args), out, "stub", formats=tuple(formats), progress="none",
-                                            overwrite=overwrite), segmenter=stub)  # type: ignore[arg-type]
+                                            overwrite=overwrite, region="whole"),
+                            segmenter=stub)  # type: ignore[arg-type]
             except PlacementError:
                 event(f"refused (OUTDIR {which})")
                 assert tree(root) == previous, "a refused run changed something"
@@ -276,7 +277,8 @@ def test_concurrent_runs_and_edits_between_runs_keep_every_patient(rounds):
             chosen, formats, overwrite = job
             return run_segment(SegmentSettings(tuple(str(inputs[i]) for i in chosen), out, "stub",
                                                formats=tuple(formats), progress="none", overwrite=overwrite,
-                                               prefetch=False), segmenter=stub)  # type: ignore[arg-type]
+                                               prefetch=False, region="whole"),
+                               segmenter=stub)  # type: ignore[arg-type]
 
         for jobs, edits in rounds:
             with ThreadPoolExecutor(len(jobs)) as pool:

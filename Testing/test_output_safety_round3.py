@@ -274,7 +274,8 @@ def test_item12_names_differing_in_case_are_found_again_and_letters_are_kept(tmp
     out = tmp_path / "out"
 
     def run() -> list[tuple[str, str]]:
-        summary = run_segment(SegmentSettings(tuple(inputs), out, "stub", formats=("nifti",), progress="none"),
+        summary = run_segment(SegmentSettings(tuple(inputs), out, "stub", formats=("nifti",), progress="none",
+                                              region="whole"),
                               segmenter=stub)  # type: ignore[arg-type]
         return [(r.status, r.case) for r in summary.results]
 
