@@ -5,15 +5,18 @@ rules (second interruption: failed with a reason; missing upload: failed; unacce
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 import psutil
 import pytest
 from PancreasDiNTSLib.bridge.remote import RemoteError, ServerClient, job_options
+from PancreasDiNTSLib.cli import main as cli_main
 from PancreasDiNTSLib.server.serve import clean_orphans
 from PancreasDiNTSLib.server.store import JobStore, new_job_id
 from server_support import make_token, start_server, wait_for, write_ct
@@ -83,16 +86,37 @@ def test_kill_9_of_the_server_loses_no_accepted_job(site):
         == [running, queued]  # FIFO kept across the restart
 
 
-def test_kill_9_of_a_worker_fails_the_job_and_the_server_stays_up(site):
+def _new_job(srv, before: set[str], client: ServerClient) -> str | None:
+    """The id of the job that appeared since ``before``, once the server has recorded it."""
+    for job in {p.name for p in (srv.data / "jobs").iterdir()} - before:
+        try:
+            return job if client.status(job)["state"] else None
+        except RemoteError:  # still uploading: no job yet
+            return None
+    return None
+
+
+def test_kill_9_of_a_worker_fails_the_case_and_the_server_stays_up(site, tmp_path, monkeypatch):
+    """`segment --server` (over HTTPS: the site's CA through SSL_CERT_FILE) while its job's worker is killed: the
+    case fails with the server's one-line reason and leaves no case folder; the server stays up."""
     srv = site["server"]
     client = ServerClient(srv.url, srv.token, cafile=site["cert"])
-    job = client.submit(site["long"], "nii.gz", job_options())["id"]
+    monkeypatch.setenv("SSL_CERT_FILE", site["cert"])
+    before, codes = {p.name for p in (srv.data / "jobs").iterdir()}, []
+    command = ["segment", str(site["long"]), "-o", str(tmp_path / "out"), "--server", srv.url, "--token-file",
+               str(site["token"]), "--progress", "none"]
+    run = threading.Thread(target=lambda: codes.append(cli_main(command)))
+    run.start()
+    job = wait_for(lambda: _new_job(srv, before, client), timeout=120)
     wait_for(lambda: client.status(job)["stage"] == "infer", timeout=120)
     (worker,) = srv.workers()
     os.kill(worker.pid, signal.SIGKILL)
-    final = client.wait(job, poll=0.2)
-    print(final["error"])
-    assert final["state"] == "failed" and "worker process ended unexpectedly (signal 9)" in final["error"]
+    run.join(timeout=120)
+    assert codes == [1]
+    (result,) = json.loads((tmp_path / "out" / "summary.json").read_text())["results"]
+    print(result["message"])
+    assert result["status"] == "failed" and "worker process ended unexpectedly (signal 9)" in result["message"]
+    assert not (tmp_path / "out" / "long").exists()  # no partial output
     assert srv.proc.poll() is None and client.health()["status"] == "ok"
     after = client.wait(client.submit(site["tiny"], "nii.gz", job_options())["id"], poll=0.3)
     assert after["state"] == "done"  # a fresh worker took the next job
