@@ -22,7 +22,14 @@ from PancreasDiNTSLib.bridge.remote import (
 )
 from PancreasDiNTSLib.core.errors import UsageError
 from PancreasDiNTSLib.server.app import _options
-from PancreasDiNTSLib.server.serve import ServeSettings, _check_tls, data_lock, load_token, purge_expired
+from PancreasDiNTSLib.server.serve import (
+    ServeSettings,
+    _check_tls,
+    data_lock,
+    load_token,
+    purge_expired,
+    worker_devices,
+)
 from PancreasDiNTSLib.server.store import JobStore, new_job_id, valid_job_id
 from PancreasDiNTSLib.server.uploads import UploadRefused, check_series_zip, unpack_series
 
@@ -139,3 +146,14 @@ def test_job_options_the_api_accepts():
         with pytest.raises(HTTPException) as err:
             _options(bad, ALLOWED)
         assert err.value.status_code == 400
+
+
+def test_worker_devices():
+    """auto: one worker per GPU torch sees (asked in a subprocess), else one on the CPU; or the list given."""
+    import torch
+
+    gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    assert worker_devices("auto") == (gpus or ["cpu"])
+    assert worker_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"]
+    with pytest.raises(UsageError):
+        worker_devices(" , ")
