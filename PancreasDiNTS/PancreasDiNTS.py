@@ -19,7 +19,7 @@ import PancreasDiNTSSceneLib as scenelib
 import qt
 import slicer
 import vtk
-from PancreasDiNTSLib.bridge import background, estimate
+from PancreasDiNTSLib.bridge import case_results, commands, estimate, model_folders
 from PancreasDiNTSLib.core import terminology
 from PancreasDiNTSSceneLib.runs import SegmentationJob, SegmentationResult
 from PancreasDiNTSSlicerLib import devices, packages, reloading, resources
@@ -401,7 +401,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A finished run in the panel: volumes, read-out table and lines, 3D, the confidence map."""
         p = self._parameterNode
         p.outputSegmentation = result.segmentationNode
-        self.ui.resultLabel.text = background.format_volumes(result.volumes) or "No volumes reported."
+        self.ui.resultLabel.text = case_results.format_volumes(result.volumes) or "No volumes reported."
         if result.message:
             self.ui.statusLabel.text += f" ({result.message})"
         self.ui.measurementsTableView.setMRMLTableNode(self.logic.showReport(result, p.inputVolume))
@@ -486,17 +486,17 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
 
     def modelCacheFolder(self):
         """Where ``download`` stores the official model."""
-        return background.model_cache_folder()
+        return model_folders.model_cache_folder()
 
     def officialModelFolder(self):
         """The downloaded official model folder, or None when it is not there yet."""
-        return background.official_model_folder()
+        return model_folders.official_model_folder()
 
     def downloadOfficialModel(self, waitForCompletion=True, eventCallback=None, completedCallback=None, source=None):
         """Download the official model into the cache folder in a background process (blocking: raise on failure).
 
         source: a bundle zip or folder obtained elsewhere (offline install; its checksums are verified)."""
-        command = background.download_command(background.python_executable(), dest=self.modelCacheFolder(),
+        command = commands.download_command(commands.python_executable(), dest=self.modelCacheFolder(),
                                               source=source)
         task = self._start(command, waitForCompletion, eventCallback, completedCallback)
         if waitForCompletion and task.returncode != 0:
@@ -552,7 +552,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         self._checkChoices(inputVolume, model)
         job = SegmentationJob(inputVolume, model, outputSegmentation, device=device, scene=slicer.mrmlScene,
                               roi_box=scenelib.roi_box_ras(roiNode) if roiNode else None, roi_mode=roiMode,
-                              mode=mode, allow_non_ct=allowNonCT, python=background.python_executable(),
+                              mode=mode, allow_non_ct=allowNonCT, python=commands.python_executable(),
                               work_dir=Path(slicer.util.tempDirectory("PancreasDiNTS")),
                               importer=self.importSegmentation, load_confidence=confidence,
                               confidence_loader=self.loadConfidence)
@@ -705,16 +705,16 @@ class PancreasDiNTSTest(ScriptedLoadableModuleTest):
         here (random weights would give arbitrary segments, still exercising every step)."""
         if "phantom" not in self._shared:
             work = Path(slicer.util.tempDirectory("PancreasDiNTSTest"))
-            python = background.python_executable()
-            self._engine(background.make_phantoms_command(python, work / "data", count=4, seed=11))
+            python = commands.python_executable()
+            self._engine(commands.make_phantoms_command(python, work / "data", count=4, seed=11))
             images = sorted((work / "data" / "imagesTs").glob("*.nii.gz")) or sorted(
                 (work / "data" / "imagesTr").glob("*.nii.gz"))
             self.assertTrue(images, "the engine made no phantom")
-            model = background.demo_model_folder()
+            model = model_folders.demo_model_folder()
             if not model:
                 self.delayDisplay("Training a tiny model on phantoms (about a minute)")
-                self._engine(background.prepare_datalist_command(python, work / "data", work / "datalist.json"))
-                self._engine(background.train_command(python, work / "datalist.json", work / "model",
+                self._engine(commands.prepare_datalist_command(python, work / "data", work / "datalist.json"))
+                self._engine(commands.train_command(python, work / "datalist.json", work / "model",
                                                        arch="random", preset="tiny", device="cpu"))
                 model = work / "model"
             self._shared["phantom"] = (images[0], model)

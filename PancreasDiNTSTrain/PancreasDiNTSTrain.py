@@ -20,7 +20,7 @@ from typing import Annotated
 import ctk
 import slicer
 import vtk
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import commands, model_folders, progress_lines
 from PancreasDiNTSSlicerLib import devices, packages, reloading, resources
 from PancreasDiNTSSlicerLib.process import EngineProcess
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -210,7 +210,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         }[task]
         self.ui.startButton.enabled = running or bool(ready)
         self.ui.useAsModelButton.enabled = not running and task == "train" and bool(
-            _pathOrNone(p.outputFolder) and background.is_model_folder(p.outputFolder))
+            _pathOrNone(p.outputFolder) and model_folders.is_model_folder(p.outputFolder))
 
     def onDeviceChanged(self, index):
         if self._parameterNode:
@@ -272,7 +272,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         if event.fraction is not None:
             self.ui.progressBar.value = int(round(100 * event.fraction))
-        shown = background.training_display(self.logic.lastMetrics())
+        shown = progress_lines.training_display(self.logic.lastMetrics())
         self.ui.epochValueLabel.text = shown["epoch"]
         self.ui.lossValueLabel.text = shown["loss"]
         self.ui.diceValueLabel.text = shown["dice"]
@@ -296,7 +296,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.statusLabel.text = "Finished."
             p = self._parameterNode
             if p and p.task == "search":
-                arch = background.find_arch_file(str(p.outputFolder), process.parser.summary)
+                arch = model_folders.find_arch_file(str(p.outputFolder), process.parser.summary)
                 if arch:
                     p.archFile = arch
                     self.ui.statusLabel.text = f"Finished: architecture {arch.name} selected for training."
@@ -365,28 +365,28 @@ class PancreasDiNTSTrainLogic(ScriptedLoadableModuleLogic):
     def search(self, datalist, outputFolder, preset="tiny", device="auto", resume=False, overrides=None,
                waitForCompletion=True, eventCallback=None, completedCallback=None):
         """DiNTS architecture search; writes an architecture file for train(arch=...)."""
-        command = background.search_command(background.python_executable(), datalist, outputFolder, preset=preset,
+        command = commands.search_command(commands.python_executable(), datalist, outputFolder, preset=preset,
                                             device=device, resume=resume, overrides=overrides)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
     def train(self, datalist, outputFolder, arch=None, preset="tiny", device="auto", resume=False, overrides=None,
               waitForCompletion=True, eventCallback=None, completedCallback=None):
         """Train a model; the output folder becomes a model folder the Pancreas DiNTS module can use."""
-        command = background.train_command(background.python_executable(), datalist, outputFolder, arch=arch,
+        command = commands.train_command(commands.python_executable(), datalist, outputFolder, arch=arch,
                                            preset=preset, device=device, resume=resume, overrides=overrides)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
     def evaluate(self, model, datalist, outputFolder, split="testing", device="auto",
                  waitForCompletion=True, eventCallback=None, completedCallback=None):
         """Dice, HD95 and volumes of a model on one split of a datalist."""
-        command = background.evaluate_command(background.python_executable(), model, datalist, outputFolder,
+        command = commands.evaluate_command(commands.python_executable(), model, datalist, outputFolder,
                                               split=split, device=device)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
     def export(self, model, output=None, exportFormat="torchscript", precision="fp32",
                waitForCompletion=True, eventCallback=None, completedCallback=None):
         """Export a model folder to TorchScript, ONNX or TensorRT."""
-        command = background.export_command(background.python_executable(), model, output=output,
+        command = commands.export_command(commands.python_executable(), model, output=output,
                                             export_format=exportFormat, precision=precision)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
@@ -410,24 +410,24 @@ class PancreasDiNTSTrainTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Preparing the engine (may install packages)")
         self.assertTrue(PancreasDiNTSTrainLogic().setupPythonRequirements(askConfirmation=False))
         work = Path(slicer.util.tempDirectory("PancreasDiNTSTrainTest"))
-        python = background.python_executable()
-        for command in (background.make_phantoms_command(python, work / "data", count=4, seed=5),
-                        background.prepare_datalist_command(python, work / "data", work / "datalist.json")):
+        python = commands.python_executable()
+        for command in (commands.make_phantoms_command(python, work / "data", count=4, seed=5),
+                        commands.prepare_datalist_command(python, work / "data", work / "datalist.json")):
             process = EngineProcess(command).start(waitForCompletion=True)
             self.assertEqual(process.returncode, 0, process.parser.error_message(process.returncode))
 
         logic = PancreasDiNTSTrainLogic()
         arch = "random"
-        if background.engine_has_command("search"):
+        if commands.engine_has_command("search"):
             self.delayDisplay("Tiny architecture search")
             search = logic.search(work / "datalist.json", work / "search", preset="tiny", device="cpu")
-            arch = background.find_arch_file(work / "search", search.parser.summary)
+            arch = model_folders.find_arch_file(work / "search", search.parser.summary)
             self.assertIsNotNone(arch, "search wrote no architecture file")
 
         self.delayDisplay("Tiny training")
         run = logic.train(work / "datalist.json", work / "run", arch=arch, preset="tiny", device="cpu")
-        self.assertTrue(background.is_model_folder(work / "run"), "training did not produce a model folder")
-        shown = background.training_display(run.parser.metrics)
+        self.assertTrue(model_folders.is_model_folder(work / "run"), "training did not produce a model folder")
+        shown = progress_lines.training_display(run.parser.metrics)
         self.assertNotEqual(shown["loss"], "-")
         self.assertNotEqual(shown["epoch"], "-")
         logging.info(f"PancreasDiNTSTrain self-test: {shown}")

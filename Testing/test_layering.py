@@ -103,7 +103,7 @@ def test_imports_point_down() -> None:
 
 def test_torch_free_layers() -> None:
     """No module-level import of torch/MONAI/Slicer in the torch-free layers (a function may import torch when
-    it runs in the engine's own process, e.g. ``python -m PancreasDiNTSLib.bridge.background devices``)."""
+    it runs in the engine's own process, e.g. ``python -m PancreasDiNTSLib.bridge.device_list``)."""
     heavy = ("torch", "monai", "yaml", "slicer", "qt", "vtk", "ctk")  # PyYAML: Slicer may lack it at first
     bad = [f"{module_name(p)} -> {dep}" for p in LIB.rglob("*.py") if subpackage(module_name(p)) in TORCH_FREE
            for dep in imports_of(p, top_level=True) if dep.split(".")[0] in heavy]

@@ -26,7 +26,7 @@ from support import EXAMPLE_CT_SM, require
 slicer = support.import_slicer_core()
 
 import PancreasDiNTSSceneLib as scenelib  # noqa: E402
-from PancreasDiNTSLib.bridge import background  # noqa: E402
+from PancreasDiNTSLib.bridge import child_process, commands, progress_lines  # noqa: E402
 from PancreasDiNTSLib.core import terminology  # noqa: E402
 
 VARIANTS = ("ras", "oblique", "lps", "negative_slice_step", "parent_transform")
@@ -45,7 +45,7 @@ def engine_run(tmp_path_factory, tiny_bundle, cli_env):
     support.add_parent_transform(scene, volumes["parent_transform"])
     inputs = work / "inputs"
     paths = [scenelib.write_engine_input(volumes[name], inputs / f"{name}.nrrd") for name in VARIANTS]
-    command = background.segment_command(sys.executable, paths[0], work / "out", tiny_bundle, "cpu",
+    command = commands.segment_command(sys.executable, paths[0], work / "out", tiny_bundle, "cpu",
                                          formats=("nifti", "seg.nrrd", "confidence", "report-png"))
     command[command.index(str(paths[0])) + 1:command.index(str(paths[0])) + 1] = [str(p) for p in paths[1:]]
     done = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=900)
@@ -132,7 +132,7 @@ def test_failed_run_and_bad_file_leave_the_scene_unchanged(engine_run, tmp_path,
     job = scenelib.SegmentationJob(volume, bad_model, existing, device="cpu", scene=scene, python=sys.executable)
     command = job.prepare()
     done = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=600)
-    parser = background.ProgressParser()
+    parser = progress_lines.ProgressParser()
     parser.feed_all((done.stdout + done.stderr).splitlines())
     result = job.complete(done.returncode, parser=parser)
     assert not result.success and "not_a_model" in result.message
@@ -156,11 +156,11 @@ def test_cancelled_run_leaves_the_scene_unchanged(engine_run, cli_env):
                                    python=sys.executable)
     proc = subprocess.Popen(job.prepare(), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    parser = background.ProgressParser()
+    parser = progress_lines.ProgressParser()
     for line in proc.stdout:  # cancel as soon as the engine reports its first stage
         if parser.feed(line).kind == "progress":
             break
-    background.kill_process_tree(proc.pid)
+    child_process.kill_process_tree(proc.pid)
     proc.wait(timeout=60)
     result = job.complete(proc.returncode, cancelled=True, parser=parser)
     assert result.cancelled and not result.success
@@ -180,7 +180,7 @@ def test_roi_node_box_segments_only_inside(engine_run, rotated, cli_env):
                                    python=sys.executable, roi_box=box, formats=("nifti", "seg.nrrd"),
                                    keep_outputs=True)
     done = subprocess.run(job.prepare(), env=cli_env, capture_output=True, text=True, timeout=600)
-    parser = background.ProgressParser()
+    parser = progress_lines.ProgressParser()
     parser.feed_all(done.stdout.splitlines())
     result = job.complete(done.returncode, parser=parser)
     assert result.success, result.message + done.stderr[-2000:]

@@ -340,7 +340,7 @@ def test_slicer_scene_layer_runs_on_the_server_and_cancels(server, runs, inputs)
 
     slicer = support.import_slicer_core()
     import PancreasDiNTSSceneLib as scenelib
-    from PancreasDiNTSLib.bridge.background import ProgressParser
+    from PancreasDiNTSLib.bridge.progress_lines import ProgressParser
 
     local, _ = runs
     scene = slicer.vtkMRMLScene()

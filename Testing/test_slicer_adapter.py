@@ -15,7 +15,9 @@ COMPUTE_LIBRARIES = {"numpy", "torch", "monai", "SimpleITK", "sitkUtils", "itk",
                      "slicerio", "highdicom", "pydicom", "PIL", "skimage", "cv2", "vtk.util.numpy_support"}
 # Engine modules that import only the standard library at module level (checked below).
 # (the torch-free layers bridge/ and core/: Testing/test_layering.py checks that they import no torch)
-LIGHT_ENGINE_MODULES = {"bridge", "bridge.background", "bridge.estimate", "bridge.remote", "core", "core.terminology"}
+LIGHT_ENGINE_MODULES = {"bridge", "bridge.commands", "bridge.progress_lines", "bridge.child_process", "bridge.case_results",
+                        "bridge.model_folders", "bridge.device_list", "bridge.pip_requirements", "bridge.estimate",
+                        "bridge.remote", "core", "core.terminology"}
 
 
 def imports(tree: ast.Module) -> set[str]:
@@ -59,14 +61,14 @@ def test_module_moves_no_voxels_through_python(name):
 
 @pytest.mark.parametrize("name", list(facts.MODULE_FILES))
 def test_module_starts_the_engine_only_through_engine_commands(name):
-    """Command lines come from PancreasDiNTSLib.bridge.background, never assembled in the module."""
+    """Command lines come from PancreasDiNTSLib.bridge.commands, never assembled in the module."""
     tree = facts.module_tree(name)
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             assert node.value not in {"-m", "PancreasDiNTSLib.cli", "--progress", "--model"}, \
                 f"{name}.py line {node.lineno} builds an engine command line itself"
     builders = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-                and facts.dotted(n.value) == "background" and n.attr.endswith("_command")}
+                and facts.dotted(n.value) == "commands" and n.attr.endswith("_command")}
     assert builders, "the module builds no engine command"
 
 
@@ -78,14 +80,15 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] not in allowed:
             raise ImportError(f"blocked non-standard module {name}")
 sys.meta_path.insert(0, Block())
-from PancreasDiNTSLib.bridge import background, estimate
+from PancreasDiNTSLib.bridge import case_results, child_process, commands, device_list, estimate, model_folders
+from PancreasDiNTSLib.bridge import pip_requirements, progress_lines
 from PancreasDiNTSLib.core import terminology
 from PancreasDiNTSLib.bridge import remote  # the server's HTTP client (urllib)
 assert remote.job_options(roi=(0, 0, 0, 1, 1, 1))["roi_space"] == "ras"
-spec = estimate.window_spec(background.demo_model_folder() or "no-model")  # yaml blocked: the text fallback
+spec = estimate.window_spec(model_folders.demo_model_folder() or "no-model")  # yaml blocked: the text fallback
 assert estimate.estimate_windows([0, 300, 0, 250, 0, 90], spec) > 0
-cmd = background.segment_command("python", "ct.nrrd", "out", "model", "cpu")
-event = background.ProgressParser().feed('{"case": "ct", "stage": "infer", "fraction": 0.5}')
+cmd = commands.segment_command("python", "ct.nrrd", "out", "model", "cpu")
+event = progress_lines.ProgressParser().feed('{"case": "ct", "stage": "infer", "fraction": 0.5}')
 assert event.fraction == 0.5 and cmd[3] == "segment"
 assert terminology.SEGMENTS[0].terminology_entry().count("~") == 6
 assert "numpy" not in sys.modules and "torch" not in sys.modules
@@ -101,6 +104,7 @@ def test_engine_parts_used_by_the_modules_need_only_the_standard_library():
 
 
 def test_blocker_really_blocks():
-    code = BLOCKER.replace("from PancreasDiNTSLib.bridge import background, estimate", "import numpy")
+    code = BLOCKER.replace("from PancreasDiNTSLib.bridge import case_results, child_process, commands, device_list, estimate, model_folders",
+                           "import numpy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode != 0 and "blocked non-standard module numpy" in out.stderr

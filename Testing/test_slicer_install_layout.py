@@ -92,7 +92,7 @@ DRIVER = textwrap.dedent('''
     import slicer_stubs
     slicer = slicer_stubs.install()
     import PancreasDiNTS, PancreasDiNTSTrain
-    from PancreasDiNTSLib.bridge import background, estimate
+    from PancreasDiNTSLib.bridge import estimate, model_folders, pip_requirements
     from PancreasDiNTSSlicerLib import packages, reloading
 
     class NoTorchUtils:  # the PyTorch extension: never needed while the installed torch is recent enough
@@ -101,7 +101,7 @@ DRIVER = textwrap.dedent('''
     sys.modules["PyTorchUtils"] = NoTorchUtils()
 
     report = {"files": {}, "lookups": {}}
-    for module in (PancreasDiNTS, PancreasDiNTSTrain, background, packages):
+    for module in (PancreasDiNTS, PancreasDiNTSTrain, model_folders, packages):
         report["files"][module.__name__] = str(Path(module.__file__).resolve())
     for module in (PancreasDiNTS, PancreasDiNTSTrain):
         name, folder = module.__name__, Path(module.__file__).resolve().parent
@@ -112,8 +112,8 @@ DRIVER = textwrap.dedent('''
         report["lookups"][name] = {key: [str(path), path.is_file()] for key, path in wanted.items()}
     report["requirements"] = {"PancreasDiNTS": str(PancreasDiNTS.REQUIREMENTS_FILE),
                               "PancreasDiNTSTrain": str(PancreasDiNTSTrain.TRAIN_REQUIREMENTS_FILE)}
-    report["requirement_lines"] = {k: background.read_requirements(v) for k, v in report["requirements"].items()}
-    demo = background.demo_model_folder()
+    report["requirement_lines"] = {k: pip_requirements.read_requirements(v) for k, v in report["requirements"].items()}
+    demo = model_folders.demo_model_folder()
     report["demo"] = str(demo) if demo else None
     report["windows"] = estimate.estimate_windows([0, 300, 0, 250, 0, 90], estimate.window_spec(demo))
     logic, train = PancreasDiNTS.PancreasDiNTSLogic(), PancreasDiNTSTrain.PancreasDiNTSTrainLogic()

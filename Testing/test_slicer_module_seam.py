@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import device_list
 from PancreasDiNTSLib.core import terminology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ class Recorder:
 def test_engine_process_blocking_lists_devices(module_factory):
     module, _ = module_factory(nonblocking_launch=False)
     devices = module.PancreasDiNTSLogic().listDevices()
-    assert devices[:2] == background.DEFAULT_DEVICES
+    assert devices[:2] == device_list.DEFAULT_DEVICES
 
 
 @pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.bridge import background, remote
+from PancreasDiNTSLib.bridge import case_results, commands, progress_lines, remote
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
@@ -96,7 +96,7 @@ class SegmentationJob:
             self.work_dir = Path(tempfile.mkdtemp(prefix="PancreasDiNTS-"))
         try:
             input_path = write_engine_input(self.input_volume, Path(self.work_dir) / INPUT_FILE_NAME)
-            command = background.segment_command(background.python_executable() if self.python is None
+            command = commands.segment_command(commands.python_executable() if self.python is None
                                                  else self.python, input_path, self.output_dir, self.model,
                                                  self.device, formats=self.requested_formats(),
                                                  allow_non_ct=self.allow_non_ct)
@@ -112,7 +112,7 @@ class SegmentationJob:
         return command
 
     def complete(self, returncode: int | None, cancelled: bool = False,
-                 parser: background.ProgressParser | None = None) -> SegmentationResult:
+                 parser: progress_lines.ProgressParser | None = None) -> SegmentationResult:
         """After the process ended: import the result on success; always clean up (unless keep_outputs)."""
         log = "\n".join(parser.log) if parser else ""
         try:
@@ -122,16 +122,16 @@ class SegmentationJob:
                 message = parser.error_message(returncode) if parser else f"the engine stopped with exit code {returncode}"
                 return SegmentationResult(False, message, log=log)
             try:
-                folder = background.case_folder(self.output_dir)
-                report = background.read_report(folder)
-                seg_file = background.seg_nrrd_path(folder)
+                folder = case_results.case_folder(self.output_dir)
+                report = case_results.read_report(folder)
+                seg_file = case_results.seg_nrrd_path(folder)
                 if self.importer is not None:
                     node = self.importer(seg_file, self.input_volume, self.output_segmentation)
                 else:
                     node = import_segmentation(seg_file, self.input_volume, self.output_segmentation, self.scene)
             except (SceneLayerError, FileNotFoundError, ValueError) as exc:
                 return SegmentationResult(False, str(exc), log=log)
-            result = SegmentationResult(True, "", node, background.volumes_ml(report), log, report=report)
+            result = SegmentationResult(True, "", node, case_results.report_volumes(report), log, report=report)
             # The engine's confidence map (its name comes from the engine's table), loaded but not shown.
             name = OUTPUT_NAMES.get("confidence")
             if self.load_confidence and name and (folder / name).is_file():

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import commands, device_list
 
 from PancreasDiNTSSlicerLib.process import EngineProcess
 
 Devices = list[tuple[str, str]]
-DEFAULT_DEVICES: Devices = list(background.DEFAULT_DEVICES)
+DEFAULT_DEVICES: Devices = list(device_list.DEFAULT_DEVICES)
 
 
 def savedDeviceLabel(device: str) -> str:
@@ -57,7 +57,7 @@ def detectDevices(completed: Callable[[Devices, str], Any]) -> EngineProcess:
         if process.returncode != 0:
             completed(list(DEFAULT_DEVICES), process.parser.error_message(process.returncode))
             return
-        completed(background.parse_devices("\n".join(process.parser.log)), "")
+        completed(device_list.parse_devices("\n".join(process.parser.log)), "")
 
-    task = EngineProcess(background.devices_command(background.python_executable()), finishedCallback=finished)
+    task = EngineProcess(commands.devices_command(commands.python_executable()), finishedCallback=finished)
     return task.start(waitForCompletion=False)

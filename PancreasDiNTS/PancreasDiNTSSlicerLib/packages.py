@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import slicer
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import pip_requirements
 
 TORCH_REQUIREMENT = "torch>=2.4"
 # Packages Slicer ships (or the PyTorch extension manages): pinned at their installed versions while pip runs.
@@ -46,7 +46,7 @@ def installedVersion(name: str) -> str | None:
 
 def torchNeedsInstall(requirement: str = TORCH_REQUIREMENT) -> bool:
     """True when torch is not installed or its version is outside ``requirement`` (torch is not imported)."""
-    return bool(background.missing_requirements([requirement]))
+    return bool(pip_requirements.missing_requirements([requirement]))
 
 
 def slicerConstraints(packages: Iterable[str] = SLICER_MANAGED_PACKAGES) -> list[str]:
@@ -64,7 +64,7 @@ def writeConstraints(path: Path, packages: Iterable[str] = SLICER_MANAGED_PACKAG
 
 def readRequirements(files: Iterable[str | Path]) -> list[str]:
     """The requirement lines of every requirements file, in order."""
-    return [line for path in files for line in background.read_requirements(path)]
+    return [line for path in files for line in pip_requirements.read_requirements(path)]
 
 
 def installFailedMessage(missing: Sequence[str], constraints: Sequence[str]) -> str:
@@ -114,7 +114,7 @@ def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
     askConfirmation also decides whether a restart may be offered (never in testing mode, where Slicer's dialogs
     answer Yes by themselves, nor in scripts). A pip failure, or a requirement still unmet afterwards, raises
     RuntimeError with one clear line."""
-    missing = background.missing_requirements(readRequirements(files))
+    missing = pip_requirements.missing_requirements(readRequirements(files))
     if not missing:
         return True
     with tempfile.TemporaryDirectory(prefix="PancreasDiNTS-pip-") as folder:
@@ -136,7 +136,7 @@ def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
                 raise RuntimeError(installFailedMessage(missing, pinned)) from error
         elif not _installWithPip(missing, constraints, pinned, askConfirmation, requester):
             return False
-    still = background.missing_requirements(missing)
+    still = pip_requirements.missing_requirements(missing)
     if still:
         raise RuntimeError(f"Still missing after the installation: {', '.join(still)}. Restart Slicer and try "
                            "again; the Python console shows pip's messages.")
@@ -150,7 +150,7 @@ def _installWithPip(missing: Sequence[str], constraints: Path, pinned: Sequence[
             f"{requester} needs these Python packages, which will be downloaded and installed now:\n\n"
             + "\n".join(missing), windowTitle="Install Python packages"):
         return False
-    upgraded = [req for req in missing if background.requirement_installed(req)]
+    upgraded = [req for req in missing if pip_requirements.requirement_installed(req)]
     try:
         slicer.util.pip_install(["-c", str(constraints), *missing])
     except subprocess.CalledProcessError as error:

@@ -18,9 +18,9 @@ from typing import Any
 
 import qt
 import slicer
-from PancreasDiNTSLib.bridge import background
+from PancreasDiNTSLib.bridge import child_process, commands, progress_lines
 
-EventCallback = Callable[[background.Event], Any]
+EventCallback = Callable[[progress_lines.Event], Any]
 FinishedCallback = Callable[["EngineProcess"], Any]
 
 
@@ -37,7 +37,7 @@ def processEvents() -> None:
 class EngineProcess:
     """One engine command running outside Slicer's Python.
 
-    eventCallback(event) receives each :class:`PancreasDiNTSLib.bridge.background.Event`; finishedCallback(process)
+    eventCallback(event) receives each :class:`PancreasDiNTSLib.bridge.progress_lines.Event`; finishedCallback(process)
     is called once, in the main thread, after the process ended (read ``returncode``, ``cancelled``, ``parser``).
     An exception raised by a callback is logged and kept in ``callbackErrors``; the run goes on.
     """
@@ -50,12 +50,12 @@ class EngineProcess:
         self.command = [str(arg) for arg in command]
         self.eventCallback = eventCallback
         self.finishedCallback = finishedCallback
-        self.parser = background.ProgressParser()
+        self.parser = progress_lines.ProgressParser()
         self.proc: Any = None
         self.returncode: int | None = None
         self.cancelled = False
         self.callbackErrors: list[str] = []
-        self._pump: background.LinePump | None = None
+        self._pump: child_process.LinePump | None = None
         self._timer: Any = None
 
     @property
@@ -65,14 +65,14 @@ class EngineProcess:
     def start(self, waitForCompletion: bool = True) -> EngineProcess:
         """Start the process; with waitForCompletion, return after it ended (events are processed meanwhile)."""
         logging.info("PancreasDiNTS: running " + " ".join(self.command))
-        environment = background.engine_environment(slicer.util.startupEnvironment().get("PYTHONPATH"))
+        environment = commands.engine_environment(slicer.util.startupEnvironment().get("PYTHONPATH"))
         if _hasNonBlockingLaunch():
             self.proc = slicer.util.launchConsoleProcess(
                 self.command, updateEnvironment=environment, blocking=False,
                 logCallback=self._onLine, completedCallback=self._finish)
         else:  # Slicer 5.10: read on a thread, poll from a timer so the GUI stays responsive
             self.proc = slicer.util.launchConsoleProcess(self.command, updateEnvironment=environment)
-            self._pump = background.LinePump(self.proc.stdout)
+            self._pump = child_process.LinePump(self.proc.stdout)
             self._timer = qt.QTimer()
             self._timer.setInterval(self.POLL_INTERVAL_MSEC)
             self._timer.connect("timeout()", self._poll)
@@ -92,7 +92,7 @@ class EngineProcess:
         """Kill the whole process tree (PythonSlicer is a launcher: killing it alone leaves the work running)."""
         if self.running:
             self.cancelled = True
-            background.kill_process_tree(self.proc.pid)
+            child_process.kill_process_tree(self.proc.pid)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Kill and wait without calling back (the application is closing: no widget may be touched)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import qt
 import slicer
-from PancreasDiNTSLib.bridge import background, remote
+from PancreasDiNTSLib.bridge import progress_lines, remote
 
 
 class RemoteTask:
@@ -25,12 +25,12 @@ class RemoteTask:
     POLL_INTERVAL_MSEC = 200
     WAIT_SLEEP_SEC = 0.02
 
-    def __init__(self, run: remote.RemoteRun, eventCallback: Callable[[background.Event], Any] | None = None,
+    def __init__(self, run: remote.RemoteRun, eventCallback: Callable[[progress_lines.Event], Any] | None = None,
                  finishedCallback: Callable[[RemoteTask], Any] | None = None) -> None:
         self.run = run
         self.eventCallback = eventCallback
         self.finishedCallback = finishedCallback
-        self.parser = background.ProgressParser()
+        self.parser = progress_lines.ProgressParser()
         self.returncode: int | None = None
         self.cancelled = False
         self.callbackErrors: list[str] = []

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PancreasDiNTSLib.bridge.background import devices_command, parse_devices
+from PancreasDiNTSLib.bridge.commands import devices_command
+from PancreasDiNTSLib.bridge.device_list import parse_devices
 from PancreasDiNTSLib.bridge.remote import is_loopback, read_token
 from PancreasDiNTSLib.core.atomic import write_text_atomic
 from PancreasDiNTSLib.core.errors import UsageError, printable

@@ -3,7 +3,7 @@
 Each slot is a thread of the server that owns one worker process (server/worker.py, its own session, started
 only from the slot's thread so that PR_SET_PDEATHSIG ties it to the server). A worker that dies (crash,
 ``kill -9``, out of memory) fails its job with the reason and is started again; the server stays up. Cancel
-kills the worker's whole process tree (bridge.background.kill_process_tree) and the slot starts a fresh one.
+kills the worker's whole process tree (bridge.child_process.kill_process_tree) and the slot starts a fresh one.
 The upload of a finished job is deleted at once; its results stay until deleted or past the retention time.
 """
 
@@ -20,7 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.bridge.background import kill_process_tree
+from PancreasDiNTSLib.bridge.child_process import kill_process_tree
 from PancreasDiNTSLib.core.errors import ModelError, printable
 from PancreasDiNTSLib.server.store import JobStore
 from PancreasDiNTSLib.server.uploads import input_path
