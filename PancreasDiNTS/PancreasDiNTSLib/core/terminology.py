@@ -68,6 +68,7 @@ SEGMENTS: tuple[SegmentInfo, ...] = (
                 key="tumour"),
 )
 
+PANCREAS_LABEL, LESION_LABEL = (s.label for s in SEGMENTS)  # 1 and 2: the label values, named once
 LABEL_NAMES = {0: "background", **{s.label: s.name for s in SEGMENTS}}
 # report.json's "labels": label value (as a JSON key) -> segment name
 LABEL_TABLE = {str(k): v for k, v in LABEL_NAMES.items()}

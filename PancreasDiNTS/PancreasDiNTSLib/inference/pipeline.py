@@ -63,6 +63,7 @@ from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
 from PancreasDiNTSLib.io.dicom import series_from_meta
 from PancreasDiNTSLib.io.images import LoadedImage, is_dicom_file, read_image
+from PancreasDiNTSLib.readout.measure import segment_volumes
 from PancreasDiNTSLib.readout.page import render_case_page
 from PancreasDiNTSLib.readout.report import case_readout
 
@@ -517,7 +518,7 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     labels = inverted.labels
     case = prepared.case
     with stages.timed("measure"):
-        voxels, ml = writers.volumes_ml(labels, case)
+        voxels, ml = segment_volumes(labels, case.affine_ras)
         measurements = options.measure(labels, case) if options.measure is not None else {}
     readout = _readout(inverted, case, options.roi, stages) if options.readout else {}
     outcome = CaseOutcome(case, labels, voxels, ml, stages.timings, measurements, notes=list(prepared.plan.notes),

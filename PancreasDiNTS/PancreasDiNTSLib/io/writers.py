@@ -160,14 +160,6 @@ def check_dicom_sr_preconditions(case: LoadedImage, model_name: str = "PancreasD
     return dicom_sr.check_preconditions(files, model_name, model_version)
 
 
-def volumes_ml(labels: np.ndarray, case: LoadedImage) -> tuple[dict[str, int], dict[str, float]]:
-    """Voxel counts and volumes (mL) per segment."""
-    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=len(SEGMENTS) + 1)
-    voxels = {seg.name: int(counts[seg.label]) for seg in SEGMENTS}
-    ml = {seg.name: round(int(counts[seg.label]) * case.voxel_volume_ml, 3) for seg in SEGMENTS}
-    return voxels, ml
-
-
 def write_report(dest: Path, report: dict[str, Any]) -> Path:
     write_text_atomic(dest, json.dumps(report, indent=2, default=_json_default) + "\n")
     return dest

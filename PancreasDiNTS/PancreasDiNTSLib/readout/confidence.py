@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..core.terminology import SEGMENTS
+from ..core.terminology import LESION_LABEL, SEGMENTS
 from . import geometry as geo
 
 LOW_CONFIDENCE = 0.5
 BAND_VOXELS = 2
 SLAB_VOXELS = 1 << 24  # voxels per slab when reducing over classes
-LESION_LABEL = 2
 METHODS = {
     "confidence_map": "uint8 = round(255 x max softmax probability) per voxel on the input grid",
     "mean_confidence": "mean probability of the segment's class over its voxels",

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.terminology import LESION_LABEL, PANCREAS_LABEL
 from . import geometry as geo
 
-PANCREAS_LABEL = 1
-LESION_LABEL = 2
 BINS = 16
 MIN_GLAND_VOXELS = 100
 MIN_LENGTH_MM = 10.0

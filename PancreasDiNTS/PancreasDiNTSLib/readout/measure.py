@@ -36,11 +36,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..core.terminology import SEGMENTS, segment_by_label
+from ..core.terminology import LESION_LABEL, SEGMENTS, segment_by_label
 from . import geometry as geo
 
-PANCREAS_LABEL = 1
-LESION_LABEL = 2
 MM_DECIMALS = 2
 MAX_COMPONENTS = 20  # lesion components measured and listed in full (largest first); all are counted
 ML_DECIMALS = 4
@@ -78,6 +76,11 @@ METHODS = {
 
 def _r(x: float, nd: int = MM_DECIMALS) -> float:
     return round(float(x), nd)
+
+
+def _ml(voxels: int, voxel_ml: float) -> float:
+    """A volume in mL at the read-out's precision (the one rounding of every volume the engine reports)."""
+    return _r(voxels * voxel_ml, ML_DECIMALS)
 
 
 def _pt(p: np.ndarray) -> list[float]:
@@ -186,7 +189,7 @@ def _component(comp: np.ndarray, crop: tuple[slice, ...], lab: int, box: tuple[s
     centre = [float((local.sum(axis=tuple(b for b in range(3) if b != a)) * np.arange(local.shape[a])).sum()) / n
               for a in range(3)]
     rec: dict[str, Any] = {
-        "rank": rank, "voxels": n, "volume_ml": _r(n * vml, ML_DECIMALS),
+        "rank": rank, "voxels": n, "volume_ml": _ml(n, vml),
         "centroid_ras": _pt(geo.to_ras(affine, (np.array(centre) + offset)[None])[0]),
         "bounding_box": _bbox(index, affine),
         "touches_volume_border": _touches_border(index, shape),
@@ -202,12 +205,20 @@ def _component(comp: np.ndarray, crop: tuple[slice, ...], lab: int, box: tuple[s
     return rec
 
 
+def segment_volumes(labels: np.ndarray, affine_ras: np.ndarray) -> tuple[dict[str, int], dict[str, float]]:
+    """Voxel counts and volumes (mL) per segment name: report.json's ``voxels`` and ``volumes_ml``."""
+    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=len(SEGMENTS) + 1)
+    vml = geo.voxel_volume_ml(geo.check_affine(affine_ras))
+    return ({seg.name: int(counts[seg.label]) for seg in SEGMENTS},
+            {seg.name: _ml(int(counts[seg.label]), vml) for seg in SEGMENTS})
+
+
 def _segment_summary(labels: np.ndarray, label: int, affine: np.ndarray, vml: float
                      ) -> tuple[dict[str, Any], tuple[np.ndarray, tuple[slice, ...], list[int]] | None]:
     seg = segment_by_label(label)
     mask = labels == label
     n = int(mask.sum())
-    rec: dict[str, Any] = {"label": label, "name": seg.name, "voxels": n, "volume_ml": _r(n * vml, ML_DECIMALS)}
+    rec: dict[str, Any] = {"label": label, "name": seg.name, "voxels": n, "volume_ml": _ml(n, vml)}
     if n == 0:
         rec.update({"bounding_box": None, "components": 0, "component_volumes_ml": [],
                     "touches_volume_border": False, "reason": f"no voxel labelled {label} ({seg.name})"})
@@ -215,7 +226,7 @@ def _segment_summary(labels: np.ndarray, label: int, affine: np.ndarray, vml: fl
     comp, crop, order, sizes = _components(mask)
     index = np.array([[c.start for c in crop], [c.stop - 1 for c in crop]])  # the crop is the mask's index box
     rec.update({"bounding_box": _bbox(index, affine), "components": len(order),
-                "component_volumes_ml": [_r(sizes[k] * vml, ML_DECIMALS) for k in order],
+                "component_volumes_ml": [_ml(sizes[k], vml) for k in order],
                 "touches_volume_border": _touches_border(index, labels.shape), "reason": None})
     return rec, (comp, crop, order)
 

@@ -29,9 +29,10 @@ from PancreasDiNTSLib.core.terminology import METRIC_KEYS
 from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import CaseOptions, PlainFolder, case_report, segment_case
 from PancreasDiNTSLib.inference.segmenter import Segmenter
-from PancreasDiNTSLib.io.writers import save_nifti, volumes_ml, write_report
+from PancreasDiNTSLib.io.writers import save_nifti, write_report
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
+from PancreasDiNTSLib.readout.measure import segment_volumes
 from PancreasDiNTSLib.readout.page import render_case_page
 from PancreasDiNTSLib.synthetic.phantom import make_phantom
 from PancreasDiNTSLib.training.evaluate import dice_per_class
@@ -134,7 +135,7 @@ def _demo_report(outcome: Any, segmenter: Any, truth: np.ndarray, info: Any, see
         "case": "phantom_ct",
         "input": str(out / OUTPUT_FILES["ct"]),
         "truth": str(out / OUTPUT_FILES["truth"]),
-        "truth_volumes_ml": volumes_ml(truth, outcome.case)[1],
+        "truth_volumes_ml": segment_volumes(truth, outcome.case.affine_ras)[1],
         "sw_batch_size": segmenter.sw_batch_size,
         "outputs": {k: str(out / v) for k, v in OUTPUT_FILES.items()},
     })
