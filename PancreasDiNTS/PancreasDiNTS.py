@@ -38,7 +38,7 @@ from slicer.util import VTKObservationMixin
 # one qt-scripted-modules/Resources/ when the extension is installed (PancreasDiNTSSlicerLib.resources).
 REQUIREMENTS_FILE = resources.engineRequirementsFile()
 ROI_MODES = ["grid", "local"]
-SPEED_MODES = list(scenelib.runs.MODES)  # fast (default: same labels, quicker) or exact (MONAI's own path)
+SPEED_MODES = list(scenelib.runs.SPEED_CHOICES)  # fast (default: same labels, quicker) or exact (MONAI's own path)
 EXPORTED_MODEL_FILTER = "Exported model (*.ts *.pt *.pth *.pts *.jit *.onnx);;All files (*)"
 
 #

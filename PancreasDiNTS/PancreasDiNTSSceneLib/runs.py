@@ -23,7 +23,7 @@ from PancreasDiNTSSceneLib.segmentations import import_segmentation
 from PancreasDiNTSSceneLib.volumes import load_confidence_volume, write_engine_input
 
 INPUT_FILE_NAME = "input.nrrd"  # the case folder the engine writes is named after it: OUTPUT/input/
-MODES = ("fast", "exact")  # the panel's speed/precision choice: fast (default, same labels) or MONAI's own path
+SPEED_CHOICES = ("fast", "exact")  # the panel's speed/precision choice: fast (default, same labels) or MONAI's own path
 
 
 @dataclass
@@ -87,8 +87,8 @@ class SegmentationJob:
             raise SceneLayerError("select a model: download the official model or choose a local model folder")
         if not Path(self.model).exists():
             raise SceneLayerError(f"model not found: {self.model}; choose a bundle folder or an exported model file")
-        if self.mode not in MODES:
-            raise SceneLayerError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode not in SPEED_CHOICES:
+            raise SceneLayerError(f"mode must be one of {', '.join(SPEED_CHOICES)}, not {self.mode!r}")
         if self.region not in (None, "auto", "whole"):
             raise SceneLayerError(f"region must be auto or whole, not {self.region!r}")
         created = self.work_dir is None
@@ -171,8 +171,8 @@ class RemoteSegmentationJob(SegmentationJob):
             raise SceneLayerError("select an input CT volume")
         if not self.server_url or not self.token:
             raise SceneLayerError("give the server's address and its token")
-        if self.mode not in MODES:
-            raise SceneLayerError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode not in SPEED_CHOICES:
+            raise SceneLayerError(f"mode must be one of {', '.join(SPEED_CHOICES)}, not {self.mode!r}")
         try:
             client = remote.ServerClient(self.server_url, self.token, cafile=self.cafile)
         except remote.RemoteError as exc:

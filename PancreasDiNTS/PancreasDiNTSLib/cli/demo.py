@@ -7,7 +7,7 @@ import json
 import sys
 
 from PancreasDiNTSLib.core.errors import EXIT_OK
-from PancreasDiNTSLib.core.progress import MODES
+from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 HELP = ("offline demo: segment a synthetic CT phantom with the demo model (trained on phantoms, not for "
         "clinical use) and print Dice against the phantom's truth")
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "trained the demo model and are refused")
     p.add_argument("--model", default=None, metavar="BUNDLE_DIR",
                    help=f"model folder or `official` (default: ${DEMO_MODEL_ENV}, else the packaged demo model)")
-    p.add_argument("--progress", default="auto", choices=MODES,
+    p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES,
                    help="bar, json (JSON lines on stdout, the summary last), none; auto = bar on a terminal")
 
 

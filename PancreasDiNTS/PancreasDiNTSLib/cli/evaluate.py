@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from PancreasDiNTSLib.core.errors import EXIT_OK
-from PancreasDiNTSLib.core.progress import MODES
+from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 HELP = "evaluate a model folder on a datalist split: Dice (bundle metric), HD95, volumes -> CSV + JSON + table"
 
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call (default: bundle's)")
     p.add_argument("--save-predictions", action="store_true", help="also write EVAL/predictions/<case>.nii.gz")
-    p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
+    p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES, help="bar, json, none; auto = bar on a terminal")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from PancreasDiNTSLib.core.errors import EXIT_OK, OutputError, UsageError, printable
-from PancreasDiNTSLib.core.progress import MODES
+from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 HELP = "write synthetic abdominal CT phantoms with pancreas/tumour labels in the MSD Task07 layout"
 
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="range the slice spacing is drawn from, in mm (default 1,5; the anatomy scales with the field "
                         "of view, so small phantoms need thin slices, e.g. 0.6,1.2, for a realistic slice count)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
+    p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES, help="bar, json, none; auto = bar on a terminal")
 
 
 def run(args: argparse.Namespace) -> int:

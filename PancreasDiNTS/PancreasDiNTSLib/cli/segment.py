@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from PancreasDiNTSLib.core.errors import EXIT_CASE_FAILED, EXIT_OK, printable
 from PancreasDiNTSLib.core.paths import FORMATS
-from PancreasDiNTSLib.core.progress import MODES
+from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 if TYPE_CHECKING:
     from PancreasDiNTSLib.inference.batch import SegmentSettings
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="nifti,seg.nrrd", dest="formats",
                    help=f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM inputs; "
                         "dicom-sr, which writes the SEG too, and rtstruct refuse other inputs); default nifti,seg.nrrd")
-    p.add_argument("--progress", default="auto", choices=MODES,
+    p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES,
                    help="bar (terminal), json (one JSON object per line on stdout), none; auto = bar on a terminal")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
     p.add_argument("--allow-non-ct", action="store_true",

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import EXIT_OK
-from PancreasDiNTSLib.core.progress import MODES
+from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 HELP = "train a DiNTS pancreas/tumour model (presets tiny|demo|bundle); crash-safe, --resume continues a run"
 
@@ -37,7 +37,7 @@ def add_run_arguments(p: argparse.ArgumentParser, what: str, example: str) -> No
                                                        "(default: the datalist's dataset_dir, else its folder)")
     p.add_argument("--device", default="auto",
                    help="auto (default), cpu, cuda or cuda:N; under torchrun each process uses cuda:LOCAL_RANK")
-    p.add_argument("--progress", default="auto", choices=MODES, help="bar, json, none; auto = bar on a terminal")
+    p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES, help="bar, json, none; auto = bar on a terminal")
     p.add_argument("--show-settings", action="store_true", help="print the resolved settings and exit")
 
 

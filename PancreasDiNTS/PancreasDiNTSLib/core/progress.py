@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-MODES = ("bar", "json", "none", "auto")
+PROGRESS_STYLES = ("bar", "json", "none", "auto")
 _BAR_STEPS = 1000  # the bar counts per mille of the whole run
 
 
@@ -36,8 +36,8 @@ class Progress:
         callback: ProgressCallback | None = None,
         unit: str = "case",
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"progress mode must be one of {MODES}, not {mode!r}")
+        if mode not in PROGRESS_STYLES:
+            raise ValueError(f"progress mode must be one of {PROGRESS_STYLES}, not {mode!r}")
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "none"
         self.mode = mode

@@ -47,6 +47,7 @@ from PancreasDiNTSLib.core.errors import (
 from PancreasDiNTSLib.core.ownership import CaseFolder, probe_writable
 from PancreasDiNTSLib.core.paths import BATCH_NAMES
 from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
+from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import (
     OUTPUTS,
     REPORT_NAME,
@@ -62,7 +63,7 @@ from PancreasDiNTSLib.inference.pipeline import (
 from PancreasDiNTSLib.inference.prefetch import prefetched
 from PancreasDiNTSLib.inference.region import REGION_MODES, resolve_region
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
-from PancreasDiNTSLib.inference.segmenter import MODES, Segmenter, resolve_device
+from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
 from PancreasDiNTSLib.io.images import expand_inputs
 from PancreasDiNTSLib.io.placement import CasePlanner, PlannedCase, case_base_name, claim_cases, release_claim
 from PancreasDiNTSLib.model.download import resolve_model
@@ -102,8 +103,8 @@ class SegmentSettings:
         object.__setattr__(self, "out_dir", Path(self.out_dir).expanduser())
         if self.sw_batch_size is not None and (not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1):
             raise UsageError(f"--sw-batch-size {self.sw_batch_size}: give a whole number of windows, 1 or more")
-        if self.mode not in MODES:
-            raise UsageError(f"--mode {printable(self.mode)}: choose one of {', '.join(MODES)}")
+        if self.mode not in INFERENCE_MODES:
+            raise UsageError(f"--mode {printable(self.mode)}: choose one of {', '.join(INFERENCE_MODES)}")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine {printable(self.engine)}: choose one of {', '.join(ENGINES)}")
         if self.region is not None and self.region not in REGION_MODES:

@@ -30,7 +30,7 @@ from PancreasDiNTSLib.model.bundle import Bundle
 from PancreasDiNTSLib.model.spec import InferenceSpec
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
-MODES = ("exact", "fast", "fastmm")
+INFERENCE_MODES = ("exact", "fast", "fastmm")
 
 
 @dataclass
@@ -119,8 +119,8 @@ class Segmenter:
         sliding window that computes constant windows once: the same logits, see inference/windows.py) or "fastmm" (fast
         with matrix-product upsampling: rounding-level differences). ``engine`` (fast modes): eager, cuda-graph
         or compile."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"mode must be one of {', '.join(INFERENCE_MODES)}, not {mode!r}")
         self.bundle = bundle
         self.spec = bundle.inference
         self.device = resolve_device(device)

@@ -26,8 +26,9 @@ from PancreasDiNTSLib.core.errors import EXIT_MODEL, PancreasDiNTSError, printab
 from PancreasDiNTSLib.core.ownership import file_digest
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
+from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import OUTPUTS, ROI_MODES, ROI_SPACES, RoiRequest
-from PancreasDiNTSLib.inference.segmenter import MODES, Segmenter, resolve_device
+from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
 
@@ -75,7 +76,7 @@ class Worker:
         self.proto.flush()
 
     def hello(self) -> None:
-        options = {"formats": list(OUTPUTS), "modes": list(MODES), "roi_spaces": list(ROI_SPACES),
+        options = {"formats": list(OUTPUTS), "modes": list(INFERENCE_MODES), "roi_spaces": list(ROI_SPACES),
                    "roi_modes": list(ROI_MODES)}
         self.send({"type": "hello", "model": self.bundle.describe(), "device": str(self.device), "pid": os.getpid(),
                    "options": options})
