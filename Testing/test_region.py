@@ -245,3 +245,41 @@ def test_segment_auto_region_equals_whole_run_with_the_demo_model(off_centre_ct,
     assert main([*common[:1], str(flipped), *common[2:], "-o", str(tmp_path / "lps"), "--format", "nifti"]) == 0
     back = nib.load(tmp_path / "lps" / "lps" / "labels.nii.gz").as_reoriented(nib.orientations.ornt_transform(lps, ras))
     assert np.array_equal(np.asarray(back.dataobj), labels["whole"])
+
+
+def test_edge_band_ignores_inner_faces_not_image_edges():
+    grid = window_grid((40, 16, 16), ROI, 0.0)  # windows at x 0, 16, 24 (the last moved back to the edge)
+    inner = R.informative(grid, set(), band=2)
+    assert inner[0, 5, 5] and inner[39, 5, 5] and inner[8, 5, 5]  # image edges and a window's middle
+    assert not inner[15, 5, 5] and not inner[16, 5, 5] and inner[18, 5, 5]  # the face between x 15 and 16
+    assert not R.informative(grid, {0: (0.0,)}, band=0)[:16].any()  # a constant window is never informative
+
+
+def _edgy(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in network with an edge artefact: a 1 x 2 x 2 patch at every window's first corner reads as
+    pancreas (as zero padding can make a trained network do), otherwise :func:`_pointwise`."""
+    out = _pointwise(x)
+    out[:, 1, :1, :2, :2] = 3.0
+    return out
+
+
+def test_confirmation_drops_edge_artefacts_and_keeps_the_full_runs_labels():
+    img = np.random.default_rng(2).uniform(0.0, 0.1, (96, 64, 48)).astype(np.float32)
+    img[40:48, 30:36, 20:26] = 1.0
+    seg, pre = _segmenter(), _pre(img)
+    seg.network = _edgy
+    seg.infer = lambda p, on_window=None: sliding_window_exact_skip(p.unsqueeze(0), _edgy, ROI, 4, 0.5)
+    logits, run = R.infer_auto(seg, pre)
+    assert run.found > run.confirmed >= 1 and 0 < run.confirm_windows <= run.found
+    assert np.array_equal(np.asarray(logits[0].argmax(0)), _full_labels(seg, pre))
+    assert sum(run.dense_windows) < run.full_windows
+
+
+def test_one_confirmation_window_checks_the_parts_inside_it():
+    boxes = [(slice(30, 32), slice(30, 32), slice(20, 22)), (slice(40, 42), slice(36, 38), slice(22, 24)),
+             (slice(90, 92), slice(5, 7), slice(5, 7)), (slice(0, 60), slice(0, 9), slice(0, 9))]
+    keep = np.zeros(5, dtype=bool)
+    checks = R._confirmation_windows(boxes, (64, 64, 48), (128, 96, 60), 4, keep)
+    assert keep.tolist() == [False, False, False, False, True]  # the 60-voxel part is larger than half a window
+    assert [parts for _, parts in checks] == [[1, 2], [3]]
+    assert checks[1][0] == (slice(59, 123), slice(0, 64), slice(0, 48))  # centred, moved inside the image

@@ -6,9 +6,12 @@
    scan interval equals the window, the last window moved back to the image edge), about ``(1 - overlap)^3``
    of the full run's windows (1/8 for the demo model, 1/19 for the released one).
 2. **Region** -- the coarse foreground, the voxels whose probability of pancreas or lesion
-   (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.1, far below an argmax's 0.5), dilated by
-   :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius). Several separate regions
-   are allowed.
+   (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.3, below an argmax's 0.5); each of its
+   parts is **confirmed** by a window centred on it (the same threshold anywhere in the part: a coarse window's
+   edges give zero-padding artefacts that the full run's overlapping windows do not; one window checks every part
+   lying :data:`EDGE_BAND` voxels inside it), then the confirmed parts are
+   dilated by :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius). Several
+   separate regions are allowed.
 3. **Dense pass** -- the full run's own windows that touch the region (``windows.sliding_window_exact_skip``
    with ``windows=``). Every voxel all of whose covering windows ran (the *exact region*, which holds the
    region) gets the full run's window sum in MONAI's order, so its logits and labels are the whole-volume run's.
@@ -54,12 +57,13 @@ from PancreasDiNTSLib.inference.windows import (
 )
 
 __all__ = [
-    "FOREGROUND_THRESHOLD", "MARGIN_MM", "MAX_GROWTH_ROUNDS", "MIN_SAVING", "REGION_MODES", "RegionRun",
+    "FOREGROUND_THRESHOLD", "EDGE_BAND", "MARGIN_MM", "MAX_GROWTH_ROUNDS", "MIN_SAVING", "REGION_MODES", "RegionRun",
     "coarse_foreground", "dilate", "windows_touching", "constant_windows", "informative", "exact_region", "faces_touched", "region_boxes",
     "resolve_region", "infer_auto", "RegionSettings",
 ]
 
-FOREGROUND_THRESHOLD = 0.1  # coarse P(pancreas) + P(lesion) at or above this is foreground
+FOREGROUND_THRESHOLD = 0.3  # coarse P(pancreas) + P(lesion) at or above this is foreground
+EDGE_BAND = 4  # a part is checked by a confirmation window when it lies this many voxels inside it
 MARGIN_MM = 10.0  # the coarse foreground is dilated by this much (per axis) to make the region
 MAX_GROWTH_ROUNDS = 3  # growth rounds before the rest of the volume runs
 MIN_SAVING = 3.0  # the full run needs this many times the coarse pass's windows, else the whole volume runs
@@ -76,6 +80,7 @@ class RegionSettings:
     margin_mm: float = MARGIN_MM
     max_rounds: int = MAX_GROWTH_ROUNDS
     min_saving: float = MIN_SAVING
+    band: int = EDGE_BAND
 
 
 def resolve_region(choice: str | None, device: torch.device | str, roi: Any = None) -> str:
@@ -104,14 +109,19 @@ class RegionRun:
     exact_fraction: float = 0.0  # share of the image's voxels with the full run's logits
     fallback: str | None = None  # why the whole volume ran (None: it did not)
     settings: RegionSettings = field(default_factory=RegionSettings)
+    found: int = 0  # coarse foreground parts
+    confirmed: int = 0  # of those, confirmed by a window centred on them (or too large to check)
+    confirm_windows: int = 0  # windows the confirmation ran
 
     def describe(self) -> dict[str, Any]:
         return {
             "mode": "auto", "threshold": self.settings.threshold, "margin_mm": self.settings.margin_mm,
             "windows": {"coarse": self.coarse_windows, "dense": list(self.dense_windows),
                         "growth_rounds": max(0, len(self.dense_windows) - 1), "full": self.full_windows,
-                        "computed": self.computed, "full_computed": self.full_computed,
+                        "confirm": self.confirm_windows, "computed": self.computed,
+                        "full_computed": self.full_computed,
                         "fraction_of_full": round(self.computed / max(1, self.full_computed), 4)},
+            "coarse_parts": {"found": self.found, "confirmed": self.confirmed},
             "regions": self.regions, "region_count": self.region_count,
             "exact_fraction": round(self.exact_fraction, 6), "fallback": self.fallback,
         }
@@ -182,16 +192,21 @@ def constant_windows(x: torch.Tensor, grid: WindowGrid) -> dict[int, tuple[float
     return {i: v for i, v in enumerate(constant_window_values(padded, grid)) if v is not None}
 
 
-def informative(grid: WindowGrid, constant: set[int] | dict[int, Any]) -> np.ndarray:
-    """Bool mask (image grid) of the voxels inside at least one window that is not constant. A constant window
-    holds no structure: the coarse pass's output there is the network's answer to a uniform input (edge
-    artefacts), and the dense pass runs every constant window of the full grid anyway (they cost no network
-    call)."""
+def informative(grid: WindowGrid, constant: set[int] | dict[int, Any], band: int = 0) -> np.ndarray:
+    """Bool mask (image grid) of the voxels inside at least one window that is not constant, ``band`` voxels or
+    more from that window's faces (faces on the image's edges excepted). A constant window holds no structure:
+    the coarse pass's output there is the network's answer to a uniform input, and the dense pass runs every
+    constant window of the full grid anyway (they cost no network call). Next to a window's faces the network
+    sees zero padding: the coarse pass's findings there alone are edge artefacts (what the coarse pass finds
+    inside a window reaches its band through the dilation)."""
     out = np.zeros(grid.padded_size, dtype=bool)
     slices = grid.slices
     for i in range(len(slices)):
         if i not in constant:
-            out[slices[i]] = True
+            inner = tuple(slice(sl.start + (band if sl.start > 0 else 0),
+                                sl.stop - (band if sl.stop < size else 0))
+                          for sl, size in zip(slices[i], grid.padded_size, strict=True))
+            out[inner] = True
     return _cropped(out, grid)
 
 
@@ -324,10 +339,11 @@ def infer_auto(segmenter: Any, pre: Any, progress: ProgressFn | None = None,
     mask = coarse_foreground(coarse, settings.threshold) & informative(coarse_grid, constant_windows(x, coarse_grid))
     constant = constant_windows(x, full)
     run.full_computed = len(full.windows) - len(constant) + len(set(constant.values()))
+    mask = _confirmed(passes, x, mask, run)
     if not mask.any():
         del coarse
         return _whole(segmenter, pre, run, f"the coarse pass found no pancreas or lesion (probability >= "
-                      f"{settings.threshold}); the whole volume was segmented", report("whole"), passes.stats)
+                      f"{settings.threshold}, confirmed by a window centred on it); the whole volume was segmented", report("whole"), passes.stats)
     spacing = spacing_of(pre.affine)
     mask = dilate(mask, spacing, settings.margin_mm)
     sums, exact, mask = _dense(passes, x, (full, overlap), (mask, set(constant)), spacing, run, report("dense"))
@@ -337,8 +353,58 @@ def infer_auto(segmenter: Any, pre: Any, progress: ProgressFn | None = None,
     run.exact_fraction = float(exact.mean())
     run.regions, run.region_count = region_boxes(mask, pre.affine)
     _set_stats(segmenter, passes.stats)
-    run.computed = passes.stats.computed + passes.stats.distinct_constants
+    run.computed = passes.stats.computed + passes.stats.distinct_constants + run.confirm_windows
     return _as_meta(logits, pre), run
+
+
+def _confirmed(passes: _Passes, x: torch.Tensor, mask: np.ndarray, run: RegionRun) -> np.ndarray:
+    """The coarse foreground's parts (26-connectivity) that a window centred on them also finds (probability of
+    pancreas or lesion >= the threshold somewhere in the part). A coarse window's edges give artefacts (zero
+    padding) that the full run, whose windows overlap, does not have; a window centred on a part sees it as the
+    full run's inner windows do. Parts larger than a window's middle half, and all parts when they would need
+    more than half of the full run's windows, are kept unchecked."""
+    labelled, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    run.found = run.confirmed = int(count)
+    roi, size = passes.roi, mask.shape
+    if count == 0 or count > run.full_windows / 2 or any(s < r for s, r in zip(size, roi, strict=True)):
+        return mask
+    keep = np.zeros(count + 1, dtype=bool)
+    checks = _confirmation_windows(ndimage.find_objects(labelled), roi, size, run.settings.band, keep)
+    for i in range(0, len(checks), passes.batch):
+        part = checks[i : i + passes.batch]
+        batch = torch.cat([x[(slice(None), slice(None)) + win] for win, _ in part])
+        with torch.no_grad(), torch.autocast("cuda", enabled=passes.amp):
+            p_fg = (1.0 - torch.softmax(passes.predictor(batch).float(), dim=1)[:, 0]).cpu().numpy()
+        for j, (win, parts) in enumerate(part):
+            found = labelled[win][p_fg[j] >= run.settings.threshold]
+            keep[[k for k in parts if k in set(found.tolist())]] = True
+    run.confirm_windows = len(checks)
+    run.confirmed = int(keep[1:].sum())
+    return keep[labelled]
+
+
+def _confirmation_windows(boxes: Sequence[Any], roi: Sequence[int], size: Sequence[int], band: int,
+                          keep: np.ndarray) -> list[tuple[tuple[slice, ...], list[int]]]:
+    """Windows that check the coarse parts (``boxes``: their slices, part k at index k - 1): one centred on the
+    first unchecked part checks every part that lies ``band`` voxels or more inside it. Parts larger than half a
+    window are kept unchecked (``keep``)."""
+    todo = []
+    for k, sl in enumerate(boxes, start=1):
+        if sl is None or any(s.stop - s.start > r // 2 for s, r in zip(sl, roi, strict=True)):
+            keep[k] = True
+        else:
+            todo.append(k)
+    checks = []
+    while todo:
+        sl = boxes[todo[0] - 1]
+        start = [min(max((s.start + s.stop - r) // 2, 0), n - r) for s, r, n in zip(sl, roi, size, strict=True)]
+        lo = [a + band if a > 0 else 0 for a in start]
+        hi = [a + r - band if a + r < n else n for a, r, n in zip(start, roi, size, strict=True)]
+        inside = [k for k in todo if all(lo[a] <= s.start and s.stop <= hi[a] for a, s in enumerate(boxes[k - 1]))]
+        inside = inside or todo[:1]
+        checks.append((tuple(slice(a, a + r) for a, r in zip(start, roi, strict=True)), inside))
+        todo = [k for k in todo if k not in set(inside)]
+    return checks
 
 
 def _dense(passes: _Passes, x: torch.Tensor, full: tuple[WindowGrid, float], region: tuple[np.ndarray, set[int]],
@@ -395,7 +461,8 @@ def _whole(segmenter: Any, pre: Any, run: RegionRun, why: str, progress: Callabl
     run.dense_windows = [run.full_windows]
     stats = getattr(segmenter.fast, "stats", None)
     computed = stats.computed + stats.distinct_constants if stats is not None else run.full_windows
-    run.computed = computed + (before.computed + before.distinct_constants if before is not None else 0)
+    run.computed = computed + (before.computed + before.distinct_constants if before is not None else 0) \
+        + run.confirm_windows
     run.full_computed = run.full_computed or computed
     run.exact_fraction = 1.0
     if before is not None and stats is not None:
