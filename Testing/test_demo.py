@@ -115,9 +115,9 @@ def test_demo_report_and_outputs_read_back(demo_run):
 
 
 def test_demo_report_has_the_readout_of_its_labels(demo_run):
-    """report.json's read-out is readout.report.case_readout of the written label map (the demo runs it through
+    """report.json's read-out is readout.combined.case_readout of the written label map (the demo runs it through
     segment_case, as segment does), with confidence from the model and the phantom's truth location."""
-    from PancreasDiNTSLib.readout.report import case_readout
+    from PancreasDiNTSLib.readout.combined import case_readout
 
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())

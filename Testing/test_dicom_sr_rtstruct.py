@@ -2,7 +2,7 @@
 an independent rasteriser (matplotlib's Path, not the writer's code) and dciodvfy when installed.
 
 Series are cut from the real example CT (dicom_factory); labels are constructed so that one slice holds a lesion
-with a hole and a second lesion component. The read-out is the engine's (readout.report.case_readout) and goes
+with a hole and a second lesion component. The read-out is the engine's (readout.combined.case_readout) and goes
 through report.json on disk; the outputs are written through the pipeline's output registry. One end-to-end CLI
 run with the tiny model checks the wiring (SEG written with the SR, refusals for non-DICOM input)."""
 
@@ -78,7 +78,7 @@ def write_case(folder: Path, out: Path, labels_of=constructed_labels):
     from PancreasDiNTSLib.inference.pipeline import OUTPUTS, CaseData
     from PancreasDiNTSLib.io.images import read_image
     from PancreasDiNTSLib.io.writers import write_label_nifti, write_report
-    from PancreasDiNTSLib.readout.report import case_readout
+    from PancreasDiNTSLib.readout.combined import case_readout
 
     case = read_image(folder)
     labels = labels_of(case.shape)

@@ -16,7 +16,7 @@ from image_files import crop_nifti
 from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core import errors
 from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
-from PancreasDiNTSLib.readout.report import CSV_COLUMNS
+from PancreasDiNTSLib.readout.combined import CSV_COLUMNS
 
 FORMATS = "nifti,seg.nrrd,confidence,report-png,report-pdf"
 SHAPES = {"no_lesion": (20, 20, 20), "one_voxel": (21, 20, 20), "empty": (20, 21, 20)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PancreasDiNTSLib.readout import geometry as geo
 from PancreasDiNTSLib.readout import page
-from PancreasDiNTSLib.readout.report import case_readout
+from PancreasDiNTSLib.readout.combined import case_readout
 
 pytest.importorskip("matplotlib")
 

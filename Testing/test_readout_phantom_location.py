@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PancreasDiNTSLib.readout.report import case_readout
+from PancreasDiNTSLib.readout.combined import case_readout
 from PancreasDiNTSLib.synthetic.phantom import make_phantom, tumour_position
 
 GRID = {"shape": (96, 96, 64), "spacing": (0.9, 0.9, 1.2)}

@@ -68,7 +68,7 @@ from PancreasDiNTSLib.io.images import expand_inputs
 from PancreasDiNTSLib.io.placement import CasePlanner, PlannedCase, case_base_name, claim_cases, release_claim
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
-from PancreasDiNTSLib.readout.report import CSV_COLUMNS, csv_row
+from PancreasDiNTSLib.readout.combined import CSV_COLUMNS, csv_row
 
 ENGINES = ("eager", "cuda-graph", "compile")
 
@@ -382,7 +382,7 @@ def _case_readout(result: CaseResult) -> tuple[dict[str, Any] | None, str]:
 
 
 def measurements_csv(results: list[CaseResult], earlier: list[dict[str, Any]] | None = None) -> str:
-    """measurements.csv: a header row and one row per case (readout.report.CSV_COLUMNS); ``earlier`` rows (an
+    """measurements.csv: a header row and one row per case (readout.combined.CSV_COLUMNS); ``earlier`` rows (an
     earlier table of OUTDIR) are kept unless a result replaces them."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n", extrasaction="ignore",

@@ -13,7 +13,7 @@ argmax). Only the coordinates' rounding can differ from the one-piece resampling
 The read-out's confidence comes from the same resampled probabilities: :func:`invert_probabilities` also hands
 out the uint8 confidence map (``readout.confidence.confidence_map`` of each slab, flipped like the labels) and
 the largest lesion probability with its voxel (``readout.confidence.lesion_max`` per slab), so the whole-grid
-probabilities never exist. :func:`probability_readout` does the same for probabilities already on the input
+probabilities never exist. :func:`confidence_and_lesion` does the same for probabilities already on the input
 grid (the one-piece ``Invertd`` path), slab by slab along the last axis (one slab at a time leaves a GPU).
 """
 
@@ -26,14 +26,14 @@ import torch
 
 from PancreasDiNTSLib.readout.confidence import confidence_map, lesion_max
 
-__all__ = ["SLAB_THRESHOLD", "can_invert_in_slabs", "invert_labels", "invert_probabilities", "probability_readout"]
+__all__ = ["SLAB_THRESHOLD", "can_invert_in_slabs", "invert_labels", "invert_probabilities", "confidence_and_lesion"]
 
 Lesion = tuple[float, tuple[int, int, int]]
 
 # Invert in slabs when the inverted probabilities (classes x input voxels) would exceed this many values
 # (2**26: 256 MB in float32, 512 MB in float64); below it the one-piece MONAI Invertd runs.
 SLAB_THRESHOLD = 2**26
-READOUT_SLAB_VALUES = 2**24  # probability values moved to numpy at a time by probability_readout
+READOUT_SLAB_VALUES = 2**24  # probability values moved to numpy at a time by confidence_and_lesion
 
 
 def _ops(pre: Any) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def _better(best: Lesion | None, found: Lesion | None) -> Lesion | None:
     return found if found is not None and (best is None or found[0] > best[0]) else best
 
 
-def probability_readout(probs: torch.Tensor) -> tuple[np.ndarray, Lesion | None]:
+def confidence_and_lesion(probs: torch.Tensor) -> tuple[np.ndarray, Lesion | None]:
     """(uint8 confidence map, largest lesion probability and its voxel) of class probabilities ``(C, X, Y, Z)``
     on the input grid, slab by slab along the last axis (no float copy of the whole volume leaves the device)."""
     shape = tuple(int(s) for s in probs.shape)
@@ -112,7 +112,7 @@ def invert_probabilities(probs: torch.Tensor, pre: Any, slab_voxels: int = 2**23
     if unchanged:  # MONAI returns the image as it is
         labels[...] = probs.to(torch.float32).argmax(0).cpu().numpy()
         if conf is not None:
-            conf[...], best = probability_readout(probs)
+            conf[...], best = confidence_and_lesion(probs)
     else:
         img = probs.to(dtype)[None]
         resample = AffineTransform(normalized=False, mode=mode, padding_mode=padding, align_corners=align,
@@ -126,7 +126,7 @@ def invert_probabilities(probs: torch.Tensor, pre: Any, slab_voxels: int = 2**23
             slab = resample(img, theta=theta, spatial_size=(n, out_size[1], out_size[2]))[0]
             labels[x0:x0 + n] = slab.to(torch.float32).argmax(0).cpu().numpy()
             if conf is not None:
-                part, found = probability_readout(slab)
+                part, found = confidence_and_lesion(slab)
                 conf[x0:x0 + n] = part
                 if found is not None:
                     best = _better(best, (found[0], (found[1][0] + x0, found[1][1], found[1][2])))

@@ -16,7 +16,7 @@ infer       Segmenter.infer (sliding window; ROI: roi.predict_roi;      infer / 
 invert      Segmenter.invert (softmax, inversion, argmax; the uint8          postprocess
             confidence map and lesion maximum from the same probabilities)
 measure     voxel counts and mL; ``CaseOptions.measure`` adds more           measure
-readout     readout.report.case_readout: measurements, location,             readout
+readout     readout.combined.case_readout: measurements, location,             readout
             confidence summary (report.json "readout")
 write       every output through the sink (atomic, ownership-checked);        write (and
             each output's own time                                           write_<format>)
@@ -63,9 +63,9 @@ from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
 from PancreasDiNTSLib.io.dicom import series_from_meta
 from PancreasDiNTSLib.io.images import LoadedImage, is_dicom_file, read_image
+from PancreasDiNTSLib.readout.combined import case_readout
 from PancreasDiNTSLib.readout.measure import segment_volumes
 from PancreasDiNTSLib.readout.page import render_case_page
-from PancreasDiNTSLib.readout.report import case_readout
 
 StageCallback = Callable[[str, float, str], None]  # (stage, fraction of this case, message)
 Measure = Callable[[np.ndarray, LoadedImage], dict[str, Any]]  # extra measurements -> report["measurements"]
@@ -127,7 +127,7 @@ class CaseData:
     model_version: str
     measurements: dict[str, Any] = field(default_factory=dict)
     confidence: np.ndarray | None = None  # uint8 255 x max softmax probability on the input grid (None: ROI mode)
-    readout: dict[str, Any] = field(default_factory=dict)  # readout.report.case_readout of the labels
+    readout: dict[str, Any] = field(default_factory=dict)  # readout.combined.case_readout of the labels
     model: dict[str, Any] = field(default_factory=dict)  # Bundle.describe() (name, version, md5s)
     written: dict[str, Path] = field(default_factory=dict)  # format -> its file, written earlier in this case
 
@@ -443,7 +443,7 @@ class CaseOutcome:
     failed_outputs: dict[str, str] = field(default_factory=dict)  # format -> why
     notes: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
-    readout: dict[str, Any] = field(default_factory=dict)  # readout.report.case_readout -> report["readout"]
+    readout: dict[str, Any] = field(default_factory=dict)  # readout.combined.case_readout -> report["readout"]
     confidence: np.ndarray | None = None  # the uint8 confidence map (None in ROI mode)
     region: dict[str, Any] = field(default_factory=dict)  # the automatic region's run (report inference.region)
 

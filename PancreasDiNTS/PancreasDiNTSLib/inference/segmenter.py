@@ -23,8 +23,8 @@ from PancreasDiNTSLib.inference.fastpath import FastInferer
 from PancreasDiNTSLib.inference.invert import (
     SLAB_THRESHOLD,
     can_invert_in_slabs,
+    confidence_and_lesion,
     invert_probabilities,
-    probability_readout,
 )
 from PancreasDiNTSLib.model.bundle import Bundle
 from PancreasDiNTSLib.model.spec import InferenceSpec
@@ -213,7 +213,7 @@ class Segmenter:
                     nearest_interp=self.spec.invert_nearest, to_tensor=True),
         ])
         probs = post({"image": pre, "pred": logits[0]})["pred"]
-        confidence, lesion = probability_readout(probs) if readout else (None, None)
+        confidence, lesion = confidence_and_lesion(probs) if readout else (None, None)
         out = AsDiscrete(argmax=True)(probs)
         del probs
         labels = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
@@ -221,7 +221,7 @@ class Segmenter:
 
     def predict(self, image: Any, on_stage: Callable[[str, float, str], None] | None = None,
                 pre: Any = None) -> np.ndarray:
-        """Labels (uint8, 0/1/2) on the grid of ``image`` (a channel-first MetaTensor from imaging.read_image).
+        """Labels (uint8, 0/1/2) on the grid of ``image`` (a channel-first MetaTensor from io.images.read_image).
 
         ``pre``: ``self.preprocess(image)`` when it was already computed (batch mode prefetches it)."""
         def stage(name: str, part: float, message: str = "") -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.atomic import atomic_path
 from ..core.terminology import SEGMENTS
 from . import geometry as geo
-from .report import NOTICE
+from .combined import NOTICE
 
 CT_WINDOW = (-150.0, 250.0)  # abdomen: level 50, width 400
 CLOSE_UP_MARGIN_MM = 12.0

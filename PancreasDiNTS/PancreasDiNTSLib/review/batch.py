@@ -22,7 +22,7 @@ from ..core.ownership import CaseFolder, input_identity, read_manifest
 from ..core.paths import BATCH_NAMES, OUTPUT_NAMES
 from ..core.safeparse import parse_json, read_text_bounded
 from ..io.dicom import read_dicom_series
-from ..readout.report import csv_row
+from ..readout.combined import csv_row
 
 REVIEW_NAME = "review.json"
 REVIEW_CSV = "review.csv"

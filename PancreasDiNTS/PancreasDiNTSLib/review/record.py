@@ -29,7 +29,7 @@ from ..core.errors import InputError, OutputError, UsageError, printable
 from ..core.ownership import CaseFolder
 from ..core.paths import OUTPUT_NAMES
 from ..core.terminology import SEGMENTS
-from ..readout.report import case_readout
+from ..readout.combined import case_readout
 from .batch import (
     CORRECTED_LABELS,
     CORRECTED_SEG,

@@ -1,7 +1,7 @@
 """The offline demo: segment a synthetic CT phantom with the shipped demo model and score it against its truth.
 
 ``run_demo`` draws a phantom with :func:`.phantom.make_phantom` from a seed outside the training seeds, writes it
-as a NIfTI CT, reads it back through the engine (:func:`.imaging.read_image`), segments it with
+as a NIfTI CT, reads it back through the engine (:func:`PancreasDiNTSLib.io.images.read_image`), segments it with
 :class:`.inference.Segmenter` and writes the engine's outputs (:mod:`.writers`: ``labels.nii.gz``,
 ``segmentation.seg.nrrd``, ``report.json`` with the read-out) plus the phantom's truth, Dice against the truth
 and ``demo.png``: the case page every ``segment --format report-png`` draws (``readout.page.render_case_page``:

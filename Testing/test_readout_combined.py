@@ -1,4 +1,4 @@
-"""readout.report: the combined read-out is JSON-ready, has the documented keys, and the layer stays torch-free."""
+"""readout.combined: the combined read-out is JSON-ready, has the documented keys, and the layer stays torch-free."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-from PancreasDiNTSLib.readout.report import case_readout
+from PancreasDiNTSLib.readout.combined import case_readout
 
 
 def test_structure_and_json():
@@ -38,7 +38,7 @@ def test_structure_and_json():
 
 
 def test_readout_layer_imports_no_torch():
-    code = ("import sys; import PancreasDiNTSLib.readout.report, PancreasDiNTSLib.readout.page, "
+    code = ("import sys; import PancreasDiNTSLib.readout.combined, PancreasDiNTSLib.readout.page, "
             "PancreasDiNTSLib.readout.confidence; "
             "bad = [m for m in ('torch', 'monai', 'nibabel', 'SimpleITK', 'matplotlib') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
