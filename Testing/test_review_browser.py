@@ -14,18 +14,11 @@ import http.cookiejar
 import io
 import json
 import os
-import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import review_support as rs
 import test_scene_support as scene_support
@@ -42,50 +35,14 @@ SWITCHES = 20
 RSS_GROWTH_LIMIT_MB = 150
 
 
-@dataclass
-class Review:
-    proc: subprocess.Popen
-    url: str
-    port: int
-    out: Path
-
-    def front_end(self) -> psutil.Process:
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        assert children, "the review front end is not running"
-        return children[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def review(tmp_path_factory, tiny_bundle, cli_env):
     out = rs.make_batch(tmp_path_factory.mktemp("review_browser"), tiny_bundle, VARIANTS)
-    port = _free_port()
-    env = dict(cli_env, PANCREAS_DINTS_REVIEW_TOKEN=TOKEN)
-    proc = subprocess.Popen([sys.executable, "-m", "PancreasDiNTSLib.cli", "review", str(out), "--port", str(port),
-                             "--reviewer", "Browser Test"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
+    server = rs.start_review(out, cli_env, TOKEN, "Browser Test")
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if line.startswith("review page: http"):
-                break
-        assert lines and lines[-1].startswith("review page: "), "".join(lines[-30:])
-        url = lines[-1].split()[2]
-        assert url == f"http://127.0.0.1:{port}/?token={TOKEN}"
-        yield Review(proc, url, port, out)
+        yield server
     finally:
-        for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
-            child.terminate()
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -119,31 +76,6 @@ def test_requests_without_the_token_are_refused(review):
     assert _status(review.url, with_cookies) == 200  # the cookie set on the first visit carries the token
 
 
-VIEW_FRAME = """(cls) => { const m = document.querySelector('.' + cls); if (!m) return null;
-  const img = m.parentElement.querySelector('img'); return img && img.complete && img.naturalWidth > 0 ? img.src : null; }"""
-
-
-def _frame(page, view: str = "review-view-axial", other_than: str | None = None) -> str:
-    """Wait until the view shows a rendered frame (a new one when ``other_than`` is given); its image URL."""
-    page.wait_for_function(f"(a) => {{ const s = ({VIEW_FRAME})(a[0]); return s && s !== a[1]; }}",
-                           arg=[view, other_than], timeout=90_000)
-    return page.evaluate(VIEW_FRAME, view)
-
-
-def _axial_box(page) -> dict[str, float]:
-    return page.evaluate("""() => { const r = document.querySelector('.review-view-axial').parentElement
-        .getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
-
-
-def _open(browser, review):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(review.url)
-    page.wait_for_function("() => document.body.innerText.includes('of 3)')", timeout=120_000)
-    for view in ("review-view-axial", "review-view-coronal", "review-view-sagittal", "review-view-3d"):
-        _frame(page, view)
-    return page
-
-
 def _colours(png: bytes) -> tuple[float, int]:
     """(standard deviation of the grey pixels, number of strongly coloured pixels) of a screenshot."""
     from PIL import Image
@@ -156,8 +88,8 @@ def _colours(png: bytes) -> tuple[float, int]:
 
 
 def test_paint_save_and_next_in_the_browser(review, browser, tmp_path):
-    page = _open(browser, review)
-    box = _axial_box(page)
+    page = rs.open_page(browser, review.url, len(VARIANTS))
+    box = rs.axial_box(page)
     grey_std, overlay = _colours(page.screenshot(clip=box))
     print(f"axial view: grey std {grey_std:.1f}, {overlay} overlay pixels")
     assert grey_std > 20, "the axial view shows no CT"
@@ -168,14 +100,14 @@ def test_paint_save_and_next_in_the_browser(review, browser, tmp_path):
     folder = rs.case_folder(review.out, first)
 
     page.click("#effect-paint")
-    frame = _frame(page)
+    frame = rs.wait_frame(page)
     x0, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
     page.mouse.move(x0, y)
     page.mouse.down()
     for step in range(1, 16):
         page.mouse.move(x0 + step * box["width"] * 0.02, y + step * box["height"] * 0.01)
     page.mouse.up()
-    _frame(page, other_than=frame)  # the stroke was drawn
+    rs.wait_frame(page, other_than=frame)  # the stroke was drawn
     page.click("#save")
     page.wait_for_function("() => document.querySelector('#message').innerText.includes('saved corrected')",
                            timeout=120_000)
@@ -185,33 +117,20 @@ def test_paint_save_and_next_in_the_browser(review, browser, tmp_path):
     assert (folder / "labels_corrected.nii.gz").is_file() and (folder / "segmentation_corrected.seg.nrrd").is_file()
     print(f"stroke: {record['changes']['tumour']['added']} tumour voxels added in {first}")
 
-    frame = _frame(page)
+    frame = rs.wait_frame(page)
     page.click("#next")
     page.wait_for_function("() => document.body.innerText.includes('(2 of 3)')", timeout=120_000)
-    _frame(page, other_than=frame)
+    rs.wait_frame(page, other_than=frame)
     page.close()
 
 
-def _index(page) -> int:
-    return int(re.search(r"\((\d+) of 3\)", page.inner_text("body")).group(1))
-
-
-def _switch(page, frame: str) -> str:
-    """Previous from the second or third case, Next from the first; waits for the new case's frame."""
-    now = _index(page)
-    button, target = ("#prev", now - 1) if now > 1 else ("#next", now + 1)
-    page.click(button)
-    page.wait_for_function(f"() => document.body.innerText.includes('({target} of 3)')", timeout=120_000)
-    return _frame(page, other_than=frame)
-
-
 def test_memory_after_20_case_switches(review, browser):
-    page = _open(browser, review)
+    page = rs.open_page(browser, review.url, len(VARIANTS))
     process = review.front_end()
-    frame = _switch(page, _frame(page))
+    frame = rs.switch_case(page, len(VARIANTS), rs.wait_frame(page))
     first = process.memory_info().rss
     for _ in range(SWITCHES):
-        frame = _switch(page, frame)
+        frame = rs.switch_case(page, len(VARIANTS), frame)
     growth = (process.memory_info().rss - first) / 2**20
     print(f"review server RSS: {first / 2**20:.0f} MB after the first case switch, {growth:+.1f} MB after "
           f"{SWITCHES} more")

@@ -9,6 +9,7 @@ added (volumes, segmentation, confidence map and their display and storage nodes
 
 from __future__ import annotations
 
+import gc
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,10 @@ class ReviewSession:
         self.undo_stack.clear()
         scene_review.remove_nodes(self._nodes, self.scene)
         self._nodes, self.case, self.confidence = [], None, None
+        # The removed case's images are held by Python reference cycles (VTK observers <-> trame-slicer's
+        # wrappers) that the cyclic collector frees only when it happens to run: 75-100 MB per switch on a
+        # 448x448x300 case, never returned. Collecting here frees them at once (20 switches: flat).
+        gc.collect()
 
     def _node_ids(self) -> set[str]:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
