@@ -45,6 +45,7 @@ def test_pickled_code_in_arch_file_is_refused(tmp_path, tiny_bundle):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_pickled_code_in_weights_is_refused(tmp_path, tiny_bundle):
     marker = tmp_path / "pwned"
     b = copy_bundle(tiny_bundle, tmp_path / "b")

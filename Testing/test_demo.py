@@ -80,6 +80,7 @@ def test_demo_prints_the_dice_of_the_files_it_wrote(demo_run):
     assert "NOT for clinical use" in text and "pancreas-dints download" in text
 
 
+@pytest.mark.subprocess
 def test_demo_report_and_outputs_read_back(demo_run):
     out, _ = demo_run
     report = json.loads((out / "report.json").read_text())
@@ -114,6 +115,7 @@ def test_demo_report_and_outputs_read_back(demo_run):
     assert yellow.sum() > 10
 
 
+@pytest.mark.subprocess
 def test_demo_report_has_the_readout_of_its_labels(demo_run):
     """report.json's read-out is readout.combined.case_readout of the written label map (the demo runs it through
     segment_case, as segment does), with confidence from the model and the phantom's truth location."""

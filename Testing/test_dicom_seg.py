@@ -92,6 +92,7 @@ def labels_for(case) -> np.ndarray:
     return np.where(data > 250, 2, np.where((data > -150) & (data < -30), 1, 0)).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_deidentified_series_gets_a_valid_seg(tmp_path, deid_folder, vol):
     import highdicom as hd
 

@@ -142,6 +142,7 @@ def num(item) -> float:
     return float(item.MeasuredValueSequence[0].NumericValue)
 
 
+@pytest.mark.slow
 def test_sr_numbers_equal_report_json_and_scoord3d_endpoints(axial):
     import highdicom as hd
 
@@ -206,6 +207,7 @@ def test_sr_numbers_equal_report_json_and_scoord3d_endpoints(axial):
     assert "0123456789abcdef0123456789abcdef" in text and "PancreasDiNTS tiny" in text
 
 
+@pytest.mark.slow
 def test_sr_references_resolve_to_the_seg_segments_and_the_ct_series(axial):
     import highdicom as hd
 
@@ -232,6 +234,7 @@ def test_sr_references_resolve_to_the_seg_segments_and_the_ct_series(axial):
     assert str(sr.StudyInstanceUID) == str(seg.StudyInstanceUID) == str(strict_read(case.dicom_files[0]).StudyInstanceUID)
 
 
+@pytest.mark.slow
 def test_sr_of_a_case_without_lesion_reports_zero_ml_and_no_diameters(tmp_path, axial):
     root = axial[0]
     write_case(root / "ct", tmp_path / "out", lambda shape: np.where(constructed_labels(shape) == 1, 1, 0).astype(np.uint8))
@@ -315,6 +318,7 @@ def agreement(rt, files, labels, affine) -> dict[int, tuple[int, int]]:
     return out
 
 
+@pytest.mark.slow
 def test_rtstruct_contours_lie_on_the_ct_slices_and_rasterise_to_the_labels(axial):
     import pydicom
 
@@ -345,6 +349,7 @@ def test_rtstruct_contours_lie_on_the_ct_slices_and_rasterise_to_the_labels(axia
     assert pancreas.T[11:13, 13:15].all()  # the pancreas island inside the lesion's hole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tilted", "oblique"])
 def test_tilted_and_oblique_series_reference_the_acquired_images(tmp_path, vol, kind):
     """A gantry-tilted series is resampled for the model; the RTSTRUCT's contours lie on the acquired (tilted)
@@ -373,6 +378,7 @@ def test_tilted_and_oblique_series_reference_the_acquired_images(tmp_path, vol, 
     assert hd.sr.srread(str(tmp_path / "out" / "measurements-sr.dcm")).content.get_volumetric_roi_measurement_groups()
 
 
+@pytest.mark.slow
 def test_deidentified_series_get_sr_and_rtstruct_referencing_meta_uids(tmp_path, vol):
     import pydicom
 
@@ -391,6 +397,7 @@ def test_deidentified_series_get_sr_and_rtstruct_referencing_meta_uids(tmp_path,
     assert meta <= library
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools' dciodvfy is not installed")
 def test_dciodvfy_finds_no_errors(axial):
     root = axial[0] / "out"
@@ -403,6 +410,7 @@ def test_dciodvfy_finds_no_errors(axial):
         assert all("99PDINTS" in ln for ln in lines if ln.startswith("Warning")), (name, lines[:5])
 
 
+@pytest.mark.slow
 def test_partial_success_a_series_without_seg_fails_sr_and_rtstruct_before_inference_and_keeps_the_rest(tmp_path,
                                                                                                        vol):
     """Images of two studies in one series: no SEG, SR or RTSTRUCT can reference them. Known right after reading
@@ -459,6 +467,7 @@ def test_contours_rasterise_exactly_and_enclose_the_pixel_area():
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
+@pytest.mark.subprocess
 def test_cli_writes_seg_sr_and_rtstruct_and_refuses_non_dicom(tmp_path, vol, tiny_bundle, capsys):
     """--format dicom-sr,rtstruct through the real CLI: the SEG the SR references is written too, every SR
     volume equals report.json, the RTSTRUCT agrees with labels.nii.gz; a NIfTI input is refused (exit 2)

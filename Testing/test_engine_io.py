@@ -83,6 +83,7 @@ def test_every_format_gives_the_same_labels_on_the_input_grid(segmented, all_for
         np.testing.assert_allclose(img.affine, src.affine_ras, atol=1e-4)
 
 
+@pytest.mark.subprocess
 def test_label_nifti_keeps_the_input_header(segmented, all_formats):
     out, _ = segmented
     src = nib.load(str(all_formats["nifti"]))
@@ -93,6 +94,7 @@ def test_label_nifti_keeps_the_input_header(segmented, all_formats):
     assert set(np.unique(np.asarray(res.dataobj))) <= {0, 1, 2}
 
 
+@pytest.mark.subprocess
 def test_seg_nrrd_reads_back_in_slicerio(segmented):
     import slicerio
 
@@ -116,6 +118,7 @@ def test_seg_nrrd_reads_back_in_slicerio(segmented):
     np.testing.assert_allclose(np.asarray(seg["ijkToLPS"]), LPS_TO_RAS @ labels_img.affine, atol=1e-4)
 
 
+@pytest.mark.subprocess
 def test_seg_nrrd_terminology_strings_are_slicer_entries(segmented):
     import nrrd
 
@@ -128,6 +131,7 @@ def test_seg_nrrd_terminology_strings_are_slicer_entries(segmented):
     assert all(len(e.split("~")) == 7 for e in found)
 
 
+@pytest.mark.subprocess
 def test_dicom_seg_reads_back_in_highdicom(segmented, all_formats):
     import highdicom as hd
 
@@ -168,6 +172,7 @@ def slice_index(folder: Path, uid: str) -> int:
     return [str(d.SOPInstanceUID) for d in dss].index(uid)
 
 
+@pytest.mark.subprocess
 def test_report_volumes_and_progress_stream(segmented):
     out, events = segmented
     report = json.loads((out / "ct_mha" / "report.json").read_text())

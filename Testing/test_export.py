@@ -107,6 +107,7 @@ def test_onnx_matches_eager_labels(run_dir, ct, eager_labels):
     assert agreement >= 0.999
 
 
+@pytest.mark.slow
 def test_onnx_runs_from_sidecar_alone(run_dir, tmp_path):
     src = run_dir / "models" / "model.onnx"
     if not src.exists():

@@ -129,6 +129,7 @@ def test_state_dict_is_monai_compatible():
         assert torch.equal(fast2(x), fast(x))
 
 
+@pytest.mark.slow
 def test_forward_has_no_graph_breaks_and_no_syncs():
     """torch.compile(fullgraph=True) must trace the whole forward (fails on any graph break)."""
     pytest.importorskip("torch._dynamo")

@@ -173,6 +173,7 @@ def test_odd_geometry_and_values_are_refused_before_inference(kind, tiny_ct, tin
     assert bad.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_spacing_at_the_edges_of_the_range_works(tiny_ct, tiny_bundle, tmp_path, capsys):
     data = np.asarray(nib.load(str(tiny_ct)).dataobj).astype(np.int16)
     data[0] = -1000  # air in every slice

@@ -32,6 +32,7 @@ def unpacked_wheel(built_wheel: Path) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_wheel_holds_the_demo_model(unpacked_wheel: Path) -> None:
     demo = unpacked_wheel / "PancreasDiNTSLib" / "resources" / "models" / "demo"
     source = REPO / "PancreasDiNTS" / "PancreasDiNTSLib" / "resources" / "models" / "demo"

@@ -53,6 +53,7 @@ def test_page_renders_fast_and_readable(tmp_path, case):
     assert yellow.sum() > 20
 
 
+@pytest.mark.slow
 def test_page_without_lesion_and_with_truth(tmp_path):
     hu, lab, aff = phantom(5, shape=(80, 80, 40), tumour=False, noise=False)
     m = case_readout(lab, aff)

@@ -73,6 +73,7 @@ def test_import_equals_engine_labels_in_ras(engine_run, variant):
     assert segmentation.GetTransformNodeID() == volume.GetTransformNodeID()
 
 
+@pytest.mark.subprocess
 def test_terminology_tags_parse_with_the_real_terminology_logic(engine_run):
     scene = engine_run["scene"]
     segmentation = scenelib.import_segmentation(engine_run["out"] / "ras" / "segmentation.seg.nrrd",
@@ -88,6 +89,7 @@ def test_terminology_tags_parse_with_the_real_terminology_logic(engine_run):
     assert scene.GetFirstNodeByName("ras pancreas") is not None
 
 
+@pytest.mark.subprocess
 def test_existing_segmentation_keeps_other_segments_and_second_run_replaces_ours(engine_run):
     scene, volume = engine_run["scene"], engine_run["volumes"]["oblique"]
     case = engine_run["out"] / "oblique"
@@ -104,6 +106,7 @@ def test_existing_segmentation_keeps_other_segments_and_second_run_replaces_ours
     assert np.array_equal(exported["labels"], support.nifti_labels_at(case / "labels.nii.gz", exported))
 
 
+@pytest.mark.subprocess
 def test_new_segmentation_sits_next_to_the_input_in_the_subject_hierarchy(engine_run):
     scene, volume = engine_run["scene"], engine_run["volumes"]["lps"]
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
@@ -200,6 +203,7 @@ def test_roi_node_box_segments_only_inside(engine_run, rotated, cli_env):
     job.cleanup()
 
 
+@pytest.mark.subprocess
 def test_report_of_a_real_run_fills_a_table(engine_run):
     scene = engine_run["scene"]
     report = json.loads((engine_run["out"] / "ras" / "report.json").read_text())
@@ -213,6 +217,7 @@ def test_report_of_a_real_run_fills_a_table(engine_run):
         assert math.isclose(float(table.GetCellText(row, column)), report["volumes_ml"][info.name], rel_tol=1e-6)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_readout_table_lines_and_confidence_of_a_real_run(engine_run, variant):
     """report.json's read-out -> a table node (every row), the largest lesion's diameters -> markups lines with

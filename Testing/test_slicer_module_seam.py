@@ -208,12 +208,14 @@ class Recorder:
         return "segmentation node"
 
 
+@pytest.mark.subprocess
 def test_engine_process_blocking_lists_devices(module_factory):
     module, _ = module_factory(nonblocking_launch=False)
     devices = module.PancreasDiNTSLogic().listDevices()
     assert devices[:2] == device_list.DEFAULT_DEVICES
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])
 def test_engine_process_in_background_reports_events_then_finishes_once(module_factory, nonblocking_launch):
     module, loop = module_factory(nonblocking_launch)
@@ -256,6 +258,7 @@ class ConfidenceRecorder:
         return "confidence node"
 
 
+@pytest.mark.subprocess
 def test_logic_process_runs_the_engine_and_hands_over_the_result(module_factory, tiny_bundle, tmp_path):
     module, _ = module_factory(nonblocking_launch=False)
     logic = module.PancreasDiNTSLogic()
@@ -277,6 +280,7 @@ def test_logic_process_runs_the_engine_and_hands_over_the_result(module_factory,
     assert result.success and result.confidenceNode is None and not logic.loadConfidence.calls
 
 
+@pytest.mark.subprocess
 def test_logic_process_failure_raises_the_engine_message_and_cleans_up(module_factory, tmp_path):
     module, _ = module_factory(nonblocking_launch=False)
     logic = module.PancreasDiNTSLogic()
@@ -294,6 +298,7 @@ def test_logic_process_failure_raises_the_engine_message_and_cleans_up(module_fa
         logic.process(None, None, str(bad), "cpu")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("nonblocking_launch", [False, True], ids=["slicer-5.10", "slicer-5.12"])
 def test_cancel_kills_the_run_and_leaves_nothing(module_factory, tiny_bundle, tmp_path, nonblocking_launch):
     module, loop = module_factory(nonblocking_launch)
@@ -353,6 +358,7 @@ def test_a_blocking_run_keeps_processing_events(module_factory, nonblocking_laun
     assert len(ticks) > 10  # about 0.6 s of child at one round per 20 ms
 
 
+@pytest.mark.subprocess
 def test_shutdown_stops_the_run_and_removes_the_ct_copy_without_calling_back(module_factory, tiny_bundle, tmp_path):
     """Slicer exits mid-run (widget cleanup): the process tree dies, the temporary folder with the copy of the CT
     goes, and no completion callback touches the (closing) panel."""
@@ -373,6 +379,7 @@ def test_shutdown_stops_the_run_and_removes_the_ct_copy_without_calling_back(mod
     assert not completed
 
 
+@pytest.mark.subprocess
 def test_an_import_failure_is_a_failed_run_with_one_line(module_factory, tiny_bundle, tmp_path):
     """An unexpected exception while loading the result ends as a failed result (the panel shows it), not as a
     traceback in the console with the panel stuck; the temporary folder is gone."""
