@@ -25,15 +25,17 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Two pytest workers (pytest-xdist) on the two cores; the ten slowest tests are listed at the end.
+# Two pytest workers (pytest-xdist), one thread each, on the two cores; a file's tests on one worker (module
+# fixtures run once);
+# the ten slowest tests are listed at the end.
 PYTEST_WORKERS ?= 2
 FAST_MARKERS ?= not slow and not subprocess and not server and not browser
 
 test: setup lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=10 Testing
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 Testing
 
 test-fast: $(PY)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" Testing
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "$(FAST_MARKERS)" Testing
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

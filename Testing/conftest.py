@@ -8,6 +8,19 @@ from pathlib import Path
 import pytest
 from support import EXAMPLE_CT_SM, REFERENCE_BUNDLE, REPO, TINY_CHANNEL_MUL, TINY_NUM_BLOCKS, require
 
+HEAVY_MARKERS = ("slow", "subprocess", "server", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with the most heavy tests run first (order kept within a file): with ``-n 2 --dist loadfile`` the
+    long files start at once instead of leaving one worker alone with them at the end."""
+    weight: dict[str, int] = {}
+    for item in items:
+        heavy = any(item.get_closest_marker(m) for m in HEAVY_MARKERS)
+        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + int(heavy)
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-weight[item.nodeid.split("::")[0]], order[id(item)]))
+
 
 @pytest.fixture(scope="session")
 def example_ct_sm() -> Path:
