@@ -362,14 +362,16 @@ def _confirmed(passes: _Passes, x: torch.Tensor, mask: np.ndarray, run: RegionRu
     pancreas or lesion >= the threshold somewhere in the part). A coarse window's edges give artefacts (zero
     padding) that the full run, whose windows overlap, does not have; a window centred on a part sees it as the
     full run's inner windows do. Parts larger than a window's middle half, and all parts when they would need
-    more than half of the full run's windows, are kept unchecked."""
+    more than half as many windows as the full run, are kept unchecked."""
     labelled, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
     run.found = run.confirmed = int(count)
     roi, size = passes.roi, mask.shape
-    if count == 0 or count > run.full_windows / 2 or any(s < r for s, r in zip(size, roi, strict=True)):
+    if count == 0 or any(s < r for s, r in zip(size, roi, strict=True)):
         return mask
     keep = np.zeros(count + 1, dtype=bool)
     checks = _confirmation_windows(ndimage.find_objects(labelled), roi, size, run.settings.band, keep)
+    if len(checks) > run.full_windows / 2:  # dearer than the dense pass it could save
+        return mask
     for i in range(0, len(checks), passes.batch):
         part = checks[i : i + passes.batch]
         batch = torch.cat([x[(slice(None), slice(None)) + win] for win, _ in part])
