@@ -114,7 +114,13 @@ def test_paint_save_and_next_in_the_browser(review, browser, tmp_path):
     record = json.loads((folder / "review.json").read_text())
     assert record["status"] == "corrected" and record["reviewer"] == "Browser Test"
     assert record["changes"]["tumour"]["added"] > 0, record["changes"]
-    assert (folder / "labels_corrected.nii.gz").is_file() and (folder / "segmentation_corrected.seg.nrrd").is_file()
+    import nibabel as nib
+
+    before = np.asarray(nib.load(str(folder / "labels.nii.gz")).dataobj)
+    after = np.asarray(nib.load(str(folder / "labels_corrected.nii.gz")).dataobj)
+    assert after.shape == before.shape and int(((after == 2) & (before != 2)).sum()) == \
+        record["changes"]["tumour"]["added"]
+    assert (folder / "segmentation_corrected.seg.nrrd").is_file()
     print(f"stroke: {record['changes']['tumour']['added']} tumour voxels added in {first}")
 
     frame = rs.wait_frame(page)
