@@ -210,6 +210,7 @@ class WorkerPool:
                     mine = slot.job_id == job_id
                 if mine and self.store.finish(job_id, "cancelled", "cancelled by the client", only_from=("running",)):
                     slot.cancel(job_id)
+                    shutil.rmtree(self.store.job_dir(job_id) / "input", ignore_errors=True)  # gone when we answer
                     return True
             time.sleep(0.05)
         return False
