@@ -104,13 +104,15 @@ def zip_series(files: Iterable[Path], dest: Path) -> Path:
 
 def job_options(formats: Iterable[str] = ("nifti", "seg.nrrd"), mode: str = "fast", roi: Iterable[float] | None = None,
                 roi_space: str = "ras", roi_mode: str = "grid", allow_non_ct: bool = False,
-                series: str | None = None) -> dict[str, str]:
-    """The query parameters of a job (the same options as ``segment``)."""
+                series: str | None = None, region: str | None = None) -> dict[str, str]:
+    """The query parameters of a job (the same options as ``segment``; ``region`` None: the server's default)."""
     opts = {"formats": ",".join(formats), "mode": mode, "allow_non_ct": "true" if allow_non_ct else "false"}
     if roi is not None:
         opts |= {"roi": ",".join(repr(float(v)) for v in roi), "roi_space": roi_space, "roi_mode": roi_mode}
     if series:
         opts["series"] = series
+    if region:
+        opts["region"] = region
     return opts
 
 

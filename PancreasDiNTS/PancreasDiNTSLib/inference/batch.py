@@ -405,7 +405,7 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
     folder or placement is unusable, and DiskFullError (after writing what it can) when the disk fills up.
     ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings."""
     out = settings.out_dir
-    remote = RemoteCases(settings.server, settings.token_file, settings.mode) if settings.server else None
+    remote = RemoteCases(settings.server, settings.token_file, settings.mode, settings.region) if settings.server else None
     if segmenter is None and remote is None:
         dev = resolve_device(settings.device)
         bundle = load_bundle(resolve_model(settings.model))

@@ -57,13 +57,15 @@ def token_path(token_file: str | Path | None) -> Path:
 class RemoteCases:
     """The server of one ``segment --server`` run; :meth:`run` does one case."""
 
-    def __init__(self, url: str, token_file: str | Path | None, mode: str = "fast", poll: float = 0.5) -> None:
+    def __init__(self, url: str, token_file: str | Path | None, mode: str = "fast", region: str | None = None,
+                 poll: float = 0.5) -> None:
         self.client = ServerClient(url, read_token(token_path(token_file)))
         if self.client.insecure:
             print(f"warning: {printable(url)} is not https: the images and the token cross the network in clear",
                   file=sys.stderr)
         self.served = self.client.model()  # reachable, token accepted: checked before the first case
         self.mode = mode
+        self.region = region  # --region as given (None: the server decides by its device, as a local run does)
         self.poll = poll
 
     def run(self, prepared: Prepared, planned: PlannedCase, options: CaseOptions, folder: CaseFolder,
@@ -71,7 +73,7 @@ class RemoteCases:
         """Upload, follow, download into ``folder``; raises InputError with the server's reason on failure."""
         roi = options.roi
         query = job_options(options.formats, self.mode, roi.box if roi else None, roi.space if roi else "ras",
-                            roi.mode if roi else "grid", options.allow_non_ct)
+                            roi.mode if roi else "grid", options.allow_non_ct, region=self.region)
         with tempfile.TemporaryDirectory(prefix="pancreas-dints-upload-") as tmp:
             case = prepared.case
             if case.fmt == "dicom":

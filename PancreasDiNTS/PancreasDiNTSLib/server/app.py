@@ -135,6 +135,11 @@ def _options(query: dict[str, str], allowed: dict[str, list[str]]) -> dict[str, 
             if value not in choices:
                 raise HTTPException(400, f"{key} {printable(value)[:40]}: choose {' or '.join(choices)}")
             opts[key] = value
+    region = query.get("region", "")
+    if region:
+        if region not in allowed.get("regions", ()):
+            raise HTTPException(400, f"region {printable(region)[:40]}: choose {' or '.join(allowed.get('regions', ()))}")
+        opts["region"] = region
     series = query.get("series", "")
     if series:
         if len(series) > MAX_SERIES_PARAM or not series.isprintable():
@@ -198,11 +203,11 @@ def _jobs_router(service: Service) -> APIRouter:
                  "DICOM series); options as query parameters, as for `segment`", openapi_extra=UPLOAD_BODY)
     async def submit(request: Request, kind: str, formats: str = "nifti,seg.nrrd", mode: str = "fast",
                      roi: str | None = None, roi_space: str = "ras", roi_mode: str = "grid", allow_non_ct: bool = False,
-                     series: str | None = None) -> dict[str, Any]:
+                     series: str | None = None, region: str | None = None) -> dict[str, Any]:
         if kind not in UPLOAD_KINDS:
             raise HTTPException(400, f"kind {printable(kind)[:20]}: choose one of {', '.join(UPLOAD_KINDS)}")
         query = {"formats": formats, "mode": mode, "roi": roi or "", "roi_space": roi_space, "roi_mode": roi_mode,
-                 "allow_non_ct": "true" if allow_non_ct else "false", "series": series or ""}
+                 "allow_non_ct": "true" if allow_non_ct else "false", "series": series or "", "region": region or ""}
         opts = _options(query, service.pool.hello["options"])
         if service.store.count("queued") >= service.limits.max_queue:
             raise HTTPException(503, f"the queue is full ({service.limits.max_queue} jobs); try again later")

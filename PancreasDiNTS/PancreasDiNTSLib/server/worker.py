@@ -28,6 +28,7 @@ from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import OUTPUTS, ROI_MODES, ROI_SPACES, RoiRequest
+from PancreasDiNTSLib.inference.region import REGION_MODES
 from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
@@ -77,7 +78,7 @@ class Worker:
 
     def hello(self) -> None:
         options = {"formats": list(OUTPUTS), "modes": list(INFERENCE_MODES), "roi_spaces": list(ROI_SPACES),
-                   "roi_modes": list(ROI_MODES)}
+                   "roi_modes": list(ROI_MODES), "regions": list(REGION_MODES)}
         self.send({"type": "hello", "model": self.bundle.describe(), "device": str(self.device), "pid": os.getpid(),
                    "options": options})
 
@@ -94,6 +95,7 @@ class Worker:
                                device=str(self.device), formats=tuple(opts.get("formats", "nifti,seg.nrrd").split(",")),
                                progress="none", overwrite=True, allow_non_ct=opts.get("allow_non_ct") == "true",
                                mode=opts.get("mode", "fast"), roi=roi, series=opts.get("series") or None,
+                               region=opts.get("region") or None,
                                prefetch=False)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
