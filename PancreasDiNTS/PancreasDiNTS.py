@@ -138,6 +138,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setupDeviceSection()
         self._setupRunSection()
         self._setupResultsSection()
+        self._setupReviewSection()
         self._setupAdvancedSection()
         self.initializeParameterNode()
         self.updateGUI()
@@ -166,6 +167,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.logic.cancel()
+        self._clearReviewCase()
         self.setParameterNode(None)
         self._clearResults()
 
@@ -432,6 +434,68 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Failed to open the Segment Editor."):
             self.logic.editInSegmentEditor(p.outputSegmentation, p.inputVolume)
 
+    # --- Review section (a case folder of a batch: the same files as `pancreas-dints review` in the browser)
+
+    def _setupReviewSection(self):
+        """Built here (no .ui change): open a batch case folder, its review status, Save corrected."""
+        self._reviewCase = None
+        box = ctk.ctkCollapsibleButton()
+        box.text = "Review a batch case"
+        box.collapsed = True
+        form = qt.QFormLayout(box)
+        self.reviewOpenButton = qt.QPushButton("Open case folder...")
+        self.reviewOpenButton.toolTip = ("A case folder OUTDIR/<case> written by `pancreas-dints segment`: its CT and "
+                                         "its segments (the corrected ones when a correction was saved)")
+        self.reviewStatusLabel = qt.QLabel("")
+        self.reviewStatusLabel.wordWrap = True
+        self.reviewerLineEdit = qt.QLineEdit()
+        self.reviewerLineEdit.placeholderText = "your name (recorded with the review)"
+        self.reviewSaveButton = qt.QPushButton("Save corrected")
+        self.reviewSaveButton.toolTip = ("Edit the segments in the Segment Editor, then save: labels_corrected.nii.gz, "
+                                         "segmentation_corrected.seg.nrrd, review.json and OUTDIR/review.csv")
+        form.addRow(self.reviewOpenButton)
+        form.addRow("Review status:", self.reviewStatusLabel)
+        form.addRow("Reviewer:", self.reviewerLineEdit)
+        form.addRow(self.reviewSaveButton)
+        self.layout.addWidget(box)
+        self.reviewOpenButton.connect("clicked(bool)", self.onOpenReviewCase)
+        self.reviewSaveButton.connect("clicked(bool)", self.onSaveCorrected)
+        self._clearReviewCase()
+
+    def _clearReviewCase(self):
+        self._reviewCase = None
+        if getattr(self, "reviewStatusLabel", None) is not None:  # the section exists once setup() has run
+            self.reviewStatusLabel.text = "no case folder open"
+            self.reviewSaveButton.enabled = False
+
+    def onOpenReviewCase(self):
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Open a case folder of a batch")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to open the case folder.", waitCursor=True):
+            self._reviewCase = self.logic.openReviewCase(folder)
+            self._showReviewStatus()
+
+    def _showReviewStatus(self):
+        case = self._reviewCase
+        status = self.logic.reviewStatus(case.folder)
+        text = status["status"]
+        if status["reviewer"]:
+            text += f" by {status['reviewer']}, {status['time']}"
+        if status["reason"]:
+            text += f": {status['reason']}"
+        if case.read_only:
+            text += f" (read-only: {case.read_only})"
+        self.reviewStatusLabel.text = text
+        self.reviewSaveButton.enabled = not case.read_only
+
+    def onSaveCorrected(self):
+        if self._reviewCase is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to save the corrected segmentation.", waitCursor=True):
+            self.logic.saveCorrected(self._reviewCase, self.reviewerLineEdit.text)
+            self._showReviewStatus()
+
     # --- Advanced section
 
     def _setupAdvancedSection(self):
@@ -653,6 +717,32 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         editorWidget.editor.setSegmentationNode(segmentationNode)
         if volumeNode:
             editorWidget.editor.setSourceVolumeNode(volumeNode)
+
+    # --- Review of a batch case (scene layer PancreasDiNTSSceneLib.review, imported when used: it needs nibabel)
+
+    @staticmethod
+    def openReviewCase(folder):
+        """Load a batch case folder into the scene (its CT, its corrected or original segments) and show the CT
+        in the slice views; returns the scene layer's LoadedCase (edit its segmentation, then saveCorrected)."""
+        from PancreasDiNTSSceneLib import review
+
+        case = review.load_case(folder, slicer.mrmlScene)
+        slicer.util.setSliceViewerLayers(background=case.volume, fit=True)
+        return case
+
+    @staticmethod
+    def reviewStatus(folder):
+        """{"status", "reviewer", "time", "reason"} of a case folder ("not reviewed" when none is recorded)."""
+        from PancreasDiNTSSceneLib import review
+
+        return review.review_status(folder)
+
+    @staticmethod
+    def saveCorrected(case, reviewer):
+        """Save the case's segments as its correction: the same files the browser review writes."""
+        from PancreasDiNTSSceneLib import review
+
+        return review.save_corrected(case, reviewer or "unknown", slicer.mrmlScene)
 
 
 #
