@@ -21,9 +21,10 @@ import slicer
 import vtk
 from PancreasDiNTSLib.bridge import case_results, commands, estimate, model_folders
 from PancreasDiNTSLib.core import terminology
-from PancreasDiNTSSceneLib.runs import SegmentationJob, SegmentationResult
+from PancreasDiNTSSceneLib.runs import RemoteSegmentationJob, SegmentationJob, SegmentationResult
 from PancreasDiNTSSlicerLib import devices, packages, reloading, resources
 from PancreasDiNTSSlicerLib.process import EngineProcess
+from PancreasDiNTSSlicerLib.remote import RemoteTask
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -38,6 +39,11 @@ from slicer.util import VTKObservationMixin
 # one qt-scripted-modules/Resources/ when the extension is installed (PancreasDiNTSSlicerLib.resources).
 REQUIREMENTS_FILE = resources.engineRequirementsFile()
 ROI_MODES = ["grid", "local"]
+# what is segmented: the engine's automatic pancreas region (segment --region auto: a coarse pass, then the full
+# run's windows around what it finds), every window (--region whole), or inside a markups ROI (--roi)
+REGION_CHOICES = ["automatic pancreas region", "whole CT", "ROI node"]
+REGION_ARGUMENTS = {"automatic pancreas region": "auto", "whole CT": "whole"}
+RUN_PLACES = ["this computer", "server"]  # where Segment runs (server: docs/SERVER.md)
 SPEED_MODES = list(scenelib.runs.SPEED_CHOICES)  # fast (default: same labels, quicker) or exact (MONAI's own path)
 EXPORTED_MODEL_FILTER = "Exported model (*.ts *.pt *.pth *.pts *.jit *.onnx);;All files (*)"
 
@@ -83,11 +89,14 @@ class PancreasDiNTSParameterNode:
     device - "auto", "cpu" or "cuda:N".
     show3D - show the result as surfaces in the 3D view.
     allowNonCT - segment volumes whose intensities do not look like CT Hounsfield units (with a warning).
-    useROI - segment only inside roiNode (much faster on a CPU).
+    region - what is segmented: "automatic pancreas region" (default; labels equal a whole run's where it ran,
+        much faster on a CPU), "whole CT" (every window) or "ROI node" (inside roiNode).
     roiNode - a markups ROI (rotated ROIs are enclosed in an axis-aligned box).
     roiMode - grid (labels in the box equal the full run's) or local (time proportional to the box).
     mode - fast (default) or exact (MONAI's SlidingWindowInferer as the bundle runs it).
     computeConfidence - ask the engine for its confidence map and load it (for "Show confidence").
+    runOn - "this computer" or "server" (a `pancreas-dints serve`, docs/SERVER.md).
+    serverURL - the server's address, e.g. https://gpu-server:8765 (its token is typed in each session, never stored).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -97,11 +106,13 @@ class PancreasDiNTSParameterNode:
     device: str = "auto"
     show3D: bool = True
     allowNonCT: bool = False
-    useROI: bool = False
+    region: Annotated[str, Choice(REGION_CHOICES)] = REGION_CHOICES[0]
     roiNode: vtkMRMLMarkupsROINode
     roiMode: Annotated[str, Choice(ROI_MODES)] = "grid"
     mode: Annotated[str, Choice(SPEED_MODES)] = "fast"
     computeConfidence: bool = True
+    runOn: Annotated[str, Choice(RUN_PLACES)] = "this computer"
+    serverURL: str = ""
 
 
 #
@@ -324,11 +335,18 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.toolTip = ("Stop the computation" if running
                                        else "Segment the pancreas and pancreatic tumours in the input CT")
         self.ui.inputsCollapsibleButton.enabled = not running
-        self.ui.applyButton.enabled = bool(p and p.inputVolume) and (running or bool(self.currentModel()))
-        useROI = bool(p and p.useROI)
+        remote = self._onServer()
+        self.ui.applyButton.enabled = bool(p and p.inputVolume) and (running or remote or bool(self.currentModel()))
+        self.ui.serverURLLineEdit.enabled = self.ui.serverTokenLineEdit.enabled = remote
+        self.ui.deviceComboBox.enabled = not remote  # the server's workers choose their devices
+        useROI = bool(p and p.region == "ROI node")
         self.ui.roiSelector.enabled = useROI
         self.ui.roiModeComboBox.enabled = useROI
-        self.ui.estimateButton.enabled = bool(p and p.inputVolume and self.currentModel()) and not running
+        self.ui.estimateButton.enabled = bool(p and p.inputVolume and self.currentModel()) and not running and not remote
+
+    def _onServer(self):
+        """True when the panel's "Run on" is a server."""
+        return bool(self._parameterNode and self._parameterNode.runOn == "server")
 
     def onApplyButton(self):
         if self.logic.isRunning():
@@ -336,7 +354,8 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelling..."
             return
         with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
-            if not self.logic.setupPythonRequirements(askConfirmation=True):
+            # a server run needs none of the engine's packages here (only the standard library's HTTP)
+            if not self._onServer() and not self.logic.setupPythonRequirements(askConfirmation=True):
                 return
             p = self._parameterNode
             self.ui.logTextEdit.clear()
@@ -347,8 +366,10 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.process(p.inputVolume, p.outputSegmentation, self.currentModel(), p.device,
                                waitForCompletion=False, eventCallback=self.onEngineEvent,
                                completedCallback=self.onProcessingCompleted, allowNonCT=p.allowNonCT,
-                               roiNode=p.roiNode if p.useROI else None, roiMode=p.roiMode, mode=p.mode,
-                               confidence=p.computeConfidence)
+                               roiNode=p.roiNode if p.region == "ROI node" else None, roiMode=p.roiMode, mode=p.mode,
+                               confidence=p.computeConfidence, region=REGION_ARGUMENTS.get(p.region),
+                               server=p.serverURL if self._onServer() else None,
+                               token=self.ui.serverTokenLineEdit.text)
         self.updateGUI()
 
     def onEngineEvent(self, event):
@@ -366,7 +387,8 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Failed to estimate the run.", waitCursor=True):
             self.ui.estimateLabel.text = self.logic.estimate(
-                p.inputVolume, self.currentModel(), p.roiNode if p.useROI else None, p.roiMode)
+                p.inputVolume, self.currentModel(), p.roiNode if p.region == "ROI node" else None, p.roiMode,
+                region=REGION_ARGUMENTS.get(p.region, "whole"))
 
     def onProcessingCompleted(self, result):
         self.updateGUI()
@@ -602,7 +624,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolume, outputSegmentation, model, device="auto", waitForCompletion=True,
                 eventCallback=None, completedCallback=None, allowNonCT=False, roiNode=None, roiMode="grid",
-                mode="fast", confidence=True):
+                mode="fast", confidence=True, region=None, server=None, token=None):
         """Segment ``inputVolume`` with ``model`` on ``device``. Can be used without GUI widget.
 
         outputSegmentation: an existing segmentation whose "Pancreas" and "Pancreatic tumor" segments are
@@ -610,17 +632,25 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         returned and a failure raises RuntimeError with the engine's one-line message; otherwise the call
         returns at once and completedCallback(SegmentationResult) is called from the main thread.
         The scene is left unchanged when the run fails or is cancelled. roiNode: segment only inside this markups
-        ROI (roiMode grid or local); mode: fast (default) or exact; confidence: also load the engine's confidence
+        ROI (roiMode grid or local); region (without an ROI): "auto" (the automatic pancreas region), "whole" or None
+        (the engine's default: auto on a CPU); mode: fast (default) or exact; confidence: also load the engine's confidence
         map as a volume (``result.confidenceNode``, not shown until :meth:`showConfidence`; not in ROI mode).
+        server, token: run on a ``pancreas-dints serve`` at this address (model and device are the server's; the
+        same input file, progress, cancel and import; docs/SERVER.md).
         """
-        self._checkChoices(inputVolume, model)
-        job = SegmentationJob(inputVolume, model, outputSegmentation, device=device, scene=slicer.mrmlScene,
+        self._checkChoices(inputVolume, model, server)
+        jobClass = RemoteSegmentationJob if server else SegmentationJob  # server: the same input file and import
+        job = jobClass(inputVolume, model or "", outputSegmentation, device=device, scene=slicer.mrmlScene,
                               roi_box=scenelib.roi_box_ras(roiNode) if roiNode else None, roi_mode=roiMode,
-                              mode=mode, allow_non_ct=allowNonCT, python=commands.python_executable(),
+                              mode=mode, region=region, allow_non_ct=allowNonCT, python=commands.python_executable(),
                               work_dir=Path(slicer.util.tempDirectory("PancreasDiNTS")),
                               importer=self.importSegmentation, load_confidence=confidence,
                               confidence_loader=self.loadConfidence)
-        command = job.prepare()  # writes the input in world coordinates (linear transforms hardened, see scene layer)
+        if server:
+            job.server_url, job.token = server, token or ""
+        # writes the input in world coordinates (linear transforms hardened, see scene layer); a server run writes it
+        # when it starts (RemoteSegmentationJob.start)
+        command = None if server else job.prepare()
         results = []
 
         def onFinished(task):
@@ -637,7 +667,10 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
 
         self._job = job
         try:
-            task = self._start(command, waitForCompletion, eventCallback, onFinished)
+            if server:
+                task = self._startRemote(job, waitForCompletion, eventCallback, onFinished)
+            else:
+                task = self._start(command, waitForCompletion, eventCallback, onFinished)
         except Exception:
             self._job = None
             job.cleanup()
@@ -646,10 +679,23 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
             return None
         return self._blockingResult(task, results)
 
+    def _startRemote(self, job, waitForCompletion, eventCallback, finishedCallback):
+        """A server run: the upload starts on a thread; RemoteTask polls it like an engine process."""
+        if self.isRunning():
+            raise RuntimeError("The engine is already running; wait for it or cancel it first.")
+        try:
+            run = job.start()
+        except scenelib.SceneLayerError as error:
+            raise ValueError(str(error)) from None
+        self._task = RemoteTask(run, eventCallback, finishedCallback)
+        return self._task.start(waitForCompletion)
+
     @staticmethod
-    def _checkChoices(inputVolume, model):
+    def _checkChoices(inputVolume, model, server=None):
         if not inputVolume:
             raise ValueError("Select an input CT volume.")
+        if server:
+            return  # the server's model
         if not model:
             raise ValueError("Select a model: download the official model or choose a local model folder.")
         if not Path(model).exists():
@@ -698,9 +744,10 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
             scenelib.add_line(points, lineName, slicer.mrmlScene, reference=inputVolume)
         return table
 
-    def estimate(self, inputVolume, model, roiNode=None, roiMode="grid"):
-        """'N windows, about T on this computer': from the CT's and the ROI's size and the model's window settings."""
-        return scenelib.roi.estimate_line(inputVolume, model, roiNode, roiMode, self.secondsPerWindow)
+    def estimate(self, inputVolume, model, roiNode=None, roiMode="grid", region="whole"):
+        """'N windows, about T on this computer': from the CT's and the ROI's size and the model's window settings
+        (region "auto": the automatic pancreas region's coarse windows and those of a typical gland)."""
+        return scenelib.roi.estimate_line(inputVolume, model, roiNode, roiMode, self.secondsPerWindow, region)
 
     @staticmethod
     def setShow3D(segmentationNode, show):

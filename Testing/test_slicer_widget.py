@@ -65,8 +65,8 @@ def panel(monkeypatch, tmp_path):
     widget.removeObserver = widget.addObserver = lambda *args: None
     widget._parameterNode = types.SimpleNamespace(
         inputVolume="ct", outputSegmentation=None, useLocalModel=True, localModelPath=tmp_path,
-        device="cuda:1", useROI=False, roiNode=None, roiMode="grid", mode="fast", show3D=True,
-        computeConfidence=True, allowNonCT=False, disconnectGui=lambda tag: None)
+        device="cuda:1", region="automatic pancreas region", roiNode=None, roiMode="grid", mode="fast", show3D=True,
+        computeConfidence=True, allowNonCT=False, runOn="this computer", serverURL="", disconnectGui=lambda tag: None)
     widget.parent = types.SimpleNamespace(isEntered=False)
     return widget, loop, errors
 
