@@ -185,6 +185,6 @@ class RemoteSegmentationJob(SegmentationJob):
             self.cleanup()
             raise
         options = remote.job_options(self.requested_formats(), self.mode, self.roi_box, "ras", self.roi_mode,
-                                     self.allow_non_ct)
+                                     self.allow_non_ct, region=self.region)
         return remote.RemoteRun(client, input_path, self.output_dir, options,
                                 case=INPUT_FILE_NAME.split(".")[0]).start()

@@ -276,7 +276,9 @@ class RemoteRun:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> RemoteRun:
-        self._thread.start()
+        """Start the run's thread (once: a second call does nothing)."""
+        if self._thread.ident is None:
+            self._thread.start()
         return self
 
     def _say(self, event: dict[str, Any]) -> None:
