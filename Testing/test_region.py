@@ -269,7 +269,7 @@ def test_confirmation_drops_edge_artefacts_and_keeps_the_full_runs_labels():
     seg, pre = _segmenter(), _pre(img)
     seg.network = _edgy
     seg.infer = lambda p, on_window=None: sliding_window_exact_skip(p.unsqueeze(0), _edgy, ROI, 4, 0.5)
-    logits, run = R.infer_auto(seg, pre)
+    logits, run = R.infer_auto(seg, pre, settings=R.RegionSettings(confirm=True))
     assert run.found > run.confirmed >= 1 and 0 < run.confirm_windows <= run.found
     assert np.array_equal(np.asarray(logits[0].argmax(0)), _full_labels(seg, pre))
     assert sum(run.dense_windows) < run.full_windows

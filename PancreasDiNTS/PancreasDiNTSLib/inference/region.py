@@ -6,12 +6,12 @@
    scan interval equals the window, the last window moved back to the image edge), about ``(1 - overlap)^3``
    of the full run's windows (1/8 for the demo model, 1/19 for the released one).
 2. **Region** -- the coarse foreground, the voxels whose probability of pancreas or lesion
-   (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.3, below an argmax's 0.5); each of its
-   parts is **confirmed** by a window centred on it (the same threshold anywhere in the part: a coarse window's
-   edges give zero-padding artefacts that the full run's overlapping windows do not; one window checks every part
-   lying :data:`EDGE_BAND` voxels inside it), then the confirmed parts are
-   dilated by :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius). Several
-   separate regions are allowed.
+   (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.3, below an argmax's 0.5), dilated by
+   :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius). Several separate regions
+   are allowed. ``RegionSettings(confirm=True)`` (engine API only, off by default) first checks each part with a
+   window centred on it (the same threshold anywhere in the part; one window checks every part lying
+   :data:`EDGE_BAND` voxels inside it), which drops a coarse window's edge artefacts but, measured on
+   Testing/benchmarks/auto_region_check.py, also a few-voxel specks that the whole run labels.
 3. **Dense pass** -- the full run's own windows that touch the region (``windows.sliding_window_exact_skip``
    with ``windows=``). Every voxel all of whose covering windows ran (the *exact region*, which holds the
    region) gets the full run's window sum in MONAI's order, so its logits and labels are the whole-volume run's.
@@ -81,6 +81,7 @@ class RegionSettings:
     max_rounds: int = MAX_GROWTH_ROUNDS
     min_saving: float = MIN_SAVING
     band: int = EDGE_BAND
+    confirm: bool = False  # check each coarse part with a centred window (off: it can drop the whole run's specks)
 
 
 def resolve_region(choice: str | None, device: torch.device | str, roi: Any = None) -> str:
@@ -121,7 +122,7 @@ class RegionRun:
                         "confirm": self.confirm_windows, "computed": self.computed,
                         "full_computed": self.full_computed,
                         "fraction_of_full": round(self.computed / max(1, self.full_computed), 4)},
-            "coarse_parts": {"found": self.found, "confirmed": self.confirmed},
+            "coarse_parts": {"found": self.found, "confirmed": self.confirmed} if self.settings.confirm else None,
             "regions": self.regions, "region_count": self.region_count,
             "exact_fraction": round(self.exact_fraction, 6), "fallback": self.fallback,
         }
@@ -339,7 +340,8 @@ def infer_auto(segmenter: Any, pre: Any, progress: ProgressFn | None = None,
     mask = coarse_foreground(coarse, settings.threshold) & informative(coarse_grid, constant_windows(x, coarse_grid))
     constant = constant_windows(x, full)
     run.full_computed = len(full.windows) - len(constant) + len(set(constant.values()))
-    mask = _confirmed(passes, x, mask, run)
+    if settings.confirm:
+        mask = _confirmed(passes, x, mask, run)
     if not mask.any():
         del coarse
         return _whole(segmenter, pre, run, f"the coarse pass found no pancreas or lesion (probability >= "
