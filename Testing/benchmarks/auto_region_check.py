@@ -14,7 +14,8 @@ everywhere: a stress case where the region covers most of the volume. Each run i
 input): the whole-volume fast run (whose labels equal the exact MONAI run's: test_fastpath, test_engine_equality;
 ``--exact`` adds the exact run itself) against the automatic region. Reported per case: labels equal over the
 whole volume, Dice against the whole run for the pancreas and for every lesion component of the whole run, the
-end-to-end speed-up (read .. write) and the windows each pass ran.
+end-to-end speed-up (read .. write; wall clock, and CPU seconds, which a busy shared machine does not inflate)
+and the windows each pass ran.
 
 ``--overlaps``: the demo model's own sliding-window overlap (0.5: every voxel is seen by about 8 windows) and the
 released bundle's (0.625, about 19 windows: a copy of the demo bundle with only ``inferer.overlap`` changed).
@@ -177,6 +178,8 @@ def run_case(name: str, ct: Path, model: Path, work: Path, exact: bool, threads:
     result = {"case": name, "whole_s": round(whole["pipeline_s"], 2), "auto_s": round(auto["pipeline_s"], 2),
               "speedup": round(whole["pipeline_s"] / auto["pipeline_s"], 3),
               "speedup_infer": round(whole["stages"]["infer"] / max(auto["stages"]["infer"], 1e-9), 3),
+              "whole_cpu_s": round(whole["pipeline_cpu_s"], 1), "auto_cpu_s": round(auto["pipeline_cpu_s"], 1),
+              "speedup_cpu": round(whole["pipeline_cpu_s"] / max(auto["pipeline_cpu_s"], 1e-9), 3),
               "whole_windows": whole.get("windows"), "whole_computed": whole.get("windows_computed"),
               "region": auto.get("region"), "stages_whole": whole["stages"], "stages_auto": auto["stages"]}
     labels_whole = _labels(whole["output"])
@@ -203,14 +206,14 @@ def passed(r: dict[str, Any]) -> bool:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'case':<34}{'whole s':>9}{'auto s':>9}{'speedup':>9}{'infer x':>9}{'windows c+d/full':>18}"
+    print(f"\n{'case':<34}{'whole s':>9}{'auto s':>9}{'speedup':>9}{'cpu x':>7}{'windows c+d/full':>18}"
           f"{'equal %':>11}{'Dice p':>8}{'Dice les':>9}{'fallback':>10}")
     for r in rows:
         reg = r.get("region") or {}
         w = reg.get("windows") or {}
         windows = f"{w.get('coarse', 0)}+{sum(w.get('dense', []))}/{w.get('full', '?')}"
         les = r["dice_per_lesion_min"]
-        print(f"{r['case']:<34}{r['whole_s']:>9.1f}{r['auto_s']:>9.1f}{r['speedup']:>9.2f}{r['speedup_infer']:>9.2f}"
+        print(f"{r['case']:<34}{r['whole_s']:>9.1f}{r['auto_s']:>9.1f}{r['speedup']:>9.2f}{r['speedup_cpu']:>7.2f}"
               f"{windows:>18}{100 * r['agreement']:>11.4f}{r['dice_pancreas']:>8.4f}"
               f"{'-' if les is None else f'{les:.4f}':>9}{'yes' if reg.get('fallback') else 'no':>10}")
 
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"model": str(args.model), "tiles": tiles, "shape": [t * s for t, s in zip(tiles, TILE_SHAPE, strict=True)],
                "spacing_mm": TILE_SPACING, "threads": args.threads, "targets": TARGETS,
                "all_labels_ok": all(passed(r) for r in rows),
-               "speedup_ok": {str(r["overlap"]): r["speedup"] >= TARGETS["speedup"] for r in main_rows},
+               "speedup_ok": {str(r["overlap"]): min(r["speedup"], r["speedup_cpu"]) >= TARGETS["speedup"]
+                              for r in main_rows},
                "cases": [{k: v for k, v in r.items() if not k.startswith("stages")} for r in rows]}
     print_table(rows)
     print(json.dumps(summary, default=str))
