@@ -27,7 +27,7 @@ scene_support.import_slicer_core()
 pytest.importorskip("trame_slicer", reason="the review extra is not installed: pip install -e '.[review]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 
-pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.slow, pytest.mark.subprocess]
 CHROMIUM = Path(os.environ.get("PANCREAS_DINTS_CHROMIUM", "/usr/bin/chromium"))
 VARIANTS = ("ras", "lps", "dicom")
 TOKEN = "review-test-token-0123456789"

@@ -31,6 +31,7 @@ from PancreasDiNTSReview.session import ReviewSession  # noqa: E402
 from PancreasDiNTSSceneLib import SceneLayerError  # noqa: E402
 from PancreasDiNTSSceneLib import review as scene_review  # noqa: E402
 
+pytestmark = [pytest.mark.slow]  # the module's batch: one real segment run (about 40 s on 2 cores)
 VARIANTS = ("ras", "oblique", "lps", "dicom")
 PAINT_MM, ERASE_MM = 9.0, 7.0
 
@@ -146,6 +147,7 @@ def test_accept_reject_history_and_review_csv(session, batch_out):
     assert ",accepted," in rows["oblique"]
 
 
+@pytest.mark.subprocess
 def test_two_reviewers_saving_one_case(batch_out, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(batch_out, out)
