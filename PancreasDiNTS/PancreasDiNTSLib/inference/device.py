@@ -20,7 +20,8 @@ T = TypeVar("T")
 TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """An integer environment variable (torchrun's RANK, WORLD_SIZE, LOCAL_RANK), ``default`` when unset or bad."""
     try:
         return int(os.environ.get(name, default))
     except ValueError:
@@ -29,7 +30,7 @@ def _env_int(name: str, default: int) -> int:
 
 def launched_by_torchrun() -> bool:
     """True when the torchrun environment variables are set for more than one process."""
-    return all(k in os.environ for k in TORCHRUN_KEYS) and _env_int("WORLD_SIZE", 1) > 1
+    return all(k in os.environ for k in TORCHRUN_KEYS) and env_int("WORLD_SIZE", 1) > 1
 
 
 def _cuda_index(name: str) -> int:
@@ -70,8 +71,8 @@ def device_for_rank(requested: str | torch.device | None = None) -> torch.device
 
     For work that needs no collective (e.g. ``segment`` on its shard of the cases).
     """
-    world = _env_int("WORLD_SIZE", 1) if launched_by_torchrun() else 1
-    return resolve_device(requested, _env_int("LOCAL_RANK", 0) if world > 1 else 0, world)
+    world = env_int("WORLD_SIZE", 1) if launched_by_torchrun() else 1
+    return resolve_device(requested, env_int("LOCAL_RANK", 0) if world > 1 else 0, world)
 
 
 def is_oom(exc: BaseException) -> bool:

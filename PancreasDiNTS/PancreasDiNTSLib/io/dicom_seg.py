@@ -277,18 +277,25 @@ def build_segmentation(sources: SegSources, frames: np.ndarray, model_name: str,
 
 
 def encode(seg: Any) -> bytes:
-    """The SEG as file bytes (raises what pydicom raises for a value it cannot write)."""
+    """A DICOM object (SEG, SR, RTSTRUCT) as file bytes (raises what pydicom raises for a value it cannot write)."""
     buf = io.BytesIO()
     seg.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
-def check_preconditions(files: Sequence[Path], model_name: str, model_version: str) -> list[str]:
-    """Build and encode a SEG of this series with a dummy label map: notes, or DicomSegError (one line)."""
-    sources = prepare_sources(files)
+def trial_frames(sources: SegSources) -> np.ndarray:
+    """A dummy label map on the series' images (one voxel of each label) for the trial objects built before
+    inference."""
     first = sources.datasets[0]
     frames = np.zeros((len(sources.datasets), int(first.Rows), int(first.Columns)), dtype=np.uint8)
     frames[0, 0, 0], frames[-1, -1, -1] = 1, 2
+    return frames
+
+
+def check_preconditions(files: Sequence[Path], model_name: str, model_version: str) -> list[str]:
+    """Build and encode a SEG of this series with a dummy label map: notes, or DicomSegError (one line)."""
+    sources = prepare_sources(files)
+    frames = trial_frames(sources)
     try:
         encode(build_segmentation(sources, frames, model_name, model_version))
     except DicomSegError:

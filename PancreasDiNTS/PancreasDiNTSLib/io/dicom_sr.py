@@ -22,7 +22,6 @@ images are the evidence.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,9 @@ from PancreasDiNTSLib.io.dicom_seg import (
     _derived_uid,
     build_segmentation,
     clean_text,
+    encode,
     prepare_sources,
+    trial_frames,
 )
 
 LOCAL_SCHEME = "99PDINTS"
@@ -271,10 +272,6 @@ def build_report(sources: SegSources, seg: Any, readout: dict[str, Any], model: 
             responsible_organization="PancreasDiNTS")])
 
 
-def encode(sr: Any) -> bytes:
-    buf = io.BytesIO()
-    sr.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _trial_readout() -> dict[str, Any]:
@@ -293,9 +290,7 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
     """Build and encode an SR of this series (with a trial SEG and a stand-in read-out): notes, or DicomSrError."""
     try:
         sources = prepare_sources(files)
-        first = sources.datasets[0]
-        frames = np.zeros((len(sources.datasets), int(first.Rows), int(first.Columns)), dtype=np.uint8)
-        frames[0, 0, 0], frames[-1, -1, -1] = 1, 2
+        frames = trial_frames(sources)
         seg = build_segmentation(sources, frames, model_name, model_version)
         encode(build_report(sources, seg, _trial_readout(), {}, model_name, model_version))
     except Exception as exc:  # noqa: BLE001 - highdicom/pydicom raise many types; the user gets one line

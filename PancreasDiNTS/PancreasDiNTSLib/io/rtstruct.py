@@ -18,7 +18,6 @@ the label covers masses and cysts), the pancreas is an ORGAN.
 from __future__ import annotations
 
 import datetime
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,14 @@ from PancreasDiNTSLib.core.atomic import atomic_path
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.io.contours import slice_contours
-from PancreasDiNTSLib.io.dicom_seg import SegSources, clean_text, frames_on_sources, prepare_sources
+from PancreasDiNTSLib.io.dicom_seg import (
+    SegSources,
+    clean_text,
+    encode,
+    frames_on_sources,
+    prepare_sources,
+    trial_frames,
+)
 
 RT_STRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"  # the SOP class an RT Referenced Study item names
@@ -177,19 +183,13 @@ def build_structure_set(sources: SegSources, frames: np.ndarray, model_name: str
     return ds
 
 
-def encode(ds: Any) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def check_preconditions(files: Sequence[Path], model_name: str, model_version: str) -> list[str]:
     """Build and encode an RTSTRUCT of this series with a dummy label map: notes, or DicomRtError (one line)."""
     try:
         sources = prepare_sources(files)
-        first = sources.datasets[0]
-        frames = np.zeros((len(sources.datasets), int(first.Rows), int(first.Columns)), dtype=np.uint8)
-        frames[0, 0, 0], frames[-1, -1, -1] = 1, 2
+        frames = trial_frames(sources)
         encode(build_structure_set(sources, frames, model_name, model_version))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; the user gets one line
         text = str(exc).strip().splitlines()

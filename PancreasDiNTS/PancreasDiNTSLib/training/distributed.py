@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -23,7 +22,7 @@ from typing import Any, TypeVar, overload
 import torch
 import torch.distributed as dist
 
-from PancreasDiNTSLib.inference.device import launched_by_torchrun, resolve_device
+from PancreasDiNTSLib.inference.device import env_int, launched_by_torchrun, resolve_device
 
 T = TypeVar("T")
 
@@ -47,25 +46,18 @@ class DistContext:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 def get_rank() -> int:
     """Global rank: from the process group if there is one, else from torchrun's ``RANK``, else 0."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return _env_int("RANK", 0)
+    return env_int("RANK", 0)
 
 
 def get_world_size() -> int:
     """Number of processes: from the process group if there is one, else from ``WORLD_SIZE``, else 1."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
-    return max(1, _env_int("WORLD_SIZE", 1))
+    return max(1, env_int("WORLD_SIZE", 1))
 
 
 def is_distributed() -> bool:
@@ -85,7 +77,7 @@ def init_distributed(
     ``backend`` defaults to ``nccl`` when the device is a GPU and ``gloo`` on CPU. Calling it again returns the
     same context. Outside torchrun: rank 0 of 1, no process group.
     """
-    world, local = max(1, _env_int("WORLD_SIZE", 1)), _env_int("LOCAL_RANK", 0)
+    world, local = max(1, env_int("WORLD_SIZE", 1)), env_int("LOCAL_RANK", 0)
     dev = resolve_device(device, local, world)
     if world == 1 or not launched_by_torchrun():
         return DistContext(0, 1, 0, dev, None)
