@@ -344,8 +344,9 @@ def infer_auto(segmenter: Any, pre: Any, progress: ProgressFn | None = None,
         mask = _confirmed(passes, x, mask, run)
     if not mask.any():
         del coarse
+        checked = ", confirmed by a window centred on it" if settings.confirm else ""
         return _whole(segmenter, pre, run, f"the coarse pass found no pancreas or lesion (probability >= "
-                      f"{settings.threshold}, confirmed by a window centred on it); the whole volume was segmented", report("whole"), passes.stats)
+                      f"{settings.threshold}{checked}); the whole volume was segmented", report("whole"), passes.stats)
     spacing = spacing_of(pre.affine)
     mask = dilate(mask, spacing, settings.margin_mm)
     sums, exact, mask = _dense(passes, x, (full, overlap), (mask, set(constant)), spacing, run, report("dense"))
