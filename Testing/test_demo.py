@@ -12,6 +12,7 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
+from PancreasDiNTSLib.core import paths
 from PancreasDiNTSLib.core.atomic import FOLDER_MANIFEST
 from PancreasDiNTSLib.core.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, OutputError
 from PancreasDiNTSLib.synthetic import demo
@@ -88,8 +89,8 @@ def test_demo_report_and_outputs_read_back(demo_run):
                 "timings_s", "model", "outputs", "device"):
         assert key in report, key
     assert report["demo"] is True and "not for clinical use" in report["notice"].lower()
-    assert report["phantom"]["seed"] == demo.DEFAULT_SEED
-    assert report["phantom"]["seed"] not in demo.TRAINING_SEEDS
+    assert report["phantom"]["seed"] == paths.DEMO_DEFAULT_SEED
+    assert report["phantom"]["seed"] not in paths.DEMO_TRAINING_SEEDS
     assert report["model"]["path"] == str(demo.demo_model_dir())
     # nothing half-written; the folder manifest lets a later demo run replace exactly these files
     assert sorted(p.name for p in out.iterdir()) == sorted([*demo.OUTPUT_FILES.values(), FOLDER_MANIFEST])
@@ -140,7 +141,7 @@ def test_demo_report_has_the_readout_of_its_labels(demo_run):
 def test_demo_refuses_training_seeds_and_foreign_folders(tmp_path, cli_env):
     _demo_model()
     out = tmp_path / "out"
-    proc = _run(cli_env, "-o", str(out), "--seed", str(demo.TRAINING_SEEDS.start), "--progress", "none")
+    proc = _run(cli_env, "-o", str(out), "--seed", str(paths.DEMO_TRAINING_SEEDS.start), "--progress", "none")
     assert proc.returncode == EXIT_USAGE and "used to train the demo model" in proc.stderr
     assert not out.exists()
 

@@ -147,3 +147,17 @@ def test_torch_free_layer_imports_without_torch(layer: str, tmp_path: Path) -> N
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"{layer}/ pulled in {out.stdout.strip()}"
+
+
+def test_cli_parser_imports_no_torch() -> None:
+    """`pancreas-dints --help` (and the parser of every sub-command) stays fast: it imports neither torch nor
+    numpy; each command imports its engine modules when it runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, PancreasDiNTSLib.cli as c; c.build_parser(); "
+            "print(','.join(m for m in ('torch', 'monai', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(LIB.parent),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the CLI's parser pulled in {out.stdout.strip()}"

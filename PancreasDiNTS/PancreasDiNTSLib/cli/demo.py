@@ -14,14 +14,14 @@ HELP = ("offline demo: segment a synthetic CT phantom with the demo model (train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from PancreasDiNTSLib.synthetic.demo import DEFAULT_SEED, DEMO_MODEL_ENV, TRAINING_SEEDS
+    from PancreasDiNTSLib.core.paths import DEMO_DEFAULT_SEED, DEMO_MODEL_ENV, DEMO_TRAINING_SEEDS
 
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (new, empty, or an earlier demo output, which is replaced as a whole; not the "
                         "current folder)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help=f"phantom seed (default {DEFAULT_SEED}); seeds {TRAINING_SEEDS.start}..{TRAINING_SEEDS.stop - 1} "
+    p.add_argument("--seed", type=int, default=DEMO_DEFAULT_SEED,
+                   help=f"phantom seed (default {DEMO_DEFAULT_SEED}); seeds {DEMO_TRAINING_SEEDS.start}..{DEMO_TRAINING_SEEDS.stop - 1} "
                         "trained the demo model and are refused")
     p.add_argument("--model", default=None, metavar="BUNDLE_DIR",
                    help=f"model folder or `official` (default: ${DEMO_MODEL_ENV}, else the packaged demo model)")

@@ -30,7 +30,7 @@ def _name(text: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from PancreasDiNTSLib.model.download import DEFAULT_VERSION
+    from PancreasDiNTSLib.model.release import DEFAULT_VERSION
 
     p.add_argument("--dest", type=Path, default=None,
                    help="cache root (default: $PANCREAS_DINTS_HOME/models or ~/.cache/pancreas-dints/models)")

@@ -9,6 +9,11 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The offline demo model ships inside the package (wheel, editable install and Slicer module alike).
 PACKAGED_DEMO_MODEL = PACKAGE_DIR / "resources" / "models" / "demo"
 DEMO_MODEL_ENV = "PANCREAS_DINTS_DEMO_MODEL"
+# The demo model was trained on data-set seed 1 (case seeds 100004..100243) and evaluated on data-set seed 2
+# (case seeds 200007..200022) of `make-phantoms`; the demo draws its phantom from seed DEMO_DEFAULT_SEED + n, far from
+# both. Seeds in DEMO_TRAINING_SEEDS are refused (a phantom seen in training would overstate the Dice).
+DEMO_DEFAULT_SEED = 900001
+DEMO_TRAINING_SEEDS = range(100004, 100244)
 MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
 # The released bundle's name: `download` installs it as <cache>/<OFFICIAL_BUNDLE_NAME>/<version>/.
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"

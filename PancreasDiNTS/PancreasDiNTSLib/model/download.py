@@ -37,9 +37,8 @@ from PancreasDiNTSLib.core.errors import (
 )
 from PancreasDiNTSLib.core.paths import OFFICIAL_BUNDLE_NAME, model_cache_root
 from PancreasDiNTSLib.model.bundle import ChecksumError, file_md5, read_bundle_folder
-from PancreasDiNTSLib.model.release import RELEASED_OPTIONAL, RELEASED_REQUIRED
+from PancreasDiNTSLib.model.release import DEFAULT_VERSION, RELEASED_OPTIONAL, RELEASED_REQUIRED
 
-DEFAULT_VERSION = "0.5.0"
 # The released weights: path -> (md5, url). Every official install has exactly these digests.
 RELEASED_FILES = dict(RELEASED_REQUIRED)
 REQUIRED = ("configs/inference.yaml", "models/model.pt", "models/search_code_18590.pt")  # the official release

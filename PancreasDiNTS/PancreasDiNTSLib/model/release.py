@@ -7,6 +7,8 @@ never trusted for that.
 
 from __future__ import annotations
 
+DEFAULT_VERSION = "0.5.0"  # the released bundle version `download` installs (its checksums below)
+
 _BASE = "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/model_zoo/model_pancreas_ct_dints_segmentation"
 
 # path inside the bundle -> (md5, url); every official install has these files with exactly these digests.

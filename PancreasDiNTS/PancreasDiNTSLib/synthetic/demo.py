@@ -23,7 +23,13 @@ import numpy as np
 
 from PancreasDiNTSLib.core.atomic import atomic_dir, check_location, check_replaceable
 from PancreasDiNTSLib.core.errors import EXIT_USAGE, ModelError, OutputError, PancreasDiNTSError
-from PancreasDiNTSLib.core.paths import DEMO_MODEL_ENV, demo_model_location, is_model_folder
+from PancreasDiNTSLib.core.paths import (
+    DEMO_DEFAULT_SEED,
+    DEMO_MODEL_ENV,
+    DEMO_TRAINING_SEEDS,
+    demo_model_location,
+    is_model_folder,
+)
 from PancreasDiNTSLib.core.progress import Progress
 from PancreasDiNTSLib.core.terminology import METRIC_KEYS
 from PancreasDiNTSLib.inference.device import resolve_device
@@ -37,11 +43,6 @@ from PancreasDiNTSLib.readout.page import render_case_page
 from PancreasDiNTSLib.synthetic.phantom import make_phantom
 from PancreasDiNTSLib.training.evaluate import dice_per_class
 
-# The demo model was trained on data-set seed 1 (case seeds 100004..100243) and evaluated on data-set seed 2
-# (case seeds 200007..200022) of `make-phantoms`; the demo draws its phantom from seed DEFAULT_SEED + n, far from
-# both. Seeds in TRAINING_SEEDS are refused (a phantom seen in training would overstate the Dice).
-DEFAULT_SEED = 900001
-TRAINING_SEEDS = range(100004, 100244)
 PHANTOM_SIZE = "small"
 PHANTOM_SLICE_MM = (0.6, 1.2)  # the demo model's training and held-out phantoms: make-phantoms --slice-mm 0.6,1.2
 NOT_CLINICAL = ("The demo model was trained on synthetic phantoms only; it is NOT for clinical use. "
@@ -75,9 +76,9 @@ class SeedError(PancreasDiNTSError):
 
 
 def check_seed(seed: int) -> None:
-    if seed in TRAINING_SEEDS:
+    if seed in DEMO_TRAINING_SEEDS:
         raise SeedError(f"--seed {seed}: this phantom was used to train the demo model "
-                          f"(seeds {TRAINING_SEEDS.start}..{TRAINING_SEEDS.stop - 1}); choose another seed")
+                          f"(seeds {DEMO_TRAINING_SEEDS.start}..{DEMO_TRAINING_SEEDS.stop - 1}); choose another seed")
 
 
 def check_output(out: Path) -> None:
@@ -142,7 +143,7 @@ def _demo_report(outcome: Any, segmenter: Any, truth: np.ndarray, info: Any, see
     return report
 
 
-def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEFAULT_SEED, progress: str = "auto",
+def run_demo(out_dir: str | Path, device: str = "auto", seed: int = DEMO_DEFAULT_SEED, progress: str = "auto",
              model: str | Path | None = None) -> dict[str, Any]:
     """Make a phantom, segment it with the demo model (pipeline.segment_case), write the outputs into
     ``out_dir``; return the report."""
