@@ -101,6 +101,8 @@ WORKER = textwrap.dedent(
     """
 )
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
 
 @pytest.mark.slow
 def test_two_process_gloo_under_torchrun(tmp_path, cli_env):
@@ -108,6 +110,10 @@ def test_two_process_gloo_under_torchrun(tmp_path, cli_env):
     script.write_text(WORKER)
     env = {**cli_env, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(TORCHRUN + [str(script)], env=env, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
+        # gloo on a loaded CPU can abort while the ranks tear down after all their work (seen once in CI with two
+        # xdist workers); one rerun must then exit cleanly, so a run that always aborts still fails here.
+        proc = subprocess.run(TORCHRUN + [str(script)], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"worker.py.rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in results] == [0, 1]
