@@ -131,7 +131,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._confidenceNode = None  # the last run's confidence volume (loaded hidden; "Show confidence" shows it)
-        self._deviceTask = None  # the running GPU detection, if any
+        self.devicePicker = None  # the device combo box and Detect GPUs (PancreasDiNTSSlicerLib.devices)
         self._startTime = None
 
     # --- Lifecycle
@@ -158,8 +158,8 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes and the module widget is destroyed: stop the engine, remove the
         run's temporary folder (the CT copy), without touching widgets."""
         self.logic.shutdown()
-        if self._deviceTask is not None:
-            self._deviceTask.stop()
+        if self.devicePicker is not None:
+            self.devicePicker.stop()
         self.removeObservers()
 
     def onReload(self):
@@ -296,33 +296,12 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Device section
 
     def _setupDeviceSection(self):
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        devices.setDeviceItems(self.ui.deviceComboBox, devices.DEFAULT_DEVICES)
+        self.devicePicker = devices.DevicePicker(self.ui.deviceComboBox, self.ui.refreshDevicesButton,
+                                                 self.ui.statusLabel, lambda: self._parameterNode, self.updateGUI,
+                                                 slicer.util.tryWithErrorDisplay)
 
     def _updateDeviceSection(self, p, running):
-        devices.selectDevice(self.ui.deviceComboBox, p.device if p else "auto")
-        self.ui.refreshDevicesButton.enabled = self._deviceTask is None
-
-    def onDeviceChanged(self, index):
-        if self._parameterNode:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
-
-    def onRefreshDevices(self):
-        """Ask torch for the GPUs in a background process; the panel stays usable meanwhile."""
-        with slicer.util.tryWithErrorDisplay("Failed to list the compute devices."):
-            self.ui.refreshDevicesButton.text = "Detecting..."
-            self._deviceTask = devices.detectDevices(self.onDevicesDetected)
-        self.updateGUI()
-
-    def onDevicesDetected(self, found, error):
-        self._deviceTask = None
-        self.ui.refreshDevicesButton.text = "Detect GPUs"
-        devices.setDeviceItems(self.ui.deviceComboBox, found,
-                               self._parameterNode.device if self._parameterNode else "auto")
-        if error:
-            self.ui.statusLabel.text = f"GPU detection failed: {error}"
-        self.updateGUI()
+        self.devicePicker.update(p.device if p else "auto")
 
     # --- Run section (Segment / Cancel, estimate, progress)
 

@@ -117,7 +117,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._deviceTask = None  # the running GPU detection, if any
+        self.devicePicker = None  # the device combo box and Detect GPUs (PancreasDiNTSSlicerLib.devices)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -138,18 +138,18 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.datalistPathLineEdit.nameFilters = ["Datalist (*.json)"]
         self.ui.archPathLineEdit.nameFilters = ["Architecture file (*.pt *.pth)"]
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.refreshDevicesButton.connect("clicked(bool)", self.onRefreshDevices)
         self.ui.useAsModelButton.connect("clicked(bool)", self.onUseAsModel)
-        devices.setDeviceItems(self.ui.deviceComboBox, devices.DEFAULT_DEVICES)
+        self.devicePicker = devices.DevicePicker(self.ui.deviceComboBox, self.ui.refreshDevicesButton,
+                                                 self.ui.statusLabel, lambda: self._parameterNode, self.updateGUI,
+                                                 slicer.util.tryWithErrorDisplay)
 
         self.initializeParameterNode()
 
     def cleanup(self):
         """The application closes: stop the run and the GPU detection without touching widgets."""
         self.logic.shutdown()
-        if self._deviceTask is not None:
-            self._deviceTask.stop()
+        if self.devicePicker is not None:
+            self.devicePicker.stop()
         self.removeObservers()
 
     def onReload(self):
@@ -191,10 +191,10 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         running = self.logic.isRunning()
         self.ui.startButton.text = "Stop" if running else "Start"
         self.ui.settingsCollapsibleButton.enabled = not running
-        self.ui.refreshDevicesButton.enabled = self._deviceTask is None
         if not p:
+            self.ui.refreshDevicesButton.enabled = self.devicePicker.task is None
             return
-        devices.selectDevice(self.ui.deviceComboBox, p.device)
+        self.devicePicker.update(p.device)
         task = p.task
         self.ui.datalistPathLineEdit.enabled = task in ("train", "search", "evaluate")
         self.ui.archPathLineEdit.enabled = task == "train"
@@ -211,26 +211,6 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.startButton.enabled = running or bool(ready)
         self.ui.useAsModelButton.enabled = not running and task == "train" and bool(
             _pathOrNone(p.outputFolder) and model_folders.is_model_folder(p.outputFolder))
-
-    def onDeviceChanged(self, index):
-        if self._parameterNode:
-            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
-
-    def onRefreshDevices(self):
-        """Ask torch for the GPUs in a background process; the panel stays usable meanwhile."""
-        with slicer.util.tryWithErrorDisplay("Failed to list the compute devices."):
-            self.ui.refreshDevicesButton.text = "Detecting..."
-            self._deviceTask = devices.detectDevices(self.onDevicesDetected)
-        self.updateGUI()
-
-    def onDevicesDetected(self, found, error):
-        self._deviceTask = None
-        self.ui.refreshDevicesButton.text = "Detect GPUs"
-        devices.setDeviceItems(self.ui.deviceComboBox, found,
-                               self._parameterNode.device if self._parameterNode else "auto")
-        if error:
-            self.ui.statusLabel.text = f"GPU detection failed: {error}"
-        self.updateGUI()
 
     def onStartButton(self):
         if self.logic.isRunning():

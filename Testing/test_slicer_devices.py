@@ -41,6 +41,12 @@ class ComboBox:
     def setCurrentIndex(self, index):
         self._set(index)
 
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def connect(self, signal, slot):
+        self.slots = {**getattr(self, "slots", {}), signal: slot}
+
     def _set(self, index):
         if index != self.currentIndex:
             self.currentIndex = index

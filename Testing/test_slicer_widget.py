@@ -63,6 +63,7 @@ def panel(monkeypatch, tmp_path):
     widget = module.PancreasDiNTSWidget()
     widget.ui, widget.logic = UI(), module.PancreasDiNTSLogic()
     widget.removeObserver = widget.addObserver = lambda *args: None
+    widget._setupDeviceSection()  # the device picker on the stand-in widgets (setup() needs Qt's UI loader)
     widget._parameterNode = types.SimpleNamespace(
         inputVolume="ct", outputSegmentation=None, useLocalModel=True, localModelPath=tmp_path,
         device="cuda:1", region="automatic pancreas region", roiNode=None, roiMode="grid", mode="fast", show3D=True,
@@ -95,10 +96,10 @@ def test_during_a_run_install_and_inputs_are_locked(panel):
 @pytest.mark.subprocess
 def test_detect_gpus_returns_at_once_and_fills_the_list_later(panel):
     widget, loop, errors = panel
-    widget.onRefreshDevices()
-    assert widget._deviceTask is not None and widget._deviceTask.running  # returned while the child works
+    widget.devicePicker.refresh()
+    assert widget.devicePicker.task is not None and widget.devicePicker.task.running  # returned while the child works
     assert not widget.ui.refreshDevicesButton.enabled and widget.ui.refreshDevicesButton.text == "Detecting..."
-    loop.run_until(lambda: widget._deviceTask is None, timeout=120)
+    loop.run_until(lambda: widget.devicePicker.task is None, timeout=120)
     assert widget.ui.refreshDevicesButton.enabled and widget.ui.refreshDevicesButton.text == "Detect GPUs"
     assert [d for _, d in widget.ui.deviceComboBox.items][:2] == ["auto", "cpu"] and not errors
     assert widget.ui.deviceComboBox.current[1] == "cuda:1"  # still the saved choice
@@ -126,3 +127,12 @@ def test_an_error_while_showing_results_is_shown_and_the_panel_is_not_left_runni
         widget.onProcessingCompleted(result)
     assert errors and "showing its results failed" in errors[0] and "no such table column" in errors[0]
     assert widget.ui.applyButton.text == "Segment"
+
+
+def test_a_device_picked_in_the_box_goes_to_the_parameter_node(panel):
+    widget, _, _ = panel
+    widget.updateGUI()
+    box = widget.ui.deviceComboBox
+    box.slots["currentIndexChanged(int)"](box.findData("cpu"))
+    assert widget._parameterNode.device == "cpu"
+    assert widget.ui.refreshDevicesButton.calls[0][0] == "connect"  # Detect GPUs is wired by the picker

@@ -9,6 +9,7 @@ A device saved in the scene (``cuda:1``) that the list does not hold yet is show
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from PancreasDiNTSLib.bridge import commands, device_list
@@ -61,3 +62,51 @@ def detectDevices(completed: Callable[[Devices, str], Any]) -> EngineProcess:
 
     task = EngineProcess(commands.devices_command(commands.python_executable()), finishedCallback=finished)
     return task.start(waitForCompletion=False)
+
+
+class DevicePicker:
+    """The device combo box and its "Detect GPUs" button of both panels: the choice goes to the parameter node's
+    ``device``; detection runs in a background process (:func:`detectDevices`) and never blocks the GUI.
+
+    ``parameterNode()`` gives the panel's current node (or None), ``updateGUI()`` refreshes the panel, and
+    ``errorDisplay(message)`` is ``slicer.util.tryWithErrorDisplay`` (given, so this file needs no Slicer import)."""
+
+    def __init__(self, comboBox: Any, button: Any, statusLabel: Any, parameterNode: Callable[[], Any],
+                 updateGUI: Callable[[], Any], errorDisplay: Callable[[str], AbstractContextManager[Any]]) -> None:
+        self.comboBox, self.button, self.statusLabel = comboBox, button, statusLabel
+        self._parameterNode, self._updateGUI, self._errorDisplay = parameterNode, updateGUI, errorDisplay
+        self.task: EngineProcess | None = None  # the running GPU detection, if any
+        button.connect("clicked(bool)", self.refresh)
+        comboBox.connect("currentIndexChanged(int)", self.onChanged)
+        setDeviceItems(comboBox, DEFAULT_DEVICES)
+
+    def update(self, device: str | None) -> None:
+        """Show ``device`` (the parameter node's) and allow Detect GPUs unless a detection runs."""
+        selectDevice(self.comboBox, device or "auto")
+        self.button.enabled = self.task is None
+
+    def onChanged(self, index: int) -> None:
+        node = self._parameterNode()
+        if node:
+            node.device = self.comboBox.itemData(index) or "auto"
+
+    def refresh(self, *_: Any) -> None:
+        """Ask torch for the GPUs in a background process; the panel stays usable meanwhile."""
+        with self._errorDisplay("Failed to list the compute devices."):
+            self.button.text = "Detecting..."
+            self.task = detectDevices(self.detected)
+        self._updateGUI()
+
+    def detected(self, found: Devices, error: str) -> None:
+        self.task = None
+        self.button.text = "Detect GPUs"
+        node = self._parameterNode()
+        setDeviceItems(self.comboBox, found, node.device if node else "auto")
+        if error:
+            self.statusLabel.text = f"GPU detection failed: {error}"
+        self._updateGUI()
+
+    def stop(self) -> None:
+        """The application closes: end a running detection."""
+        if self.task is not None:
+            self.task.stop()
