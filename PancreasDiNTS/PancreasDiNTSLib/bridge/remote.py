@@ -180,10 +180,18 @@ class ServerClient:
     def submit(self, source: Path, kind: str, options: dict[str, str]) -> dict[str, Any]:
         """Upload one input (a file, or a zip of one series) and queue it; returns the job's status."""
         size = Path(source).stat().st_size
-        with open(source, "rb") as fh:
-            return self._json("POST", "/jobs", query={"kind": kind, **options}, body=fh,
-                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                              timeout=max(self.timeout, 600.0))
+        try:
+            with open(source, "rb") as fh:
+                return self._json("POST", "/jobs", query={"kind": kind, **options}, body=fh,
+                                  headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                                  timeout=max(self.timeout, 600.0))
+        except RemoteError as exc:
+            if exc.status is not None:
+                raise
+            # The server answers before it reads a body it refuses (token first) and closes the connection, so
+            # the upload may end in a broken pipe instead of the answer: ask again without a body for the reason.
+            self.model()
+            raise
 
     def status(self, job: str) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{urllib.parse.quote(job, safe='')}")
