@@ -34,7 +34,47 @@ def processEvents() -> None:
     slicer.app.processEvents()
 
 
-class EngineProcess:
+class FollowedRun:
+    """What a local engine process and a server run share: output lines parsed into events, guarded callbacks,
+    one finish. Subclasses feed lines to :meth:`_onLine` and call :meth:`_finish` once the run ended."""
+
+    def __init__(self, eventCallback: Callable[[progress_lines.Event], Any] | None = None,
+                 finishedCallback: Callable[[Any], Any] | None = None) -> None:
+        self.eventCallback = eventCallback
+        self.finishedCallback = finishedCallback
+        self.parser = progress_lines.ProgressParser()
+        self.returncode: int | None = None
+        self.cancelled = False
+        self.callbackErrors: list[str] = []
+        self._timer: Any = None
+
+    def _onLine(self, line: str) -> None:
+        event = self.parser.feed(line)
+        if event.kind == "log" and event.line:
+            logging.info(event.line)
+        if self.eventCallback:
+            self._guarded(self.eventCallback, event)
+
+    def _finish(self, returncode: int | None) -> None:
+        if self.returncode is not None:
+            return
+        self.returncode = returncode if returncode is not None else -1
+        if self._timer is not None:
+            self._timer.stop()
+        if self.finishedCallback:
+            self._guarded(self.finishedCallback, self)
+
+    def _guarded(self, callback: Callable[[Any], Any], argument: Any) -> None:
+        """Call back; an exception is logged and kept, never raised into Slicer's poller."""
+        try:
+            callback(argument)
+        except Exception:  # see the module docstring
+            text = traceback.format_exc()
+            self.callbackErrors.append(text)
+            logging.error(f"PancreasDiNTS: a callback failed:\n{text}")
+
+
+class EngineProcess(FollowedRun):
     """One engine command running outside Slicer's Python.
 
     eventCallback(event) receives each :class:`PancreasDiNTSLib.bridge.progress_lines.Event`; finishedCallback(process)
@@ -47,16 +87,10 @@ class EngineProcess:
 
     def __init__(self, command: Sequence[Any], eventCallback: EventCallback | None = None,
                  finishedCallback: FinishedCallback | None = None) -> None:
+        super().__init__(eventCallback, finishedCallback)
         self.command = [str(arg) for arg in command]
-        self.eventCallback = eventCallback
-        self.finishedCallback = finishedCallback
-        self.parser = progress_lines.ProgressParser()
         self.proc: Any = None
-        self.returncode: int | None = None
-        self.cancelled = False
-        self.callbackErrors: list[str] = []
         self._pump: child_process.LinePump | None = None
-        self._timer: Any = None
 
     @property
     def running(self) -> bool:
@@ -113,27 +147,3 @@ class EngineProcess:
             self._timer.stop()
             self._finish(self.proc.returncode)
 
-    def _onLine(self, line: str) -> None:
-        event = self.parser.feed(line)
-        if event.kind == "log" and event.line:
-            logging.info(event.line)
-        if self.eventCallback:
-            self._guarded(self.eventCallback, event)
-
-    def _finish(self, returncode: int | None) -> None:
-        if self.returncode is not None:
-            return
-        self.returncode = returncode if returncode is not None else -1
-        if self._timer is not None:
-            self._timer.stop()
-        if self.finishedCallback:
-            self._guarded(self.finishedCallback, self)
-
-    def _guarded(self, callback: Callable[[Any], Any], argument: Any) -> None:
-        """Call back; an exception is logged and kept, never raised into Slicer's poller."""
-        try:
-            callback(argument)
-        except Exception:  # see the module docstring
-            text = traceback.format_exc()
-            self.callbackErrors.append(text)
-            logging.error(f"PancreasDiNTS: a callback failed:\n{text}")

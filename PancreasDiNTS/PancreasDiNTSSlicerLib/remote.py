@@ -8,9 +8,7 @@ new is installed into Slicer for it.
 
 from __future__ import annotations
 
-import logging
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +16,10 @@ import qt
 import slicer
 from PancreasDiNTSLib.bridge import progress_lines, remote
 
+from PancreasDiNTSSlicerLib.process import FollowedRun
 
-class RemoteTask:
+
+class RemoteTask(FollowedRun):
     """``running``, ``returncode``, ``cancelled``, ``parser``, ``start``/``wait``/``cancel``/``stop`` as EngineProcess."""
 
     POLL_INTERVAL_MSEC = 200
@@ -27,14 +27,8 @@ class RemoteTask:
 
     def __init__(self, run: remote.RemoteRun, eventCallback: Callable[[progress_lines.Event], Any] | None = None,
                  finishedCallback: Callable[[RemoteTask], Any] | None = None) -> None:
+        super().__init__(eventCallback, finishedCallback)
         self.run = run
-        self.eventCallback = eventCallback
-        self.finishedCallback = finishedCallback
-        self.parser = progress_lines.ProgressParser()
-        self.returncode: int | None = None
-        self.cancelled = False
-        self.callbackErrors: list[str] = []
-        self._timer: Any = None
 
     @property
     def running(self) -> bool:
@@ -70,27 +64,6 @@ class RemoteTask:
 
     def _poll(self) -> None:
         for line in self.run.drain():
-            event = self.parser.feed(line)
-            if event.kind == "log" and event.line:
-                logging.info(event.line)
-            if self.eventCallback:
-                self._guarded(self.eventCallback, event)
+            self._onLine(line)
         if self.run.ended:
             self._finish(self.run.returncode)
-
-    def _finish(self, returncode: int | None) -> None:
-        if self.returncode is not None:
-            return
-        self.returncode = returncode if returncode is not None else -1
-        if self._timer is not None:
-            self._timer.stop()
-        if self.finishedCallback:
-            self._guarded(self.finishedCallback, self)
-
-    def _guarded(self, callback: Callable[[Any], Any], argument: Any) -> None:
-        try:
-            callback(argument)
-        except Exception:  # logged and kept: never raised into Qt's timer
-            text = traceback.format_exc()
-            self.callbackErrors.append(text)
-            logging.error(f"PancreasDiNTS: a callback failed:\n{text}")
