@@ -224,3 +224,63 @@ def test_torchrun_two_cpu_processes(dataset, tmp_path, cli_env):
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
     assert load_bundle(run).build_network("cpu") is not None
+
+
+def _tiny_model(seed: int):
+    from PancreasDiNTSLib.model.network import random_arch
+    from PancreasDiNTSLib.training.train import build_model
+
+    settings = make_settings("tiny", [f"seed={seed}"])
+    return build_model(settings, random_arch(settings.num_blocks, settings.num_depths, seed=0)), settings
+
+
+def test_init_weights_loads_a_model_folder_or_file_and_refuses_a_mismatch(tmp_path):
+    from PancreasDiNTSLib.training.loop import save_weights
+    from PancreasDiNTSLib.training.train import start_from
+
+    source, _ = _tiny_model(1)
+    target, _ = _tiny_model(2)
+    assert any(not torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
+    save_weights(source, tmp_path / "folder" / "models" / "model.pt")
+    assert start_from(target, tmp_path / "folder") == tmp_path / "folder" / "models" / "model.pt"
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
+    other, _ = _tiny_model(3)
+    assert start_from(other, tmp_path / "folder" / "models" / "model.pt").name == "model.pt"
+    wider = make_settings("tiny", ["channel_mul=0.125"])
+    from PancreasDiNTSLib.model.network import random_arch
+    from PancreasDiNTSLib.training.train import build_model
+
+    misfit = build_model(wider, random_arch(wider.num_blocks, wider.num_depths, seed=0))
+    with pytest.raises(SettingsError, match="do not fit the network") as err:
+        start_from(misfit, tmp_path / "folder")
+    assert "\n" not in str(err.value)
+    with pytest.raises(SettingsError, match="no such model folder"):
+        start_from(misfit, tmp_path / "missing")
+
+
+def test_init_weights_is_refused_by_a_search():
+    from PancreasDiNTSLib.training.settings import make_search_settings
+
+    with pytest.raises(SettingsError, match="training setting"):
+        make_search_settings("tiny", ["init_weights=/some/model"])
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_run_folder_through_the_cli(tiny_run, dataset, tmp_path, cli_env):
+    """`train --set init_weights=RUN` starts from RUN's weights: with a vanishing learning rate the new run's
+    model.pt is RUN's."""
+    from PancreasDiNTSLib.model.bundle import load_weights
+
+    run, _ = tiny_run
+    arch = next((run / "models").glob("search_code_*.pt"))
+    tuned = tmp_path / "TUNED"
+    r = subprocess.run(CLI + ["train", "--datalist", str(dataset[0]), "--arch", str(arch), "-o", str(tuned),
+                              "--preset", "tiny", "--device", "cpu", "--progress", "none", "--set", "epochs=1",
+                              "--set", "val_interval=1", "--set", "lr=1e-12", "--set", f"init_weights={run}"],
+                       capture_output=True, text=True, env=cli_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before, after = load_weights(run / "models" / "model.pt"), load_weights(tuned / "models" / "model.pt")
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
+    settings = json.loads((tuned / "configs" / "metadata.json").read_text())["training"]["settings"]
+    assert settings["init_weights"] == str(run)

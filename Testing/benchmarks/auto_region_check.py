@@ -44,73 +44,21 @@ if str(ENGINE) not in sys.path:
     sys.path.insert(0, str(ENGINE))
 
 import numpy as np  # noqa: E402
+from PancreasDiNTSLib.synthetic.mosaic import TILE_SHAPE, TILE_SPACING  # noqa: E402
 
 DEMO = ENGINE / "PancreasDiNTSLib" / "resources" / "models" / "demo"
-TILE_SHAPE = (128, 128, 60)
-TILE_SPACING = (0.8, 0.8, 1.0)
-FIRST_SEED = 720001  # not a training or held-out seed of the demo model
+FIRST_SEED = 720001  # not a seed of the demo model's training, fine-tuning or held-out phantoms
 TARGETS = {"agreement": 0.9999, "dice": 0.99, "speedup": 4.0}
 
 
-def _fat(seed: int) -> np.ndarray:
-    """A tile of abdominal fat: -100 HU with 12 HU noise (body: about one voxel in seven lies inside the HU
-    window, so no window of it is constant)."""
-    rng = np.random.default_rng(seed)
-    return (-100.0 + rng.normal(0.0, 12.0, TILE_SHAPE)).astype(np.float32)
-
-
-def _tissue(seed: int) -> np.ndarray:
-    """A tile of abdominal tissue without organs: a smooth random field split into fat (-100 HU) and soft tissue
-    (40 HU), partial-volume blur and 12 HU noise (body everywhere: no window of it is constant)."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    field = ndimage.gaussian_filter(rng.standard_normal(TILE_SHAPE), sigma=(6.0, 6.0, 5.0))
-    hu = np.where(field > 0, 40.0, -100.0).astype(np.float32)
-    hu = ndimage.gaussian_filter(hu, 0.7)
-    return (hu + rng.normal(0.0, 12.0, TILE_SHAPE)).astype(np.float32)
-
-
-def _tile(seed: int, keep: str) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom tile; ``keep``: "gland" (as drawn, with a lesion), "lesion" (the pancreas painted over, the
-    lesion kept) or "none" (pancreas and lesion painted over with voxels drawn from the tissue around them)."""
-    from PancreasDiNTSLib.synthetic.phantom import make_phantom
-    from scipy import ndimage
-
-    if keep in ("tissue", "fat"):
-        return (_tissue(seed) if keep == "tissue" else _fat(seed)), np.zeros(TILE_SHAPE, dtype=np.uint8)
-    hu, lab, _ = make_phantom(seed, shape=TILE_SHAPE, spacing=TILE_SPACING, orientation="RAS",
-                              tumour=keep != "none")
-    hu, lab = hu.astype(np.float32), lab.astype(np.uint8)
-    erase = {"gland": None, "lesion": 1, "none": 0}[keep]
-    if erase is None:
-        return hu, lab
-    target = lab == 1 if erase == 1 else lab > 0
-    ring = ndimage.binary_dilation(lab > 0, iterations=4) & (lab == 0)
-    rng = np.random.default_rng(seed)
-    hu[target] = rng.choice(hu[ring], size=int(target.sum()))
-    lab[target] = 0
-    return hu, lab
-
-
 def make_volume(dest: Path, tiles: tuple[int, int, int], glands: dict[tuple[int, int, int], str], seed: int,
-                crop_x: int = 0, filler: str = "fat") -> Path:
-    """A mosaic CT (NIfTI, RAS, the tile spacing) with glands in the tiles named by ``glands``; ``crop_x``
-    voxels cut off the low-x side (to cut a gland by the volume's edge)."""
+                crop_x: int = 0, filler: str = "mixed") -> Path:
+    """A mosaic CT (``synthetic.mosaic.make_mosaic``: NIfTI, RAS, 0.8 x 0.8 x 1 mm) with the tile kinds of
+    ``glands``, the other tiles ``filler``; ``crop_x`` voxels cut off the low-x side (a gland cut by the edge)."""
     import nibabel as nib
+    from PancreasDiNTSLib.synthetic.mosaic import make_mosaic
 
-    shape = tuple(t * s for t, s in zip(tiles, TILE_SHAPE, strict=True))
-    image = np.empty(shape, dtype=np.float32)
-    for i in range(tiles[0]):
-        for j in range(tiles[1]):
-            for k in range(tiles[2]):
-                hu, _ = _tile(seed, glands.get((i, j, k), filler))
-                sl = tuple(slice(n * s, (n + 1) * s) for n, s in zip((i, j, k), TILE_SHAPE, strict=True))
-                image[sl] = hu
-                seed += 1
-    image = image[crop_x:]
-    affine = np.diag([*TILE_SPACING, 1.0])
-    affine[:3, 3] = -(np.asarray(image.shape) - 1) / 2.0 * np.asarray(TILE_SPACING)
+    image, _, affine = make_mosaic(tiles, glands, seed, filler=filler, crop_x=crop_x)
     path = dest / "ct.nii.gz"
     dest.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.rint(image).astype(np.int16), affine), path)
@@ -224,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", default="4,4,5", help="phantoms along x,y,z of the main volume (default 4,4,5)")
     p.add_argument("--overlaps", default="0.5", help="sliding-window overlaps to run the main volume with, e.g. "
                    "0.5,0.625 (the demo model's own, default, and the released bundle's)")
-    p.add_argument("--filler", default="fat", choices=("fat", "none"),
-                   help="what fills the tiles without a phantom: abdominal fat (default) or phantoms whose gland is "
-                        "painted over (the demo model finds spurious specks in most of them: a stress case)")
+    p.add_argument("--filler", default="mixed", choices=("mixed", "fat", "tissue", "none"),
+                   help="what fills the other tiles: fat, fat/soft-tissue texture and phantoms whose gland is painted "
+                        "over, drawn per tile 1 : 1 : 2 (mixed, default), or one of them everywhere")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--exact", action="store_true", help="also run the whole volume with --mode exact (slow)")
     p.add_argument("--skip-adversarial", action="store_true")

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice-mm", default="1,5", metavar="MIN,MAX",
                    help="range the slice spacing is drawn from, in mm (default 1,5; the anatomy scales with the field "
                         "of view, so small phantoms need thin slices, e.g. 0.6,1.2, for a realistic slice count)")
+    p.add_argument("--mosaic", default=None, metavar="X,Y,Z",
+                   help="each case a large CT of X x Y x Z tiles of 128 x 128 x 60 voxels at 0.8 x 0.8 x 1 mm: one or "
+                        "two phantoms with their glands, the other tiles fat, fat/soft tissue or phantoms without a "
+                        "gland (negative context for training; --size and --slice-mm do not apply)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES, help="bar, json, none; auto = bar on a terminal")
 
@@ -45,10 +49,20 @@ def run(args: argparse.Namespace) -> int:
         lo = hi = -1.0
     if not 0 < lo <= hi:
         raise UsageError(f"--slice-mm {args.slice_mm}: give MIN,MAX in mm with 0 < MIN <= MAX, e.g. 0.6,1.2")
+    make_case = None
+    if args.mosaic is not None:
+        from PancreasDiNTSLib.synthetic.mosaic import mosaic_case
+
+        parts = str(args.mosaic).split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() and 1 <= int(p) <= 8 for p in parts) or \
+                all(int(p) == 1 for p in parts):
+            raise UsageError(f"--mosaic {args.mosaic}: give X,Y,Z tile counts from 1 to 8 (at least two tiles), "
+                             "e.g. 2,2,2")
+        make_case = mosaic_case(tuple(int(p) for p in parts))
     num_test = args.num_test if args.num_test is not None else args.num // 4
     progress = Progress(args.progress, total=args.num + num_test)
     out = write_msd_dataset(out, args.num, num_test, seed=args.seed, size=size, progress=progress,
-                            overwrite=args.overwrite, slice_mm=(lo, hi))
+                            overwrite=args.overwrite, slice_mm=(lo, hi), make_case=make_case)
     progress.emit({"stage": "summary", "output": str(out), "training": args.num, "test": num_test})
     progress.close()
     if args.progress != "json":

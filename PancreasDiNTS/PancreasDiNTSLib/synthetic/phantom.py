@@ -544,11 +544,14 @@ def write_msd_dataset(
     progress: Any = None,
     overwrite: bool = False,
     slice_mm: tuple[float, float] = (1.0, 5.0),
+    make_case: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]] | None = None,
 ) -> Path:
     """Write phantoms in the MSD Task07 layout (dataset.json, imagesTr/, labelsTr/, imagesTs/); return out_dir.
 
     Case ``i`` (1-based; training first, then test) uses seed ``seed * 100003 + i``, so a case does not change
     when ``num_training`` changes. The folder is assembled next to ``out_dir`` and renamed into place at the end.
+    ``make_case(case_seed) -> (HU, label, affine, notes)`` draws other cases than single phantoms (e.g.
+    :func:`.mosaic.mosaic_case`); ``size`` and ``slice_mm`` then do not apply.
     """
     out_dir = Path(out_dir)
     if num_training < 0 or num_test < 0 or num_training + num_test == 0:
@@ -564,7 +567,13 @@ def write_msd_dataset(
             if progress is not None:
                 progress.start_item(i - 1)
                 progress.update(case, "generate", 0.0)
-            hu, label, affine, info = make_phantom(case_seed, size=size, return_info=True, slice_mm=slice_mm)
+            if make_case is None:
+                hu, label, affine, info = make_phantom(case_seed, size=size, return_info=True, slice_mm=slice_mm)
+                note = {"seed": case_seed, "shape": list(info.shape), "spacing": [round(s, 4) for s in info.spacing],
+                        "orientation": info.orientation, "tumour": info.has_tumour}
+            else:
+                hu, label, affine, note = make_case(case_seed)
+                note = {"seed": case_seed, **note}
             hu_i16 = np.round(hu).astype(np.int16)
             if i <= num_training:
                 save_nifti(tmp / "imagesTr" / f"{case}.nii.gz", hu_i16, affine, np.int16)
@@ -573,8 +582,7 @@ def write_msd_dataset(
             else:
                 save_nifti(tmp / "imagesTs" / f"{case}.nii.gz", hu_i16, affine, np.int16)
                 test.append(f"./imagesTs/{case}.nii.gz")
-            notes[case] = {"seed": case_seed, "shape": list(info.shape), "spacing": [round(s, 4) for s in info.spacing],
-                           "orientation": info.orientation, "tumour": info.has_tumour}
+            notes[case] = note
             if progress is not None:
                 progress.update(case, "done", 1.0)
         (tmp / "imagesTs").mkdir(exist_ok=True)

@@ -50,6 +50,7 @@ class TrainSettings:
     num_workers: int = 4
     deterministic: bool = True
     max_train_cases: int = 0  # 0: all
+    init_weights: str = ""  # fine-tuning: start from this model folder's models/model.pt (or a .pt state dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -211,6 +212,8 @@ def check_settings(s: TrainSettings) -> None:
 
 def check_search_settings(s: SearchSettings) -> None:
     check_settings(s)
+    if s.init_weights:
+        raise SettingsError("init_weights is a training setting (fine-tuning); a search starts from its own super-net")
     if not 0 <= s.warmup_epochs < s.epochs:
         raise SettingsError(f"warmup_epochs ({s.warmup_epochs}) must be at least 0 and less than epochs ({s.epochs}): "
                             "the architecture is only updated after the warm-up")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from PancreasDiNTSLib.core.errors import PancreasDiNTSError
+from PancreasDiNTSLib.core.errors import PancreasDiNTSError, printable
 from PancreasDiNTSLib.core.progress import Progress
-from PancreasDiNTSLib.model.bundle import load_arch_file
+from PancreasDiNTSLib.model.bundle import load_arch_file, load_weights
 from PancreasDiNTSLib.model.bundle_writer import arch_file_name, write_bundle_configs
 from PancreasDiNTSLib.model.network import build_dints, random_arch
 from PancreasDiNTSLib.model.spec import NetworkSpec
@@ -97,6 +97,25 @@ def build_model(settings: TrainSettings, arch: Arch) -> torch.nn.Module:
     return build_dints(network_spec(settings), arch)
 
 
+def start_from(model: torch.nn.Module, source: str | Path) -> Path:
+    """Fine-tuning: load the weights of a model folder (its ``models/model.pt``) or of a state-dict file into
+    ``model``, which must have the same architecture and channels (else one line naming the file)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "models" / "model.pt"
+    if not path.is_file():
+        raise SettingsError(f"init_weights {source}: no such model folder or weights file (give a model folder "
+                            "with models/model.pt, or a .pt state dict)")
+    weights = load_weights(path)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingsError(f"init_weights {printable(path)}: these weights do not fit the network (same --arch "
+                            f"and channel_mul as the model they come from are needed): {first}") from None
+    return path
+
+
 def _batch_loss(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return loss_fn(model(x), y)
 
@@ -140,7 +159,10 @@ class Training(EpochLoop):
         self._choose_settings_and_arch(state, settings, arch, overrides)
         self._read_datalist(datalist, dataset_dir)
         self.setup_device(device)
-        model = build_model(self.settings, self.arch).to(self.dev)
+        model = build_model(self.settings, self.arch)
+        if state is None and self.settings.init_weights:
+            start_from(model, self.settings.init_weights)
+        model = model.to(self.dev)
         self.optimizer = make_optimizer(model, self.settings, self.world)
         self.scheduler = make_scheduler(self.optimizer, self.settings, self.world)
         self.attach(model, {"optimizer": self.optimizer, "scheduler": self.scheduler}, state)
