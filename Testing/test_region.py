@@ -269,10 +269,16 @@ def test_confirmation_drops_edge_artefacts_and_keeps_the_full_runs_labels():
     seg, pre = _segmenter(), _pre(img)
     seg.network = _edgy
     seg.infer = lambda p, on_window=None: sliding_window_exact_skip(p.unsqueeze(0), _edgy, ROI, 4, 0.5)
-    logits, run = R.infer_auto(seg, pre, settings=R.RegionSettings(confirm=True))
+    logits, run = R.infer_auto(seg, pre)  # confirmation is on by default
     assert run.found > run.confirmed >= 1 and 0 < run.confirm_windows <= run.found
+    parts = run.describe()["coarse_parts"]
+    assert parts == {"found": run.found, "confirmed": run.confirmed}
     assert np.array_equal(np.asarray(logits[0].argmax(0)), _full_labels(seg, pre))
     assert sum(run.dense_windows) < run.full_windows
+    # without the confirmation every artefact is kept: more dense windows, the same labels
+    logits_all, run_all = R.infer_auto(seg, pre, settings=R.RegionSettings(confirm=False))
+    assert sum(run_all.dense_windows) > sum(run.dense_windows) and run_all.describe()["coarse_parts"] is None
+    assert np.array_equal(np.asarray(logits_all[0].argmax(0)), _full_labels(seg, pre))
 
 
 def test_one_confirmation_window_checks_the_parts_inside_it():

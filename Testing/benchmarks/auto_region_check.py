@@ -1,21 +1,21 @@
 """The automatic pancreas region (``segment --region auto``) against the whole-volume run, end to end.
 
-    OMP_NUM_THREADS=1 python Testing/benchmarks/auto_region_check.py [--overlaps 0.5,0.625] [--filler fat|none]
+    OMP_NUM_THREADS=1 python Testing/benchmarks/auto_region_check.py [--overlaps 0.5,0.625] [--filler mixed|fat|...]
         [--skip-adversarial | --skip-main]
 
-The trained model available offline is the demo model (trained on small phantoms), so the CT is made of tiles
-of 128 x 128 x 60 voxels at 0.8 x 0.8 x 1 mm (``--tiles`` x, y, z; 4 x 4 x 5 tiles = 41 x 41 x 30 cm, the size
-of a whole-abdomen CT): five phantoms, three with a gland and a lesion (one near a corner, one inside, one at the
-volume's border) and two whose gland is painted over with tissue drawn from around it, in abdominal fat (-100 HU
-with noise: body everywhere, no window of the volume is constant). ``--filler none`` fills the other tiles with
-gland-less phantoms instead, in which the demo model (trained on small phantoms only) finds spurious specks almost
-everywhere: a stress case where the region covers most of the volume. Each run is
-``pancreas-dints benchmark --skip-bundle --modes fast,fast+auto`` (separate processes, 1 CPU thread, the same
-input): the whole-volume fast run (whose labels equal the exact MONAI run's: test_fastpath, test_engine_equality;
-``--exact`` adds the exact run itself) against the automatic region. Reported per case: labels equal over the
-whole volume, Dice against the whole run for the pancreas and for every lesion component of the whole run, the
-end-to-end speed-up (read .. write; wall clock, and CPU seconds, which a busy shared machine does not inflate)
-and the windows each pass ran.
+The trained model available offline is the demo model (trained on small phantoms, fine-tuned on mosaics of
+them), so the CT is a mosaic (``synthetic.mosaic``) of tiles of 128 x 128 x 60 voxels at 0.8 x 0.8 x 1 mm
+(``--tiles`` x, y, z; 4 x 4 x 5 tiles = 41 x 41 x 30 cm, the size of a whole-abdomen CT): five phantoms, three with
+a gland and a lesion (one near a corner, one inside, one at the volume's border) and two whose gland is painted
+over with tissue drawn from around it; every other tile is abdominal fat, a fat/soft-tissue texture or a gland-less
+phantom (``--filler mixed``, drawn 1 : 1 : 2; body everywhere, so no window of the volume is constant and the whole
+run computes every window). The tile seeds (720001 on) are none of the demo model's training, fine-tuning or
+held-out seeds. Each run is ``pancreas-dints benchmark --skip-bundle --modes fast,fast+auto`` (separate processes,
+1 CPU thread, the same input): the whole-volume fast run (whose labels equal the exact MONAI run's: test_fastpath,
+test_engine_equality; ``--exact`` adds the exact run itself) against the automatic region. Reported per case:
+labels equal over the whole volume, Dice against the whole run for the pancreas and for every lesion component of
+the whole run, the end-to-end speed-up (read .. write; wall clock, and CPU seconds, which a busy shared machine
+does not inflate) and the windows each pass ran.
 
 ``--overlaps``: the demo model's own sliding-window overlap (0.5: every voxel is seen by about 8 windows) and the
 released bundle's (0.625, about 19 windows: a copy of the demo bundle with only ``inferer.overlap`` changed).
@@ -154,15 +154,17 @@ def passed(r: dict[str, Any]) -> bool:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'case':<34}{'whole s':>9}{'auto s':>9}{'speedup':>9}{'cpu x':>7}{'windows c+d/full':>18}"
-          f"{'equal %':>11}{'Dice p':>8}{'Dice les':>9}{'fallback':>10}")
+    print(f"\n{'case':<34}{'whole s':>9}{'auto s':>9}{'speedup':>9}{'cpu x':>7}{'windows c+k+d/full':>21}"
+          f"{'parts f/c':>11}{'equal %':>11}{'Dice p':>8}{'Dice les':>9}{'fallback':>10}")
     for r in rows:
         reg = r.get("region") or {}
         w = reg.get("windows") or {}
-        windows = f"{w.get('coarse', 0)}+{sum(w.get('dense', []))}/{w.get('full', '?')}"
+        windows = f"{w.get('coarse', 0)}+{w.get('confirm', 0)}+{sum(w.get('dense', []))}/{w.get('full', '?')}"
         les = r["dice_per_lesion_min"]
+        found = reg.get("coarse_parts") or {}
+        parts = f"{found.get('found', '-')}/{found.get('confirmed', '-')}"
         print(f"{r['case']:<34}{r['whole_s']:>9.1f}{r['auto_s']:>9.1f}{r['speedup']:>9.2f}{r['speedup_cpu']:>7.2f}"
-              f"{windows:>18}{100 * r['agreement']:>11.4f}{r['dice_pancreas']:>8.4f}"
+              f"{windows:>21}{parts:>11}{100 * r['agreement']:>11.4f}{r['dice_pancreas']:>8.4f}"
               f"{'-' if les is None else f'{les:.4f}':>9}{'yes' if reg.get('fallback') else 'no':>10}")
 
 

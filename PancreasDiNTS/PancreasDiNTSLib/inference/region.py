@@ -6,12 +6,16 @@
    scan interval equals the window, the last window moved back to the image edge), about ``(1 - overlap)^3``
    of the full run's windows (1/8 for the demo model, 1/19 for the released one).
 2. **Region** -- the coarse foreground, the voxels whose probability of pancreas or lesion
-   (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.3, below an argmax's 0.5), dilated by
-   :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius). Several separate regions
-   are allowed. ``RegionSettings(confirm=True)`` (engine API only, off by default) first checks each part with a
-   window centred on it (the same threshold anywhere in the part; one window checks every part lying
-   :data:`EDGE_BAND` voxels inside it), which drops a coarse window's edge artefacts but, measured on
-   Testing/benchmarks/auto_region_check.py, also a few-voxel specks that the whole run labels.
+   (``1 - P(background)``) is at least :data:`FOREGROUND_THRESHOLD` (0.3, below an argmax's 0.5), each part
+   (26-connected) **confirmed** by a window centred on it (the same threshold anywhere in the part; one window
+   checks every part lying :data:`EDGE_BAND` voxels inside it; parts larger than half a window are kept
+   unchecked), then dilated by :data:`MARGIN_MM` (a box of +-margin per axis, which holds the ball of that radius).
+   Several separate regions are allowed. A non-overlapping window sees its faces' voxels without their context
+   (zero padding), where a network gives small false parts that the full run's overlapping windows average away;
+   a centred window sees a part as the full run's inner windows do. Measured on
+   Testing/benchmarks/auto_region_check.py (docs/PERFORMANCE.md): with the demo model most coarse parts outside the
+   glands are such edge artefacts, each of which would cost the dense pass tens of windows.
+   ``RegionSettings(confirm=False)`` (engine API) keeps every part.
 3. **Dense pass** -- the full run's own windows that touch the region (``windows.sliding_window_exact_skip``
    with ``windows=``). Every voxel all of whose covering windows ran (the *exact region*, which holds the
    region) gets the full run's window sum in MONAI's order, so its logits and labels are the whole-volume run's.
@@ -81,7 +85,7 @@ class RegionSettings:
     max_rounds: int = MAX_GROWTH_ROUNDS
     min_saving: float = MIN_SAVING
     band: int = EDGE_BAND
-    confirm: bool = False  # check each coarse part with a centred window (off: it can drop the whole run's specks)
+    confirm: bool = True  # check each coarse part with a window centred on it (module docstring, step 2)
 
 
 def resolve_region(choice: str | None, device: torch.device | str, roi: Any = None) -> str:
