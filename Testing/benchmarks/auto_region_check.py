@@ -15,7 +15,9 @@ held-out seeds. Each run is ``pancreas-dints benchmark --skip-bundle --modes fas
 test_engine_equality; ``--exact`` adds the exact run itself) against the automatic region. Reported per case:
 labels equal over the whole volume, Dice against the whole run for the pancreas and for every lesion component of
 the whole run, the end-to-end speed-up (read .. write; wall clock, and CPU seconds, which a busy shared machine
-does not inflate) and the windows each pass ran.
+does not inflate), the windows each pass ran (coarse + confirmation + dense / whole run), the coarse parts found
+and confirmed, and every part of the whole run (pancreas and lesion together) that the region run does not label
+alike (``parts_differing``: size, lesion voxels, box).
 
 ``--overlaps``: the demo model's own sliding-window overlap (0.5: every voxel is seen by about 8 windows) and the
 released bundle's (0.625, about 19 windows: a copy of the demo bundle with only ``inferer.overlap`` changed).
@@ -107,6 +109,17 @@ def compare(whole: np.ndarray, auto: np.ndarray) -> dict[str, Any]:
         per.append(_dice(comps[box] == c, auto[box] == 2))
     out["lesions"] = n
     out["dice_per_lesion_min"] = min(per) if per else None
+    # every part (pancreas and lesion together) of the whole run that the automatic region does not label alike
+    parts, count = ndimage.label(whole > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    differing = []
+    for c, sl in enumerate(ndimage.find_objects(parts), start=1):
+        inside = parts[sl] == c
+        if not np.array_equal(whole[sl][inside], auto[sl][inside]):
+            differing.append({"voxels": int(inside.sum()), "lesion_voxels": int((whole[sl][inside] == 2).sum()),
+                              "equal_voxels": int((whole[sl][inside] == auto[sl][inside]).sum()),
+                              "box_voxels": [[s.start, s.stop] for s in sl]})
+    out["parts_whole"] = int(count)
+    out["parts_differing"] = differing
     return out
 
 
