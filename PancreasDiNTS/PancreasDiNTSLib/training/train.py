@@ -104,8 +104,8 @@ def start_from(model: torch.nn.Module, source: str | Path) -> Path:
     if path.is_dir():
         path = path / "models" / "model.pt"
     if not path.is_file():
-        raise SettingsError(f"init_weights {source}: no such model folder or weights file (give a model folder "
-                            "with models/model.pt, or a .pt state dict)")
+        raise SettingsError(f"init_weights {printable(source)}: no such model folder or weights file (give a "
+                            "model folder with models/model.pt, or a .pt state dict)")
     weights = load_weights(path)
     try:
         model.load_state_dict(weights, strict=True)
