@@ -34,7 +34,8 @@ AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
 
 # Runs the CLI with one writer function paused: it prints PAUSED and waits until $GO_FILE exists (or a signal).
 PAUSE_DRIVER = """
-import importlib, os, sys, time
+import faulthandler, importlib, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # exited_within: the stacks of a child that hangs
 module_name, attr = sys.argv[1], sys.argv[2]
 module = importlib.import_module(module_name)
 real = getattr(module, attr)
@@ -84,6 +85,19 @@ def paused_child(env: dict, go: Path, where: tuple[str, str], args: list[str]) -
         seen += proc.stderr.readline()
     assert "PAUSED" in seen, seen
     return proc
+
+
+def exited_within(proc: subprocess.Popen, seconds: float) -> int:
+    """``proc``'s exit code; a child still running after ``seconds`` dumps its threads' stacks (SIGUSR1, see
+    PAUSE_DRIVER), is killed, and the test fails with what it wrote after PAUSED."""
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"the child did not exit within {seconds:g} s; its stderr and stacks:\n{err[-6000:]}")
 
 
 def proven(case: Path) -> dict[str, bool]:
@@ -141,7 +155,7 @@ def test_item2_interrupted_run_outputs_are_proven_by_digest(tmp_path, tiny_ct, t
     proc = paused_child(cli_env, tmp_path / "never", ("slicerio", "write_segmentation"),
                         segment_cmd([ct], out, tiny_bundle, "--format", "nifti,seg.nrrd"))
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) == (errors.EXIT_INTERRUPTED if sig == signal.SIGINT else -signal.SIGKILL)
+    assert exited_within(proc, 60) == (errors.EXIT_INTERRUPTED if sig == signal.SIGINT else -signal.SIGKILL)
     case = out / "ct"
     manifest = json.loads((case / MANIFEST_NAME).read_text())
     assert not any(e.get("pending") for e in manifest["files"].values())
