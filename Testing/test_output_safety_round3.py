@@ -36,6 +36,9 @@ AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
 PAUSE_DRIVER = """
 import faulthandler, importlib, os, signal, sys, time
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # exited_within: the stacks of a child that hangs
+# Ctrl-C as in a terminal: a test run started as a background job (bash without job control) ignores SIGINT, and
+# a child inherits that (Python then installs no KeyboardInterrupt handler)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 module_name, attr = sys.argv[1], sys.argv[2]
 module = importlib.import_module(module_name)
 real = getattr(module, attr)
