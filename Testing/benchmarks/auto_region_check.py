@@ -46,7 +46,7 @@ if str(ENGINE) not in sys.path:
     sys.path.insert(0, str(ENGINE))
 
 import numpy as np  # noqa: E402
-from PancreasDiNTSLib.synthetic.mosaic import TILE_SHAPE, TILE_SPACING  # noqa: E402
+from PancreasDiNTSLib.synthetic.mosaic import TILE_SHAPE, TILE_SPACING, make_mosaic  # noqa: E402
 
 DEMO = ENGINE / "PancreasDiNTSLib" / "resources" / "models" / "demo"
 FIRST_SEED = 720001  # not a seed of the demo model's training, fine-tuning or held-out phantoms
@@ -58,7 +58,6 @@ def make_volume(dest: Path, tiles: tuple[int, int, int], glands: dict[tuple[int,
     """A mosaic CT (``synthetic.mosaic.make_mosaic``: NIfTI, RAS, 0.8 x 0.8 x 1 mm) with the tile kinds of
     ``glands``, the other tiles ``filler``; ``crop_x`` voxels cut off the low-x side (a gland cut by the edge)."""
     import nibabel as nib
-    from PancreasDiNTSLib.synthetic.mosaic import make_mosaic
 
     image, _, affine = make_mosaic(tiles, glands, seed, filler=filler, crop_x=crop_x)
     path = dest / "ct.nii.gz"

@@ -50,21 +50,14 @@ OVERRIDES=(
 # Fine-tuning (4b, 4c): the same settings, then these (later --set wins)
 NUM_MOSAIC=100
 MOSAIC_SEED_SET=3
+TUNE_OVERRIDES=(--set val_interval=4 --set cache_gb=8)
 MOSAIC_OVERRIDES=(
-  --set init_weights="$WORK/run"
-  --set lr=0.0005
-  --set epochs=12
-  --set lr_step_size=6
-  --set val_interval=4
-  --set cache_gb=8
+  "${TUNE_OVERRIDES[@]}"
+  --set init_weights="$WORK/run" --set lr=0.0005 --set epochs=12 --set lr_step_size=6
 )
 MIXED_OVERRIDES=(
-  --set init_weights="$WORK/tuned_mosaics"
-  --set lr=0.0002
-  --set epochs=4
-  --set lr_step_size=4
-  --set val_interval=4
-  --set cache_gb=8
+  "${TUNE_OVERRIDES[@]}"
+  --set init_weights="$WORK/tuned_mosaics" --set lr=0.0002 --set epochs=4 --set lr_step_size=4
 )
 SEARCH_OVERRIDES=(
   --set epochs="${SEARCH_EPOCHS:-16}"
