@@ -234,6 +234,35 @@ def test_sr_references_resolve_to_the_seg_segments_and_the_ct_series(axial):
     assert str(sr.StudyInstanceUID) == str(seg.StudyInstanceUID) == str(strict_read(case.dicom_files[0]).StudyInstanceUID)
 
 
+def tracking_pairs(ds) -> set[tuple[str, str]]:
+    """(Tracking Identifier, Tracking UID) of every measurement group of an SR."""
+    out = set()
+    for group in next(i for i in ds.ContentSequence
+                      if i.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements").ContentSequence:
+        ident = next(i.TextValue for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "112039")
+        uid = next(i.UID for i in group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "112040")
+        out.add((str(ident), str(uid)))
+    return out
+
+
+@pytest.mark.slow
+def test_sr_tracking_uids_are_derived_from_the_case_and_stable_across_reruns(tmp_path, axial):
+    """Issue 34: a rerun of the same case gives a new SR (new SOP instance) with the same Tracking UIDs, those
+    core.tracking derives from the CT series' UID and the finding."""
+    from PancreasDiNTSLib.core.tracking import lesion_tracking
+
+    root, case, _ = axial
+    write_case(root / "ct", tmp_path / "again")
+    first, again = strict_read(root / "out" / "measurements-sr.dcm"), strict_read(tmp_path / "again" / "measurements-sr.dcm")
+    assert first.SOPInstanceUID != again.SOPInstanceUID
+    pairs = tracking_pairs(first)
+    assert pairs == tracking_pairs(again) and len({uid for _, uid in pairs}) == len(pairs) == 5
+    key = f"dicom-series:{strict_read(case.dicom_files[0]).SeriesInstanceUID}"
+    for rank in (1, 2):
+        entry = lesion_tracking(key, rank)
+        assert (entry["identifier"], entry["uid"]) in pairs
+
+
 @pytest.mark.slow
 def test_sr_of_a_case_without_lesion_reports_zero_ml_and_no_diameters(tmp_path, axial):
     root = axial[0]
@@ -489,6 +518,9 @@ def test_cli_writes_seg_sr_and_rtstruct_and_refuses_non_dicom(tmp_path, vol, tin
     groups = sr_groups(ds)
     for key, name in (("pancreas", "Pancreas"), ("pancreatic_tumor", "Pancreatic tumor")):
         assert num(groups[name]["Volume"][0]) == report["readout"]["segments"][key]["volume_ml"]  # 0 mL too
+    tracking = report["readout"]["tracking"]  # issue 34: recorded per finding, derived from the series UID
+    assert tracking["case_key"] == f"dicom-series:{strict_read(next(folder.iterdir())).SeriesInstanceUID}"
+    assert tracking_pairs(ds) >= {(e["identifier"], e["uid"]) for e in tracking["segments"].values()}
     img = nib.load(str(case_dir / "labels.nii.gz"))
     labels = np.asarray(img.dataobj)
     rt = strict_read(case_dir / "rtstruct.dcm")

@@ -57,6 +57,7 @@ from PancreasDiNTSLib.core.errors import (
 from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
+from PancreasDiNTSLib.core.tracking import case_key, case_tracking
 from PancreasDiNTSLib.inference.region import REGION_MODES, infer_auto
 from PancreasDiNTSLib.inference.roi import box_to_voxels, predict_roi
 from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
@@ -489,13 +490,23 @@ def _infer_auto(segmenter: Segmenter, pre: Any, stages: _Stages, into: dict[str,
     return logits
 
 
+def input_case_key(case: LoadedImage) -> str:
+    """The case key of the tracking UIDs (core.tracking): the DICOM series UID, else a digest of the input."""
+    series = series_from_meta(dict(getattr(case.image, "meta", {}) or {})) or {}
+    if case.fmt == "dicom":
+        return case_key(series.get("series_instance_uid") or None, case.dicom_files)
+    return case_key(None, [case.path])
+
+
 def _readout(inverted: Inverted, case: LoadedImage, roi: RoiRequest | None, stages: _Stages) -> dict[str, Any]:
     """The read-out of the labels (measurements, location, confidence from the inversion's map)."""
     stages.say("readout", 0.93, "measuring the segments")
     with stages.timed("readout"):
-        return case_readout(inverted.labels, case.affine_ras, confidence_map=inverted.confidence,
-                            lesion=inverted.lesion,
-                            confidence_reason=ROI_CONFIDENCE_REASON if roi is not None else "no probabilities given")
+        out = case_readout(inverted.labels, case.affine_ras, confidence_map=inverted.confidence,
+                           lesion=inverted.lesion,
+                           confidence_reason=ROI_CONFIDENCE_REASON if roi is not None else "no probabilities given")
+        out["tracking"] = case_tracking(input_case_key(case), out)
+        return out
 
 
 def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOptions | None = None,

@@ -13,6 +13,9 @@ Content (every number is the value in report.json's "readout", as rounded there)
   category, coded as "by size only, not a stage";
 - one group with the case lesion score (maximum lesion probability, uncalibrated) at its SCOORD3D POINT.
 
+Every group's Tracking Identifier and Tracking UID are the read-out's ``tracking`` (core.tracking: derived from the
+case and the finding, the same on every rerun of the case), or derived the same way from the CT's series UID.
+
 Concepts without a standard code (confidence figures, position along the gland, the size category) use the
 local coding scheme 99PDINTS, declared in the Coding Scheme Identification Sequence. Algorithm identification
 (TID 4019) on every group and measurement: name, version, weights and architecture md5. The report is
@@ -33,6 +36,13 @@ from PancreasDiNTSLib.core.atomic import atomic_path
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.core.terminology import Code as TermCode
+from PancreasDiNTSLib.core.tracking import (
+    case_key,
+    case_tracking,
+    lesion_tracking,
+    lesion_uid_of,
+    tracking_uid,
+)
 from PancreasDiNTSLib.io.dicom_seg import (
     SegSources,
     _derived_uid,
@@ -136,13 +146,27 @@ def _algorithm(model: dict[str, Any], model_name: str, model_version: str) -> An
                                    parameters=params or None)
 
 
-def _tracking(text: str, *key: str) -> Any:
+def _tracking(entry: dict[str, Any]) -> Any:
+    """A TrackingIdentifier of a core.tracking entry (``identifier``, ``uid``)."""
     from highdicom.sr import TrackingIdentifier
 
-    return TrackingIdentifier(uid=_derived_uid("tracking", list(key)), identifier=clean_text(text, "LO"))
+    return TrackingIdentifier(uid=str(entry["uid"]), identifier=clean_text(str(entry["identifier"]), "LO"))
 
 
-def _segment_groups(ctx: _Context, readout: dict[str, Any], run: str) -> list[Any]:
+def tracking_of(readout: dict[str, Any], series_uid: str) -> dict[str, Any]:
+    """The read-out's recorded tracking (report.json), else the one derived from the CT series' UID."""
+    recorded = readout.get("tracking")
+    if isinstance(recorded, dict) and recorded.get("case_key"):
+        return recorded
+    return case_tracking(case_key(series_uid), readout)
+
+
+def lesion_entry(tracking: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The tracking entry of lesion ``rank`` (recorded, else derived from the case key)."""
+    return lesion_uid_of({"tracking": tracking}, rank) or lesion_tracking(str(tracking["case_key"]), rank)
+
+
+def _segment_groups(ctx: _Context, readout: dict[str, Any], tracking: dict[str, Any]) -> list[Any]:
     """TID 1411 per segment (empty ones too: 0 mL is a finding): volume and confidence, referencing the SEG
     segment (through the CT series when the SEG holds no frame of it)."""
     from highdicom.sr import FindingSite, VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -161,7 +185,7 @@ def _segment_groups(ctx: _Context, readout: dict[str, Any], run: str) -> list[An
         if seg.label == 2:
             items.append(ctx.measure(_local("count"), (readout.get("lesion") or {}).get("count", 0), "1"))
         groups.append(VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(seg.name, run, seg.slicer_id),
+            tracking_identifier=_tracking(tracking["segments"][seg.slicer_id]),
             referenced_segment=ctx.segment(seg.label),
             finding_type=_code(seg.type), finding_category=_code(seg.category),
             finding_sites=[FindingSite(_code(seg.region))] if seg.region.value else None,
@@ -183,7 +207,8 @@ def _diameters(ctx: _Context, comp: dict[str, Any]) -> list[Any]:
     return out
 
 
-def _component_group(ctx: _Context, comp: dict[str, Any], size: dict[str, Any] | None, run: str) -> Any:
+def _component_group(ctx: _Context, comp: dict[str, Any], size: dict[str, Any] | None,
+                     tracking: dict[str, Any]) -> Any:
     """TID 1501 for one lesion component: volume, diameters with SCOORD3D endpoints, position, size category."""
     from highdicom.sr import (
         CodedConcept,
@@ -207,14 +232,13 @@ def _component_group(ctx: _Context, comp: dict[str, Any], size: dict[str, Any] |
         cat = str(size["category"])
         evaluations.append(QualitativeEvaluation(_local("size"), CodedConcept(
             f"SIZE-{cat}", LOCAL_SCHEME, f"{cat} by size only, not a stage")))
-    name = f"Pancreatic lesion component {rank}" + (" (largest)" if rank == 1 else "")
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(name, run, str(rank)), finding_type=_code(lesion.type),
+        tracking_identifier=_tracking(lesion_entry(tracking, rank)), finding_type=_code(lesion.type),
         finding_category=_code(lesion.category), finding_sites=[FindingSite(_code(lesion.region))],
         algorithm_id=ctx.algorithm, measurements=items, qualitative_evaluations=evaluations or None)
 
 
-def _score_group(ctx: _Context, readout: dict[str, Any], run: str) -> Any | None:
+def _score_group(ctx: _Context, readout: dict[str, Any], tracking: dict[str, Any]) -> Any | None:
     from highdicom.sr import MeasurementsAndQualitativeEvaluations
 
     score = (readout.get("confidence") or {}).get("lesion_score") or {}
@@ -222,7 +246,8 @@ def _score_group(ctx: _Context, readout: dict[str, Any], run: str) -> Any | None
         return None
     where = [score["argmax_ras"]] if score.get("argmax_ras") else None
     item = ctx.measure(_local("score"), score["value"], "1", line_ras=where, point=True)
-    return MeasurementsAndQualitativeEvaluations(tracking_identifier=_tracking("Case lesion score", run, "score"),
+    return MeasurementsAndQualitativeEvaluations(tracking_identifier=_tracking(
+        {"identifier": "Case lesion score", "uid": tracking_uid(str(tracking["case_key"]), "lesion-score")}),
                                                  algorithm_id=ctx.algorithm, measurements=[item])
 
 
@@ -244,12 +269,12 @@ def build_report(sources: SegSources, seg: Any, readout: dict[str, Any], model: 
         raise DicomSrError("no read-out to report (the read-out was turned off)")
     first = sources.datasets[0]
     ctx = _Context(seg, str(first.FrameOfReferenceUID), _algorithm(model, model_name, model_version))
-    run = str(seg.SOPInstanceUID)
-    groups: list[Any] = _segment_groups(ctx, readout, run)
+    tracking = tracking_of(readout, str(first.SeriesInstanceUID))
+    groups: list[Any] = _segment_groups(ctx, readout, tracking)
     lesion = readout.get("lesion") or {}
     for comp in lesion.get("components") or []:
-        groups.append(_component_group(ctx, comp, lesion.get("size_category") if comp["rank"] == 1 else None, run))
-    score = _score_group(ctx, readout, run)
+        groups.append(_component_group(ctx, comp, lesion.get("size_category") if comp["rank"] == 1 else None, tracking))
+    score = _score_group(ctx, readout, tracking)
     if score is not None:
         groups.append(score)
     if not groups:

@@ -29,6 +29,7 @@ from ..core.errors import InputError, OutputError, UsageError, printable
 from ..core.ownership import CaseFolder
 from ..core.paths import OUTPUT_NAMES
 from ..core.terminology import SEGMENTS
+from ..core.tracking import case_tracking
 from ..readout.combined import case_readout
 from .batch import (
     CORRECTED_LABELS,
@@ -137,10 +138,17 @@ def corrected_readout(folder: Path, labels: np.ndarray, affine: np.ndarray) -> d
         confidence = conf if conf.dtype == np.uint8 and conf.shape == labels.shape else None
     out = case_readout(labels, affine, confidence_map=confidence,
                        confidence_reason="no confidence map for this case")
+    try:
+        before = read_json(folder / REPORT).get("readout", {})
+    except (InputError, AttributeError):
+        before = {}
+    key = (before.get("tracking") or {}).get("case_key") if isinstance(before, dict) else None
+    if key:  # the same case: the same tracking UIDs (core.tracking)
+        out["tracking"] = case_tracking(str(key), out)
     if out.get("confidence"):
         try:
-            original = read_json(folder / REPORT).get("readout", {}).get("confidence", {}).get("lesion_score")
-        except (InputError, AttributeError):
+            original = before.get("confidence", {}).get("lesion_score")
+        except AttributeError:
             original = None
         if isinstance(original, dict):
             out["confidence"]["lesion_score"] = original | {"note": "the model's score, kept from report.json"}
