@@ -12,7 +12,7 @@ from PancreasDiNTSLib.core.paths import FORMATS
 from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 if TYPE_CHECKING:
-    from PancreasDiNTSLib.inference.batch import SegmentSettings
+    from PancreasDiNTSLib.inference.batch import CaseResult, SegmentSettings
 
 HELP = "segment pancreas and pancreatic tumour in CT images (NIfTI, NRRD, MetaImage, DICOM folders)"
 
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from PancreasDiNTSLib.inference.batch import run_segment
 
     summary = run_segment(settings_from_args(args))
+    _reviews_after_rerun(args.output, summary.results)
     if args.progress != "json":
         for r in summary.results:
             extra = ", ".join(f"{k} {v:.1f} mL" for k, v in r.volumes_ml.items()) if r.status == "ok" else r.message
@@ -113,3 +114,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{d['succeeded']} succeeded, {d['skipped']} skipped, {d['failed']} failed; results in "
               f"{printable(args.output)}", file=sys.stderr)
     return EXIT_OK if summary.ok else EXIT_CASE_FAILED
+
+
+def _reviews_after_rerun(outdir: str, results: list[CaseResult]) -> None:
+    """A rerun never touches a reviewer's files; it says which reviews now refer to earlier labels (one line
+    each) and rebuilds OUTDIR/review.csv so that it says so too."""
+    from pathlib import Path
+
+    from PancreasDiNTSLib.review.record import after_rerun
+
+    folders = [Path(r.output_dir) for r in results if r.output_dir and r.status == "ok"]
+    for line in after_rerun(Path(outdir), folders):
+        print(f"warning: {line}", file=sys.stderr)

@@ -13,6 +13,10 @@ place, so at every instant, a killed run included, each file in the folder is pr
 is made again under the OUTDIR lock (core.atomic.folder_lock) right before each replace or delete: a file a user
 edited or dropped in meanwhile is kept and that output fails with one line. Entries marked ``pending`` (written
 by engines before 0.2) prove nothing. Everything else in the folder belongs to the user and is never touched.
+
+A run's finish deletes only the engine's own output names (core.paths.OUTPUT_NAMES) that it did not write this
+time: a name the manifest lists but no run writes (a hand-edited manifest) is never deleted. A reviewer's files
+(core.paths.REVIEW_NAMES) are written only by a folder opened ``for_review`` and are never deleted by any run.
 Torch-free (the Slicer bridge may read it).
 """
 
@@ -32,10 +36,13 @@ from typing import Any
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import folder_lock, publish, staged, write_text_atomic
 from PancreasDiNTSLib.core.errors import OutputError, disk_full_error, is_disk_full, printable
+from PancreasDiNTSLib.core.paths import OUTPUT_NAMES, REVIEW_NAMES
 
 MANIFEST_NAME = ".pancreas-dints.json"
 SCHEMA = "pancreas-dints.case/1"
 MAX_MANIFEST_BYTES = 1 << 20
+RUN_OUTPUTS = frozenset(OUTPUT_NAMES.values())  # what a run may delete when it did not write it this time
+PERSON_MADE = frozenset(REVIEW_NAMES.values())  # what only a review save writes, and no run deletes
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -104,8 +111,10 @@ class CaseFolder:
     Changes (claim, write, finish) hold the lock of the folder's parent (OUTDIR) for their short decisive step
     and merge with the manifest on disk, so concurrent runs of the same input keep each other's records."""
 
-    def __init__(self, path: Path, identity: dict[str, Any] | None = None, case: str = "") -> None:
+    def __init__(self, path: Path, identity: dict[str, Any] | None = None, case: str = "",
+                 for_review: bool = False) -> None:
         self.path = Path(path)
+        self.for_review = for_review
         self.identity = identity
         self.case = case or self.path.name
         self.manifest = read_manifest(self.path)
@@ -155,6 +164,8 @@ class CaseFolder:
         file is checked again (absent or proven ours), the new digest is recorded and the file is renamed into
         place. A file that is not (or no longer) the engine's is kept: OutputError, one line."""
         dest = _safe_member(self.path, name)
+        if name in PERSON_MADE and not self.for_review:
+            raise OutputError(f"{printable(self.path / name)}: a reviewer's file; only a review save writes it")
         if dest is None or not self.owns(name):
             raise self._not_ours(name)
         try:
@@ -174,10 +185,10 @@ class CaseFolder:
             raise self._error(dest, exc) from None
 
     def finish(self, keep: list[str]) -> None:
-        """Delete the engine's own files that this run did not write (stale; proven right before the delete),
-        then save the manifest."""
+        """Delete the engine's own output files (RUN_OUTPUTS) that this run did not write (stale; proven right
+        before the delete), then save the manifest. Other listed names (a reviewer's files) stay, listed."""
         with self._locked():
-            for name in [n for n in self.files if n not in keep]:
+            for name in [n for n in self.files if n not in keep and n in RUN_OUTPUTS]:
                 member = _safe_member(self.path, name)
                 if member is not None and self.owns(name):
                     try:

@@ -34,6 +34,10 @@ OUTPUT_NAMES = {
 FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "dicom-sr", "rtstruct", "confidence", "report-png", "report-pdf")
 # The files `segment` writes into OUTDIR itself, next to the case folders (per rank under torchrun).
 BATCH_NAMES = {"summary": "summary.json", "measurements": "measurements.csv"}
+# The files a reviewer's save writes into a case folder (review/record.py): a person's work, which no run of
+# `segment` may ever replace or delete (core.ownership.CaseFolder refuses it).
+REVIEW_NAMES = {"review": "review.json", "labels": "labels_corrected.nii.gz",
+                "seg.nrrd": "segmentation_corrected.seg.nrrd"}
 
 
 def model_cache_root() -> Path:

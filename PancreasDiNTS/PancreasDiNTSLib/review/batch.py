@@ -19,16 +19,17 @@ import numpy as np
 
 from ..core.errors import InputError, UsageError, printable
 from ..core.ownership import CaseFolder, input_identity, read_manifest
-from ..core.paths import BATCH_NAMES, OUTPUT_NAMES
+from ..core.paths import BATCH_NAMES, OUTPUT_NAMES, REVIEW_NAMES
 from ..core.safeparse import parse_json, read_text_bounded
 from ..io.dicom import read_dicom_series
 from ..readout.combined import csv_row
 
-REVIEW_NAME = "review.json"
+REVIEW_NAME = REVIEW_NAMES["review"]
 REVIEW_CSV = "review.csv"
-CORRECTED_LABELS = "labels_corrected.nii.gz"
-CORRECTED_SEG = "segmentation_corrected.seg.nrrd"
+CORRECTED_LABELS = REVIEW_NAMES["labels"]
+CORRECTED_SEG = REVIEW_NAMES["seg.nrrd"]
 STATUSES = ("not reviewed", "accepted", "corrected", "rejected")
+STALE_SUFFIX = " (earlier labels)"  # a review of labels a rerun has replaced since: "corrected (earlier labels)"
 LABELS = OUTPUT_NAMES["nifti"]
 SEGMENTATION = OUTPUT_NAMES["seg.nrrd"]
 REPORT = OUTPUT_NAMES["report"]
@@ -130,6 +131,10 @@ def load_case(folder: Path) -> Case:
     review = read_review(folder)
     if review:
         case.status = str(review.get("status", "not reviewed"))
+        if labels_changed(folder, review):
+            case.status += STALE_SUFFIX
+            case.problem = (f"the review of {printable(str(review.get('time', '')))} was made on earlier labels: "
+                            f"{LABELS} changed since (a rerun); the reviewer's files are kept; review the new labels")
     try:
         readout, _ = case_readout_of(folder, review)
     except InputError as exc:
@@ -143,7 +148,7 @@ def case_readout_of(folder: Path, review: dict[str, Any] | None = None) -> tuple
     """(the read-out to show, where it comes from): the corrected labels' once a correction was saved, else
     report.json's."""
     review = review if review is not None else read_review(folder)
-    if review and isinstance(review.get("readout"), dict):
+    if review and isinstance(review.get("readout"), dict) and not labels_changed(folder, review):
         return review["readout"], "corrected labels (review.json)"
     report = read_json(folder / REPORT)
     readout = report.get("readout") if isinstance(report, dict) else None
@@ -155,6 +160,19 @@ def lesion_centre(readout: dict[str, Any] | None) -> list[float] | None:
     largest = ((readout or {}).get("lesion") or {}).get("largest") or {}
     centre = largest.get("centroid_ras")
     return [float(v) for v in centre] if isinstance(centre, list) and len(centre) == 3 else None
+
+
+def labels_digest(folder: Path) -> str | None:
+    """The sha256 the manifest records for the case's labels.nii.gz (None when not listed)."""
+    entry = CaseFolder(folder).files.get(LABELS)
+    return entry.get("sha256") if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) else None
+
+
+def labels_changed(folder: Path, review: dict[str, Any] | None) -> bool:
+    """The review was made on other labels than the case's labels.nii.gz now (a rerun replaced them): its
+    recorded ``labels_sha256`` differs from the manifest's. Reviews saved before it was recorded: False."""
+    made_on = (review or {}).get("labels_sha256")
+    return isinstance(made_on, str) and made_on != labels_digest(folder)
 
 
 def read_review(folder: Path) -> dict[str, Any] | None:
@@ -170,11 +188,13 @@ def read_review(folder: Path) -> dict[str, Any] | None:
 
 
 def segmentation_to_open(folder: Path) -> tuple[Path, bool]:
-    """(the .seg.nrrd to show, whether it is the corrected one): a case reopens from its corrected file.
+    """(the .seg.nrrd to show, whether it is the corrected one): a case reopens from its corrected file, unless
+    that correction was made on earlier labels (then the current segmentation).
 
     InputError when the file is not the engine's (absent from the manifest, or changed since it was written)."""
     owned = CaseFolder(folder)
-    for name, corrected in ((CORRECTED_SEG, True), (SEGMENTATION, False)):
+    stale = labels_changed(folder, read_review(folder))  # the correction is of earlier labels: show the new ones
+    for name, corrected in ((CORRECTED_SEG, True), (SEGMENTATION, False))[1 if stale else 0:]:
         if name in owned.files and owned.has([name]) and owned.owns(name):
             return folder / name, corrected
     raise InputError(f"{printable(folder / SEGMENTATION)}: not the segmentation pancreas-dints wrote for this case "

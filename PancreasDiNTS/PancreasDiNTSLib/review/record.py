@@ -12,6 +12,7 @@ wins and both are kept in ``review.json``'s history. ``OUTDIR/review.csv`` summa
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -39,6 +40,8 @@ from .batch import (
     REVIEW_CSV,
     REVIEW_NAME,
     batch_cases,
+    labels_changed,
+    labels_digest,
     read_json,
     read_review,
 )
@@ -161,11 +164,12 @@ def _record(folder: Path, review: ReviewInput, changes: dict[str, Any], readout:
     previous = read_review(folder) or {}
     history = [h for h in previous.get("history", []) if isinstance(h, dict)]
     if previous:
-        history.append({k: previous.get(k) for k in ("status", "reviewer", "time", "reason", "changes")})
+        history.append({k: previous.get(k) for k in ("status", "reviewer", "time", "reason", "labels_sha256", "changes")})
     return {
         "schema": SCHEMA, "case": folder.name, "status": review.status, "reviewer": _clean(review.reviewer),
         "time": now.isoformat(timespec="seconds"), "reason": _clean(review.reason),
-        "original": LABELS, "files": [CORRECTED_LABELS, CORRECTED_SEG] if readout is not None else [],
+        "original": LABELS, "labels_sha256": labels_digest(folder),
+        "files": [CORRECTED_LABELS, CORRECTED_SEG] if readout is not None else [],
         "changes": changes, "readout": readout, "history": history[-MAX_HISTORY:],
     }
 
@@ -177,7 +181,8 @@ def _decided_labels(folder: Path, owned: CaseFolder, review: ReviewInput, before
     if review.status == "corrected" and review.labels is not None:
         after = np.asarray(review.labels)
         return after, corrected_readout(folder, after, original.affine)
-    if owned.has([CORRECTED_LABELS, CORRECTED_SEG]) and owned.owns(CORRECTED_LABELS):
+    current = not labels_changed(folder, read_review(folder))  # a correction of earlier labels is not on screen
+    if current and owned.has([CORRECTED_LABELS, CORRECTED_SEG]) and owned.owns(CORRECTED_LABELS):
         after = np.asarray(load_labels(folder / CORRECTED_LABELS).dataobj)
         if after.shape == before.shape:
             earlier = (read_review(folder) or {}).get("readout")
@@ -197,7 +202,8 @@ def save_review(folder: Path, review: ReviewInput, now: datetime | None = None) 
         if probe.manifest is None or not probe.has([LABELS]) or not probe.owns(LABELS):
             raise InputError(f"{printable(folder / LABELS)}: not the labels pancreas-dints wrote for this case (or "
                              "changed since); nothing saved")
-        owned = CaseFolder(folder, identity=probe.manifest.get("input"), case=str(probe.manifest.get("case", "")))
+        owned = CaseFolder(folder, identity=probe.manifest.get("input"), case=str(probe.manifest.get("case", "")),
+                           for_review=True)
         original = load_labels(folder / LABELS)
         before = np.asarray(original.dataobj)
         _check_input(review, before.shape)
@@ -254,3 +260,19 @@ def write_review_csv(outdir: Path) -> bool:
                 return False
         write_text_atomic(dest, review_csv(outdir))
     return True
+
+
+def after_rerun(outdir: Path, folders: list[Path]) -> list[str]:
+    """After `segment` wrote into ``folders``: one line per case whose review was made on labels the run has
+    replaced (the reviewer's files are kept), and OUTDIR/review.csv rebuilt when the engine's one is there."""
+    lines = []
+    for folder in folders:
+        review = read_review(folder)
+        if review and labels_changed(folder, review):
+            lines.append(f"{printable(folder.name)}: its review ({printable(str(review.get('status')))}, "
+                         f"{printable(str(review.get('time')))}) was made on the earlier labels; the reviewer's "
+                         "files are kept and the case shows as not reviewed on the new labels")
+    if (Path(outdir) / REVIEW_CSV).is_file():
+        with contextlib.suppress(UsageError, InputError, OSError):
+            write_review_csv(Path(outdir))
+    return lines
