@@ -245,6 +245,49 @@ def tracking_pairs(ds) -> set[tuple[str, str]]:
     return out
 
 
+def assert_lines_on_acquired_images(ds, readout, files) -> int:
+    """Issue 34 (IHE AIR): each RECIST long and short axis also has a 2D SCOORD POLYLINE on an acquired CT image
+    of the series (by SOP Instance UID) whose image coordinates, mapped to the patient by highdicom's
+    ImageToReferenceTransformer from that image's header, land on report.json's 3D endpoints (well within half a
+    pixel). Returns the number of lines checked."""
+    import highdicom as hd
+    import pydicom
+
+    images = {}
+    for f in files:
+        im = pydicom.dcmread(str(f), stop_before_pixels=True)
+        images[str(im.SOPInstanceUID) or str(im.file_meta.MediaStorageSOPInstanceUID)] = im
+    groups = sr_groups(ds)
+    checked = 0
+    for comp in readout["lesion"]["components"]:
+        name = f"Pancreatic lesion component {comp['rank']}" + (" (largest)" if comp["rank"] == 1 else "")
+        for meaning, key in (("Long axis", "longest_axial_diameter"), ("Perpendicular Axis", "perpendicular_diameter")):
+            item = groups[name][meaning][0]
+            flat = [i for i in item.ContentSequence if i.ValueType == "SCOORD"]
+            assert len(flat) == 1 and flat[0].GraphicType == "POLYLINE", (name, meaning)
+            ref = flat[0].ContentSequence[0]
+            assert ref.ValueType == "IMAGE" and ref.RelationshipType == "SELECTED FROM"
+            im = images[str(ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+            assert ref.ReferencedSOPSequence[0].ReferencedSOPClassUID == im.SOPClassUID
+            xy = np.array(flat[0].GraphicData, float).reshape(-1, 2)
+            to_patient = hd.spatial.ImageToReferenceTransformer(
+                image_position=im.ImagePositionPatient, image_orientation=im.ImageOrientationPatient,
+                pixel_spacing=im.PixelSpacing)
+            got = to_patient(xy)
+            want = np.array(comp[key]["endpoints_ras"]) * [-1, -1, 1]
+            assert np.abs(got - want).max() < 0.05 < 0.5 * min(float(v) for v in im.PixelSpacing), (name, meaning)
+            checked += 1
+    return checked
+
+
+@pytest.mark.slow
+def test_sr_lines_are_also_2d_scoords_on_the_ct_image_they_were_measured_on(axial):
+    root, case, _ = axial
+    readout = json.loads((root / "out" / "report.json").read_text())["readout"]
+    assert assert_lines_on_acquired_images(strict_read(root / "out" / "measurements-sr.dcm"), readout,
+                                           case.dicom_files) == 4
+
+
 @pytest.mark.slow
 def test_sr_tracking_uids_are_derived_from_the_case_and_stable_across_reruns(tmp_path, axial):
     """Issue 34: a rerun of the same case gives a new SR (new SOP instance) with the same Tracking UIDs, those
@@ -405,6 +448,7 @@ def test_tilted_and_oblique_series_reference_the_acquired_images(tmp_path, vol, 
                                np.array(report["lesion"]["largest"]["longest_axial_diameter"]["endpoints_ras"])
                                * [-1, -1, 1], atol=0.01)
     assert hd.sr.srread(str(tmp_path / "out" / "measurements-sr.dcm")).content.get_volumetric_roi_measurement_groups()
+    assert assert_lines_on_acquired_images(ds, report, case.dicom_files) == 4  # on the acquired (tilted) image
 
 
 @pytest.mark.slow

@@ -52,9 +52,9 @@ from PancreasDiNTSLib.io.dicom_seg import (
     prepare_sources,
     trial_frames,
 )
+from PancreasDiNTSLib.io.image_plane import ImagePlane, image_with, lps, plane_of
 
 LOCAL_SCHEME = "99PDINTS"
-RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 # Local codes: (value, meaning <= 64 characters)
 LOCAL = {
     "mean_confidence": ("CONF-MEAN", "Mean model confidence in segment"),
@@ -93,18 +93,26 @@ def _unit(kind: str) -> Any:
             "1": CodedConcept("1", "UCUM", "no units")}[kind]
 
 
-def lps(points_ras: Sequence[Sequence[float]]) -> np.ndarray:
-    """RAS points (mm) -> LPS (the DICOM patient coordinate system)."""
-    return np.asarray(points_ras, dtype=np.float64) * RAS_TO_LPS
-
-
 class _Context:
     """What every group shares: the SEG, the frame of reference, the algorithm."""
 
-    def __init__(self, seg: Any, frame_uid: str, algorithm: Any) -> None:
+    def __init__(self, seg: Any, sources: SegSources, algorithm: Any) -> None:
         self.seg = seg
-        self.frame_uid = frame_uid
+        self.images = list(sources.datasets)
+        self.frame_uid = str(self.images[0].FrameOfReferenceUID)
         self.algorithm = algorithm
+        self.planes: list[ImagePlane] = [plane_of(ds, i) for i, ds in enumerate(self.images)]
+
+    def on_image(self, line_ras: Sequence[Sequence[float]]) -> Any | None:
+        """A 2D SCOORD POLYLINE of the line on the acquired CT image whose plane holds it (IHE AIR), or None."""
+        from highdicom.sr import CoordinatesForMeasurement, GraphicTypeValues, SourceImageForRegion
+
+        found = image_with(self.planes, line_ras)
+        if found is None:
+            return None
+        ds = self.images[found[0].index]
+        return CoordinatesForMeasurement(GraphicTypeValues.POLYLINE, np.round(found[1], 4),
+                                         SourceImageForRegion(str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
 
     def seg_image(self, segment: int) -> Any:
         from highdicom.sr import SourceImageForMeasurement
@@ -125,13 +133,16 @@ class _Context:
 
     def measure(self, name: Any, value: float, unit: str, segment: int | None = None,
                 line_ras: Sequence[Sequence[float]] | None = None, method: Any = None,
-                point: bool = False) -> Any:
+                point: bool = False, on_image: bool = False) -> Any:
         from highdicom.sr import CoordinatesForMeasurement3D, GraphicTypeValues3D, Measurement
 
         coords = None
         if line_ras is not None:
             kind = GraphicTypeValues3D.POINT if point else GraphicTypeValues3D.POLYLINE
             coords = [CoordinatesForMeasurement3D(kind, lps(line_ras), self.frame_uid)]
+            flat = self.on_image(line_ras) if on_image else None
+            if flat is not None:
+                coords.insert(0, flat)
         return Measurement(name=name, value=value, unit=_unit(unit), method=method,
                            algorithm_id=self.algorithm, referenced_coordinates=coords,
                            referenced_images=[self.seg_image(segment)] if segment is not None else None)
@@ -203,7 +214,8 @@ def _diameters(ctx: _Context, comp: dict[str, Any]) -> list[Any]:
             ("longest_3d_diameter", _code(TermCode("IBSI", "L0JK", "Maximum 3D Diameter of a Mesh")), None)):
         d = comp.get(key)
         if d:
-            out.append(ctx.measure(name, d["mm"], "mm", 2, d["endpoints_ras"], method))
+            out.append(ctx.measure(name, d["mm"], "mm", 2, d["endpoints_ras"], method,
+                                   on_image=key != "longest_3d_diameter"))
     return out
 
 
@@ -268,7 +280,7 @@ def build_report(sources: SegSources, seg: Any, readout: dict[str, Any], model: 
     if not readout or "segments" not in readout:
         raise DicomSrError("no read-out to report (the read-out was turned off)")
     first = sources.datasets[0]
-    ctx = _Context(seg, str(first.FrameOfReferenceUID), _algorithm(model, model_name, model_version))
+    ctx = _Context(seg, sources, _algorithm(model, model_name, model_version))
     tracking = tracking_of(readout, str(first.SeriesInstanceUID))
     groups: list[Any] = _segment_groups(ctx, readout, tracking)
     lesion = readout.get("lesion") or {}
