@@ -1,7 +1,8 @@
 """The HTTP API of ``pancreas-dints serve`` (FastAPI; the OpenAPI page is at ``/docs``).
 
 Every ``/v1`` endpoint but ``/v1/health`` needs ``Authorization: Bearer <token>`` (compared in constant time).
-Errors are one line of JSON: ``{"error": "..."}``. An upload is refused before a byte of it is stored when the
+Errors are one line of JSON: ``{"error": "..."}``, whatever fails (a job-store error is 503, an unexpected one
+500); a client that disconnects mid-request is one log line, never a traceback. An upload is refused before a byte of it is stored when the
 queue is full (503), the body is too large (413) or lacks a length (411), or the disk lacks room (507).
 """
 
@@ -12,6 +13,7 @@ import hmac
 import json
 import math
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -213,7 +215,11 @@ def _jobs_router(service: Service) -> APIRouter:
             raise HTTPException(503, f"the queue is full ({service.limits.max_queue} jobs); try again later")
         declared = _declared_length(request, service.limits)
         job_id, size, digest = await _store_upload(service, request, kind, declared)
-        service.store.add(job_id, kind, opts, size, digest)
+        try:
+            service.store.add(job_id, kind, opts, size, digest)
+        except sqlite3.Error:  # no job: nothing of the upload may stay (it holds a patient's CT)
+            shutil.rmtree(service.store.job_dir(job_id), ignore_errors=True)
+            raise
         service.pool.notify()
         client = request.client.host if request.client else "?"
         service.pool.log(f"job {job_id}: accepted from {client} ({kind}, {size} bytes, sha256 {digest[:16]}...)")
@@ -301,11 +307,29 @@ def create_app(service: Service) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _error(400, f"{where}: {first.get('msg', 'invalid request')}")
 
+    @app.exception_handler(sqlite3.Error)
+    async def store_error(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        service.pool.log(f"{request.method} {request.url.path}: job store error ({exc}); answered 503")
+        return _error(503, f"the server's job store is unavailable ({exc}); nothing was kept; try again in a "
+                           "minute", {"Retry-After": "30"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        service.pool.log(f"{request.method} {request.url.path}: the client disconnected; nothing was kept")
+        return _error(400, "the client disconnected before the request was complete")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"unexpected server error ({type(exc).__name__}); see the server's log")
+
     app.add_middleware(TokenGate, token=service.token)
 
-    @app.get("/v1/health", summary="Is the server up (no token needed)")
+    @app.get("/v1/health", summary="Is the server up (no token needed); 'degraded' with the reasons when jobs "
+             "cannot be scheduled (e.g. the job store is locked)")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "api": 1, "version": __version__}
+        problems = service.pool.problems()
+        return {"status": "degraded" if problems else "ok", "api": 1, "version": __version__} | (
+            {"problems": problems} if problems else {})
 
     @app.get("/v1/model", summary="The model served (name, version, md5s), the workers and the limits")
     def model() -> dict[str, Any]:

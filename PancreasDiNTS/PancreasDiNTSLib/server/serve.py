@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from PancreasDiNTSLib.bridge.commands import devices_command
 from PancreasDiNTSLib.bridge.device_list import parse_devices
 from PancreasDiNTSLib.bridge.remote import is_loopback, read_token
 from PancreasDiNTSLib.core.atomic import write_text_atomic
-from PancreasDiNTSLib.core.errors import UsageError, printable
+from PancreasDiNTSLib.core.errors import OutputError, UsageError, printable
 from PancreasDiNTSLib.server.app import Limits, Service, create_app
 from PancreasDiNTSLib.server.store import JobStore
 from PancreasDiNTSLib.server.workers import WorkerPool
@@ -123,7 +124,26 @@ def janitor(service: Service, stop: threading.Event) -> None:
     """Purge expired jobs every minute (more often for a retention time under two minutes)."""
     every = min(JANITOR_EVERY_S, max(1.0, service.limits.retention_s / 2))
     while not stop.wait(every):
-        purge_expired(service.store, service.limits.retention_s)
+        try:
+            purge_expired(service.store, service.limits.retention_s)
+        except sqlite3.Error as exc:  # a store outage: the next round tries again (health says degraded)
+            say(f"retention: the job store is unavailable ({exc}); trying again in {every:.0f} s")
+
+
+def open_store(data: Path) -> tuple[JobStore, int, dict[str, int]]:
+    """The job store, with orphan uploads removed and interrupted jobs recovered; a damaged or locked store is
+    one line (OutputError, exit 5) that says what to do."""
+    path = data / "jobs.sqlite3"
+    try:
+        store = JobStore(data)
+        store.check()
+        return store, clean_orphans(store), store.recover()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):
+            raise OutputError(f"{printable(path)}: the job store is locked by another program ({exc}); stop it "
+                              "and start again") from None
+        raise OutputError(f"{printable(path)}: the job store is damaged ({exc}); stop, move the file away (e.g. "
+                          "to jobs.sqlite3.damaged: its jobs are lost) and start again (a new store is made)") from None
 
 
 def _listen(settings: ServeSettings) -> tuple[socket.socket, str]:
@@ -159,8 +179,7 @@ def serve(settings: ServeSettings) -> int:
     (data / "logs").mkdir(exist_ok=True, mode=0o700)
     with data_lock(data):
         token, token_path = load_token(data, settings.token_file)
-        store = JobStore(data)
-        orphans, counts = clean_orphans(store), store.recover()
+        store, orphans, counts = open_store(data)
         if orphans or any(counts.values()):
             say(f"recovered: {counts['requeued']} job(s) queued again, {counts['failed']} failed with a reason, "
                 f"{orphans} unfinished upload(s) removed")

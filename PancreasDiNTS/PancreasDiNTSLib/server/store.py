@@ -64,6 +64,13 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
 
+    def check(self) -> None:
+        """sqlite3.DatabaseError unless the database is intact (SQLite's quick_check)."""
+        with self._lock:
+            result = self._db.execute("PRAGMA quick_check").fetchone()
+        if not result or result[0] != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {result[0] if result else 'no answer'}")
+
     def job_dir(self, job_id: str) -> Path:
         assert valid_job_id(job_id)
         return self.jobs_dir / job_id

@@ -5,6 +5,10 @@ only from the slot's thread so that PR_SET_PDEATHSIG ties it to the server). A w
 ``kill -9``, out of memory) fails its job with the reason and is started again; the server stays up. Cancel
 kills the worker's whole process tree (bridge.child_process.kill_process_tree) and the slot starts a fresh one.
 The upload of a finished job is deleted at once; its results stay until deleted or past the retention time.
+
+A job-store error (a lock held by another program, a full disk, I/O) never ends a slot's thread: the store call
+is retried with back-off (1 s doubling to 30 s), the outage is logged in one line (and its end in another), and
+``/v1/health`` says ``degraded`` with the reason until the store answers again.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PancreasDiNTSLib.bridge.child_process import kill_process_tree
 from PancreasDiNTSLib.core.errors import ModelError, printable
@@ -26,6 +32,8 @@ from PancreasDiNTSLib.server.store import JobStore
 from PancreasDiNTSLib.server.uploads import input_path
 
 RESTART_DELAY_S = 2.0
+STORE_RETRY_S = (1.0, 30.0)  # first and longest wait before a failed job-store call is tried again
+T = TypeVar("T")
 
 
 class WorkerFailed(ModelError):
@@ -61,27 +69,35 @@ class Slot:
         return hello
 
     def loop(self) -> None:
+        """Feed the worker until the server stops; nothing (a store error, a bug) ends this thread."""
+        while not self.pool.stopping.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # an engine bug: keep scheduling, say it once per occurrence
+                self.pool.log(f"worker slot {self.index}: unexpected {type(exc).__name__}: {exc}")
+                self.pool.stopping.wait(RESTART_DELAY_S)
+
+    def step(self) -> None:
+        """One turn of the loop: (re)start the worker, claim the oldest queued job and run it, or wait."""
         pool = self.pool
-        while not pool.stopping.is_set():
-            if self.proc is None or self.proc.poll() is not None:
-                try:
-                    self.start_worker()
-                except (WorkerFailed, OSError) as exc:
-                    pool.log(f"worker {self.index}: {exc}")
-                    time.sleep(RESTART_DELAY_S)
-                    continue
-            job = pool.store.claim_next(self.index)
-            if job is not None:
-                with self.lock:
-                    self.job_id = job["id"]
-            else:
-                with pool.wake:
-                    pool.wake.wait(timeout=1.0)
-                continue
-            self.run(job)
+        if self.proc is None or self.proc.poll() is not None:
+            try:
+                self.start_worker()
+            except (WorkerFailed, OSError) as exc:
+                pool.log(f"worker {self.index}: {exc}")
+                time.sleep(RESTART_DELAY_S)
+                return
+        job = pool.guarded("claiming the next job", lambda: pool.store.claim_next(self.index))
+        if job is None:
+            with pool.wake:
+                pool.wake.wait(timeout=1.0)
+            return
+        with self.lock:
+            self.job_id = job["id"]
+        self.run(job)
 
     def run(self, job: dict[str, Any]) -> None:
-        store, job_id = self.pool.store, job["id"]
+        store, job_id, guarded = self.pool.store, job["id"], self.pool.guarded
         folder = store.job_dir(job_id)
         shutil.rmtree(folder / "out", ignore_errors=True)  # a re-run after a restart starts from nothing
         message = {"id": job_id, "input": str(input_path(folder, job["kind"])), "out": str(folder / "out"),
@@ -100,20 +116,24 @@ class Slot:
             if not cancelled:
                 code = self.proc.wait() if self.proc is not None else None
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                store.finish(job_id, "failed", f"the worker process ended unexpectedly ({how}) while running this "
-                                               "job; the server is still up; send the image again")
+                why = (f"the worker process ended unexpectedly ({how}) while running this job; the server is still "
+                       "up; send the image again")
+                guarded("recording a failed job", lambda: store.finish(job_id, "failed", why))
             if self.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=5.0)
             self.proc = None
         elif result.get("state") == "done":
-            if store.finish(job_id, "done", result.get("message") or None, result.get("files", [])):
+            done = result
+            if guarded("recording a finished job", lambda: store.finish(job_id, "done", done.get("message") or None,
+                                                                       done.get("files", []))):
                 self.pool.durations.append(time.monotonic() - started)
         else:
-            store.finish(job_id, "failed", str(result.get("error") or "failed"))
+            error = str(result.get("error") or "failed")
+            guarded("recording a failed job", lambda: store.finish(job_id, "failed", error))
         self.pool.live.pop(job_id, None)
         shutil.rmtree(folder / "input", ignore_errors=True)  # the patient image is not kept once the job ended
-        final = store.get(job_id) or {}
+        final = guarded("reading a job", lambda: store.get(job_id)) or {}
         self.pool.log(f"job {job_id}: {final.get('state', 'deleted')} after {time.monotonic() - started:.1f} s on "
                       f"worker {self.index}" + (f" ({final['error']})" if final.get("error") else ""))
 
@@ -166,6 +186,34 @@ class WorkerPool:
         self.live: dict[str, dict[str, Any]] = {}
         self.durations: deque[float] = deque(maxlen=20)
         self.hello: dict[str, Any] = {}
+        self.store_error: str | None = None  # the job store's current outage (health: degraded), else None
+
+    def guarded(self, what: str, call: Callable[[], T]) -> T | None:
+        """``call()`` (a job-store call), retried with back-off while the store fails; None when the server stops
+        first. An outage is logged once when it starts and once when it ends."""
+        delay = STORE_RETRY_S[0]
+        while True:
+            try:
+                value = call()
+            except sqlite3.Error as exc:
+                if self.store_error is None:
+                    self.log(f"job store error while {what} ({exc}); retrying with back-off, jobs wait meanwhile")
+                self.store_error = f"job store error while {what}: {exc}"
+                if self.stopping.wait(delay):
+                    return None
+                delay = min(delay * 2, STORE_RETRY_S[1])
+                continue
+            if self.store_error is not None:
+                self.store_error = None
+                self.log("job store answers again; scheduling resumed")
+            return value
+
+    def problems(self) -> list[str]:
+        """Why the service is degraded (empty when it is not): a store outage, a scheduler thread that ended."""
+        out = [self.store_error] if self.store_error else []
+        out += [f"the scheduler of worker {s.index} stopped" for s in self.slots
+                if s.thread.ident is not None and not s.thread.is_alive() and not self.stopping.is_set()]
+        return out
 
     def start(self) -> dict[str, Any]:
         """Start the first worker here (its failure stops the server with the reason), then every slot's thread."""

@@ -1,0 +1,90 @@
+"""Issue 31 (reliability round 4) on a real `pancreas-dints serve` on 127.0.0.1 (one server for the module):
+the job store held locked by another program (2), a damaged store (2), client disconnects and the API page (6),
+retention of patient data (5), token files (7)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from PancreasDiNTSLib.bridge.remote import ServerClient, job_options
+from server_support import make_token, start_server, wait_for, write_ct
+from support import PYTHON
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    base = tmp_path_factory.mktemp("round4")
+    token = make_token(base / "client")
+    server = start_server(base / "data", token)
+    yield {"server": server, "base": base, "ct": write_ct(base / "in" / "ct.nii.gz")}
+    server.stop()
+
+
+def _log(site) -> str:
+    return (site["base"] / "data-serve.log").read_text()
+
+
+def _raw(url: str, method: str = "GET", body: bytes | None = None, token: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one request, errors included."""
+    req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.headers.get("content-type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("content-type", ""), exc.read()
+
+
+def _job_folders(site) -> set[str]:
+    return {p.name for p in (site["server"].data / "jobs").iterdir()}
+
+
+def test_finding2_a_locked_store_degrades_and_recovers(site):
+    srv = site["server"]
+    client = ServerClient(srv.url, srv.token)
+    before = _job_folders(site)
+    holder = sqlite3.connect(str(srv.data / "jobs.sqlite3"), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Event()
+    timer = threading.Timer(12.0, lambda: (holder.execute("ROLLBACK"), released.set()))
+    timer.start()
+    try:
+        ct = site["ct"].read_bytes()
+        status, ctype, body = _raw(f"{srv.url}/v1/jobs?kind=nii.gz", "POST", ct, srv.token,
+                                   {"Content-Type": "application/octet-stream"})
+        assert status == 503 and ctype.startswith("application/json"), (status, body[:300])
+        assert "job store" in json.loads(body)["error"]
+        assert _job_folders(site) == before  # the refused upload (a patient's CT) is not left on the server
+        health = wait_for(lambda: (h := client.health())["status"] == "degraded" and h, timeout=15)
+        assert "job store" in health["problems"][0]
+    finally:
+        assert released.wait(30)
+        timer.join()
+        holder.close()
+    wait_for(lambda: client.health()["status"] == "ok", timeout=60)
+    job = client.submit(site["ct"], "nii.gz", job_options(("nifti",)))
+    assert client.wait(job["id"], poll=0.3)["state"] == "done"  # the scheduler survived the outage
+    log = _log(site)
+    assert "Traceback" not in log and log.count("job store error while") == 1, log[-3000:]
+
+
+def test_finding2_a_damaged_store_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "jobs.sqlite3").write_bytes(b"this is not a database, it was damaged by a disk fault " * 100)
+    token = make_token(tmp_path / "client")
+    proc = subprocess.run([PYTHON, "-m", "PancreasDiNTSLib.cli", "serve", "--port", "0", "--data", str(data),
+                           "--device", "cpu", "--token-file", str(token)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 5, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "job store is damaged" in lines[0] and "move the file away" in lines[0], proc.stderr
