@@ -2,7 +2,7 @@
 
 Layers, lowest first; a module may import its own sub-package and any lower layer, never a higher one:
 
-    core  <  io, model, readout, bridge  <  inference  <  training, server  <  synthetic  <  cli
+    core  <  io, model, readout, bridge  <  inference  <  training, server, benchmark, followup  <  synthetic  <  cli
 
 ``core`` and ``bridge`` never import torch (the Slicer modules import them in Slicer's own process), and the
 package's imports form no cycle.
@@ -21,12 +21,15 @@ LAYERS = {
     "io": 1, "model": 1, "readout": 1, "bridge": 1,
     "inference": 2, "review": 2,
     "training": 3, "server": 3, "benchmark": 3,
+    # a follow-up comparison is read-out plus registration below the CLI; a side given as a CT is segmented
+    # first through inference's batch driver (imported only then), so it sits beside training/server
+    "followup": 3,
     "synthetic": 4,
     "cli": 5,
 }
 TORCH_FREE = ("core", "bridge", "readout", "review")
 # Within one layer, these sub-packages may not import each other (they are independent of one another).
-INDEPENDENT = {"io", "model", "readout", "bridge", "training", "server", "benchmark"}
+INDEPENDENT = {"io", "model", "readout", "bridge", "training", "server", "benchmark", "followup"}
 
 
 def module_name(path: Path) -> str:

@@ -43,6 +43,7 @@ COMMANDS = {
     "demo": "demo",
     "serve": "serve",
     "review": "review",
+    "compare": "compare",
 }
 
 

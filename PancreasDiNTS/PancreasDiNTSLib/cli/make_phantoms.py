@@ -29,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each case a large CT of X x Y x Z tiles of 128 x 128 x 60 voxels at 0.8 x 0.8 x 1 mm: one or "
                         "two phantoms with their glands, the other tiles fat, fat/soft tissue or phantoms without a "
                         "gland (negative context for training; --size and --slice-mm do not apply)")
+    p.add_argument("--followup", action="store_true",
+                   help="instead, one follow-up pair with known truth (docs/FOLLOWUP.md): prior-ct.nii.gz, "
+                        "current-ct.nii.gz (moved, re-gridded; lesions grown, shrunk, gone, split, new), the case "
+                        "folders prior/ and current/ (truth labels as the segmentation) and truth.json")
+    p.add_argument("--other-patient", action="store_true",
+                   help="with --followup: the current is another phantom (a pair compare must refuse)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES, help="bar, json, none; auto = bar on a terminal")
 
@@ -42,6 +48,14 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{printable(out)}: exists and is not a folder; choose a new output folder")
 
+    if args.followup:
+        from PancreasDiNTSLib.synthetic.followup import write_followup_pair
+
+        write_followup_pair(out, args.seed, overwrite=args.overwrite, other_patient=args.other_patient)
+        print(f"follow-up pair written to {printable(out)} (prior/, current/, truth.json)", file=sys.stderr)
+        return EXIT_OK
+    if args.other_patient:
+        raise UsageError("--other-patient goes with --followup")
     size = int(args.size) if str(args.size).isdigit() else args.size
     try:
         lo, hi = (float(v) for v in str(args.slice_mm).split(","))

@@ -205,6 +205,20 @@ def _component(comp: np.ndarray, crop: tuple[slice, ...], lab: int, box: tuple[s
     return rec
 
 
+def lesion_component_map(labels: np.ndarray) -> np.ndarray:
+    """An int32 map of the lesion components, numbered by rank as ``measure`` lists them (1 = largest)."""
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, dtype=np.int32)
+    mask = lab == LESION_LABEL
+    if not mask.any():
+        return out
+    comp, crop, order, _ = _components(mask)
+    rank = np.zeros(len(order) + 1, dtype=np.int32)
+    rank[np.array(order)] = np.arange(1, len(order) + 1, dtype=np.int32)
+    out[crop] = rank[comp]
+    return out
+
+
 def segment_volumes(labels: np.ndarray, affine_ras: np.ndarray) -> tuple[dict[str, int], dict[str, float]]:
     """Voxel counts and volumes (mL) per segment name: report.json's ``voxels`` and ``volumes_ml``."""
     counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=len(SEGMENTS) + 1)

@@ -1,0 +1,141 @@
+"""Follow-up comparison end to end on synthetic pairs with known truth (make-phantoms --followup): the truth
+labels are the "segmentation" (case folders written with the engine's writers), so no inference runs.
+
+One pair is written and compared once (module fixture) through the CLI in-process; the assertions read back
+compare.json, the page and the batch tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PancreasDiNTSLib.cli import main
+from PancreasDiNTSLib.followup.cases import check_pair, load_ct, open_side
+from PancreasDiNTSLib.followup.compare import compare_sides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("followup")
+    assert main(["make-phantoms", "--followup", "--seed", "3", "-o", str(root / "pair")]) == 0
+    code = main(["compare", str(root / "pair" / "prior"), str(root / "pair" / "current"), "-o", str(root / "out"),
+                 "--format", "json,png"])
+    return {"root": root, "code": code, "truth": json.loads((root / "pair" / "truth.json").read_text()),
+            "result": json.loads((root / "out" / "compare.json").read_text())}
+
+
+def by_status(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for f in result["lesions"]:
+        assert f["status"] not in out, f"two findings with status {f['status']}"
+        out[f["status"]] = f
+    return out
+
+
+def test_matches_statuses_and_category(run: dict[str, Any]) -> None:
+    assert run["code"] == 0
+    result, truth = run["result"], run["truth"]
+    found = by_status(result)
+    assert set(found) == {t["status"] for t in truth["lesions"].values()}  # grown shrunk split gone new
+    assert len(found["split"]["prior"]) == 1 and len(found["split"]["current"]) == 2
+    assert found["grown"]["match"]["by"] == "overlap" and found["grown"]["match"]["confidence"] == "high"
+    rec = result["response"]["recist"]
+    assert rec["category"] == truth["expected_category"] == "PD" and "new lesion" in rec["reason"]
+    assert result["response"]["volumetric"]["category"] == "PD"
+    for block in (rec, result["response"]["volumetric"]):
+        assert block["label"] == "computed from the automatic segmentation; not a clinical response assessment"
+    al = result["alignment"]
+    assert al["plausible"] and al["mean_surface_distance_mm"] < 0.5 and al["gland_dice"] > 0.9
+    # the recovered motion: the prior's gland centre lands within 2 mm of where the truth puts it
+    m_true, m = np.array(truth["motion"]["prior_to_current_ras"]), np.array(al["prior_to_current_ras"])
+    c = np.array(found["grown"]["prior"][0]["centroid_ras"] + [1.0])
+    assert np.linalg.norm((m_true @ c)[:3] - (m @ c)[:3]) < 2.0
+
+
+def layer_ml(volume_ml: float, spacing: list[float]) -> float:
+    """One voxel layer over a lesion's surface (sphere of its volume), the largest spacing as its thickness."""
+    surface = (36.0 * math.pi) ** (1 / 3) * (volume_ml * 1000.0) ** (2 / 3)
+    return surface * max(spacing) / 1000.0
+
+
+def test_accuracy_against_truth(run: dict[str, Any]) -> None:
+    result, truth = run["result"], run["truth"]
+    found = by_status(result)
+    voxel = max(truth["prior_spacing_mm"][:2] + truth["current_spacing_mm"][:2])
+    for name in ("grown", "shrunk", "split"):
+        t, f = truth["lesions"][name], found[name]
+        true_change = t["current_volume_ml"] - t["prior_volume_ml"]
+        measured = sum(x["volume_ml"] for x in f["current"]) - sum(x["volume_ml"] for x in f["prior"])
+        tol = max(0.03 * max(t["prior_volume_ml"], t["current_volume_ml"]),
+                  layer_ml(t["current_volume_ml"], truth["current_spacing_mm"]))
+        assert abs(measured - true_change) <= tol, (name, measured, true_change)
+        assert abs(measured - true_change) <= 0.05 * t["prior_volume_ml"], (name, measured, true_change)
+        if name != "split":
+            d_true = t["current_axial_diameter_mm"] - t["prior_axial_diameter_mm"]
+            assert abs(f["change"]["longest_axial_diameter_mm"] - d_true) <= voxel, (name, f["change"], d_true)
+            assert f["prior"][0]["location_part"] == f["current"][0]["location_part"]
+
+
+def test_swapped_pair_reports_a_merge(run: dict[str, Any]) -> None:
+    pair = run["root"] / "pair"
+    current, prior = open_side("prior", pair / "current"), open_side("current", pair / "prior")
+    check_pair(current, prior)
+    load_ct(current)
+    load_ct(prior)
+    result, _ = compare_sides(current, prior)
+    kinds = sorted(f["status"] for f in result["lesions"])
+    assert kinds == ["grown", "merged", "new", "no longer seen", "shrunk"]
+    assert result["response"]["recist"]["category"] == "PD"
+
+
+def test_page_and_batch(run: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = run["root"] / "out" / "compare.png"
+    with Image.open(png) as im:
+        assert im.size[0] > 700 and im.size[1] > 1000
+        assert np.asarray(im.convert("L")).std() > 20  # images, not a blank page
+    assert not (run["root"] / "out" / "compare.pdf").exists()  # not asked for
+    # a batch: the good pair, a pair whose current has no labels, and the good pair again under another name
+    pair = run["root"] / "pair"
+    broken = tmp_path / "broken"
+    shutil.copytree(pair / "current", broken)
+    (broken / "labels.nii.gz").unlink()
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"name,prior,current\nok,{pair / 'prior'},{pair / 'current'}\nbad,{pair / 'prior'},{broken}\n")
+    out = tmp_path / "batch"
+    assert main(["compare", "--pairs", str(table), "-o", str(out), "--format", "json"]) == 1
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[0]["recist"] == "PD" and "no labels.nii.gz" in rows[1]["message"]
+    assert (out / "ok" / "compare.json").is_file() and not (out / "bad").exists()
+
+
+def test_refused_pairs_write_nothing(run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                     ) -> None:
+    other = tmp_path / "other"
+    assert main(["make-phantoms", "--followup", "--other-patient", "--seed", "3", "-o", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(other / "prior"), str(other / "current"), "-o", str(tmp_path / "o1")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not compared" in err[0] and "different patient" in err[0]
+    assert not (tmp_path / "o1").exists()
+    # mismatched read-out versions
+    pair = run["root"] / "pair"
+    cur = tmp_path / "current"
+    shutil.copytree(pair / "current", cur)
+    report = json.loads((cur / "report.json").read_text())
+    report["readout"]["schema"] = "pancreas-dints.readout/0"
+    (cur / "report.json").write_text(json.dumps(report))
+    assert main(["compare", str(pair / "prior"), str(cur), "-o", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "read-out versions differ" in err[0]
+    assert not (tmp_path / "o2").exists()
