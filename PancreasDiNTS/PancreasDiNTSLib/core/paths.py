@@ -29,9 +29,13 @@ OUTPUT_NAMES = {
     "confidence": "confidence.nii.gz",
     "report-png": "report.png",
     "report-pdf": "report.pdf",
+    "dicom-pdf": "report-pdf.dcm",
+    "key-images": "key-images.dcm",
+    "fhir": "fhir-bundle.json",
     "report": "report.json",
 }
-FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "dicom-sr", "rtstruct", "confidence", "report-png", "report-pdf")
+FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "dicom-sr", "rtstruct", "confidence", "report-png", "report-pdf",
+           "dicom-pdf", "key-images", "fhir")
 # The files `segment` writes into OUTDIR itself, next to the case folders (per rank under torchrun).
 BATCH_NAMES = {"summary": "summary.json", "measurements": "measurements.csv"}
 # The files a reviewer's save writes into a case folder (review/record.py): a person's work, which no run of

@@ -66,7 +66,7 @@ from PancreasDiNTSLib.io.dicom import series_from_meta
 from PancreasDiNTSLib.io.images import LoadedImage, is_dicom_file, read_image
 from PancreasDiNTSLib.readout.combined import case_readout
 from PancreasDiNTSLib.readout.measure import segment_volumes
-from PancreasDiNTSLib.readout.page import render_case_page
+from PancreasDiNTSLib.readout.page import PAGE_TITLE, render_case_page
 
 StageCallback = Callable[[str, float, str], None]  # (stage, fraction of this case, message)
 Measure = Callable[[np.ndarray, LoadedImage], dict[str, Any]]  # extra measurements -> report["measurements"]
@@ -217,6 +217,26 @@ register_output(OutputSpec("report-png", OUTPUT_NAMES["report-png"], _write_page
                            title="report page", precheck=_page_precheck))
 register_output(OutputSpec("report-pdf", OUTPUT_NAMES["report-pdf"], _write_page, lambda case: PAGE_BYTES,
                            title="report page (PDF)", precheck=_page_precheck))
+
+
+def _write_dicom_pdf(dest: Path, data: CaseData) -> Path:
+    return writers.write_dicom_pdf(dest, data.written.get("report-pdf"), data.case, PAGE_TITLE, data.model_name,
+                                   data.model_version)
+
+
+register_output(OutputSpec(
+    "dicom-pdf", OUTPUT_NAMES["dicom-pdf"], _write_dicom_pdf,
+    lambda case: PAGE_BYTES + 4096 + 256 * len(case.dicom_files), dicom_only=True, refuse_non_dicom=True,
+    precheck=lambda case, name, version: writers.check_dicom_pdf_preconditions(case, name, version),
+    requires=("report-pdf",), title="DICOM encapsulated PDF"))
+
+
+register_output(OutputSpec(
+    "key-images", OUTPUT_NAMES["key-images"],
+    lambda d, c: writers.write_key_images(d, c.labels, c.case, c.readout, c.model_name, c.model_version),
+    lambda case: (64 << 20), dicom_only=True, refuse_non_dicom=True,
+    precheck=lambda case, name, version: writers.check_key_images_preconditions(case, name, version),
+    title="DICOM key images"))
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -527,6 +527,11 @@ def _decode(path: Path) -> tuple[np.ndarray, str | None]:
     return (raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)), None
 
 
+def slice_hu(path: Path) -> np.ndarray:
+    """One acquired image's pixels in HU (rows, cols), decoded as the series reader decodes them."""
+    return _decode(Path(path))[0]
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:160]

@@ -16,7 +16,7 @@ import numpy as np
 
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
-from PancreasDiNTSLib.io import dicom_seg, dicom_sr, rtstruct
+from PancreasDiNTSLib.io import dicom_pdf, dicom_seg, dicom_sr, key_images, rtstruct
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage, load_nifti
 
 
@@ -158,6 +158,39 @@ def check_dicom_sr_preconditions(case: LoadedImage, model_name: str = "PancreasD
     """Before inference: a trial SR (with a trial SEG and a stand-in read-out) of this series, in memory."""
     files = _dicom_files(case, "a DICOM SR", dicom_sr.DicomSrError)
     return dicom_sr.check_preconditions(files, model_name, model_version)
+
+
+def write_dicom_pdf(dest: Path, pdf_path: Path | None, case: LoadedImage, title: str, model_name: str,
+                    model_version: str) -> Path:
+    """The report page written at ``pdf_path`` in this run as a DICOM Encapsulated PDF (io.dicom_pdf)."""
+    files = _dicom_files(case, "a DICOM encapsulated PDF", dicom_pdf.DicomPdfError)
+    if pdf_path is None:
+        raise dicom_pdf.DicomPdfError("the report page it encapsulates was not written (see report-pdf)")
+    dicom_pdf.write(dest, pdf_path, files, title, model_name, model_version)
+    return dest
+
+
+def check_dicom_pdf_preconditions(case: LoadedImage, model_name: str = "PancreasDiNTS",
+                                  model_version: str = "") -> list[str]:
+    """Before inference: a trial encapsulated PDF of this series, in memory."""
+    files = _dicom_files(case, "a DICOM encapsulated PDF", dicom_pdf.DicomPdfError)
+    return dicom_pdf.check_preconditions(files, model_name, model_version)
+
+
+def write_key_images(dest: Path, labels: np.ndarray, case: LoadedImage, readout: dict[str, Any], model_name: str,
+                     model_version: str) -> Path:
+    """Key images of the lesions (or the gland) as DICOM Secondary Capture (io.key_images)."""
+    files = _dicom_files(case, "DICOM key images", key_images.KeyImagesError)
+    tracking = dicom_sr.tracking_of(readout, "") if readout.get("tracking") else {}
+    key_images.write(dest, labels, case.affine_ras, readout, tracking, files, model_name, model_version)
+    return dest
+
+
+def check_key_images_preconditions(case: LoadedImage, model_name: str = "PancreasDiNTS",
+                                   model_version: str = "") -> list[str]:
+    """Before inference: a trial key-images object of this series, in memory."""
+    files = _dicom_files(case, "DICOM key images", key_images.KeyImagesError)
+    return key_images.check_preconditions(files, model_name, model_version)
 
 
 def write_report(dest: Path, report: dict[str, Any]) -> Path:

@@ -28,6 +28,7 @@ CLOSE_UP_MARGIN_MM = 12.0
 PAGE_INCHES = (8.27, 11.69)  # A4 portrait
 DPI = 110
 PLAIN_TEXT: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}  # every string the page draws is literal text
+PAGE_TITLE = "PancreasDiNTS case report: pancreas and pancreatic lesion segmentation"
 
 
 def canonical_axes(affine_ras: np.ndarray) -> tuple[list[int], list[bool]]:
@@ -236,7 +237,7 @@ def _draw_header(fig: Any, cell: Any, meta: dict[str, Any], measurements: dict[s
     date = meta.get("date") or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = fig.add_subplot(cell)
     head.axis("off")
-    title = meta.get("title") or "PancreasDiNTS case report: pancreas and pancreatic lesion segmentation"
+    title = meta.get("title") or PAGE_TITLE
     title_lines = [w for line in str(title).splitlines() for w in (textwrap.wrap(line, 100) or [""])]
     head.text(0.0, 1.0, "\n".join(title_lines), fontsize=10, fontweight="bold", va="top", transform=head.transAxes)
     facts = [f"input: {meta.get('input', 'n/a')}    date: {date}",

