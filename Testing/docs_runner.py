@@ -228,6 +228,7 @@ class BlockRun:
         self.servers: list[Server] = []
         self.ports: dict[str, str] = {}
         self.transcript: list[str] = []
+        self.stdout: list[str] = []  # each command's standard output, in order
 
     def run(self) -> list[str]:
         try:
@@ -262,6 +263,7 @@ class BlockRun:
         self.transcript.append(command)
         done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=self.cwd, env=self.env,
                               capture_output=True, text=True, timeout=self.timeout)
+        self.stdout.append(done.stdout)
         if done.returncode != 0:
             raise AssertionError(f"{self.block.id}: `{command}` exited {done.returncode}:\n"
                                  f"{done.stderr[-3000:]}{done.stdout[-1000:]}")

@@ -52,3 +52,29 @@ def test_every_cli_option_is_a_setting() -> None:
     fields = {f.name for f in dataclasses.fields(BenchmarkSettings)}
     assert fields == set(vars(args)), "the CLI and BenchmarkSettings name different options"
     assert BenchmarkSettings(**vars(args)) == BenchmarkSettings()  # same defaults on both sides
+
+
+def test_the_table_header_names_each_column_once_and_missing_stages_are_dashes(capsys) -> None:
+    """Issue 38: the header read `read+prep  readpreproces` and the cells `nan`."""
+    run = {"pipeline_s": 3.0, "pipeline_cpu_s": 2.5, "process_s": 5.0, "peak_rss_gib": 1.25}
+    compare._print_table({"bundle": run | {"stages": {"read+preprocess": 1.0, "infer": 1.5, "invert": 0.25,
+                                                      "write": 0.25}},
+                          "ours-fast": run | {"stages": {"read": 0.5, "preprocess": 0.5, "infer": 1.0, "invert": 0.5,
+                                                         "write": 0.5}}})
+    header, bundle, ours = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["run", "(seconds)", "read+prep", "read", "prep", "infer", "invert", "write",
+                              "pipeline", "cpu", "time", "process", "RAM", "GiB", "GPU", "GiB"]
+    assert "nan" not in bundle + ours
+    assert bundle.split()[1:4] == ["1.00", "-", "-"] and ours.split()[1:4] == ["-", "0.50", "0.50"]
+    assert len(header) == len(bundle) == len(ours)  # the columns line up
+
+
+def test_without_shared_data_the_message_names_input_and_the_demo_model_stands_in(tmp_path: Path, capsys) -> None:
+    from PancreasDiNTSLib.benchmark.settings import QUICK
+    from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
+
+    with pytest.raises(InputError, match=r"no --input: give the CT to time, e.g. --input ct.nii.gz"):
+        compare._input_ct(None, None, QUICK)
+    bundle, desc = compare._model_bundle(BenchmarkSettings(), None, QUICK, tmp_path)
+    assert bundle == PACKAGED_DEMO_MODEL and "demo model" in desc
+    assert "timing the demo model" in capsys.readouterr().err

@@ -21,9 +21,11 @@ import numpy as np
 
 from PancreasDiNTSLib.benchmark.settings import ENGINES, FULL, QUICK, BenchmarkSettings, Preset
 from PancreasDiNTSLib.core.errors import DeviceError, InputError, ModelError
+from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
 from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.io.images import load_nifti
 from PancreasDiNTSLib.model.bundle import monai_arch_ckpt_override
+from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
 
@@ -93,18 +95,26 @@ def _agreement(a_path: str, b_path: str) -> dict[str, Any]:
     return out
 
 
+# The table's stage columns: (stage key, header). The bundle's DataLoader reads and preprocesses together (in its
+# workers), so it fills `read+prep`; ours fills `read` and `prep`; a stage a run does not have shows "-".
+STAGE_COLUMNS = (("read+preprocess", "read+prep"), ("read", "read"), ("preprocess", "prep"), ("infer", "infer"),
+                 ("invert", "invert"), ("write", "write"))
+
+
 def _row(name: str, res: dict[str, Any], keys: list[str]) -> str:
-    cells = [f"{res['stages'].get(k, float('nan')):9.2f}" for k in keys]
+    cells = [f"{res['stages'][k]:10.2f}" if k in res["stages"] else f"{'-':>10}" for k in keys]
     gpu = res.get("peak_gpu_allocated_gib")
     return (f"{name:<22}" + "".join(cells) + f"{res['pipeline_s']:10.2f}{res.get('pipeline_cpu_s', 0):10.2f}"
             f"{res['process_s']:10.2f}"
-            f"{res['peak_rss_gib']:9.2f}" + (f"{gpu:9.2f}" if gpu is not None else "        -"))
+            f"{res['peak_rss_gib']:9.2f}" + (f"{gpu:9.2f}" if gpu is not None else f"{'-':>9}"))
 
 
 def _input_ct(given: Path | None, shared: Path | None, preset: Preset) -> Path:
     if given is None:
         if shared is None or not (shared / "data" / preset.input).exists():
-            raise InputError(f"benchmark: no --input given and ../shared/data/{preset.input} not found")
+            raise InputError(f"benchmark: no --input: give the CT to time, e.g. --input ct.nii.gz (the default, "
+                             f"{preset.input} in the project's shared/data folder, was not found; "
+                             "$PANCREAS_DINTS_SHARED names that folder)")
         given = shared / "data" / preset.input
     if not given.exists():
         raise InputError(f"{given}: input CT not found")
@@ -126,13 +136,17 @@ def _parse_modes(text: str) -> list[str]:
 def _model_bundle(s: BenchmarkSettings, shared: Path | None, preset: Preset, work: Path) -> tuple[Path, str]:
     """(the bundle folder to time, its description): --model, else a random-weight bundle built in ``work``."""
     if s.model is not None:
-        bundle = s.model.resolve()
+        bundle = resolve_model(s.model).resolve()  # `official` too
         if not (bundle / "configs" / "inference.yaml").is_file():
             raise ModelError(f"{bundle}: not a bundle folder (configs/inference.yaml missing)")
         return bundle, str(bundle)
     ref = s.reference or (shared / "reference" / "pancreas_ct_dints_segmentation" if shared else None)
+    if s.reference is None and (ref is None or not (ref / "configs" / "inference.yaml").is_file()):
+        print(f"benchmark: no --model and no reference bundle configs found: timing the demo model "
+              f"({PACKAGED_DEMO_MODEL}); --model BUNDLE or --reference DIR choose another", file=sys.stderr)
+        return PACKAGED_DEMO_MODEL, f"the demo model ({PACKAGED_DEMO_MODEL.name})"
     if ref is None or not (ref / "configs" / "inference.yaml").is_file():
-        raise ModelError("benchmark: no --model and no reference bundle configs (give --reference)")
+        raise ModelError(f"{ref}: --reference is not a bundle folder (configs/inference.yaml missing)")
     mul = s.channel_mul if s.channel_mul is not None else preset.channel_mul
     blocks = s.num_blocks if s.num_blocks is not None else preset.num_blocks
     bundle = work / f"bundle_mul{mul}_b{blocks}_{s.arch}"
@@ -182,9 +196,8 @@ def _run_all(s: BenchmarkSettings, modes: list[str], common: dict[str, Any], wor
 
 
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
-    keys = ["read+preprocess", "read", "preprocess", "infer", "invert", "write"]  # the bundle's DataLoader does
-    # read and preprocess together (in its workers), so it gets one column for both
-    print(f"\n{'run (seconds)':<22}" + "".join(f"{k[:9]:>9}" for k in keys) + f"{'pipeline':>10}{'cpu time':>10}"
+    keys = [key for key, _ in STAGE_COLUMNS]
+    print(f"\n{'run (seconds)':<22}" + "".join(f"{h:>10}" for _, h in STAGE_COLUMNS) + f"{'pipeline':>10}{'cpu time':>10}"
           f"{'process':>10}{'RAM GiB':>9}{'GPU GiB':>9}")
     for name, res in results.items():
         print(_row(name, res, keys))

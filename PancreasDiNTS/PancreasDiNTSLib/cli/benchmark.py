@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quick", action="store_true",
                    help=f"small random-weight bundle (channel_mul {QUICK.channel_mul}) on {QUICK.input}")
-    p.add_argument("--model", type=Path, help="bundle folder to time (default: random weights, reference configs)")
+    p.add_argument("--model", type=Path, help="bundle folder to time, or official (default: random weights from the reference configs, "
+                        "else the demo model)")
     p.add_argument("--input", type=Path, help="CT to segment (default: ../shared/data example CT)")
     p.add_argument("--reference", type=Path, help="reference bundle folder whose configs build the random bundle")
     p.add_argument("--channel-mul", type=float, help="channel_mul of the random bundle")

@@ -16,8 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datalist", metavar="datalist.json",
                    help="datalist from prepare-datalist (its training cases are split in two halves: weights / "
                         "architecture; validation cases score each decoded architecture); not needed with --resume")
-    p.add_argument("-o", "--output", required=True, metavar="SEARCH",
-                   help="search folder (search_code_<iter>.pt + .png, best/, checkpoints/, logs/, metrics.csv)")
+    p.add_argument("-o", "--output", metavar="SEARCH",
+                   help="search folder (search_code_<iter>.pt + .png, best/, checkpoints/, logs/, metrics.csv); "
+                        "required unless --show-settings")
     p.add_argument("--preset", default="bundle",
                    help="tiny (seconds on a CPU; tests), demo (minutes on a CPU; the demo model's search) or bundle "
                         "(the released search: TopologySearch channel_mul 0.5, 12 blocks, 4 depths, 1430 epochs, "

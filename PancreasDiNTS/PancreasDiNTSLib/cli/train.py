@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from PancreasDiNTSLib.core.errors import EXIT_OK
+from PancreasDiNTSLib.core.errors import EXIT_OK, UsageError
 from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 HELP = "train a DiNTS pancreas/tumour model (presets tiny|demo|bundle); crash-safe, --resume continues a run"
@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", metavar="ARCH.pt",
                    help="architecture file (released format, e.g. search_code_18590.pt) or `random` "
                         "(a random topology with the preset's num_blocks/num_depths)")
-    p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (checkpoints, logs, bundle)")
+    p.add_argument("-o", "--output", metavar="RUN",
+                   help="run folder (checkpoints, logs, bundle); required unless --show-settings")
     p.add_argument("--preset", default="bundle", help="tiny (seconds, CI), demo (phantom demo model), "
                                                       "bundle (released hyper-parameters; default)")
     add_run_arguments(p, "the run in RUN", "--set epochs=50 --set patch_size=64,64,64")
@@ -51,6 +52,8 @@ def run_job(args: argparse.Namespace, settings: Any, job: Callable[..., dict[str
     if args.show_settings:
         print(json.dumps(asdict(settings), indent=2))
         return None
+    if args.output is None:
+        raise UsageError("-o/--output is required: the folder for the run (or --show-settings to list the settings)")
     # Under torchrun (`torchrun --nproc_per_node=N -m PancreasDiNTSLib.cli train ...`) each process joins the group
     # and works on its share of the cases; only rank 0 reports and writes.
     with distributed_session(args.device) as ctx:
