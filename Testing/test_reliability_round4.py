@@ -5,12 +5,17 @@ in Testing/test_server_round4.py."""
 from __future__ import annotations
 
 import csv
+import hashlib
+import http.server
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME, file_digest
 from PancreasDiNTSLib.review import batch, record
 from test_output_safety_round3 import CLI, exited_within, paused_child, seg, segment_cmd, tiny_ct  # noqa: F401
@@ -114,3 +119,123 @@ def test_finding1_only_a_review_save_writes_a_reviewers_file(tmp_path):
     run = CaseFolder(tmp_path / "case", {"path": "x"}, "case")
     run.finish([])
     assert (tmp_path / "case" / "review.json").read_text() == "{}"
+
+
+# --------------------------------------------------------------------------- 3: segment --server checks answers
+
+JOB = "ab" * 16
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """A server on 127.0.0.1 that speaks the API but answers what ``self.server.plan`` says."""
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _status(self) -> dict:
+        plan = self.server.plan  # type: ignore[attr-defined]
+        if plan.get("never"):
+            return {"id": JOB, "state": "running", "stage": "infer", "fraction": 0.5}
+        files = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in plan["files"].items()]
+        return {"id": JOB, "state": "done", "fraction": 1.0, "files": files}
+
+    def do_GET(self) -> None:  # noqa: N802
+        plan = self.server.plan  # type: ignore[attr-defined]
+        if self.path == "/v1/model":
+            if plan.get("html"):
+                return self._send(200, b"<html><body>Hospital single sign-on: log in</body></html>", "text/html")
+            return self._send(200, json.dumps({"model": {}, "limits": {"max_upload_bytes": 1 << 30}}).encode())
+        if self.path == f"/v1/jobs/{JOB}":
+            return self._send(200, json.dumps(self._status()).encode())
+        prefix = f"/v1/jobs/{JOB}/files/"
+        if self.path.startswith(prefix) and self.path[len(prefix):] in plan["files"]:
+            return self._send(200, plan["files"][self.path[len(prefix):]], "application/octet-stream")
+        self._send(404, b'{"error": "no"}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        plan = self.server.plan  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers["Content-Length"] or 0))
+        if self.path.startswith("/v1/jobs?"):
+            sha = "0" * 64 if plan.get("wrong_sha") else hashlib.sha256(body).hexdigest()
+            return self._send(202, json.dumps({"id": JOB, "state": "queued", "input_sha256": sha}).encode())
+        if self.path == f"/v1/jobs/{JOB}/cancel":
+            plan["cancelled"] = True
+        self._send(200, json.dumps({"id": JOB, "state": "cancelled"}).encode())
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._send(200, b"{}")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, tiny_ct, tiny_bundle):  # noqa: F811
+    """Real results of this CT and of another patient's CT on another grid (local runs, tiny bundle)."""
+    from image_files import crop_nifti
+    from support import EXAMPLE_CT_SM
+
+    base = tmp_path_factory.mktemp("truth")
+    other = crop_nifti(EXAMPLE_CT_SM, base / "other.nii.gz", (slice(30, 62), slice(30, 54), slice(0, 16)))
+    out = base / "out"
+    for ct in (tiny_ct, other):
+        assert main(segment_cmd([ct], out, tiny_bundle, "--format", "nifti,seg.nrrd", "--allow-non-ct")) == 0
+    read = {case: {n: (out / case / n).read_bytes() for n in ("labels.nii.gz", "segmentation.seg.nrrd", "report.json")}
+            for case in ("tiny", "other")}
+    return read
+
+
+def _run_against(tmp_path, capsys, ct: Path, plan: dict, *extra: str) -> tuple[int, str, Path]:
+    from server_support import make_token
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    server.plan = plan  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    out = tmp_path / "out"
+    try:
+        code = main(["segment", str(ct), "-o", str(out), "--progress", "none", "--format", "nifti,seg.nrrd",
+                     "--server", f"http://127.0.0.1:{server.server_address[1]}", "--token-file",
+                     str(make_token(tmp_path / "client")), *extra])
+    finally:
+        server.shutdown()
+        server.server_close()
+    return code, capsys.readouterr().err, out / "tiny"
+
+
+@pytest.mark.slow
+def test_finding3_the_client_checks_what_the_server_sends(tmp_path, capsys, tiny_ct, results):  # noqa: F811
+    own, other = results["tiny"], results["other"]
+    code, err, case = _run_against(tmp_path / "ok", capsys, tiny_ct, {"files": dict(own)})
+    assert code == 0 and (case / "labels.nii.gz").read_bytes() == own["labels.nii.gz"], err  # a right answer is used
+
+    wrong_grid = dict(own, **{n: other[n] for n in ("labels.nii.gz", "segmentation.seg.nrrd")})
+    bad_volume = json.loads(own["report.json"])
+    bad_volume["volumes_ml"] = {k: "lots" for k in bad_volume["volumes_ml"]}
+    for plan, expected in (
+            ({"files": wrong_grid}, "is on another grid (32x24x16, not this input's 20x20x20"),
+            ({"files": {"report.json": own["report.json"]}}, "lacks labels.nii.gz, segmentation.seg.nrrd"),
+            ({"files": dict(own, **{"report.json": json.dumps(bad_volume).encode()})}, "not a number"),
+            ({"files": dict(own, **{"labels_corrected.nii.gz": own["labels.nii.gz"]})}, "which was not asked for"),
+            ({"files": dict(own), "wrong_sha": True}, "did not record the image sent")):
+        where = tmp_path / expected[:12].replace(" ", "_")
+        code, err, case = _run_against(where, capsys, tiny_ct, plan)
+        assert code == 1 and expected in err, err
+        assert not (case / "labels.nii.gz").exists() and not (case / "segmentation.seg.nrrd").exists()
+        failed = [line for line in err.splitlines() if "failed" in line and "tiny" in line]
+        assert len(failed) == 1, err  # one line for the case
+        summary = json.loads((where / "out" / "summary.json").read_text())
+        assert [r["status"] for r in summary["results"]] == ["failed"]
+
+    code, err, _ = _run_against(tmp_path / "html", capsys, tiny_ct, {"files": {}, "html": True})
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "not the server's JSON (text/html" in err, err
+
+    plan = {"files": {}, "never": True}
+    t0 = time.monotonic()
+    code, err, _ = _run_against(tmp_path / "never", capsys, tiny_ct, plan, "--server-job-timeout", "2")
+    assert code == 1 and "no result after 2 s" in err and plan.get("cancelled"), err
+    assert time.monotonic() - t0 < 60

@@ -6,6 +6,10 @@ sent as ``Authorization: Bearer``; ``https://`` URLs are verified against the sy
 
 - :class:`ServerClient`: one call per endpoint; every failure is a :class:`RemoteError` with the server's
   one-line reason (or why the server could not be reached).
+- What comes back is checked, never trusted: an answer that is not JSON (a proxy's or a login page) is one line;
+  the server must have recorded the sha256 of the bytes sent (:meth:`ServerClient.submit`); a finished job's
+  file list must hold exactly the expected result names with sizes and digests (:func:`checked_files`); a report's
+  volumes must be numbers (:func:`checked_report`); :meth:`ServerClient.wait` ends at its deadline.
 - :class:`RemoteRun`: one whole run on a thread (upload, follow, download into ``OUTPUT/<case>/``) that speaks
   like the engine's background process: JSON progress lines to drain, a final error line, a return code; the
   Slicer module feeds them to :class:`.background.ProgressParser` exactly as it does a local run's output.
@@ -164,9 +168,14 @@ class ServerClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         with self._open(method, path, **kwargs) as resp:
-            data = json.loads(resp.read(MAX_JSON_BYTES) or b"{}")
+            kind = str(resp.headers.get("Content-Type", "")).split(";")[0].strip() or "no type"
+            try:
+                data = json.loads(resp.read(MAX_JSON_BYTES) or b"{}")
+            except (ValueError, UnicodeDecodeError):
+                data = None
         if not isinstance(data, dict):
-            raise RemoteError(f"{self.url}: the server's answer is not a JSON object")
+            raise RemoteError(f"{self.url}{API}{path}: the answer is not the server's JSON ({printable(kind)[:40]}; a "
+                              "proxy or login page?); check the address points at `pancreas-dints serve`")
         return data
 
     # -- the API
@@ -178,13 +187,14 @@ class ServerClient:
         return self._json("GET", "/model")
 
     def submit(self, source: Path, kind: str, options: dict[str, str]) -> dict[str, Any]:
-        """Upload one input (a file, or a zip of one series) and queue it; returns the job's status."""
-        size = Path(source).stat().st_size
+        """Upload one input (a file, or a zip of one series) and queue it; returns the job's status. RemoteError
+        unless the server recorded a job id and the sha256 of exactly the bytes sent."""
+        size, sent = Path(source).stat().st_size, file_sha256(Path(source))
         try:
             with open(source, "rb") as fh:
-                return self._json("POST", "/jobs", query={"kind": kind, **options}, body=fh,
-                                  headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                                  timeout=max(self.timeout, 600.0))
+                status = self._json("POST", "/jobs", query={"kind": kind, **options}, body=fh,
+                                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                                    timeout=max(self.timeout, 600.0))
         except RemoteError as exc:
             if exc.status is not None:
                 raise
@@ -192,6 +202,11 @@ class ServerClient:
             # the upload may end in a broken pipe instead of the answer: ask again without a body for the reason.
             self.model()
             raise
+        if not isinstance(status.get("id"), str) or status.get("input_sha256") != sent:
+            raise RemoteError(f"{self.url}: the server did not record the image sent (sha256 "
+                              f"{printable(str(status.get('input_sha256')))[:20]}, sent {sent[:16]}...); not using "
+                              "that server's results")
+        return status
 
     def status(self, job: str) -> dict[str, Any]:
         return self._json("GET", f"/jobs/{urllib.parse.quote(job, safe='')}")
@@ -229,15 +244,63 @@ class ServerClient:
         return dest
 
     def wait(self, job: str, on_status: Callable[[dict[str, Any]], Any] | None = None, poll: float = 0.5,
-             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """Poll until the job is done, failed or cancelled (or ``stop()`` says so); returns the last status."""
+             stop: Callable[[], bool] | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        """Poll until the job is done, failed or cancelled (or ``stop()`` says so); returns the last status.
+        RemoteError when ``timeout_s`` passes first (the caller cancels the job)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             status = self.status(job)
             if on_status is not None:
                 on_status(status)
             if status.get("state") in TERMINAL or (stop is not None and stop()):
                 return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise RemoteError(f"{self.url}: no result after {timeout_s:g} s (state "
+                                  f"{printable(str(status.get('state')))[:20]}); the job was cancelled on the server")
             time.sleep(poll)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checked_files(status: dict[str, Any], expected: Iterable[str], optional: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """A finished job's ``files``, checked: entries {"name", "size" (int), "sha256" (64 hex)}, every name in
+    ``expected`` present, nothing but ``expected`` and ``optional`` names; RemoteError (one line) otherwise."""
+    files = status.get("files")
+    wanted, allowed = set(expected), set(expected) | set(optional)
+    if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
+        raise RemoteError("the server's result has no list of files; not using it")
+    for entry in files:
+        name, size, digest = entry.get("name"), entry.get("size"), entry.get("sha256")
+        if name not in allowed:
+            raise RemoteError(f"the server's result holds {printable(str(name))[:80]!r}, which was not asked for; not "
+                              "using it")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str) or \
+                len(digest) != 64:
+            raise RemoteError(f"the server's result lists {name} without a size and sha256; not using it")
+    missing = sorted(wanted - {e["name"] for e in files})
+    if missing:
+        raise RemoteError(f"the server's result lacks {', '.join(missing)}; not using it (check the server's version)")
+    return files
+
+
+def checked_report(report: Any) -> dict[str, Any]:
+    """A result's report.json, checked: an object whose ``volumes_ml`` are finite numbers and whose
+    ``outputs_failed`` maps names to reasons; RemoteError (one line) otherwise."""
+    volumes = report.get("volumes_ml") if isinstance(report, dict) else None
+    if not isinstance(volumes, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+            for v in volumes.values()):
+        raise RemoteError("the server's report.json has no volumes or a volume that is not a number; not using it")
+    failed = report.get("outputs_failed", {})
+    if not isinstance(failed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in failed.items()):
+        raise RemoteError("the server's report.json has a malformed outputs_failed; not using it")
+    return report
 
 
 def result_name(entry: dict[str, Any]) -> str:
@@ -316,7 +379,9 @@ class RemoteRun:
             raise RemoteError(local_message(str(final.get("error") or final.get("state")), self.source.name))
         folder = self.output_dir / self.case
         folder.mkdir(parents=True, exist_ok=True)
-        for entry in final.get("files", []):
+        report = OUTPUT_NAMES["report"]
+        asked = [OUTPUT_NAMES[f] for f in self.options.get("formats", "").split(",") if f in OUTPUT_NAMES]
+        for entry in checked_files(final, [report], [*asked, report]):
             self.client.download(self.job, entry, folder / result_name(entry))
         with contextlib.suppress(RemoteError):
             self.client.delete(self.job)

@@ -65,6 +65,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "folders, files and tables as a local run (docs/SERVER.md)")
     p.add_argument("--token-file", default=None, metavar="FILE",
                    help="the server's token (default: $PANCREAS_DINTS_TOKEN_FILE, else ~/.config/pancreas-dints/token)")
+    p.add_argument("--server-job-timeout", type=positive_float, default=7200.0, metavar="SECONDS",
+                   help="with --server: the longest one case may take from its upload to its result, queue wait "
+                        "included (default 7200); then the job is cancelled and the case fails")
+    p.add_argument("--server-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="with --server: the longest the whole run may take; cases not yet sent then fail "
+                        "(default 0: no limit, each case is bounded by --server-job-timeout)")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (a usage error, exit 2, otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -97,6 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
         sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, region=args.region,
         series=args.series,
         prefetch=args.prefetch, server=args.server, token_file=args.token_file,
+        server_timeouts=(args.server_job_timeout, args.server_timeout),
         rank=rank, world_size=world,
     )
 

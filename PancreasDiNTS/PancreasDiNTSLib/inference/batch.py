@@ -96,6 +96,7 @@ class SegmentSettings:
     world_size: int = 1
     server: str | None = None  # --server URL: each case is segmented by a `pancreas-dints serve` (inference.remote)
     token_file: str | None = None  # --token-file for --server
+    server_timeouts: tuple[float, float] = (7200.0, 0.0)  # --server-job-timeout, --server-timeout (0: none), s
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
@@ -405,7 +406,9 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
     folder or placement is unusable, and DiskFullError (after writing what it can) when the disk fills up.
     ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings."""
     out = settings.out_dir
-    remote = RemoteCases(settings.server, settings.token_file, settings.mode, settings.region) if settings.server else None
+    remote = RemoteCases(settings.server, settings.token_file, settings.mode, settings.region,
+                         job_timeout_s=settings.server_timeouts[0],
+                         run_timeout_s=settings.server_timeouts[1]) if settings.server else None
     if segmenter is None and remote is None:
         dev = resolve_device(settings.device)
         bundle = load_bundle(resolve_model(settings.model))
