@@ -60,6 +60,26 @@ def test_matches_statuses_and_category(run: dict[str, Any]) -> None:
     assert np.linalg.norm((m_true @ c)[:3] - (m @ c)[:3]) < 2.0
 
 
+def test_tracking_uids_carried_from_the_prior(run: dict[str, Any]) -> None:
+    result = run["result"]
+    prior_report = json.loads((run["root"] / "pair" / "prior" / "report.json").read_text())
+    current_report = json.loads((run["root"] / "pair" / "current" / "report.json").read_text())
+    prior_uids = {e["rank"]: e["uid"] for e in prior_report["readout"]["tracking"]["lesions"]}
+    current_uids = {e["rank"]: e["uid"] for e in current_report["readout"]["tracking"]["lesions"]}
+    carried = {e["rank"]: e for e in result["current_tracking"]["lesions"]}
+    found = by_status(result)
+    for status in ("grown", "shrunk"):
+        p, c = found[status]["prior"][0], found[status]["current"][0]
+        assert p["tracking_uid"] == prior_uids[p["rank"]] == found[status]["tracking_uid"]
+        assert carried[c["rank"]]["uid"] == prior_uids[p["rank"]] and carried[c["rank"]]["from"] == "prior"
+    new = found["new"]["current"][0]
+    assert carried[new["rank"]]["uid"] == current_uids[new["rank"]] and carried[new["rank"]]["from"] == "current"
+    big, small = found["split"]["current"]
+    assert carried[big["rank"]]["uid"] == found["split"]["tracking_uid"]
+    assert carried[small["rank"]]["split_from"] == found["split"]["tracking_uid"]
+    assert len({e["uid"] for e in carried.values()}) == len(carried)  # one UID per finding in the current
+
+
 def layer_ml(volume_ml: float, spacing: list[float]) -> float:
     """One voxel layer over a lesion's surface (sphere of its volume), the largest spacing as its thickness."""
     surface = (36.0 * math.pi) ** (1 / 3) * (volume_ml * 1000.0) ** (2 / 3)

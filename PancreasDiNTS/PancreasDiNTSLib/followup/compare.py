@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.errors import InputError, OutputError, UsageError, printable
 from ..core.ownership import CaseFolder
+from ..core.tracking import case_key, lesion_tracking, lesion_uid_of
 from ..readout import geometry as geo
 from ..readout.combined import NOTICE, case_readout
 from ..readout.measure import MAX_COMPONENTS, lesion_component_map
@@ -30,7 +31,7 @@ OUTPUTS = {"json": "compare.json", "png": "compare.png", "pdf": "compare.pdf"}
 FORMATS = tuple(OUTPUTS)
 
 
-def _lesion(comp: dict[str, Any], tracking: dict[str, Any] | None) -> dict[str, Any]:
+def _lesion(comp: dict[str, Any], tracking: dict[str, Any]) -> dict[str, Any]:
     """One lesion's numbers as compare.json lists them."""
     def mm(key: str) -> float | None:
         d = comp.get(key)
@@ -41,15 +42,22 @@ def _lesion(comp: dict[str, Any], tracking: dict[str, Any] | None) -> dict[str, 
         "longest_3d_diameter_mm": mm("longest_3d_diameter"), "location_part": loc.get("part"),
         "location_fraction": loc.get("fraction"), "centroid_ras": comp["centroid_ras"],
         "touches_volume_border": comp.get("touches_volume_border"),
-        "tracking_uid": None if tracking is None else tracking.get("uid"),
-        "tracking_identifier": None if tracking is None else tracking.get("identifier")}
+        "tracking_uid": tracking.get("uid"), "tracking_identifier": tracking.get("identifier")}
 
 
-def _recorded_tracking(readout: dict[str, Any], rank: int) -> dict[str, Any] | None:
-    for item in (readout.get("tracking") or {}).get("lesions") or []:
-        if isinstance(item, dict) and int(item.get("rank", -1)) == int(rank):
-            return dict(item)
-    return None
+def side_tracking(side: Side) -> dict[str, Any]:
+    """The side's tracking (core.tracking): recorded in its report.json, else derived the same way from its input
+    (the DICOM series UID, else the input's bytes), so that a rerun of the case gives the same UIDs."""
+    recorded = side.readout.get("tracking")
+    if isinstance(recorded, dict) and recorded.get("case_key"):
+        return recorded
+    series = (side.report.get("dicom_series") or {}).get("series_instance_uid")
+    files = sorted(p for p in side.ct_path.iterdir() if p.is_file()) if side.ct_path.is_dir() else [side.ct_path]
+    return {"case_key": case_key(series or None, files), "lesions": [], "derived_here": True}
+
+
+def _tracking_entry(tracking: dict[str, Any], rank: int) -> dict[str, Any]:
+    return lesion_uid_of({"tracking": tracking}, rank) or lesion_tracking(str(tracking["case_key"]), rank)
 
 
 def _overlaps(prior: Side, current: Side, alignment: register.Alignment, n_p: int, n_c: int
@@ -99,13 +107,30 @@ def _group_record(g: match.Group, pl: list[dict[str, Any]], cl: list[dict[str, A
         rec["change"] = change
         if g.kind == "matched":
             rec["status"] = response.lesion_status(pv, cv, noise)
-    tracked = before[0] if before else after[0]
+    tracked = before[0] if before else after[0]  # the largest prior lesion of the group
     rec["tracking_uid"] = tracked.get("tracking_uid")
     rec["tracking_from"] = "prior" if before else "current"
-    for x in after:  # the current lesion(s) carry the prior's UID; a split's parts share it
-        if before:
-            x["tracking_uid_carried"] = rec["tracking_uid"]
     return rec
+
+
+def carried_tracking(groups: list[match.Group], pl: list[dict[str, Any]], cl: list[dict[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    """The current lesions' tracking after the comparison: a matched lesion (or a split's largest part, or a
+    merged lesion) takes the UID of its (largest) prior lesion; other parts and new lesions keep their own."""
+    out = []
+    for g in groups:
+        for n, j in enumerate(g.current):
+            own = {"rank": cl[j]["rank"], "identifier": cl[j]["tracking_identifier"], "uid": cl[j]["tracking_uid"],
+                   "from": "current"}
+            if g.prior and n == 0:
+                p = pl[g.prior[0]]
+                own.update(identifier=p["tracking_identifier"], uid=p["tracking_uid"], **{"from": "prior"})
+                if len(g.prior) > 1:
+                    own["merged_from"] = [pl[i]["tracking_uid"] for i in g.prior]
+            elif g.prior:
+                own["split_from"] = pl[g.prior[0]]["tracking_uid"]
+            out.append(own)
+    return sorted(out, key=lambda e: e["rank"])
 
 
 def _recist(groups: list[match.Group], pl: list[dict[str, Any]], cl: list[dict[str, Any]], prior: Side
@@ -136,8 +161,9 @@ def compare_sides(prior: Side, current: Side) -> tuple[dict[str, Any], dict[str,
                          f"{alignment.refusal}; not compared (a different patient or body part?)")
     rp, rc = case_readout(prior.labels, prior.affine), case_readout(current.labels, current.affine)
     pcomps, ccomps = rp["lesion"]["components"], rc["lesion"]["components"]
-    pl = [_lesion(c, _recorded_tracking(prior.readout, c["rank"])) for c in pcomps]
-    cl = [_lesion(c, _recorded_tracking(current.readout, c["rank"])) for c in ccomps]
+    tp, tc = side_tracking(prior), side_tracking(current)
+    pl = [_lesion(c, _tracking_entry(tp, c["rank"])) for c in pcomps]
+    cl = [_lesion(c, _tracking_entry(tc, c["rank"])) for c in ccomps]
     overlap, pv, cv, warped = _overlaps(prior, current, alignment, len(pl), len(cl))
     groups = match.match_lesions(overlap, pv, cv, _distances(pcomps, ccomps, alignment))
     findings = [_group_record(g, pl, cl, prior, current) for g in groups]
@@ -151,6 +177,8 @@ def compare_sides(prior: Side, current: Side) -> tuple[dict[str, Any], dict[str,
         "matching": {"method": match.METHOD, "max_centroid_distance_mm": match.MAX_CENTROID_DISTANCE_MM,
                      "part_fraction": match.PART_FRACTION},
         "lesions": findings,
+        "current_tracking": {"lesions": carried_tracking(groups, pl, cl), "prior_case_key": tp["case_key"],
+                             "current_case_key": tc["case_key"]},
         "response": {"label": response.LABEL, "recist": _recist(groups, pl, cl, prior), "volumetric": volumetric,
                      "rules": dict(response.RULES)},
         "notice": NOTICE,

@@ -35,6 +35,7 @@ from PancreasDiNTSLib.core.atomic import atomic_dir
 from PancreasDiNTSLib.core.errors import OutputError
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.terminology import LESION_LABEL
+from PancreasDiNTSLib.core.tracking import case_key, case_tracking
 from PancreasDiNTSLib.followup import grids
 from PancreasDiNTSLib.io.writers import save_nifti, write_report
 from PancreasDiNTSLib.readout.combined import case_readout
@@ -209,6 +210,7 @@ def _write_side(tmp: Path, final: Path, role: str, side: Side) -> None:
     case.mkdir()
     save_nifti(case / OUTPUT_NAMES["nifti"], side.labels, side.affine, np.uint8)
     readout = case_readout(side.labels, side.affine, confidence_reason="truth labels of a synthetic phantom")
+    readout["tracking"] = case_tracking(case_key(None, [tmp / ct_name]), readout)
     spacing = [round(float(s), 6) for s in np.linalg.norm(side.affine[:3, :3], axis=0)]
     write_report(case / OUTPUT_NAMES["report"], {
         "case": role, "input": str(final / ct_name), "input_format": "nifti", "shape": list(side.labels.shape),
