@@ -406,3 +406,13 @@ def test_slicer_panel_logic_runs_on_the_server(server, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as error:
         logic.process("volume node", None, None, server=server.url, token="wrong")
     assert "401" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_sigterm_stops_the_server_in_its_own_words(server):
+    """Last in this file (it stops the module's server): SIGTERM, as systemd stops a service, ends the server
+    with exit 130 and says that running jobs are queued again (issue 38: it printed `segment`'s wording)."""
+    server.stop()
+    assert server.proc.returncode == 130
+    log = (server.data.parent / f"{server.data.name}-serve.log").read_text()
+    assert "pancreas-dints serve: terminated (SIGTERM); running jobs are queued again at the next start" in log
+    assert "finished cases" not in log

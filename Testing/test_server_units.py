@@ -160,3 +160,22 @@ def test_worker_devices():
     assert worker_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"]
     with pytest.raises(UsageError):
         worker_devices(" , ")
+
+
+def test_a_job_taken_by_a_worker_between_two_reads_never_shows_position_null(tmp_path):
+    """Issue 38: a fresh job answered "position": null (read as queued, then gone from the queue when the position
+    was looked up). Real store and pool (no worker process started): queued -> 1, 2; running -> 0; done -> null."""
+    from PancreasDiNTSLib.server.app import Limits, Service, _status
+    from PancreasDiNTSLib.server.workers import WorkerPool
+
+    store = JobStore(tmp_path)
+    service = Service(store, WorkerPool(store, "model", ["cpu"], tmp_path), "token", Limits())
+    first, second = new_job_id(), new_job_id()
+    for job in (first, second):
+        store.add(job, "nii.gz", {"formats": "nifti"}, 10, "0" * 64)
+    assert [_status(service, store.get(j))["position"] for j in (first, second)] == [1, 2]
+    stale = store.get(first)
+    assert store.claim_next(0)["id"] == first
+    now = _status(service, stale)  # the row read before the worker took it
+    assert now["state"] == "running" and now["position"] == 0
+    assert _status(service, store.get(second))["position"] == 1

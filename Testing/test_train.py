@@ -253,7 +253,9 @@ def test_init_weights_loads_a_model_folder_or_file_and_refuses_a_mismatch(tmp_pa
     misfit = build_model(wider, random_arch(wider.num_blocks, wider.num_depths, seed=0))
     with pytest.raises(SettingsError, match="do not fit the network") as err:
         start_from(misfit, tmp_path / "folder")
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and not str(err.value).endswith(":")  # issue 38: it stopped at a colon
+    assert "of another shape, e.g. " in str(err.value) and " in the file, " in str(err.value)
+    assert str(err.value).endswith("train with the --arch and channel_mul/num_blocks of the model they come from")
     with pytest.raises(SettingsError, match="no such model folder"):
         start_from(misfit, tmp_path / "missing")
 

@@ -47,6 +47,14 @@ COMMANDS = {
 }
 
 
+# What a stop (Ctrl-C or SIGTERM) leaves behind, said after "interrupted" / "terminated (SIGTERM)" (the others:
+# nothing to add; their outputs are atomic).
+ON_STOP = {
+    "segment": "finished cases are kept, the case in progress left no partial files",
+    "serve": "running jobs are queued again at the next start",
+}
+
+
 def _available() -> dict[str, str]:
     return {name: mod for name, mod in COMMANDS.items() if importlib.util.find_spec(f"{__name__}.{mod}")}
 
@@ -110,12 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     except PancreasDiNTSError as exc:
         print(f"{prog}: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM); finished cases are kept, the case in progress left no partial files",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C, and SIGTERM as Terminated
+        said = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        after = ON_STOP.get(args.command)
+        print(f"{prog}: {said}{'; ' + after if after else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
         if not is_disk_full(exc):

@@ -89,17 +89,22 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _status(service: Service, job: dict[str, Any]) -> dict[str, Any]:
-    """A job as the API shows it: state, queue position, progress, ETA, result files."""
+    """A job as the API shows it: state, queue position (1 = next; 0 at a worker; null once ended), progress, ETA,
+    result files."""
+    queued = service.store.queued() if job["state"] == "queued" else []
+    if job["state"] == "queued" and job["id"] not in queued:
+        # a worker took it (or it was cancelled) between the two reads: show it as it is now, never position null
+        job = service.store.get(job["id"]) or job
     keys = ("id", "state", "created", "started", "finished", "input_bytes", "input_sha256", "options", "error")
     out = {k: job[k] for k in keys} | {"position": None, "fraction": 0.0, "stage": job["state"], "message": "",
                                         "eta_s": None}
     mean, workers = service.pool.mean_duration(), max(1, len(service.pool.slots))
     if job["state"] == "queued":
-        queued = service.store.queued()
         out["position"] = queued.index(job["id"]) + 1 if job["id"] in queued else None
         if mean is not None and out["position"] is not None:
             out["eta_s"] = round(mean * (1 + (out["position"] - 1) / workers), 1)
     elif job["state"] == "running":
+        out["position"] = 0
         live = service.pool.live.get(job["id"], {})
         fraction = float(live.get("fraction") or 0.0)
         out |= {"stage": live.get("stage") or "running", "message": live.get("message") or "", "fraction": fraction}

@@ -107,13 +107,39 @@ def start_from(model: torch.nn.Module, source: str | Path) -> Path:
         raise SettingsError(f"init_weights {printable(source)}: no such model folder or weights file (give a "
                             "model folder with models/model.pt, or a .pt state dict)")
     weights = load_weights(path)
+    misfit = weights_misfit(model.state_dict(), weights)
+    if misfit:
+        raise SettingsError(f"init_weights {printable(path)}: these weights do not fit the network ({misfit}); "
+                            "train with the --arch and channel_mul/num_blocks of the model they come from")
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SettingsError(f"init_weights {printable(path)}: these weights do not fit the network (same --arch "
-                            f"and channel_mul as the model they come from are needed): {first}") from None
+    except RuntimeError as exc:  # names and shapes fit, yet torch refuses: its whole reason, on one line
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        raise SettingsError(f"init_weights {printable(path)}: these weights do not load into the network: "
+                            f"{printable(reason)}") from None
     return path
+
+
+def weights_misfit(expected: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """What keeps ``given`` from loading into a network whose state dict is ``expected``, in a few words (counts
+    and the first example of each kind), or None when every tensor's name and shape match."""
+    shape = {k: tuple(v.shape) for k, v in given.items() if hasattr(v, "shape")}
+    wrong = [k for k in expected if k in shape and shape[k] != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+
+    def size(dims: tuple[int, ...]) -> str:
+        return "x".join(map(str, dims)) or "scalar"
+
+    parts = []
+    if wrong:
+        parts.append(f"{len(wrong)} of another shape, e.g. {wrong[0]}: {size(shape[wrong[0]])} in the file, "
+                     f"{size(tuple(expected[wrong[0]].shape))} in the network")
+    if missing:
+        parts.append(f"{len(missing)} missing from the file, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} not in the network, e.g. {extra[0]}")
+    return printable("; ".join(parts)) if parts else None
 
 
 def _batch_loss(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
