@@ -139,6 +139,30 @@ def test_page_and_batch(run: dict[str, Any], tmp_path: Path) -> None:
     assert (out / "ok" / "compare.json").is_file() and not (out / "bad").exists()
 
 
+def test_sides_given_as_ct_and_labels(run: dict[str, Any], tmp_path: Path) -> None:
+    """What the Slicer panel sends: each side a CT file and its label map (here in NRRD and NIfTI)."""
+    import SimpleITK as sitk
+
+    pair = run["root"] / "pair"
+    labels_nrrd = tmp_path / "prior labels.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(pair / "prior" / "labels.nii.gz")), str(labels_nrrd))
+    out = tmp_path / "out"
+    code = main(["compare", str(pair / "prior-ct.nii.gz"), str(pair / "current-ct.nii.gz"), "-o", str(out),
+                 "--prior-labels", str(labels_nrrd), "--current-labels", str(pair / "current" / "labels.nii.gz"),
+                 "--format", "json"])
+    assert code == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert sorted(f["status"] for f in result["lesions"]) == sorted(f["status"] for f in run["result"]["lesions"])
+    assert {f["tracking_uid"] for f in result["lesions"]} == {f["tracking_uid"] for f in run["result"]["lesions"]}
+    assert (out / "sides" / "prior" / "report.json").is_file()
+    bad = tmp_path / "bad.nii.gz"
+    img = sitk.ReadImage(str(pair / "current" / "labels.nii.gz"))
+    sitk.WriteImage(img * 3, str(bad))
+    assert main(["compare", str(pair / "prior-ct.nii.gz"), str(pair / "current-ct.nii.gz"), "-o",
+                 str(tmp_path / "o3"), "--current-labels", str(bad), "--prior-labels", str(labels_nrrd)]) == 1
+    assert not (tmp_path / "o3" / "compare.json").exists()
+
+
 def test_refused_pairs_write_nothing(run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                      ) -> None:
     other = tmp_path / "other"

@@ -100,6 +100,9 @@ BUILDERS = {
     "download": lambda t: commands.download_command(PY, dest=t / "cache", source=t / "bundle.zip"),
     "make-phantoms": lambda t: commands.make_phantoms_command(PY, t / "data", count=2, seed=4),
     "prepare-datalist": lambda t: commands.prepare_datalist_command(PY, t / "data", t / "d.json", 0.5),
+    "compare": lambda t: commands.compare_command(PY, t / "prior ct.nrrd", t / "current.nrrd", t / "out",
+                                                  prior_labels=t / "p.nrrd", current_labels=t / "c.nrrd",
+                                                  formats=("json", "png")),
 }
 
 
@@ -112,6 +115,15 @@ def test_other_commands_are_what_the_engine_parser_accepts(name, tmp_path):
     assert args.command == name
     if hasattr(args, "progress"):
         assert args.progress == "json"
+
+
+def test_compare_command_carries_both_sides(tmp_path):
+    args = parsed(BUILDERS["compare"](tmp_path))
+    assert args.prior == str(tmp_path / "prior ct.nrrd") and args.current == str(tmp_path / "current.nrrd")
+    assert args.prior_labels == str(tmp_path / "p.nrrd") and args.current_labels == str(tmp_path / "c.nrrd")
+    assert args.formats == "json,png" and args.output == str(tmp_path / "out")
+    with pytest.raises(ValueError):
+        commands.compare_command(PY, "a", "b", "c", formats=())
 
 
 def test_overrides_must_be_key_value():

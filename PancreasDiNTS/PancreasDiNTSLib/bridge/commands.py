@@ -89,6 +89,22 @@ def make_phantoms_command(python_executable: str, output_dir: str | Path, count:
                    "--progress", "json")
 
 
+def compare_command(python_executable: str, prior: str | Path, current: str | Path, output_dir: str | Path,
+                    prior_labels: str | Path | None = None, current_labels: str | Path | None = None,
+                    formats: Sequence[str] = ("json", "png", "pdf"), model: str | Path | None = None,
+                    device: str = "auto") -> list[str]:
+    """``compare``: a prior and a current study (case folders, or CTs with their label maps, or CTs segmented
+    first with ``model``) -> compare.json and the page in ``output_dir``."""
+    if not formats:
+        raise ValueError("compare needs at least one output format")
+    cmd = _engine(python_executable, "compare", prior, current, "-o", output_dir, "--format", ",".join(formats),
+                  "--device", device)
+    for flag, value in (("--prior-labels", prior_labels), ("--current-labels", current_labels), ("--model", model)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd
+
+
 def prepare_datalist_command(python_executable: str, data_dir: str | Path, datalist: str | Path,
                              train_size: float | None = None) -> list[str]:
     """``prepare-datalist``: a training/validation/testing datalist from an MSD-layout folder."""

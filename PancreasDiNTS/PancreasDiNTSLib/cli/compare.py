@@ -22,13 +22,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a CSV of pairs (columns prior,current and optionally name) instead of PRIOR CURRENT")
     p.add_argument("--format", default="json,png,pdf", dest="formats",
                    help="comma-separated outputs from json, png, pdf (default: all three)")
+    p.add_argument("--prior-labels", default=None, metavar="FILE",
+                   help="a label map of PRIOR (a CT file): pancreas 1, lesion 2 (e.g. exported from Slicer); no "
+                        "segmentation is run for that side")
+    p.add_argument("--current-labels", default=None, metavar="FILE", help="the same for CURRENT")
     p.add_argument("--model", default="official", metavar="BUNDLE_DIR",
                    help="the model that segments a side given as a CT (as `segment --model`)")
     p.add_argument("--device", default="auto", help="the device for that segmentation: auto, cpu, cuda, cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
-    from PancreasDiNTSLib.followup.batch import Segmenting, read_pairs, resolve_side, run_pairs
+    from PancreasDiNTSLib.followup.batch import (
+        Segmenting,
+        read_pairs,
+        resolve_side,
+        run_pairs,
+        side_from_files,
+    )
     from PancreasDiNTSLib.followup.compare import check_formats, compare
 
     formats = [f.strip() for f in str(args.formats).split(",") if f.strip()]
@@ -36,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     seg = Segmenting(model=args.model, device=args.device)
     if args.pairs:
-        if args.prior or args.current:
-            raise UsageError("give either PRIOR CURRENT or --pairs CSV, not both")
+        if args.prior or args.current or args.prior_labels or args.current_labels:
+            raise UsageError("give either PRIOR CURRENT (with --prior-labels/--current-labels) or --pairs CSV")
         rows = run_pairs(read_pairs(Path(args.pairs).expanduser()), out, formats, seg)
         for r in rows:
             what = f"RECIST-style {r['recist']}, volumetric {r['volumetric']}" if r["status"] == "ok" else r["message"]
@@ -45,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK if all(r["status"] == "ok" for r in rows) else EXIT_CASE_FAILED
     if not args.prior or not args.current:
         raise UsageError("give PRIOR and CURRENT (case folders or CTs), or --pairs CSV")
-    prior = resolve_side(Path(args.prior).expanduser(), "prior", out, seg)
-    current = resolve_side(Path(args.current).expanduser(), "current", out, seg)
+    sides = []
+    for role, path, labels in (("prior", args.prior, args.prior_labels), ("current", args.current,
+                                                                           args.current_labels)):
+        given = Path(path).expanduser()
+        sides.append(side_from_files(given, Path(labels).expanduser(), role, out) if labels
+                     else resolve_side(given, role, out, seg))
+    prior, current = sides
     result = compare(prior, current, out, formats)
     rec = result["response"]["recist"]
     print(f"RECIST 1.1-style {rec['category']} ({rec['reason']}), volumetric "

@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..core.atomic import write_text_atomic
 from ..core.errors import InputError, OutputError, PancreasDiNTSError, UsageError, printable
+from ..core.ownership import CaseFolder, input_identity
+from ..core.terminology import LESION_LABEL, PANCREAS_LABEL
+from ..core.tracking import case_key, case_tracking
 from ..inference.batch import SegmentSettings, run_segment
-from .cases import REPORT_NAME
+from ..io.writers import save_nifti, write_report
+from ..readout.combined import case_readout
+from . import grids
+from .cases import LABELS_NAME, REPORT_NAME
 from .compare import compare
 
 SUMMARY_NAME = "compare-summary.json"
@@ -58,6 +66,42 @@ def resolve_side(path: Path, role: str, out_dir: Path, seg: Segmenting) -> Path:
         raise InputError(f"{role} {printable(path)}: segmentation failed ({result.message if result else 'no case'})")
     seg.done[key] = Path(result.output_dir)
     return seg.done[key]
+
+
+def side_from_files(ct: Path, labels: Path, role: str, out_dir: Path) -> Path:
+    """A case folder OUTDIR/sides/<role>/ for a CT whose label map is given (pancreas 1, lesion 2; e.g. exported
+    from Slicer): the labels on the CT's grid (nearest neighbour), report.json with the read-out and its tracking,
+    written through the folder's manifest. Refused (one line) when a file cannot be read or holds other values."""
+    import SimpleITK as sitk
+
+    images = []
+    for what, path in (("CT", ct), ("labels", labels)):
+        try:
+            images.append(sitk.ReadImage(str(path)))
+        except RuntimeError:
+            raise InputError(f"{role} {what} {printable(path)}: cannot be read (NIfTI, NRRD or MetaImage)") from None
+    ref = sitk.Cast(images[0], sitk.sitkFloat32)
+    lab = grids.from_image(sitk.Resample(images[1], ref, sitk.Transform(3, sitk.sitkIdentity),
+                                         sitk.sitkNearestNeighbor, 0))[0]
+    values = set(np.unique(lab).tolist())
+    if not values <= {0, PANCREAS_LABEL, LESION_LABEL}:
+        raise InputError(f"{role} labels {printable(labels)}: values {sorted(values)}; a label map holds 0, "
+                         f"{PANCREAS_LABEL} (pancreas) and {LESION_LABEL} (lesion)")
+    _, affine = grids.from_image(ref)
+    labels_u8 = np.ascontiguousarray(lab.astype(np.uint8))
+    readout = case_readout(labels_u8, affine, confidence_reason="labels given with the CT (no probabilities)")
+    readout["tracking"] = case_tracking(case_key(None, [ct]), readout)
+    report = {"case": role, "input": str(ct.resolve()), "input_format": "file", "labels_given": str(labels),
+              "shape": list(labels_u8.shape), "readout": readout}
+    folder = CaseFolder(out_dir / "sides" / role, input_identity(ct), role)
+    names = [LABELS_NAME, REPORT_NAME]
+    if folder.conflicts(names):
+        raise OutputError(f"{printable(folder.path)}: holds files pancreas-dints did not write; choose another OUTDIR")
+    folder.begin(names)
+    folder.write(LABELS_NAME, lambda tmp: save_nifti(Path(tmp), labels_u8, affine, np.uint8))
+    folder.write(REPORT_NAME, lambda tmp: write_report(Path(tmp), report))
+    folder.finish(keep=names)
+    return folder.path
 
 
 def _safe(text: str) -> str:
