@@ -16,7 +16,7 @@ import pytest
 from dicom_factory import Volume, axial_planes, load_crop, write_series
 from test_dicom_sr_rtstruct import constructed_labels, probabilities, strict_read
 
-FORMATS = ("dicom-seg", "dicom-sr", "report-pdf", "dicom-pdf", "key-images")
+FORMATS = ("dicom-seg", "dicom-sr", "report-pdf", "dicom-pdf", "key-images", "fhir")
 MODEL = {"name": "tiny", "version": "1", "weights_md5": "0123456789abcdef0123456789abcdef",
          "arch_md5": "fedcba9876543210fedcba9876543210"}
 
@@ -224,3 +224,136 @@ def test_a_case_without_lesion_gets_one_key_image_of_the_gland(axial, tmp_path):
     frame = ds.pixel_array
     assert not ((frame[..., 0] > 200) & (frame[..., 1] > 200) & (frame[..., 2] < 80)).any()  # no line
     assert (np.abs(frame.astype(int) - [249, 180, 111]).max(axis=-1) == 0).sum() > 50  # the pancreas outline
+
+
+# ------------------------------------------------------------------------------------------------------- FHIR
+
+def fhir_values(bundle: dict) -> dict[tuple[str, str], list]:
+    """(tracking UID or "", code) -> [value] of every Observation of a Bundle validated by fhir.resources (R4B
+    models: FHIR R4 with changes that do not touch Bundle, DiagnosticReport or Observation)."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(bundle)
+    out: dict[tuple[str, str], list] = {}
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        assert entry["fullUrl"] == f"urn:uuid:{res['id']}"
+        if res["resourceType"] != "Observation":
+            continue
+        uid = next((i["value"].removeprefix("urn:oid:") for i in res.get("identifier", [])
+                    if i["type"]["coding"][0]["code"] == "112040"), "")
+        code = res["code"]["coding"][0]["code"]
+        if "valueQuantity" in res:
+            q = res["valueQuantity"]
+            assert q["system"] == "http://unitsofmeasure.org" and q["code"] == q["unit"] and q["code"] in ("mL", "mm", "1")
+            value = q["value"]
+        else:
+            value = res.get("valueInteger", res.get("valueCodeableConcept", {}).get("coding", [{}])[0].get("code"))
+        out.setdefault((uid, code), []).append(value)
+    return out
+
+
+def expected_fhir(readout: dict) -> dict[tuple[str, str], list]:
+    """What report.json says each Observation holds (codes as in the SR)."""
+    track = readout["tracking"]
+    segs, conf = readout["segments"], readout["confidence"]["segments"]
+    want: dict[tuple[str, str], list] = {}
+    for sid, entry in track["segments"].items():
+        want[(entry["uid"], "118565006")] = [segs[sid]["volume_ml"]]
+        want[(entry["uid"], "CONF-MEAN")] = [conf[sid]["mean_confidence"]]
+        want[(entry["uid"], "CONF-LOWBAND")] = [conf[sid]["low_confidence_band_ml"]]
+        want[(entry["uid"], "125007")] = ["108369006" if sid == "pancreatic_tumor" else "15776009"]  # the finding type
+    want[(track["segments"]["pancreatic_tumor"]["uid"], "LESION-COUNT")] = [readout["lesion"]["count"]]
+    for comp, entry in zip(readout["lesion"]["components"], track["lesions"], strict=True):
+        u = entry["uid"]
+        want[(u, "118565006")] = [comp["volume_ml"]]
+        want[(u, "103339001")] = [comp["longest_axial_diameter"]["mm"]]
+        want[(u, "131189007")] = [comp["perpendicular_diameter"]["mm"]]
+        want[(u, "L0JK")] = [comp["longest_3d_diameter"]["mm"]]
+        want[(u, "GLAND-POS")] = [comp["location"]["fraction"]]
+        want[(u, "GLAND-PART")] = [comp["location"]["part"].upper().replace("/", "-")]
+        want[(u, "125007")] = ["108369006"]
+        if comp["rank"] == 1:
+            want[(u, "AJCC-SIZE")] = [f"SIZE-{readout['lesion']['size_category']['category']}"]
+    want[("", "LESION-SCORE")] = [readout["confidence"]["lesion_score"]["value"]]
+    return want
+
+
+@pytest.mark.slow
+def test_fhir_bundle_is_valid_r4_and_every_number_equals_report_json(axial, tmp_path):
+    root, case, _ = axial
+    readout = json.loads((root / "out" / "report.json").read_text())["readout"]
+    bundle = json.loads((root / "out" / "fhir-bundle.json").read_text())
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+    report = bundle["entry"][0]["resource"]
+    assert report["resourceType"] == "DiagnosticReport" and report["status"] == "preliminary"
+    assert report["code"]["coding"][0]["code"] == "126000" and "not for clinical use" in report["conclusion"]
+    study = strict_read(case.dicom_files[0]).StudyInstanceUID
+    assert report["imagingStudy"] == [{"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid",
+                                                                              "value": f"urn:oid:{study}"}}]
+    refs = {e["fullUrl"] for e in bundle["entry"]}
+    assert all(r["reference"] in refs for r in report["result"]) and len(report["result"]) == 2 + 2 + 1
+    assert fhir_values(bundle) == expected_fhir(readout)
+    # a rerun of the same case: the same resource ids
+    write_case(root / "ct", tmp_path / "again", formats=("fhir",))
+    again = json.loads((tmp_path / "again" / "fhir-bundle.json").read_text())
+    assert [e["fullUrl"] for e in again["entry"]] == [e["fullUrl"] for e in bundle["entry"]]
+
+
+@pytest.mark.slow
+@needs("dsrdump")
+def test_dsrdump_reads_the_sr_with_its_2d_lines_and_tracking_uids(axial):
+    root = axial[0]
+    readout = json.loads((root / "out" / "report.json").read_text())["readout"]
+    text = subprocess.run(["dsrdump", "-Ec", str(root / "out" / "measurements-sr.dcm")], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    assert "SCOORD3D" in text and "SCOORD" in text.replace("SCOORD3D", "")
+    for entry in readout["tracking"]["lesions"]:
+        assert entry["uid"] in text
+    assert f"{readout['lesion']['largest']['longest_axial_diameter']['mm']}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_cli_writes_the_viewer_outputs_and_fhir_for_dicom_and_nifti(tmp_path, vol, tiny_bundle, capsys):
+    """The real CLI with the tiny model: dicom-pdf brings report-pdf, key-images and fhir are written for a DICOM
+    series, report.json records them and its tracking; a NIfTI input gets the FHIR Bundle (no study reference)
+    and is refused key images (exit 2) before any inference."""
+    import nibabel as nib
+    from PancreasDiNTSLib.cli import main
+
+    folder = tmp_path / "ct"
+    write_series(folder, vol, axial_planes(vol, np.arange(16) * 3.0))
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_bundle), "--device", "cpu", "--progress", "none"]
+    code = main(["segment", str(folder), "-o", str(out), *args, "--format", "dicom-pdf,key-images,fhir"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    case_dir = out / "ct"
+    report = json.loads((case_dir / "report.json").read_text())
+    assert set(report["outputs"]) >= {"report.pdf", "report-pdf.dcm", "key-images.dcm", "fhir-bundle.json"}
+    assert not report["outputs_failed"]
+    readout = report["readout"]
+    assert readout["tracking"]["case_key"] == f"dicom-series:{strict_read(next(folder.iterdir())).SeriesInstanceUID}"
+    assert strict_read(case_dir / "report-pdf.dcm").EncapsulatedDocumentLength == (case_dir / "report.pdf").stat().st_size
+    key = strict_read(case_dir / "key-images.dcm")
+    assert int(key.NumberOfFrames) == max(1, len(readout["lesion"]["components"]))
+    values = fhir_values(json.loads((case_dir / "fhir-bundle.json").read_text()))
+    for sid, entry in readout["tracking"]["segments"].items():
+        assert values[(entry["uid"], "118565006")] == [readout["segments"][sid]["volume_ml"]]
+
+    nifti = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol.data, vol.affine_ras), str(nifti))
+    code = main(["segment", str(nifti), "-o", str(tmp_path / "nii"), *args, "--format", "nifti,fhir"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    report = json.loads((tmp_path / "nii" / "ct" / "report.json").read_text())
+    bundle = json.loads((tmp_path / "nii" / "ct" / "fhir-bundle.json").read_text())
+    assert "imagingStudy" not in bundle["entry"][0]["resource"]
+    assert report["readout"]["tracking"]["case_key"].startswith("sha256:")
+    values = fhir_values(bundle)
+    for sid, entry in report["readout"]["tracking"]["segments"].items():
+        assert values[(entry["uid"], "118565006")] == [report["readout"]["segments"][sid]["volume_ml"]]
+    capsys.readouterr()
+    code = main(["segment", str(nifti), "-o", str(tmp_path / "refused"), *args, "--format", "key-images"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a DICOM series" in err, err[-1500:]
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())

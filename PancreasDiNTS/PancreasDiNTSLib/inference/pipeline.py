@@ -239,6 +239,12 @@ register_output(OutputSpec(
     title="DICOM key images"))
 
 
+register_output(OutputSpec(
+    "fhir", OUTPUT_NAMES["fhir"],
+    lambda d, c: writers.write_fhir(d, c.case, c.readout, c.model, c.model_name, c.model_version),
+    lambda case: 1 << 20, title="FHIR Bundle"))
+
+
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``"nifti,seg.nrrd"`` -> ("nifti", "seg.nrrd"); UsageError (exit 2) for an unknown format."""
     items = text.split(",") if isinstance(text, str) else list(text)

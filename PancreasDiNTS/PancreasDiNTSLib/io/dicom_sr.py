@@ -65,6 +65,14 @@ LOCAL = {
     "score": ("LESION-SCORE", "Lesion score (max lesion probability, uncalibrated)"),
     "size": ("AJCC-SIZE", "AJCC 8th ed. T size category, by size only, not a stage"),
 }
+VOLUME = TermCode("SCT", "118565006", "Volume")
+LONG_AXIS = TermCode("SCT", "103339001", "Long axis")
+PERPENDICULAR_AXIS = TermCode("SCT", "131189007", "Perpendicular Axis")
+MAX_3D_DIAMETER = TermCode("IBSI", "L0JK", "Maximum 3D Diameter of a Mesh")
+# read-out key -> (concept, method) of the diameters; the FHIR Bundle uses the same codes
+DIAMETERS = (("longest_axial_diameter", LONG_AXIS, TermCode("DCM", "126081", "RECIST 1.1")),
+             ("perpendicular_diameter", PERPENDICULAR_AXIS, TermCode("DCM", "112029", "WHO")),
+             ("longest_3d_diameter", MAX_3D_DIAMETER, None))
 PARTS = {"head": "Head (first third of centreline)", "neck/body": "Neck/body (middle third of centreline)",
          "tail": "Tail (last third of centreline)"}
 
@@ -188,7 +196,7 @@ def _segment_groups(ctx: _Context, readout: dict[str, Any], tracking: dict[str, 
         rec = (readout.get("segments") or {}).get(seg.slicer_id)
         if rec is None:
             continue
-        items = [ctx.measure(_code(TermCode("SCT", "118565006", "Volume")), rec["volume_ml"], "mL")]
+        items = [ctx.measure(_code(VOLUME), rec["volume_ml"], "mL")]
         c = (conf.get("segments") or {}).get(seg.slicer_id) or {}
         if c.get("mean_confidence") is not None:
             items.append(ctx.measure(_local("mean_confidence"), c["mean_confidence"], "1"))
@@ -205,17 +213,12 @@ def _segment_groups(ctx: _Context, readout: dict[str, Any], tracking: dict[str, 
 
 
 def _diameters(ctx: _Context, comp: dict[str, Any]) -> list[Any]:
-    from pydicom.sr.codedict import codes
-
     out = []
-    for key, name, method in (
-            ("longest_axial_diameter", _code(TermCode("SCT", "103339001", "Long axis")), codes.DCM.RECIST1Point1),
-            ("perpendicular_diameter", _code(TermCode("SCT", "131189007", "Perpendicular Axis")), codes.DCM.WHO),
-            ("longest_3d_diameter", _code(TermCode("IBSI", "L0JK", "Maximum 3D Diameter of a Mesh")), None)):
+    for key, name, method in DIAMETERS:
         d = comp.get(key)
         if d:
-            out.append(ctx.measure(name, d["mm"], "mm", 2, d["endpoints_ras"], method,
-                                   on_image=key != "longest_3d_diameter"))
+            out.append(ctx.measure(_code(name), d["mm"], "mm", 2, d["endpoints_ras"],
+                                   _code(method) if method else None, on_image=key != "longest_3d_diameter"))
     return out
 
 
@@ -231,7 +234,7 @@ def _component_group(ctx: _Context, comp: dict[str, Any], size: dict[str, Any] |
 
     lesion = SEGMENTS[1]
     rank = int(comp["rank"])
-    items = [ctx.measure(_code(TermCode("SCT", "118565006", "Volume")), comp["volume_ml"], "mL", 2)]
+    items = [ctx.measure(_code(VOLUME), comp["volume_ml"], "mL", 2)]
     items += _diameters(ctx, comp)
     loc = comp.get("location") or {}
     evaluations = []

@@ -16,7 +16,8 @@ import numpy as np
 
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.terminology import SEGMENTS
-from PancreasDiNTSLib.io import dicom_pdf, dicom_seg, dicom_sr, key_images, rtstruct
+from PancreasDiNTSLib.core.tracking import case_key, case_tracking
+from PancreasDiNTSLib.io import dicom_pdf, dicom_seg, dicom_sr, fhir_report, key_images, rtstruct
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage, load_nifti
 
 
@@ -191,6 +192,22 @@ def check_key_images_preconditions(case: LoadedImage, model_name: str = "Pancrea
     """Before inference: a trial key-images object of this series, in memory."""
     files = _dicom_files(case, "DICOM key images", key_images.KeyImagesError)
     return key_images.check_preconditions(files, model_name, model_version)
+
+
+def write_fhir(dest: Path, case: LoadedImage, readout: dict[str, Any], model: dict[str, Any], model_name: str,
+               model_version: str) -> Path:
+    """The read-out as a FHIR R4 Bundle (io.fhir_report); a DICOM input's study is referenced by its UID."""
+    if not readout or "segments" not in readout:
+        raise fhir_report.FhirError("no read-out to report (the read-out was turned off)")
+    study = patient = None
+    if case.fmt == "dicom" and case.dicom_files:
+        first = dicom_seg.prepare_sources(case.dicom_files).datasets[0]
+        study, patient = str(first.StudyInstanceUID), str(first.get("PatientID", "") or "") or None
+        tracking = dicom_sr.tracking_of(readout, str(first.SeriesInstanceUID))
+    else:
+        tracking = readout.get("tracking") or case_tracking(case_key(None, [case.path]), readout)
+    fhir_report.write(dest, readout, tracking, model, model_name, model_version, study, patient)
+    return dest
 
 
 def write_report(dest: Path, report: dict[str, Any]) -> Path:
