@@ -10,6 +10,7 @@ tested with the real Slicer classes outside the desktop application (Testing/tes
 """
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
+from PancreasDiNTSSceneLib.followup import CompareJob, compare_rows, compare_table
 from PancreasDiNTSSceneLib.report import (
     add_line,
     readout_lines,
@@ -35,11 +36,14 @@ from PancreasDiNTSSceneLib.volumes import (
 
 __all__ = [
     "CONFIDENCE_COLOR_NODE_NAME",
+    "CompareJob",
     "RemoteSegmentationJob",
     "SceneLayerError",
     "SegmentationJob",
     "SegmentationResult",
     "add_line",
+    "compare_rows",
+    "compare_table",
     "import_segmentation",
     "load_confidence_volume",
     "readout_lines",

@@ -187,9 +187,15 @@ def corrected_labels(segmentation_node: Any, labels_path: Path, scene: Any = Non
     return out
 
 
+def segment_mask(segmentation_node: Any, segment_id: str, reference: Any, scene: Any = None) -> np.ndarray:
+    """One segment as an (X, Y, Z) array on exactly ``reference``'s grid (a volume node)."""
+    return _export_one(segmentation_node, segment_id, reference, resolve_scene(scene))
+
+
 def _export_one(segmentation_node: Any, segment_id: str, reference: Any, scene: Any) -> np.ndarray:
     names = vtk.vtkStringArray()
     names.InsertNextValue(segment_id)
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "review export")
     try:
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
@@ -204,6 +210,10 @@ def _export_one(segmentation_node: Any, segment_id: str, reference: Any, scene: 
         return np.array(slicer.util.arrayFromVolume(labelmap)).transpose(2, 1, 0)
     finally:
         scene.RemoveNode(labelmap)
+        for i in reversed(range(scene.GetNumberOfNodes())):  # the export's display node and colour tables
+            node = scene.GetNthNode(i)
+            if node.GetID() not in before and not node.IsA("vtkMRMLSubjectHierarchyNode"):
+                scene.RemoveNode(node)
 
 
 def write_segmentation(segmentation_node: Any, dest: Path) -> None:
