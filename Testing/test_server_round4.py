@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("round4")
     token = make_token(base / "client")
-    server = start_server(base / "data", token)
+    server = start_server(base / "data", token, "--unclaimed-hours", "0.003")  # 10.8 s: finding 5
     yield {"server": server, "base": base, "ct": write_ct(base / "in" / "ct.nii.gz")}
     server.stop()
 
@@ -88,3 +88,56 @@ def test_finding2_a_damaged_store_is_one_line(tmp_path):
     assert proc.returncode == 5, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "job store is damaged" in lines[0] and "move the file away" in lines[0], proc.stderr
+
+
+# --------------------------------------------------------------------------- 5: retention of patient data
+
+
+def test_finding5_a_job_failed_in_recovery_keeps_no_upload(tmp_path):
+    from PancreasDiNTSLib.server.serve import open_store
+    from PancreasDiNTSLib.server.store import JobStore, new_job_id
+
+    store = JobStore(tmp_path)
+    job = new_job_id()
+    (store.job_dir(job) / "input").mkdir(parents=True)
+    (store.job_dir(job) / "input" / "input.nii.gz").write_bytes(b"a patient's CT")
+    store.add(job, "nii.gz", {"formats": "nifti"}, 14, "0" * 64)
+    for _ in range(2):  # interrupted twice: recovery fails it
+        assert store.claim_next(0)["id"] == job
+        store._write("UPDATE jobs SET state = 'running' WHERE id = ?", (job,))
+        if store.recover()["failed"]:
+            break
+    store._write("UPDATE jobs SET state = 'running' WHERE id = ?", (job,))
+    store.close()
+    store, _, counts = open_store(tmp_path)
+    assert counts["failed"] == 1 and store.get(job)["state"] == "failed"
+    assert not (store.job_dir(job) / "input").exists()  # the CT went with the job
+    store.close()
+
+
+def test_finding5_two_series_fail_before_work_and_unclaimed_results_go(site, tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from image_files import write_dicom_series
+    from PancreasDiNTSLib.bridge.remote import zip_series
+
+    srv = site["server"]
+    client = ServerClient(srv.url, srv.token)
+    image = nib.load(str(site["ct"]))
+    data = np.asarray(image.dataobj)
+    one = write_dicom_series(data, image.affine, tmp_path / "a")
+    two = write_dicom_series(data[::-1], image.affine, tmp_path / "b")
+    files = sorted(one.iterdir()) + sorted(two.iterdir())
+    job = client.submit(zip_series(files, tmp_path / "two.zip"), "zip", job_options(("nifti",)))
+    final = client.wait(job["id"], poll=0.3)
+    assert final["state"] == "failed" and "holds 2 series" in final["error"], final
+    assert final["started"] is not None and final["finished"] - final["started"] < 30
+    assert not any((srv.data / "jobs" / job["id"]).glob("*/*"))  # neither the upload nor results are left
+
+    done = client.submit(site["ct"], "nii.gz", job_options(("nifti",)))
+    assert client.wait(done["id"], poll=0.3)["state"] == "done"
+    folder = srv.data / "jobs" / done["id"]
+    assert (folder / "out").is_dir()
+    # its client is gone (no more requests): after --unclaimed-hours (10.8 s here) the results are deleted
+    wait_for(lambda: not folder.exists(), timeout=60, every=1.0)
+    assert _raw(f"{srv.url}/v1/jobs/{done['id']}", token=srv.token)[0] == 404

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="free disk space kept in DATA; uploads that would eat into it are refused (507)")
     p.add_argument("--retention-hours", type=float, default=72.0,
                    help="finished jobs' results are deleted after this time unless the client deleted them (default 72)")
+    p.add_argument("--unclaimed-hours", type=float, default=1.0,
+                   help="a finished job no client has asked about for this long is deleted with its results (its "
+                        "client is gone; default 1)")
     node = p.add_argument_group("DICOM node (docs/PACS.md)")
     node.add_argument("--node-config", default=None, metavar="FILE",
                       help="the DICOM node's file (JSON or YAML: AE title, port, allowed AEs, rules, outputs, "
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     limits = Limits(max_upload_bytes=args.max_upload_mb << 20, max_unpacked_bytes=4 * (args.max_upload_mb << 20),
                     max_queue=args.max_queue, min_free_bytes=args.min_free_mb << 20,
-                    retention_s=args.retention_hours * 3600.0)
+                    retention_s=args.retention_hours * 3600.0, unclaimed_s=args.unclaimed_hours * 3600.0)
     settings = ServeSettings(
         data=Path(args.data), model=args.model, host=args.host, port=args.port, devices=args.device,
         token_file=Path(args.token_file) if args.token_file else None,

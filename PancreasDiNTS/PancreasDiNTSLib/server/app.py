@@ -58,6 +58,7 @@ class Limits:
     max_queue: int = 64
     min_free_bytes: int = 1 << 30
     retention_s: float = 72 * 3600.0
+    unclaimed_s: float = 3600.0  # a finished job no client asked about for this long is deleted
 
 
 @dataclass
@@ -199,7 +200,9 @@ def _declared_length(request: Request, limits: Limits) -> int:
 def _job_or_404(service: Service, job_id: str) -> dict[str, Any]:
     job = service.store.get(job_id)
     if job is None:
-        raise HTTPException(404, "no such job (finished jobs are removed after the retention time)")
+        raise HTTPException(404, "no such job (finished jobs are removed after the retention time, or when no "
+                                 "client has asked about them for --unclaimed-hours)")
+    service.store.touch(job_id)  # a client still wants this job
     return job
 
 
@@ -244,6 +247,7 @@ def _jobs_router(service: Service) -> APIRouter:
                 text = json.dumps(_status(service, job), sort_keys=True)
                 if text != last:
                     last = text
+                    service.store.touch(job_id)
                     yield text + "\n"
                 if job["state"] in TERMINAL:
                     return
@@ -343,7 +347,7 @@ def create_app(service: Service) -> FastAPI:
         return {"model": hello.get("model", {}), "devices": [s.device for s in service.pool.slots],
                 "options": hello.get("options", {}), "input_kinds": {k: Path(v).name for k, v in INPUT_NAMES.items()},
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_queue": limits.max_queue,
-                           "retention_s": limits.retention_s}}
+                           "retention_s": limits.retention_s, "unclaimed_s": limits.unclaimed_s}}
 
     app.include_router(_jobs_router(service))
     return app

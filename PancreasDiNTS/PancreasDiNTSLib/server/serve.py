@@ -116,21 +116,37 @@ def clean_orphans(store: JobStore) -> int:
     return removed
 
 
-def purge_expired(store: JobStore, retention_s: float) -> int:
-    """Delete the finished jobs past the retention time (their files, then their row); how many."""
-    expired = store.expired(time.time() - retention_s)
+def purge_expired(store: JobStore, retention_s: float, unclaimed_s: float | None = None) -> int:
+    """Delete the finished jobs past the retention time, or unclaimed for ``unclaimed_s`` (their files, then
+    their row); how many."""
+    now = time.time()
+    expired = store.expired(now - retention_s, now - unclaimed_s if unclaimed_s is not None else None)
     for job_id in expired:
         shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
         store.delete(job_id)
     return len(expired)
 
 
+def discard_unfetchable(store: JobStore) -> int:
+    """Patient data no one can fetch: the upload of every job that ended, and every file of a job that did not
+    end 'done' (only a done job's results can be downloaded); how many folders were removed."""
+    removed = 0
+    for job_id, state in store.ended().items():
+        folder = store.job_dir(job_id)
+        for part in (["input"] if state == "done" else ["input", "out"]):
+            if (folder / part).exists():
+                shutil.rmtree(folder / part, ignore_errors=True)
+                removed += 1
+    return removed
+
+
 def janitor(service: Service, stop: threading.Event) -> None:
-    """Purge expired jobs every minute (more often for a retention time under two minutes)."""
-    every = min(JANITOR_EVERY_S, max(1.0, service.limits.retention_s / 2))
+    """Purge expired and unclaimed jobs and data no one can fetch every minute (more often for shorter times)."""
+    every = min(JANITOR_EVERY_S, max(1.0, min(service.limits.retention_s, service.limits.unclaimed_s) / 2))
     while not stop.wait(every):
         try:
-            purge_expired(service.store, service.limits.retention_s)
+            purge_expired(service.store, service.limits.retention_s, service.limits.unclaimed_s)
+            discard_unfetchable(service.store)
         except sqlite3.Error as exc:  # a store outage: the next round tries again (health says degraded)
             say(f"retention: the job store is unavailable ({exc}); trying again in {every:.0f} s")
 
@@ -142,7 +158,9 @@ def open_store(data: Path) -> tuple[JobStore, int, dict[str, int]]:
     try:
         store = JobStore(data)
         store.check()
-        return store, clean_orphans(store), store.recover()
+        orphans, counts = clean_orphans(store), store.recover()
+        discard_unfetchable(store)  # e.g. the upload of a job failed just now by recover()
+        return store, orphans, counts
     except sqlite3.DatabaseError as exc:
         if "locked" in str(exc):
             raise OutputError(f"{printable(path)}: the job store is locked by another program ({exc}); stop it "

@@ -36,10 +36,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     worker INTEGER,
     error TEXT,
-    files TEXT
+    files TEXT,
+    seen REAL
 )"""
 _FIELDS = ("seq", "id", "state", "created", "started", "finished", "kind", "options", "input_bytes", "input_sha256",
-           "attempts", "worker", "error", "files")
+           "attempts", "worker", "error", "files", "seen")
 
 
 def new_job_id() -> str:
@@ -63,6 +64,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+        if "seen" not in columns:  # a store made before 'seen' (the client's last request) was recorded
+            self._db.execute("ALTER TABLE jobs ADD COLUMN seen REAL")
 
     def check(self) -> None:
         """sqlite3.DatabaseError unless the database is intact (SQLite's quick_check)."""
@@ -129,11 +133,24 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def expired(self, before: float) -> list[str]:
-        """Finished jobs older than ``before`` (their results are past the retention time)."""
+    def touch(self, job_id: str) -> None:
+        """A client asked about this job now (its results are still wanted)."""
+        self._write("UPDATE jobs SET seen = ? WHERE id = ?", (time.time(), job_id))
+
+    def expired(self, before: float, unclaimed_before: float | None = None) -> list[str]:
+        """Finished jobs that ended before ``before`` (past the retention time), or whose client last asked about
+        them before ``unclaimed_before`` (no one is left to fetch them)."""
         marks = ", ".join("?" for _ in TERMINAL)
+        unclaimed = -1.0 if unclaimed_before is None else unclaimed_before
         return [r["id"] for r in self._rows(f"SELECT {', '.join(_FIELDS)} FROM jobs WHERE state IN ({marks}) AND "
-                                            "finished < ?", (*TERMINAL, before))]
+                                            "(finished < ? OR COALESCE(seen, created) < ?)",
+                                            (*TERMINAL, before, unclaimed))]
+
+    def ended(self) -> dict[str, str]:
+        """id -> state of every job that ended (done, failed, cancelled)."""
+        marks = ", ".join("?" for _ in TERMINAL)
+        with self._lock:
+            return dict(self._db.execute(f"SELECT id, state FROM jobs WHERE state IN ({marks})", TERMINAL).fetchall())
 
     def recover(self) -> dict[str, int]:
         """After a (possibly hard) stop: re-queue or fail the jobs that were running; returns the counts."""

@@ -30,6 +30,7 @@ from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import OUTPUTS, ROI_MODES, ROI_SPACES, RoiRequest
 from PancreasDiNTSLib.inference.region import REGION_MODES
 from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
+from PancreasDiNTSLib.io.placement import CasePlanner
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
 
@@ -112,6 +113,10 @@ class Worker:
 
         try:
             settings = self.settings(job)
+            count = len(CasePlanner([Path(job["input"])], Path(job["out"]), settings.series).inputs)
+            if count != 1:  # before any inference: a zip of two series is never segmented twice, then failed
+                return _failed(job, f"{INPUT_PLACEHOLDER}: the upload holds {count} series; send one series, or "
+                                    "choose one with series=")
             summary = run_segment(settings, on_event, self.segmenter(settings.mode))
         except PancreasDiNTSError as exc:
             return _failed(job, str(exc))

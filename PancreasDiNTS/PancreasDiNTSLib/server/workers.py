@@ -4,7 +4,8 @@ Each slot is a thread of the server that owns one worker process (server/worker.
 only from the slot's thread so that PR_SET_PDEATHSIG ties it to the server). A worker that dies (crash,
 ``kill -9``, out of memory) fails its job with the reason and is started again; the server stays up. Cancel
 kills the worker's whole process tree (bridge.child_process.kill_process_tree) and the slot starts a fresh one.
-The upload of a finished job is deleted at once; its results stay until deleted or past the retention time.
+The upload of a finished job is deleted at once, and so is every file of a job that failed or was cancelled (no
+one can fetch them); a done job's results stay until deleted, unclaimed or past the retention time.
 
 A job-store error (a lock held by another program, a full disk, I/O) never ends a slot's thread: the store call
 is retried with back-off (1 s doubling to 30 s), the outage is logged in one line (and its end in another), and
@@ -134,6 +135,8 @@ class Slot:
         self.pool.live.pop(job_id, None)
         shutil.rmtree(folder / "input", ignore_errors=True)  # the patient image is not kept once the job ended
         final = guarded("reading a job", lambda: store.get(job_id)) or {}
+        if final.get("state") != "done":
+            shutil.rmtree(folder / "out", ignore_errors=True)  # no one can fetch a failed job's files: gone now
         self.pool.log(f"job {job_id}: {final.get('state', 'deleted')} after {time.monotonic() - started:.1f} s on "
                       f"worker {self.index}" + (f" ({final['error']})" if final.get("error") else ""))
 
@@ -258,7 +261,8 @@ class WorkerPool:
                     mine = slot.job_id == job_id
                 if mine and self.store.finish(job_id, "cancelled", "cancelled by the client", only_from=("running",)):
                     slot.cancel(job_id)
-                    shutil.rmtree(self.store.job_dir(job_id) / "input", ignore_errors=True)  # gone when we answer
+                    for part in ("input", "out"):  # gone when we answer
+                        shutil.rmtree(self.store.job_dir(job_id) / part, ignore_errors=True)
                     return True
             time.sleep(0.05)
         return False
