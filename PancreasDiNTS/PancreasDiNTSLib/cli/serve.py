@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retention-hours", type=float, default=72.0,
                    help="finished jobs' results are deleted after this time unless the client deleted them (default 72)")
     p.add_argument("--unclaimed-hours", type=float, default=1.0,
-                   help="a finished job no client has asked about for this long is deleted with its results (its "
-                        "client is gone; default 1)")
+                   help="a job that ended this long ago and no client has asked about for this long is deleted "
+                        "with its results (its client is gone; default 1)")
     node = p.add_argument_group("DICOM node (docs/PACS.md)")
     node.add_argument("--node-config", default=None, metavar="FILE",
                       help="the DICOM node's file (JSON or YAML: AE title, port, allowed AEs, rules, outputs, "

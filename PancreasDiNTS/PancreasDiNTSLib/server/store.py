@@ -138,13 +138,13 @@ class JobStore:
         self._write("UPDATE jobs SET seen = ? WHERE id = ?", (time.time(), job_id))
 
     def expired(self, before: float, unclaimed_before: float | None = None) -> list[str]:
-        """Finished jobs that ended before ``before`` (past the retention time), or whose client last asked about
-        them before ``unclaimed_before`` (no one is left to fetch them)."""
+        """Finished jobs that ended before ``before`` (past the retention time), or that ended before
+        ``unclaimed_before`` and no client has asked about since then (no one is left to fetch them)."""
         marks = ", ".join("?" for _ in TERMINAL)
         unclaimed = -1.0 if unclaimed_before is None else unclaimed_before
         return [r["id"] for r in self._rows(f"SELECT {', '.join(_FIELDS)} FROM jobs WHERE state IN ({marks}) AND "
-                                            "(finished < ? OR COALESCE(seen, created) < ?)",
-                                            (*TERMINAL, before, unclaimed))]
+                                            "(finished < ? OR (finished < ? AND COALESCE(seen, 0) < ?))",
+                                            (*TERMINAL, before, unclaimed, unclaimed))]
 
     def ended(self) -> dict[str, str]:
         """id -> state of every job that ended (done, failed, cancelled)."""
