@@ -239,3 +239,32 @@ def test_finding3_the_client_checks_what_the_server_sends(tmp_path, capsys, tiny
     code, err, _ = _run_against(tmp_path / "never", capsys, tiny_ct, plan, "--server-job-timeout", "2")
     assert code == 1 and "no result after 2 s" in err and plan.get("cancelled"), err
     assert time.monotonic() - t0 < 60
+
+
+# --------------------------------------------------------------------------- 7: token files, one rule everywhere
+
+
+def test_finding7_token_files_are_checked_the_same_way_by_server_and_client(tmp_path, capsys, tiny_ct):  # noqa: F811
+    good = "site-token-" + "0123456789abcdef" * 2
+    cases = {"world-readable": (good, 0o644, "other users can read or change it (mode 644); run chmod 600"),
+             "one-character": ("x", 0o600, "the token is too weak (1 characters"),
+             "repeated": ("a" * 40, 0o600, "the token is too weak (40 characters, 1 different")}
+    for name, (text, mode, expected) in cases.items():
+        path = tmp_path / name
+        path.write_text(text + "\n")
+        path.chmod(mode)
+        server = main(["serve", "--data", str(tmp_path / f"data-{name}"), "--port", "0", "--device", "cpu",
+                       "--token-file", str(path)])
+        server_err = capsys.readouterr().err
+        client = main(["segment", str(tiny_ct), "-o", str(tmp_path / "out"), "--server", "http://127.0.0.1:9",
+                       "--token-file", str(path)])
+        client_err = capsys.readouterr().err
+        assert (server, client) == (2, 4), (server_err, client_err)
+        for err in (server_err, client_err):
+            assert expected in err and len(err.strip().splitlines()) == 1, err
+    # issue 38 item 4: a missing token file says so, and where the token is
+    code = main(["segment", str(tiny_ct), "-o", str(tmp_path / "out"), "--server", "http://127.0.0.1:9",
+                 "--token-file", str(tmp_path / "absent")])
+    err = capsys.readouterr().err
+    assert code == 4 and "absent: no such token file; the token is in the server's DATA/token file" in err, err
+    assert len(err.strip().splitlines()) == 1

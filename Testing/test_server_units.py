@@ -45,14 +45,16 @@ def test_token_made_once_with_mode_0600_and_refused_when_others_can_read_it(tmp_
     with pytest.raises(UsageError, match="chmod 600"):
         load_token(tmp_path, None)
     given = tmp_path / "given"
-    given.write_text("abc\n")
-    assert load_token(tmp_path, given) == ("abc", given)
+    given.write_text("a-site-token-0123456789abcdefghijklmnop\n")
+    given.chmod(0o600)
+    assert load_token(tmp_path, given) == ("a-site-token-0123456789abcdefghijklmnop", given)
 
 
 def test_client_token_file_and_address_refusals(tmp_path):
-    with pytest.raises(RemoteError, match="not a token file"):
+    with pytest.raises(RemoteError, match="no such token file; the token is in the server's DATA/token"):
         read_token(tmp_path / "missing")
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
     with pytest.raises(RemoteError, match="holds no token"):
         read_token(tmp_path / "empty")
     for url in ("ftp://host", "gpu-server:8765", "http://"):

@@ -59,17 +59,38 @@ class RemoteError(PancreasDiNTSError):
         self.status = status
 
 
-def read_token(path: str | Path) -> str:
-    """The token in ``path`` (first line, stripped); RemoteError when missing, empty or not a token."""
+MIN_TOKEN_CHARS = 32  # a token made by `serve` has 43 (secrets.token_urlsafe(32): 256 random bits)
+MIN_TOKEN_DISTINCT = 10  # distinct characters: refuses "aaaa...aaaa" and short repeated words
+TOKEN_ADVICE = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def read_token(path: str | Path, error: type[PancreasDiNTSError] | None = None, for_server: bool = False) -> str:
+    """The token in ``path`` (first line, stripped), checked the same way by the server and every client: the
+    file exists, is a small regular file that only its owner can read or write (POSIX), and holds a token of at
+    least MIN_TOKEN_CHARS characters with MIN_TOKEN_DISTINCT distinct ones. ``error`` (default RemoteError, exit
+    4) with one line saying what to do otherwise."""
+    fail = error or RemoteError
     p = Path(path).expanduser()
+    if not os.path.lexists(p):
+        where = ("give an existing file, or leave out --token-file: the server then makes DATA/token" if for_server
+                 else "the token is in the server's DATA/token file: copy that file here (chmod 600) or give "
+                      "--token-file")
+        raise fail(f"{printable(p)}: no such token file; {where}")
     try:
-        if not p.is_file() or p.stat().st_size > MAX_TOKEN_BYTES:
-            raise RemoteError(f"{printable(p)}: not a token file (a small file holding the server's token)")
+        st = p.stat()
+        if not p.is_file() or st.st_size > MAX_TOKEN_BYTES:
+            raise fail(f"{printable(p)}: not a token file (a small file holding the server's token)")
+        if os.name == "posix" and st.st_mode & 0o077:
+            raise fail(f"{printable(p)}: other users can read or change it (mode {st.st_mode & 0o777:o}); run chmod "
+                       f"600 {printable(p)}")
         text = p.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise RemoteError(f"{printable(p)}: token file unreadable ({exc}); copy the server's token file here") from None
+        raise fail(f"{printable(p)}: token file unreadable ({exc}); copy the server's token file here") from None
     if not text or not text.isprintable() or " " in text:
-        raise RemoteError(f"{printable(p)}: holds no token; copy the server's token file (DATA/token) here")
+        raise fail(f"{printable(p)}: holds no token; copy the server's token file (DATA/token) here")
+    if len(text) < MIN_TOKEN_CHARS or len(set(text)) < MIN_TOKEN_DISTINCT:
+        raise fail(f"{printable(p)}: the token is too weak ({len(text)} characters, {len(set(text))} different; at "
+                   f"least {MIN_TOKEN_CHARS} random characters); {TOKEN_ADVICE}")
     return text
 
 

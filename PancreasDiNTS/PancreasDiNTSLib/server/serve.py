@@ -59,18 +59,16 @@ def say(text: str) -> None:
 
 
 def load_token(data: Path, token_file: Path | None) -> tuple[str, Path]:
-    """The token (from ``token_file``, else DATA/token, made on the first start with mode 0600) and its file."""
+    """The token (from ``token_file``, else DATA/token, made on the first start with mode 0600) and its file;
+    checked as every client checks it (bridge.remote.read_token: owner-only mode, strength): UsageError."""
     if token_file is not None:
-        return read_token(token_file), token_file
+        return read_token(token_file, UsageError, for_server=True), token_file
     path = data / TOKEN_NAME
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise UsageError(f"{printable(path)}: readable by other users; run chmod 600 on it (or delete it for a new "
-                         "token), then start again")
-    return read_token(path), path
+    return read_token(path, UsageError, for_server=True), path
 
 
 @contextlib.contextmanager
