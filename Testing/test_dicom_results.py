@@ -357,3 +357,38 @@ def test_cli_writes_the_viewer_outputs_and_fhir_for_dicom_and_nifti(tmp_path, vo
     err = capsys.readouterr().err
     assert code == 2 and "not a DICOM series" in err, err[-1500:]
     assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+
+
+@pytest.mark.slow
+def test_orthanc_indexes_every_object_in_the_study_and_previews_the_key_images(axial, tmp_path):
+    """Debian's Orthanc (Testing/orthanc_support): the CT, SEG, SR, PDF and key images land in one study; its
+    preview renders each key-image frame as the file holds it; its /pdf gives report.pdf back."""
+    import io
+
+    import requests
+    from orthanc_support import start_orthanc
+    from PIL import Image
+
+    root, case, _ = axial
+    out = root / "out"
+    orthanc = start_orthanc(tmp_path / "orthanc")
+    try:
+        objects = [out / n for n in ("segmentation.dcm", "measurements-sr.dcm", "report-pdf.dcm", "key-images.dcm")]
+        studies = orthanc.upload([*case.dicom_files, *objects])
+        study_uid = str(strict_read(case.dicom_files[0]).StudyInstanceUID)
+        assert studies == {orthanc.study_id(study_uid)}
+        modalities = sorted(s["00080060"]["Value"][0] for s in orthanc.series_of(study_uid))
+        assert modalities == sorted(["CT", "SEG", "SR", "DOC", "OT"])
+        ids = {p.name: orthanc.rest("POST", "/instances", p.read_bytes())["ID"] for p in objects}  # already there
+        key = strict_read(out / "key-images.dcm").pixel_array
+        for k, frame in enumerate(key):
+            response = requests.get(f"{orthanc.url}/instances/{ids['key-images.dcm']}/frames/{k}/preview", timeout=60)
+            response.raise_for_status()
+            shown = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+            assert shown.shape == frame.shape and np.abs(shown.astype(int) - frame).max() <= 1
+        response = requests.get(f"{orthanc.url}/instances/{ids['report-pdf.dcm']}/pdf", timeout=60)
+        if response.status_code != 404:  # /pdf: Orthanc 1.10 and later
+            response.raise_for_status()
+            assert response.content == (out / "report.pdf").read_bytes()
+    finally:
+        orthanc.stop()

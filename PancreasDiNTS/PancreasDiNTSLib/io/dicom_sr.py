@@ -43,6 +43,7 @@ from PancreasDiNTSLib.core.tracking import (
     lesion_uid_of,
     tracking_uid,
 )
+from PancreasDiNTSLib.io.dicom_derived import contributing_equipment
 from PancreasDiNTSLib.io.dicom_seg import (
     SegSources,
     _derived_uid,
@@ -303,16 +304,15 @@ def build_report(sources: SegSources, seg: Any, readout: dict[str, Any], model: 
         number = int(first.get("SeriesNumber", 0) or 0)
     except (TypeError, ValueError):
         number = 0
-    return Comprehensive3DSR(
+    sr = Comprehensive3DSR(
         evidence=[seg, *sources.datasets], content=report[0], series_instance_uid=hd.UID(),
         series_number=(number % 100000) + 3000, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="PancreasDiNTS", series_description="Pancreas DiNTS read-out (research, not for clinical use)",
         coding_schemes=[CodingSchemeIdentificationItem(
             LOCAL_SCHEME, name="PancreasDiNTS local codes",
             responsible_organization="PancreasDiNTS")])
-
-
-
+    sr.ContributingEquipmentSequence = [contributing_equipment(model_name, model_version)]  # the AI (IHE AIR)
+    return sr
 
 def _trial_readout() -> dict[str, Any]:
     """A stand-in read-out with every kind of item the SR holds (for the check before inference)."""
