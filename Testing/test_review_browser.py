@@ -66,6 +66,13 @@ def _status(url: str, opener: urllib.request.OpenerDirector | None = None) -> in
         return int(exc.code)
 
 
+def test_the_start_prints_its_address_and_no_vtk_warnings(review):
+    """Issue 38: about six `vtkXRenderWindowInteractor ... WindowResizeEvent` warnings came before the address."""
+    end = next(i for i, line in enumerate(review.lines) if line.startswith("review page: http"))
+    noise = [line for line in review.lines[:end] if "vtk" in line.lower() or "warn" in line.lower()]
+    assert noise == [], "".join(noise[:6])
+
+
 def test_requests_without_the_token_are_refused(review):
     base = f"http://127.0.0.1:{review.port}"
     assert _status(f"{base}/") == 403

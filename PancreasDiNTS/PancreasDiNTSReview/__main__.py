@@ -25,6 +25,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def quiet_vtk() -> None:
+    """VTK's warnings off the user's terminal: trame-slicer's views observe the interactor's WindowResizeEvent,
+    which VTK 9.6 warns about once per view (six lines at start, the class named vtkXRenderWindowInteractor although
+    no X server is used). Errors still print, one line each."""
+    import vtk
+
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
+    vtk.vtkOutputWindow.GetInstance().SetDisplayModeToNever()  # the second, multi-line copy of each message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if not os.environ.get("DISPLAY"):
@@ -46,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     reviewer = args.reviewer or getpass.getuser()
     server = get_server("pancreas_dints_review", client_type="vue3")
     server.enable_module(__import__("trame_slicer.module", fromlist=["module"]))
-    page = ReviewPage(server, ReviewSession(args.outdir, reviewer), token)
+    session = ReviewSession(args.outdir, reviewer)  # its SlicerApp installs a VTK output window of its own
+    quiet_vtk()  # so after it, before the page makes the views
+    page = ReviewPage(server, session, token)
 
     @server.controller.add("on_server_ready")
     def _ready(**_: object) -> None:
