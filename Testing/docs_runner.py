@@ -89,6 +89,21 @@ class Block:
         return out
 
 
+def run_plan(blocks: list[Block]) -> dict[str, str | None]:
+    """block id -> why it is not run (its marker's reason, or "the same commands as" an earlier block: the
+    commands that run, after the substitutions that drop a line, are what is compared), or None: it runs."""
+    plan: dict[str, str | None] = {}
+    seen: dict[tuple[str, ...], str] = {}
+    for block in blocks:
+        reason = block.skip_reason
+        if reason is None:
+            key = tuple(" ".join(shlex.split(c, comments=True)) for c in block.commands() if not not_run(c))
+            reason = f"the same commands as {seen[key]}, which runs" if key in seen else None
+            seen.setdefault(key, block.id)
+        plan[block.id] = reason
+    return plan
+
+
 def doc_pages(repo: Path = REPO) -> list[Path]:
     """The user docs: README.md and every page in docs/ (a new page is picked up without a change here)."""
     return [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
@@ -315,8 +330,9 @@ class BlockRun:
 
 
 def listing(blocks: list[Block]) -> Iterator[str]:
+    plan = run_plan(blocks)
     for block in blocks:
-        reason = block.skip_reason
+        reason = plan[block.id]
         yield f"{block.id:28} {'not run: ' + reason if reason else 'runs'}"
 
 

@@ -8,17 +8,28 @@ import shutil
 from pathlib import Path
 
 import pytest
-from docs_runner import REPO, SERVERS, SUBSTITUTIONS, Block, BlockRun, all_blocks, make_fixtures, parse_blocks
+from docs_runner import (
+    REPO,
+    SERVERS,
+    SUBSTITUTIONS,
+    Block,
+    BlockRun,
+    all_blocks,
+    make_fixtures,
+    parse_blocks,
+    run_plan,
+)
 
 BLOCKS, PROBLEMS = all_blocks()
+PLAN = run_plan(BLOCKS)
 
 
 def _param(block: Block):
     marks = [pytest.mark.slow, pytest.mark.subprocess]
     if any(c.split()[:2] in (["pancreas-dints", name] for name in SERVERS) for c in block.commands()):
         marks.append(pytest.mark.server)
-    if block.skip_reason:
-        marks.append(pytest.mark.skip(reason=f"{block.id}: {block.skip_reason}"))
+    if PLAN[block.id]:
+        marks.append(pytest.mark.skip(reason=f"{block.id}: {PLAN[block.id]}"))
     return pytest.param(block, id=block.id, marks=marks)
 
 
@@ -47,6 +58,16 @@ def test_the_parser_reads_markers_fences_and_continuations(tmp_path: Path) -> No
     assert blocks[1].markers == {"expect": "x/y"} and blocks[1].commands() == ["echo 1"]
     assert len(problems) == 2 and "docs/page.md:17: a block of pancreas-dints commands" in problems[0]
     assert "unknown marker docs-test: skipp" in problems[1]
+
+
+def test_a_block_with_the_commands_of_an_earlier_one_is_run_once(tmp_path: Path) -> None:
+    page = tmp_path / "docs" / "p.md"
+    page.parent.mkdir()
+    page.write_text("```bash\npip install x\na  b # one\n```\n```bash\na b   # two\n```\n```bash\na c\n```\n",
+                    encoding="utf-8")
+    blocks, _ = parse_blocks(page, tmp_path)
+    assert run_plan(blocks) == {"docs/p.md:1": None, "docs/p.md:5": "the same commands as docs/p.md:1, which runs",
+                                "docs/p.md:8": None}
 
 
 @pytest.fixture(scope="session")
