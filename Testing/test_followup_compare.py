@@ -183,3 +183,80 @@ def test_refused_pairs_write_nothing(run: dict[str, Any], tmp_path: Path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "read-out versions differ" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+def dicom_current(pair: Path, root: Path) -> Path:
+    """The pair's current study as a DICOM series and a case folder as `segment --format dicom-sr` leaves it
+    (labels on the series' grid, DICOM SEG, report.json with the read-out and its tracking)."""
+    import nibabel as nib
+    from dicom_factory import Volume, axial_planes, new_ids, write_series
+    from PancreasDiNTSLib.core.tracking import case_key, case_tracking
+    from PancreasDiNTSLib.followup import grids
+    from PancreasDiNTSLib.io.dicom import series_from_meta
+    from PancreasDiNTSLib.io.images import read_image
+    from PancreasDiNTSLib.io.writers import write_dicom_seg, write_label_nifti, write_report
+    from PancreasDiNTSLib.readout.combined import case_readout
+
+    ct = nib.load(str(pair / "current-ct.nii.gz"))
+    vol = Volume(np.asarray(ct.dataobj, dtype=np.float32), ct.affine)
+    write_series(root / "series", vol, axial_planes(vol, [k * vol.spacing(2) for k in range(vol.data.shape[2])]),
+                 new_ids())
+    case = read_image(root / "series")
+    truth = nib.load(str(pair / "current" / "labels.nii.gz"))
+    ref = grids.to_image(np.zeros(case.shape, np.uint8), case.affine_ras)
+    import SimpleITK as sitk
+
+    labels = grids.from_image(grids.resample(grids.to_image(np.asarray(truth.dataobj), truth.affine), ref,
+                                             sitk.Transform(3, sitk.sitkIdentity), nearest=True))[0]
+    labels = np.ascontiguousarray(labels.astype(np.uint8))
+    folder = root / "current"
+    folder.mkdir()
+    write_dicom_seg(folder / "segmentation.dcm", labels, case, "phantom truth", "0")
+    write_label_nifti(folder / "labels.nii.gz", labels, case)
+    series = series_from_meta(dict(case.image.meta))
+    readout = case_readout(labels, case.affine_ras)
+    readout["tracking"] = case_tracking(case_key(series["series_instance_uid"]), readout)
+    write_report(folder / "report.json", {"case": "current", "input": str(root / "series"), "input_format": "dicom",
+                                          "dicom_series": series, "model": {"name": "phantom truth", "version": "0"},
+                                          "readout": readout})
+    return folder
+
+
+def tracking_uids(ds) -> list[str]:
+    """Every Tracking Unique Identifier (DCM 112040) in an SR's content tree."""
+    found = []
+    stack = list(ds.ContentSequence)
+    while stack:
+        item = stack.pop()
+        code = getattr(item, "ConceptNameCodeSequence", [None])[0]
+        if code is not None and code.CodeValue == "112040":
+            found.append(str(item.UID))
+        stack.extend(getattr(item, "ContentSequence", []))
+    return found
+
+
+def test_current_sr_carries_the_prior_tracking_uids(run: dict[str, Any], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import pydicom
+
+    pair = run["root"] / "pair"
+    # refused before any work where the current is not a DICOM series
+    assert main(["compare", str(pair / "prior"), str(pair / "current"), "-o", str(tmp_path / "no"),
+                 "--format", "json,dicom-sr"]) == 2
+    assert "not a DICOM series" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    current = dicom_current(pair, tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", str(pair / "prior"), str(current), "-o", str(out), "--format", "json,dicom-sr"]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    ds = pydicom.dcmread(str(out / "current-sr.dcm"))
+    assert ds.Modality == "SR" and ds.StudyInstanceUID == pydicom.dcmread(
+        str(next((tmp_path / "series").iterdir()))).StudyInstanceUID  # filed with the current study
+    uids = tracking_uids(ds)
+    found = by_status(result)
+    for status in ("grown", "shrunk", "split"):
+        assert found[status]["tracking_uid"] in uids, status  # the prior's UID, in the current's SR
+    own = {e["uid"] for e in result["current_tracking"]["lesions"] if e["from"] == "current"}
+    assert own and own <= set(uids)  # the new lesion and the split's second part keep their own
+    prior_uids = {e["uid"] for e in json.loads((pair / "prior" / "report.json").read_text())["readout"]["tracking"]
+                  ["lesions"]}
+    assert found["no longer seen"]["tracking_uid"] in prior_uids - set(uids)  # gone: not in the current SR

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", default=None, metavar="CSV",
                    help="a CSV of pairs (columns prior,current and optionally name) instead of PRIOR CURRENT")
     p.add_argument("--format", default="json,png,pdf", dest="formats",
-                   help="comma-separated outputs from json, png, pdf (default: all three)")
+                   help="comma-separated outputs from json, png, pdf, dicom-sr (the current study's SR with the prior's "
+                        "Tracking UIDs; needs a DICOM current with its SEG); default json,png,pdf")
     p.add_argument("--prior-labels", default=None, metavar="FILE",
                    help="a label map of PRIOR (a CT file): pancreas 1, lesion 2 (e.g. exported from Slicer); no "
                         "segmentation is run for that side")

@@ -25,9 +25,10 @@ from ..readout.measure import MAX_COMPONENTS, lesion_component_map
 from . import grids, match, register, response
 from .cases import Side, check_pair, load_ct, open_side
 from .page import render_compare_page
+from .sr import check_current, write_current_sr
 
 SCHEMA = "pancreas-dints.compare/1"
-OUTPUTS = {"json": "compare.json", "png": "compare.png", "pdf": "compare.pdf"}
+OUTPUTS = {"json": "compare.json", "png": "compare.png", "pdf": "compare.pdf", "dicom-sr": "current-sr.dcm"}
 FORMATS = tuple(OUTPUTS)
 
 
@@ -206,6 +207,8 @@ def _writer(name: str, text: str, prior: Side, current: Side, result: dict[str, 
     """The function that writes output ``name`` to its staging path."""
     if name.endswith(".json"):
         return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+    if name.endswith(".dcm"):
+        return lambda tmp: write_current_sr(Path(tmp), current, result)
     fmt = "pdf" if name.endswith(".pdf") else "png"
     return lambda tmp: render_compare_page(Path(tmp), prior, current, result, extra, fmt)
 
@@ -217,6 +220,8 @@ def compare(prior_dir: Path, current_dir: Path, out_dir: Path, formats: Sequence
     names = check_formats(formats)
     prior, current = open_side("prior", Path(prior_dir)), open_side("current", Path(current_dir))
     check_pair(prior, current)
+    if OUTPUTS["dicom-sr"] in names:
+        check_current(current)
     folder = CaseFolder(Path(out_dir), {"kind": "compare", "prior": str(prior.folder.resolve()),
                                         "current": str(current.folder.resolve())})
     taken = folder.conflicts(names)
