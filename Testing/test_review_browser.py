@@ -14,6 +14,9 @@ import http.cookiejar
 import io
 import json
 import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -81,6 +84,30 @@ def test_requests_without_the_token_are_refused(review):
     assert _status(f"{base}/ws") == 403
     with_cookies = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     assert _status(review.url, with_cookies) == 200  # the cookie set on the first visit carries the token
+
+
+def _upgrade(port: int, origin: str | None) -> int:
+    """The status of a websocket handshake on /ws carrying the token cookie (and ``origin``)."""
+    lines = ["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
+             f"Cookie: pancreas_dints_review={TOKEN}"] + ([f"Origin: {origin}"] if origin else [])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return int(sock.recv(4096).split(b" ")[1])
+
+
+def test_issue31_finding8_the_websocket_checks_origin_and_a_lan_address_warns(review, cli_env):
+    own = f"http://127.0.0.1:{review.port}"
+    assert _upgrade(review.port, own) == 101  # the page itself
+    assert _upgrade(review.port, f"http://127.0.0.1:{review.port + 1}") == 403  # another page on this host
+    assert _upgrade(review.port, "https://evil.example.org") == 403
+    # review on a non-loopback address without TLS warns in one line, as serve does (10.255.255.1: not ours, so
+    # the page cannot listen there and the child ends; the warning comes first)
+    proc = subprocess.run([sys.executable, "-m", "PancreasDiNTSLib.cli", "review", str(review.out), "--host",
+                           "10.255.255.1", "--port", str(rs.free_port())], env=cli_env, capture_output=True,
+                          text=True, timeout=300)
+    warnings = [line for line in proc.stderr.splitlines() if "without TLS" in line]
+    assert proc.returncode != 0 and len(warnings) == 1 and "10.255.255.1" in warnings[0], proc.stderr[-2000:]
 
 
 def _colours(png: bytes) -> tuple[float, int]:

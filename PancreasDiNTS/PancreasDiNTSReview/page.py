@@ -7,6 +7,7 @@ segments in axial (large), coronal, sagittal and 3D views on the right (trame-sl
 from __future__ import annotations
 
 import hmac
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,8 +31,19 @@ EFFECTS = [("none", "mdi-cursor-default", "Navigate"), ("paint", "mdi-brush", "P
 STATUS_COLOURS = {"not reviewed": "grey", "accepted": "green", "corrected": "blue", "rejected": "red"}
 
 
+def same_origin(request: web.Request) -> bool:
+    """A request a browser sent from this page's own origin (scheme-less host:port of ``Origin`` equals the
+    ``Host`` the request went to), or one without ``Origin`` (not sent by a page: curl, the proxy's checks)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urllib.parse.urlsplit(origin).netloc.lower() == request.headers.get("Host", "").lower()
+
+
 def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Every HTTP request and the websocket need ``?token=`` or the cookie set on the first visit; else 403."""
+    """Every HTTP request and the websocket need ``?token=`` or the cookie set on the first visit; else 403. A
+    request from another page (its ``Origin`` is not this page's host:port: another port of the same host, another
+    site) is refused too, cookie or not: SameSite alone does not separate ports."""
 
     @web.middleware
     async def check(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -39,6 +51,9 @@ def token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]
         if not hmac.compare_digest(given.encode(), token.encode()):
             return web.Response(status=403, text="403: open the address with the token printed when "
                                                  "`pancreas-dints review` started\n")
+        if not same_origin(request):
+            return web.Response(status=403, text="403: a request from another page (Origin is not this page's "
+                                                 "address)\n")
         response = await handler(request)
         if "token" in request.query and not isinstance(response, web.WebSocketResponse) and not response.prepared:
             response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")

@@ -104,6 +104,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def clear_text_warning(host: str, what: str) -> str | None:
+    """The one warning line for a service listening on a non-loopback address without TLS (serve, review)."""
+    if is_loopback(host):
+        return None
+    return (f"warning: listening on {printable(host)} without TLS: {what} and the token cross the network in clear; "
+            "use a reverse proxy with HTTPS (docs/SERVER.md, docs/REVIEW.md)")
+
+
 def upload_kind(path: Path) -> str:
     """The ``kind`` of an input: a NIfTI/NRRD/MetaImage file, or ``zip`` for a DICOM series folder."""
     if path.is_dir():

@@ -12,6 +12,7 @@ import importlib.util
 import subprocess
 import sys
 
+from PancreasDiNTSLib.bridge.remote import clear_text_warning
 from PancreasDiNTSLib.core.errors import EXIT_INTERRUPTED, UsageError
 
 HELP = ("review a batch in the browser: each case's CT and segments in slice and 3D views, the read-out, the "
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec(FRONT_END) is None or importlib.util.find_spec("trame_slicer") is None:
         raise UsageError("the review page needs the `review` extra: pip install 'PancreasDiNTSLib[review]' "
                          "(make test installs it)")
+    warning = clear_text_warning(args.host, "the patients' images")
+    if warning:
+        print(f"pancreas-dints review: {warning}", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", FRONT_END, str(args.outdir), "--host", args.host, "--port", str(args.port)]
     if args.reviewer:
         command += ["--reviewer", args.reviewer]
