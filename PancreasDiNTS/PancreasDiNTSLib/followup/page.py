@@ -61,8 +61,8 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 def _row_text(rec: dict[str, Any]) -> list[str]:
     def side(items: list[dict[str, Any]]) -> str:
-        return " + ".join(f"{x['volume_ml']:.2f} mL / {_fmt(x['longest_axial_diameter_mm'], ' mm')}"
-                          f" ({x['location_part'] or '-'})" for x in items) or "-"
+        return " + ".join(f"{x['volume_ml']:.2f} mL, {_fmt(x['longest_axial_diameter_mm'], ' mm')}, "
+                          f"{x['location_part'] or '-'}" for x in items) or "-"
     change = rec.get("change") or {}
     pct = change.get("volume_pct")
     return [rec["status"], side(rec["prior"]), side(rec["current"]), "-" if pct is None else f"{pct:+.0f} %",
@@ -110,8 +110,10 @@ def render_compare_page(dest: Path, prior: Side, current: Side, result: dict[str
         tab = fig.add_subplot(gs[ROWS + 1, :])
         tab.axis("off")
         rows = [_row_text(r) for r in result["lesions"]]
-        table = tab.table(cellText=rows or [["-"] * 5], colLabels=["status", "prior", "current", "volume", "match"],
-                          cellLoc="left", colLoc="left", bbox=Bbox.from_bounds(0.0, 0.42, 1.0, 0.58))
+        table = tab.table(cellText=rows or [["-"] * 5], colLabels=["status", "prior (volume, long axis, part)",
+                                                                    "current", "volume", "match"],
+                          cellLoc="left", colLoc="left", colWidths=[0.13, 0.34, 0.34, 0.08, 0.11],
+                          bbox=Bbox.from_bounds(0.0, 0.42, 1.0, 0.58))
         table.auto_set_font_size(False)
         table.set_fontsize(6.5)
         lines = [f"RECIST 1.1-style: {rec['category']} ({rec['reason']}); volumetric: {vol['category']} "
