@@ -141,3 +141,27 @@ def test_finding5_two_series_fail_before_work_and_unclaimed_results_go(site, tmp
     # its client is gone (no more requests): after --unclaimed-hours (10.8 s here) the results are deleted
     wait_for(lambda: not folder.exists(), timeout=60, every=1.0)
     assert _raw(f"{srv.url}/v1/jobs/{done['id']}", token=srv.token)[0] == 404
+
+
+# --------------------------------------------------------------------------- 6: logs and pages
+
+
+def test_finding6_disconnects_are_one_line_and_no_page_calls_a_cdn(site):
+    import socket
+    import time
+
+    srv = site["server"]
+    before = _job_folders(site)
+    for _ in range(3):  # a client that goes away in the middle of its upload
+        with socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1])), timeout=30) as sock:
+            sock.sendall(f"POST /v1/jobs?kind=nii.gz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.token}\r\n"
+                         "Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".encode()
+                         + b"\0" * 5000)
+            time.sleep(0.3)
+    wait_for(lambda: _log(site).count("the client disconnected") >= 3, timeout=30)
+    log = _log(site)
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
+    assert _job_folders(site) == before  # nothing of the partial uploads is kept
+    assert _raw(f"{srv.url}/docs")[0] == 404 and _raw(f"{srv.url}/redoc")[0] == 404  # no CDN page by default
+    status, kind, body = _raw(f"{srv.url}/openapi.json")
+    assert status == 200 and b"cdn" not in body.lower() and "/v1/jobs" in json.loads(body)["paths"]

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unclaimed-hours", type=float, default=1.0,
                    help="a job that ended this long ago and no client has asked about for this long is deleted "
                         "with its results (its client is gone; default 1)")
+    p.add_argument("--api-page", action="store_true",
+                   help="serve the interactive API page at /docs (off by default: it loads Swagger UI from a public "
+                        "CDN in the browser; /openapi.json is always there)")
     node = p.add_argument_group("DICOM node (docs/PACS.md)")
     node.add_argument("--node-config", default=None, metavar="FILE",
                       help="the DICOM node's file (JSON or YAML: AE title, port, allowed AEs, rules, outputs, "
@@ -70,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
         data=Path(args.data), model=args.model, host=args.host, port=args.port, devices=args.device,
         token_file=Path(args.token_file) if args.token_file else None,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
-        limits=limits, node=node_settings(args))
+        limits=limits, node=node_settings(args), api_page=args.api_page)
     return serve(settings)

@@ -1,4 +1,4 @@
-"""The HTTP API of ``pancreas-dints serve`` (FastAPI; the OpenAPI page is at ``/docs``).
+"""The HTTP API of ``pancreas-dints serve`` (FastAPI; ``/openapi.json``, and the ``/docs`` page with --api-page).
 
 Every ``/v1`` endpoint but ``/v1/health`` needs ``Authorization: Bearer <token>`` (compared in constant time).
 Errors are one line of JSON: ``{"error": "..."}``, whatever fails (a job-store error is 503, an unexpected one
@@ -301,9 +301,12 @@ class TokenGate:
         await self.app(scope, receive, send)
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI application of one server."""
-    app = FastAPI(title="PancreasDiNTS server", version=__version__,
+def create_app(service: Service, api_page: bool = False) -> FastAPI:
+    """The FastAPI application of one server; ``api_page``: serve /docs (Swagger UI, whose scripts the browser
+    loads from a public CDN: off by default, so an offline hospital network never sees a broken page or a request
+    to a third party). /openapi.json is always served."""
+    app = FastAPI(title="PancreasDiNTS server", version=__version__, docs_url="/docs" if api_page else None,
+                  redoc_url=None,
                   description="Pancreas and pancreatic tumour segmentation in CT on a shared GPU (docs/SERVER.md).")
 
     @app.exception_handler(StarletteHTTPException)

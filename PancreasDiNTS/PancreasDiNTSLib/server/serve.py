@@ -52,6 +52,7 @@ class ServeSettings:
     tls_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
     node: NodeConfig | None = None  # the DICOM node (docs/PACS.md), off when None
+    api_page: bool = False  # /docs (Swagger UI, loaded from a public CDN by the browser): off unless asked for
 
 
 def say(text: str) -> None:
@@ -230,7 +231,7 @@ def serve(settings: ServeSettings) -> int:
         hello = pool.start()
         service = Service(store, pool, token, settings.limits)
         sock, url = _listen(settings)
-        app = create_app(service)
+        app = create_app(service, settings.api_page)
         node, info = start_node(settings, service, app), {"url": url, "pid": os.getpid()}
         if node is not None and node.address is not None:
             info["dicom"] = {"ae_title": node.cfg.ae_title, "host": node.address[0], "port": node.address[1]}
@@ -239,7 +240,8 @@ def serve(settings: ServeSettings) -> int:
         write_text_atomic(data / "server.json", json.dumps(info) + "\n")
         model = hello.get("model", {})
         say(f"listening on {url} (model {model.get('name', '?')} {model.get('version', '')}, workers: "
-            f"{', '.join(s.device for s in pool.slots)}; token in {token_path}; API page {url}/docs)")
+            f"{', '.join(s.device for s in pool.slots)}; token in {token_path}; API description "
+            f"{url}/openapi.json{f', API page {url}/docs' if settings.api_page else ''})")
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
                                 ssl_keyfile=str(settings.tls_key) if settings.tls_key else None)
