@@ -33,13 +33,23 @@ NODE_AE = "PANCREAS_DINTS"
 SLICES = 16
 
 
+def phantom(shape: tuple[int, int, int]) -> Volume:
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
+
+    hu, _, affine = make_phantom(3, shape=shape, spacing=(1.6, 1.6, 3.0), orientation="RAS")
+    return Volume(np.asarray(hu, dtype=np.float32), np.asarray(affine, dtype=float))
+
+
 @pytest.fixture(scope="module")
 def vol() -> Volume:
     """A synthetic abdomen with a pancreas and a lesion the demo model finds (48 x 48 x 16 voxels)."""
-    from PancreasDiNTSLib.synthetic.phantom import make_phantom
+    return phantom((48, 48, SLICES))
 
-    hu, _, affine = make_phantom(3, shape=(48, 48, SLICES), spacing=(1.6, 1.6, 3.0), orientation="RAS")
-    return Volume(np.asarray(hu, dtype=np.float32), np.asarray(affine, dtype=float))
+
+@pytest.fixture(scope="module")
+def big_vol() -> Volume:
+    """A larger one, whose segmentation lasts long enough to be interrupted."""
+    return phantom((96, 96, SLICES))
 
 
 def ct_study(folder: Path, vol: Volume, extras: bool = False, drop: int | None = None,
@@ -128,6 +138,13 @@ class Site:
             return found[0] if found and found[0]["state"] in states else None
 
         return wait_for(ended, timeout=timeout, every=0.25)
+
+    def ensure_archive(self) -> None:
+        if self.archive is None:
+            self.archive = start_orthanc(self.base / "archive", aet="ARCHIVE", dicom_port=self.archive_port)
+
+    def counts(self, orthanc: Orthanc, study_uid: str) -> dict[str, int]:
+        return {k: len(v) for k, v in self.results(orthanc, study_uid).items()}
 
     def kill9(self) -> None:
         os.kill(self.server.proc.pid, signal.SIGKILL)
@@ -221,7 +238,7 @@ def test_c_store_round_trip_seg_sr_rtstruct_and_the_archive_down_then_up(site, v
         .SeriesInstanceUID == ct_series
 
     # the archive comes up: the pending sends go there, once, and the study ends
-    site.archive = start_orthanc(site.base / "archive", aet="ARCHIVE", dicom_port=site.archive_port)
+    site.ensure_archive()
     done = site.study(study_uid)
     assert done["state"] == "done" and done["finished"] >= done["sending"]
     assert {k: len(v) for k, v in site.results(site.archive, study_uid).items()} == {"SEG": 1, "SR": 1, "RTSTRUCT": 1}
@@ -231,3 +248,76 @@ def test_c_store_round_trip_seg_sr_rtstruct_and_the_archive_down_then_up(site, v
     assert len(sends) == 9 and all(s["state"] == "sent" for s in sends)
     assert max(s["attempts"] for s in sends if s["destination"] == "archive") >= 2  # retried while it was down
     assert not (site.base / "data" / "node" / "spool" / done["id"]).exists()  # spool emptied only at the end
+
+
+def test_stow_in_pull_unknown_ae_mr_and_missing_slice(site, vol, tmp_path):
+    site.ensure_archive()
+    pacs = site.pacs
+    stow_uid, stow_series, stow_files = ct_study(tmp_path / "stow", vol)
+    pull_uid, pull_series, pull_files = ct_study(tmp_path / "pull", vol)
+    mr_uid, _, mr_files = ct_study(tmp_path / "mr", vol, modality="MR")
+    gap_uid, _, gap_files = ct_study(tmp_path / "gap", vol, drop=7)
+
+    assert scu_send(site.dicom_port, "INTRUDER", mr_files) == []  # refused at association time, and logged
+    assert "association from 'INTRUDER' at 127.0.0.1" in site.log() and "not in the allowed list" in site.log()
+    # STOW-RS in: Orthanc's DICOMweb client pushes the study to the node (token in its HttpHeaders)
+    answer = pacs.rest("POST", "/dicom-web/servers/node/stow", {"Resources": list(pacs.upload(stow_files)),
+                                                                "Synchronous": True})
+    assert answer is None or "FailedInstancesCount" not in answer or answer["FailedInstancesCount"] == 0
+    # pull: the study is only in Orthanc; the node fetches it by QIDO-RS/WADO-RS
+    pacs.upload(pull_files)
+    assert site.api("POST", "/v1/pull", json={"source": "elsewhere", "study": pull_uid}).status_code == 400
+    assert site.api("POST", "/v1/pull", json={"source": "pacs", "study": "../etc"}).status_code == 400
+    pulled = site.api("POST", "/v1/pull", json={"source": "pacs", "study": pull_uid})
+    assert pulled.status_code == 202 and pulled.json()["source"] == "pull:pacs"
+    assert set(scu_send(site.dicom_port, "CT_SCANNER", mr_files + gap_files)) == {0}
+
+    mr = site.study(mr_uid)
+    assert mr["state"] == "skipped" and mr["calling_ae"] == "CT_SCANNER" and not mr["job_id"]
+    assert mr["reason"] == "no usable series (series 3: modality MR, not CT)"
+    gap = site.study(gap_uid)
+    assert gap["state"] == "skipped" and "slices missing: a gap of 6.00 mm between slices 7 and 8" in gap["reason"]
+    assert gap["decisions"][0]["reason"].startswith("series 3 (CT ABDOMEN PORTAL VENOUS): slices missing")
+    for uid, series, source in ((stow_uid, stow_series, "stow"), (pull_uid, pull_series, "pull:pacs")):
+        study = site.study(uid)
+        assert study["state"] == "done" and study["source"] == source and study["series_uid"] == series
+        assert site.counts(pacs, uid) == {"CT": SLICES, "SEG": 1, "SR": 1, "RTSTRUCT": 1}
+        assert site.counts(site.archive, uid) == {"SEG": 1, "SR": 1, "RTSTRUCT": 1}
+    assert site.counts(pacs, mr_uid) == {} == site.counts(pacs, gap_uid)  # nothing was sent back
+    listed = site.api("GET", "/v1/node/studies?state=skipped").json()
+    assert {s["study_uid"] for s in listed["studies"]} >= {mr_uid, gap_uid} and listed["counts"]["skipped"] >= 2
+    health = site.api("GET", "/v1/node/health").json()
+    assert health["free_space_ok"] and health["port"] == site.dicom_port and health["pending_sends"] == 0
+    assert requests.get(site.server.url + "/v1/node/studies", timeout=10).status_code == 401  # token needed
+
+
+def test_interleaved_aes_and_kill_9_after_c_store_success_during_segmentation(site, vol, big_vol, tmp_path):
+    """C (a larger CT) is being segmented when A (from Orthanc) and B (from a scanner) arrive interleaved; the
+    node is killed right after the last C-STORE success: one restart covers both faults."""
+    site.ensure_archive()
+    pacs = site.pacs
+    a_uid, _, a_files = ct_study(tmp_path / "a", vol)
+    b_uid, _, b_files = ct_study(tmp_path / "b", vol)
+    c_uid, _, c_files = ct_study(tmp_path / "c", big_vol)
+    assert set(scu_send(site.dicom_port, "CT_SCANNER", c_files)) == {0}
+    site.study(c_uid, states=("segmenting",), timeout=120)
+    ids, box = pacs.upload(a_files), []
+    sender = threading.Thread(target=lambda: box.append(pacs.rest("POST", "/modalities/node/store", {
+        "Resources": list(ids), "Synchronous": True})))
+    sender.start()
+    statuses = scu_send(site.dicom_port, "CT_SCANNER", b_files, pause=threading.Event())
+    sender.join()
+    assert statuses == [0] * SLICES and box[0]["FailedInstancesCount"] == 0
+    states = {s["study_uid"]: s["state"] for s in site.studies()}
+    site.kill9()  # right after the last success (inside the quiet period) and while C is segmented
+    assert states[a_uid] == states[b_uid] == "receiving" and states[c_uid] == "segmenting", states
+    site.start()
+    a, b, c = site.study(a_uid), site.study(b_uid), site.study(c_uid)
+    assert (a["state"], a["calling_ae"], a["instances"]) == ("done", "ORTHANC", SLICES)
+    assert (b["state"], b["calling_ae"], b["instances"]) == ("done", "CT_SCANNER", SLICES)
+    assert c["state"] == "done" and c["instances"] == len(c_files)
+    assert a["created"] < b["last_instance"] and b["created"] < a["last_instance"]  # they arrived interleaved
+    for uid in (a_uid, b_uid, c_uid):  # every result once, in both destinations
+        assert site.counts(pacs, uid) == {"SEG": 1, "SR": 1, "RTSTRUCT": 1} | ({"CT": SLICES} if uid == a_uid else {})
+        assert site.counts(site.archive, uid) == {"SEG": 1, "SR": 1, "RTSTRUCT": 1}
+    assert "1 job(s) queued again" in site.log()
