@@ -1,0 +1,144 @@
+"""Issue 33, the DICOM node's parts without a network: the node file (one-line refusals), the series rules and
+their recorded reasons (on real pydicom headers; the engine's own gap message), the spool (durable names, a
+repeated instance stored once, files indexed again after a stop between file and record), the STOW-RS body split,
+and the credentials file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PancreasDiNTSLib.core.errors import UsageError
+from PancreasDiNTSLib.server.dicom_node.config import Rules, load_node_config, node_config
+from PancreasDiNTSLib.server.dicom_node.selection import choose_series, series_facts, skip_reason
+from PancreasDiNTSLib.server.dicom_node.sender import auth_headers
+from PancreasDiNTSLib.server.dicom_node.spool import NodeStore, valid_uid
+from PancreasDiNTSLib.server.dicom_node.stow import split_parts
+
+
+def header(series: str, number: int, z: float, desc: str = "CT", modality: str = "CT", thickness: float = 3.0,
+           image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"), iop=(1, 0, 0, 0, 1, 0)):
+    ds = pydicom.Dataset()
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription, ds.Modality = series, number, desc, modality
+    ds.ImageType, ds.SliceThickness = list(image_type), thickness
+    ds.ImageOrientationPatient, ds.PixelSpacing = list(iop), [0.8, 0.8]
+    normal = np.cross(iop[:3], iop[3:])
+    ds.ImagePositionPatient = [float(v) for v in normal * z]
+    ds.Rows = ds.Columns = 16
+    return ds
+
+
+def series(uid: str, number: int, n: int, step: float = 3.0, drop: int | None = None, **kw):
+    zs = [k * step for k in range(n) if k != drop]
+    return [header(uid, number, z, **kw) for z in zs]
+
+
+TEN = Rules(min_slices=10)
+
+
+def decide(*groups, rules: Rules = TEN):
+    headers = [h for g in groups for h in g]
+    files = [Path(f"{k:04d}.dcm") for k in range(len(headers))]
+    return choose_series(series_facts(files, headers), rules)
+
+
+def test_portal_venous_first_then_thinnest_and_every_decision_with_its_reason():
+    chosen, decisions = decide(series("1.1", 1, 2, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
+                               series("1.2", 2, 30, step=1.0, thickness=1.0, desc="ARTERIAL"),
+                               series("1.3", 3, 20, desc="PORTAL VENOUS 3mm"),
+                               series("1.4", 4, 12, step=9.0, thickness=9.0, desc="venous thick"),
+                               series("1.5", 5, 20, modality="MR"),
+                               series("1.6", 6, 20, iop=(0, 1, 0, 0, 0, -1)))
+    assert chosen is not None and chosen.uid == "1.3"
+    why = {d["series_number"]: (d["decision"], d["reason"]) for d in decisions}
+    assert why[3][0] == "chosen"
+    assert why[1] == ("skipped", "image type ORIGINAL/PRIMARY/LOCALIZER: localizer image")
+    assert why[2][0] == "skipped" and why[2][1].startswith("usable, but series 3 (PORTAL VENOUS 3mm) is preferred")
+    assert why[4] == ("skipped", "slice thickness 9 mm outside 0 to 5 mm")
+    assert why[5] == ("skipped", "modality MR, not CT")
+    assert why[6] == ("skipped", "not axial (slices 90 degrees from axial; at most 20 degrees)")
+    chosen, _ = decide(series("1.2", 2, 30, step=1.0, thickness=1.0), series("1.3", 3, 20),
+                       rules=Rules(min_slices=10, prefer_keywords=()))
+    assert chosen is not None and chosen.uid == "1.2"  # no keyword: the thinnest
+    chosen, _ = decide(series("1.2", 2, 30, step=1.0, thickness=1.0), series("1.3", 3, 40),
+                       rules=Rules(min_slices=10, order=("most_slices",)))
+    assert chosen is not None and chosen.uid == "1.3"
+
+
+def test_a_missing_slice_is_the_engines_one_line_and_nothing_usable_is_one_skip_line():
+    chosen, decisions = decide(series("1.3", 3, 20, drop=8, desc="CT PV"), series("1.5", 5, 3))
+    assert chosen is None
+    assert decisions[0]["reason"].startswith("series 3 (CT PV): slices missing: a gap of 6.00 mm between slices 8 "
+                                             "and 9")
+    assert decisions[1]["reason"] == "3 slices, fewer than 10 (rules.min_slices)"
+    line = skip_reason(decisions)
+    assert line.startswith("no usable series (series 3: series 3 (CT PV): slices missing") and "\n" not in line
+
+
+def test_node_file_checked_with_one_line_reasons(tmp_path):
+    cfg = node_config({"allowed_aes": ["ORTHANC"], "rules": {"min_slices": 60, "prefer_keywords": ["pv"]},
+                       "destinations": [{"name": "pacs", "kind": "stow", "url": "https://pacs/dicom-web",
+                                         "auth_file": str(tmp_path / "auth")}]})
+    assert cfg.allowed_aes == ("ORTHANC",) and cfg.rules.min_slices == 60 and cfg.rules.prefer_keywords == ("pv",)
+    assert cfg.destinations[0].auth_file == tmp_path / "auth" and cfg.outputs == ("dicom-seg", "dicom-sr")
+    bad = [({"ae_titel": "X"}, "unknown key 'ae_titel'"), ({"ae_title": "A\\B"}, "an AE title is 1 to 16"),
+           ({"ae_title": "X" * 17}, "an AE title is 1 to 16"), ({"quiet_s": "soon"}, "quiet_s must be a number"),
+           ({"allowed_aes": "ORTHANC"}, "allowed_aes must be a list"),
+           ({"destinations": [{"name": "x", "kind": "ftp"}]}, "kind must be dimse (C-STORE) or stow"),
+           ({"destinations": [{"name": "x", "kind": "dimse", "ae_title": "P", "port": 0}]}, "port must be 1 to 65535"),
+           ({"destinations": [{"name": "../x", "kind": "stow", "url": "http://a"}]}, "name: letters"),
+           ({"rules": {"min_slice": 3}}, "rules: unknown key 'min_slice'")]
+    for data, message in bad:
+        with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            node_config(data)
+    path = tmp_path / "node.yaml"
+    path.write_text("ae_title: NODE\nport: 104\nallowed_aes: [A]\nquiet_s: 5\n")
+    cfg = load_node_config(path, {"port": 11113, "allowed_aes": ["B", "C"], "quiet_s": None})
+    assert (cfg.ae_title, cfg.port, cfg.allowed_aes, cfg.quiet_s) == ("NODE", 11113, ("B", "C"), 5)
+    path.write_text("- a list\n")
+    with pytest.raises(UsageError, match="must be a mapping"):
+        load_node_config(path, {})
+
+
+def test_spool_durable_once_and_reindexed_after_a_stop(tmp_path):
+    store = NodeStore(tmp_path)
+    first = store.add_instance("1.2.3", "dimse", "ORTHANC", "1.2.3.4", "1.2.3.5", b"DICM-bytes")
+    assert first is not None and store.add_instance("1.2.3", "dimse", "ORTHANC", "1.2.3.4", "1.2.3.5", b"x") is None
+    files = sorted(p.name for p in store.folder(first).iterdir())
+    assert len(files) == 1 and files[0].endswith(".dcm") and len(files[0]) == 36  # a server-made name
+    assert (store.folder(first) / files[0]).read_bytes() == b"DICM-bytes"
+    assert store.close_receiving(first, cutoff=0.0) is False  # not quiet yet
+    # a stop between file and record: the file is indexed again from its header; a half-written one removed
+    (store.folder(first) / "0123456789abcdef0123456789abcdef.dcm").write_bytes(b"x")
+    (store.folder(first) / ".abc.part").write_bytes(b"half")
+    assert store.reindex(lambda p: ("1.2.3.9", "1.2.3.5")) == 1
+    assert {i["sop_uid"] for i in store.instances(first)} == {"1.2.3.4", "1.2.3.9"}
+    assert not (store.folder(first) / ".abc.part").exists()
+    store.close()
+    again = NodeStore(tmp_path)  # reopened: everything recorded is there
+    assert again.study(first)["state"] == "receiving" and len(again.instances(first)) == 2
+    assert again.close_receiving(first, cutoff=9e9) and again.study(first)["state"] == "selected"
+    later = again.add_instance("1.2.3", "dimse", "ORTHANC", "1.2.3.10", "1.2.3.5", b"y")
+    assert later not in (None, first)  # an instance after the decision starts a new arrival
+    assert [valid_uid(u) for u in ("1.2.840.10008", "1..2", "../x", "1" * 65, "")] == [True, False, False, False, False]
+
+
+def test_stow_body_split_and_credentials_file(tmp_path):
+    body = tmp_path / "body"
+    parts = [b"\x00\x01DICM\r\n--notyet", b"second"]
+    body.write_bytes(b"preamble\r\n" + b"".join(b"--B0UND\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                                                  for p in parts) + b"--B0UND--\r\n")
+    found = split_parts(body, b"B0UND")
+    data = body.read_bytes()
+    assert [data[s:e] for s, e, _ in found] == parts and all(b"application/dicom" in h for _, _, h in found)
+    auth = tmp_path / "auth"
+    auth.write_text("bearer abc.def\n")
+    assert auth_headers(auth) == {"Authorization": "Bearer abc.def"}
+    auth.write_text("basic user:pa:ss\n")
+    assert auth_headers(auth) == {"Authorization": "Basic dXNlcjpwYTpzcw=="}
+    auth.write_text("user:password\n")
+    with pytest.raises(UsageError, match="write 'bearer TOKEN' or 'basic USER:PASSWORD'"):
+        auth_headers(auth)
+    assert auth_headers(None) == {}
