@@ -268,3 +268,36 @@ def test_finding7_token_files_are_checked_the_same_way_by_server_and_client(tmp_
     err = capsys.readouterr().err
     assert code == 4 and "absent: no such token file; the token is in the server's DATA/token file" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- 4: the wheel without its extras
+
+HIDE_DRIVER = """
+import importlib.abc, sys
+hidden = set(sys.argv[1].split(","))
+class Hide(importlib.abc.MetaPathFinder):  # as if the package were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in hidden:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Hide())
+from PancreasDiNTSLib.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.subprocess
+def test_finding4_serve_and_demo_without_their_packages_are_one_line(tmp_path, cli_env):
+    import subprocess
+
+    from support import PYTHON
+
+    for hidden, args, expected in (
+            ("fastapi", ["serve", "--data", str(tmp_path / "data"), "--port", "0"],
+             "serve needs the Python package fastapi: pip install 'PancreasDiNTSLib[server]'"),
+            ("matplotlib", ["demo", "-o", str(tmp_path / "demo"), "--device", "cpu"],
+             "demo needs the Python package matplotlib: pip install matplotlib")):
+        proc = subprocess.run([PYTHON, "-c", HIDE_DRIVER, hidden, *args], env=cli_env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "demo").exists()  # before any work

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from PancreasDiNTSLib.core.errors import EXIT_OK
+from PancreasDiNTSLib.core.errors import EXIT_OK, require_modules
 from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 HELP = ("offline demo: segment a synthetic CT phantom with the demo model (trained on phantoms, not for "
@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # demo.png is drawn with matplotlib: a missing one is one line before the phantom is made or inferred
+    require_modules("demo", ("matplotlib",), "pip install matplotlib")
     from PancreasDiNTSLib.synthetic.demo import run_demo, summary_text
 
     report = run_demo(args.output, device=args.device, seed=args.seed, progress=args.progress, model=args.model)

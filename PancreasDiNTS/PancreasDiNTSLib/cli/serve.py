@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from PancreasDiNTSLib.cli.segment import positive_int
+from PancreasDiNTSLib.core.errors import require_modules
 
 HELP = "serve segmentation over HTTP to Slicer and `segment --server` clients (token, job queue, GPU workers)"
 
@@ -63,6 +64,8 @@ def node_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    # the wheel alone has no server packages: one line naming the install, before anything is imported or made
+    require_modules("serve", ("fastapi", "uvicorn"), "pip install 'PancreasDiNTSLib[server]'")
     from PancreasDiNTSLib.server.app import Limits
     from PancreasDiNTSLib.server.serve import ServeSettings, serve
 
