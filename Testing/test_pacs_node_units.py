@@ -5,6 +5,7 @@ and the credentials file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,29 @@ def test_stow_body_split_and_credentials_file(tmp_path):
     with pytest.raises(UsageError, match="write 'bearer TOKEN' or 'basic USER:PASSWORD'"):
         auth_headers(auth)
     assert auth_headers(None) == {}
+
+
+def test_jobs_lists_the_studies_their_decisions_and_sends(tmp_path, capsys):
+    from PancreasDiNTSLib.cli import main
+
+    assert main(["jobs", "--data", str(tmp_path)]) == 2
+    assert "no DICOM node records there" in capsys.readouterr().err
+    store = NodeStore(tmp_path)
+    study = store.add_instance("1.2.3", "dimse", "ORTHANC", "1.2.3.4", "1.2.3.5", b"x")
+    _, decisions = decide(series("1.3", 3, 20, drop=8, desc="CT PV"))
+    store.update(study, state="skipped", reason=skip_reason(decisions), decisions=decisions, finished=9e9)
+    other = store.add_instance("1.2.7", "stow", "STOW 127.0.0.1", "1.2.7.4", "1.2.7.5", b"x")
+    store.add_sends(other, [("pacs", "1.2.9", "results/segmentation.dcm")])
+    store.mark_send(other, "pacs", "1.2.9", "refused", "0xA900")
+    store.close()
+    assert main(["jobs", "--data", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and table[1].startswith(other[:12]) and "receiving" in table[1]
+    assert "skipped" in table[2] and "ORTHANC" in table[2] and "slices missing" in table[2]
+    assert main(["jobs", "--data", str(tmp_path), "--state", "skipped", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [s["id"] for s in listed["studies"]] == [study] and listed["counts"] == {"receiving": 1, "skipped": 1}
+    assert main(["jobs", "--data", str(tmp_path), "--study", other[:8]]) == 0
+    detail = capsys.readouterr().out
+    assert "send pacs 1.2.9: refused after 1 attempt(s), 0xA900" in detail and "source: stow" in detail
+    assert main(["jobs", "--data", str(tmp_path), "--study", "%"]) == 2

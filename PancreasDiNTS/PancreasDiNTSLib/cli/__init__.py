@@ -42,6 +42,7 @@ COMMANDS = {
     "benchmark": "benchmark",
     "demo": "demo",
     "serve": "serve",
+    "jobs": "jobs",
     "review": "review",
     "compare": "compare",
 }

@@ -72,11 +72,15 @@ def write_durably(folder: Path, data: bytes | memoryview) -> Path:
 class NodeStore:
     """Studies, instances and sends in SQLite (WAL, synchronous=FULL); one connection under a lock."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, readonly: bool = False) -> None:
         self.root = data / "node"
         self.spool = self.root / "spool"
-        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
+        if readonly:  # a listing while the server runs (or after): nothing is created or changed
+            self._db = sqlite3.connect(f"{(self.root / 'node.sqlite3').as_uri()}?mode=ro", uri=True,
+                                       check_same_thread=False, isolation_level=None)
+            return
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(str(self.root / "node.sqlite3"), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
