@@ -2,7 +2,7 @@
 
 The prior is a phantom without its own tumour on ``PRIOR_GRID``; the current is the same body moved by a
 rigid motion (a shift of up to ``MAX_SHIFT_MM`` and a rotation of up to ``MAX_ROTATION_DEG`` about the
-gland's centre), resampled (linear) on another grid (spacing and field of view differ). Lesions are drawn
+gland's centre), resampled (linear) on another grid (spacing, field of view and voxel order differ). Lesions are drawn
 analytically on each grid (a voxel is lesion when its centre lies inside the shape), at fixed places along the
 gland's centreline (``readout.location``):
 
@@ -41,10 +41,11 @@ from PancreasDiNTSLib.io.writers import save_nifti, write_report
 from PancreasDiNTSLib.readout.combined import case_readout
 from PancreasDiNTSLib.readout.location import centreline
 
-from .phantom import make_phantom
+from .phantom import _reorient, make_phantom
 
 PRIOR_GRID = ((144, 144, 72), (1.6, 1.6, 2.5))
 CURRENT_GRID = ((168, 160, 96), (1.3, 1.4, 2.0))
+CURRENT_ORIENTATION = "LPS"  # the current's voxel axes run left, posterior, superior (the prior's: RAS)
 MAX_SHIFT_MM = 20.0
 MAX_ROTATION_DEG = 10.0
 LESION_HU = -55.0  # below the gland's attenuation
@@ -198,7 +199,9 @@ def make_followup_pair(seed: int, shift_mm: tuple[float, ...] | None = None,
     _paint(_world(cur_lab.shape, caff), cur_lab, cur_hu, current_shapes)
     truth = _truth({"shift_mm": list(shift_mm), "rotation_deg": list(rotation_deg),
                     "prior_to_current_ras": motion.tolist()}, aff, caff)
-    return FollowupPair(Side(hu, lab, aff), Side(cur_hu.astype(np.float32), cur_lab.astype(np.uint8), caff), truth)
+    cur_hu, cur_lab, caff = _reorient(cur_hu.astype(np.float32), cur_lab.astype(np.uint8), caff, CURRENT_ORIENTATION)
+    truth["current_orientation"] = CURRENT_ORIENTATION
+    return FollowupPair(Side(hu, lab, aff), Side(cur_hu, cur_lab, caff), truth)
 
 
 def _write_side(tmp: Path, final: Path, role: str, side: Side) -> None:
