@@ -17,9 +17,11 @@ from PancreasDiNTSLib.core.errors import InputError
 
 
 def test_modes_parse_or_say_what_is_allowed() -> None:
-    assert compare._parse_modes("fast, exact,fastmm:cuda-graph:auto,fast+auto") == [
-        "fast", "exact", "fastmm:cuda-graph:auto", "fast+auto"]
-    for bad in ("slow", "fast:warp", "fast+roi"):
+    assert compare._parse_modes("fast, exact,fastmm:cuda-graph:auto,fast+auto,fast+auto@fp32,fast@bf16") == [
+        "fast", "exact", "fastmm:cuda-graph:auto", "fast+auto", "fast+auto@fp32", "fast@bf16"]
+    assert compare._split_mode("fast:eager+auto@bf16") == ("fast:eager", "auto", "bf16")
+    assert compare._split_mode("exact") == ("exact", "", "")
+    for bad in ("slow", "fast:warp", "fast+roi", "fast@fp16"):
         with pytest.raises(InputError, match="--modes"):
             compare._parse_modes(bad)
 

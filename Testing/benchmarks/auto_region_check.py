@@ -122,11 +122,13 @@ def compare(whole: np.ndarray, auto: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def run_case(name: str, ct: Path, model: Path, work: Path, exact: bool, threads: int) -> dict[str, Any]:
+def run_case(name: str, ct: Path, model: Path, work: Path, exact: bool, threads: int,
+             precision: str = "fp32") -> dict[str, Any]:
     """The benchmark's whole and auto runs of one CT, and their comparison."""
     modes = "fast,fast+auto" + (",exact" if exact else "")
     cmd = [sys.executable, str(ROOT / "Testing" / "benchmarks" / "benchmark.py"), "--device", "cpu", "--skip-bundle",
            "--model", str(model), "--input", str(ct), "--modes", modes, "--threads", str(threads),
+           "--precision", precision,
            "--workdir", str(work), "--timeout", "14400"]
     print(f"[{name}] " + " ".join(cmd), file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="what fills the other tiles: fat, fat/soft-tissue texture and phantoms whose gland is painted "
                         "over, drawn per tile 1 : 1 : 2 (mixed, default), or one of them everywhere")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16"),
+                   help="both runs' --precision (default fp32: the whole run's labels are the exact run's; "
+                        "bf16_agreement.py measures bf16)")
     p.add_argument("--exact", action="store_true", help="also run the whole volume with --mode exact (slow)")
     p.add_argument("--skip-adversarial", action="store_true")
     p.add_argument("--skip-main", action="store_true", help="only the adversarial set")
@@ -207,19 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     overlaps = [] if args.skip_main else [float(o) for o in args.overlaps.split(",")]
     if not overlaps and not args.skip_adversarial:
         for name, ct in adversarial_cases(work):
-            rows.append(run_case(name, ct, args.model.resolve(), work / name.replace(" ", "_"), False, args.threads))
+            rows.append(run_case(name, ct, args.model.resolve(), work / name.replace(" ", "_"), False, args.threads,
+                                 args.precision))
             print_table(rows)
     for n_run, overlap in enumerate(overlaps):  # the adversarial set after the first overlap (the model's own)
         model = bundle_with_overlap(args.model.resolve(), overlap, work)
         r = run_case(f"abdomen {tiles}, overlap {overlap}", main_ct, model, work / f"main_{overlap}", args.exact,
-                     args.threads)
+                     args.threads, args.precision)
         r["overlap"] = overlap
         rows.append(r)
         print_table(rows)
         if n_run == 0 and not args.skip_adversarial:
             for name, ct in adversarial_cases(work):
                 rows.append(run_case(name, ct, args.model.resolve(), work / name.replace(" ", "_"), False,
-                                     args.threads))
+                                     args.threads, args.precision))
                 print_table(rows)
     main_rows = [r for r in rows if "overlap" in r]
     summary = {"model": str(args.model), "tiles": tiles, "shape": [t * s for t, s in zip(tiles, TILE_SHAPE, strict=True)],

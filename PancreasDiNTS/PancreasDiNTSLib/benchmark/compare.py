@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib.benchmark.settings import ENGINES, FULL, QUICK, BenchmarkSettings, Preset
+from PancreasDiNTSLib.benchmark.settings import ENGINES, FULL, PRECISIONS, QUICK, BenchmarkSettings, Preset
 from PancreasDiNTSLib.core.errors import DeviceError, InputError, ModelError
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
 from PancreasDiNTSLib.inference.device import resolve_device
@@ -124,13 +124,20 @@ def _input_ct(given: Path | None, shared: Path | None, preset: Preset) -> Path:
 def _parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     for m in modes:
-        spec, _, region = m.partition("+")
+        spec, region, precision = _split_mode(m)
         parts = spec.split(":")
         if parts[0] not in ("fast", "fastmm", "exact") or (len(parts) > 1 and parts[1] not in ENGINES) or \
-                region not in ("", "auto"):
+                region not in ("", "auto") or precision not in ("", *PRECISIONS):
             raise InputError(f"--modes: {m!r} is not exact, fast[mm], fast[mm]:ENGINE or fast[mm]:ENGINE:BATCH, "
-                             "each optionally +auto")
+                             f"each optionally +auto and @PRECISION ({'|'.join(PRECISIONS)})")
     return modes
+
+
+def _split_mode(mode: str) -> tuple[str, str, str]:
+    """``fast:eager+auto@bf16`` -> ("fast:eager", "auto", "bf16"); absent parts are ""."""
+    rest, _, precision = mode.partition("@")
+    spec, _, region = rest.partition("+")
+    return spec, region, precision
 
 
 def _model_bundle(s: BenchmarkSettings, shared: Path | None, preset: Preset, work: Path) -> tuple[Path, str]:
@@ -182,13 +189,14 @@ def _run_all(s: BenchmarkSettings, modes: list[str], common: dict[str, Any], wor
                                         s.timeout)
         print(f"bundle: pipeline {results['bundle']['pipeline_s']:.2f} s", file=sys.stderr)
     for mode in modes:
-        spec, _, region = mode.partition("+")
+        spec, region, precision = _split_mode(mode)
         parts = spec.split(":")
-        tag = mode.replace(":", "_").replace("+", "_")
+        tag = mode.replace(":", "_").replace("+", "_").replace("@", "_")
         out_dir = work / f"out_ours_{tag}"
         out_dir.mkdir(exist_ok=True)
         cfg = {**common, "mode": parts[0], "out_dir": str(out_dir), "engine": parts[1] if len(parts) > 1 else s.engine,
                "sw_batch_size": parts[2] if len(parts) > 2 else s.sw_batch_size, "region": region or "whole",
+               "precision": precision or s.precision,
                "roi_cube_mm": s.roi_cube_mm if mode == modes[0] else 0, "tag": tag}
         results[f"ours-{mode}"] = _run_worker("ours", cfg, work, env, s.timeout)
         print(f"ours-{mode}: pipeline {results[f'ours-{mode}']['pipeline_s']:.2f} s", file=sys.stderr)
@@ -253,7 +261,7 @@ def run_benchmark(s: BenchmarkSettings) -> int:
               file=sys.stderr)
     summary.update(_comparison(results, modes))
     summary["runs"] = {k: {kk: v[kk] for kk in ("stages", "pipeline_s", "pipeline_cpu_s", "process_s", "import_s",
-                                                 "model_load_s", "peak_rss_gib", "allocator_tuned", "region",
+                                                 "model_load_s", "peak_rss_gib", "allocator_tuned", "region", "precision",
                                                  "output") if kk in v}
                        | {kk: v[kk] for kk in v if kk.startswith(("peak_gpu", "windows", "sw_batch"))}
                        for k, v in results.items()}

@@ -19,6 +19,7 @@ class Preset:
 QUICK = Preset(channel_mul=0.0625, num_blocks=12, input="example_ct_sm.nii.gz")
 FULL = Preset(channel_mul=1.0, num_blocks=12, input="example_ct.nii.gz")
 ENGINES = ("eager", "cuda-graph", "compile")
+PRECISIONS = ("auto", "fp32", "bf16")  # segment --precision (inference/precision.py decides what each means)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class BenchmarkSettings:
     arch: str = "dense"
     threads: int | None = None
     modes: str = "fast"
+    precision: str = "auto"
     engine: str = "eager"
     sw_batch_size: str | None = None
     roi_cube_mm: float = 0.0

@@ -212,7 +212,7 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         bundle = load_bundle(Path(cfg["bundle"]))
         bs = cfg.get("sw_batch_size")
         seg = Segmenter(bundle, dev, sw_batch_size=None if bs in (None, "auto") else int(bs),
-                        mode=cfg["mode"], engine=cfg.get("engine", "eager"))
+                        mode=cfg["mode"], engine=cfg.get("engine", "eager"), precision=cfg.get("precision", "auto"))
         fast = seg.fast
         _sync(dev)
         t_init = time.perf_counter()
@@ -237,6 +237,7 @@ def worker_ours(cfg: dict[str, Any]) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "windows": None,
             "region": outcome.region or None,
+            "precision": seg.precision.describe(),
         }
         if fast is not None:
             st = fast.stats

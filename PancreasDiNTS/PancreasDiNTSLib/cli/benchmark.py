@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from PancreasDiNTSLib.benchmark.settings import ENGINES, QUICK, BenchmarkSettings
+from PancreasDiNTSLib.benchmark.settings import ENGINES, PRECISIONS, QUICK, BenchmarkSettings
 
 HELP = "time the bundle's own inference against ours (same input, weights, device); last line is JSON"
 
@@ -31,8 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ours to time, comma separated: exact (the Segmenter's MONAI path), fast (FastDiNTS, "
                         "bit-identical network), fastmm (FastDiNTS with matrix-product upsampling: rounding-level "
                         "differences), each optionally :ENGINE or :ENGINE:BATCH (ENGINE eager|cuda-graph|compile, "
-                        "BATCH n|auto), and +auto for the automatic pancreas region (e.g. fast+auto; default: the "
-                        "whole volume); the first one is the one `speedup` compares (default fast)")
+                        "BATCH n|auto), +auto for the automatic pancreas region (e.g. fast+auto; default: the "
+                        "whole volume), and @PRECISION for that run's --precision (e.g. fast@fp32); the first one "
+                        "is the one `speedup` compares (default fast)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="ours: the network's number format, as segment --precision (default auto: bf16 on a CPU "
+                        "with bf16 hardware, else fp32; the bundle's AMP on CUDA)")
     p.add_argument("--engine", default="eager", choices=ENGINES,
                    help="how ours runs the network (fast mode)")
     p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from PancreasDiNTSLib.inference.windows import Predictor, SlidingStats, sliding_window_exact_skip
-from PancreasDiNTSLib.model.fastnet import CudaGraphForward, FastDiNTS, compile_fast, make_fast
+from PancreasDiNTSLib.model.fastnet import (
+    CudaGraphForward,
+    FastDiNTS,
+    compile_fast,
+    make_fast,
+    make_fast_bf16,
+)
 
 # ---------------------------------------------------------------------------------------------- CPU memory
 
@@ -104,20 +110,28 @@ class FastInferer:
     ``SlidingWindowInferer``: same logits (see the tests), less work. ``sw_batch_size="auto"`` sizes batches
     by free GPU memory; ``engine`` is "eager", "cuda-graph" (CUDA only) or "compile" (``torch.compile``).
     ``upsample="matmul"``: FastDiNTS's matrix-product upsampling (faster, rounding-level differences; the
-    default "native" keeps the network's outputs bit-identical to MONAI's on the CPU).
+    default "native" keeps the network's outputs bit-identical to MONAI's on the CPU). ``bf16`` (CPU, eager): the
+    network in bfloat16 and channels-last (:func:`make_fast_bf16`, a bf16 copy of the weights); the windows' fp32
+    logits are summed in fp32 (inference/precision.py decides when).
     """
 
     def __init__(self, network: torch.nn.Module, roi_size: Sequence[int], overlap: float,
                  device: torch.device | str, amp: bool, sw_batch_size: int | str = 4, in_channels: int = 1,
                  skip_constant: bool = True, engine: str = "eager", tune_allocator: bool = True,
-                 upsample: str = "native") -> None:
+                 upsample: str = "native", bf16: bool = False) -> None:
         self.device = torch.device(device)
         self.allocator_tuned = tune_cpu_allocator() if tune_allocator and self.device.type == "cpu" else False
         self.amp = bool(amp) and self.device.type == "cuda"
         self.roi = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.skip_constant = skip_constant
-        self.model = network if isinstance(network, FastDiNTS) else make_fast(network, upsample, self.roi)
+        self.bf16 = bool(bf16)
+        if self.bf16 and (self.device.type != "cpu" or engine != "eager" or isinstance(network, FastDiNTS)):
+            raise ValueError("bf16 runs on the CPU, eager engine, from the MONAI network")
+        if self.bf16:
+            self.model = make_fast_bf16(network)
+        else:
+            self.model = network if isinstance(network, FastDiNTS) else make_fast(network, upsample, self.roi)
         self.model.eval()
         if sw_batch_size == "auto":
             sw_batch_size = choose_sw_batch_size(self.model, self.roi, in_channels, self.device, self.amp)

@@ -26,6 +26,7 @@ from PancreasDiNTSLib.inference.invert import (
     confidence_and_lesion,
     invert_probabilities,
 )
+from PancreasDiNTSLib.inference.precision import resolve_precision
 from PancreasDiNTSLib.model.bundle import Bundle
 from PancreasDiNTSLib.model.spec import InferenceSpec
 
@@ -114,36 +115,41 @@ class Segmenter:
     """Runs one bundle on one device; ``predict`` maps a loaded CT to labels on the CT's own grid."""
 
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", sw_batch_size: int | None = None,
-                 amp: bool | None = None, mode: str = "exact", engine: str = "eager") -> None:
+                 amp: bool | None = None, mode: str = "exact", engine: str = "eager",
+                 precision: str = "fp32") -> None:
         """``mode``: "exact" (MONAI's SlidingWindowInferer, the reference), "fast" (static DiNTS forward and a
         sliding window that computes constant windows once: the same logits, see inference/windows.py) or "fastmm" (fast
         with matrix-product upsampling: rounding-level differences). ``engine`` (fast modes): eager, cuda-graph
-        or compile."""
+        or compile. ``precision``: auto|fp32|bf16 (inference/precision.py; the CLI's default is auto, a library
+        caller's fp32); ``amp`` (None: the bundle's) is what ``auto`` keeps on CUDA."""
         if mode not in INFERENCE_MODES:
             raise ValueError(f"mode must be one of {', '.join(INFERENCE_MODES)}, not {mode!r}")
         self.bundle = bundle
         self.spec = bundle.inference
         self.device = resolve_device(device)
         self.sw_batch_size = int(sw_batch_size or self.spec.sw_batch_size)
-        self.amp = (self.spec.amp if amp is None else amp) and self.device.type == "cuda"
+        # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs, and the fast sliding window implements
+        # constant blending only: anything else takes MONAI's path.
+        takes_fast = mode != "exact" and bundle.kind == "bundle" and self.spec.blend_mode == "constant"
+        self.precision = resolve_precision(precision, self.device.type, takes_fast,
+                                           bool(self.spec.amp if amp is None else amp), engine)
+        self.amp = self.precision.name == "fp16-amp"
         self.preprocessing = build_preprocessing(self.spec)
         self.network = bundle.build_network(self.device)
         self.mode = mode
         self.fast = None
-        # Exported models (TorchScript/ONNX/TensorRT) are opaque graphs, and the fast sliding window implements
-        # constant blending only: anything else takes MONAI's path.
-        if mode != "exact" and bundle.kind == "bundle" and self.spec.blend_mode == "constant":
+        if takes_fast:
             batch: int | str = "auto" if sw_batch_size is None and self.device.type == "cuda" else self.sw_batch_size
             self.fast = FastInferer(self.network, self.spec.roi_size, self.spec.overlap, self.device, self.amp,
                                     batch, in_channels=bundle.network.in_channels, engine=engine,
-                                    upsample="matmul" if mode == "fastmm" else "native")
+                                    upsample="matmul" if mode == "fastmm" else "native", bf16=self.precision.bf16)
             self.sw_batch_size = self.fast.sw_batch_size
         self.timings: dict[str, float] = {}
 
     def describe(self) -> dict[str, Any]:
         """How inference ran, for report.json."""
         out: dict[str, Any] = {"mode": self.mode if self.fast is not None else "exact", "amp": self.amp,
-                               "sw_batch_size": self.sw_batch_size}
+                               "sw_batch_size": self.sw_batch_size, "precision": self.precision.describe()}
         if self.fast is not None:
             out.update(engine=self.fast.engine, windows=dict(vars(self.fast.stats)))
         return out
