@@ -392,3 +392,36 @@ def test_orthanc_indexes_every_object_in_the_study_and_previews_the_key_images(a
             assert response.content == (out / "report.pdf").read_bytes()
     finally:
         orthanc.stop()
+
+
+# ---------------------------------------------------------------------------------------------- LABELMAP SEG
+
+@pytest.mark.slow
+def test_labelmap_seg_holds_the_label_values_on_every_ct_image(axial, tmp_path):
+    """--seg-type labelmap (highdicom's LABELMAP SEG, DICOM 2024): one frame per CT image whose pixels are the
+    label values sampled on that image, read back by highdicom and pydicom."""
+    import highdicom as hd
+    import pydicom
+    from PancreasDiNTSLib.inference.pipeline import OUTPUTS, CaseData
+    from test_dicom_sr_rtstruct import labels_on_image
+
+    _, case, labels = axial
+    spec = OUTPUTS["dicom-seg"]
+    spec.write(tmp_path / "seg.dcm", CaseData(case, labels, "tiny", "1", seg_type="labelmap"))
+    ds = strict_read(tmp_path / "seg.dcm")
+    assert ds.SegmentationType == "LABELMAP" and "labelmap" in ds.SeriesDescription
+    seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    assert seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
+    assert [seg.get_segment_description(n).segment_label for n in (1, 2)] == ["Pancreas", "Pancreatic tumor"]
+    images = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID): f for f in case.dicom_files}
+    frames = ds.pixel_array
+    shown = set()
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        image = pydicom.dcmread(str(images[uid]), stop_before_pixels=True)
+        assert np.array_equal(frames[k], labels_on_image(labels, case.affine_ras, image))
+        shown.add(uid)
+    for uid in set(images) - shown:  # empty frames are omitted
+        image = pydicom.dcmread(str(images[uid]), stop_before_pixels=True)
+        assert not labels_on_image(labels, case.affine_ras, image).any()
+    assert len(shown) == 12 and set(np.unique(frames)) == {0, 1, 2}

@@ -28,7 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--format", default="nifti,seg.nrrd", dest="formats",
                    help=f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM inputs; "
-                        "dicom-sr, which writes the SEG too, and rtstruct refuse other inputs); default nifti,seg.nrrd")
+                        "dicom-sr, which writes the SEG too, rtstruct, dicom-pdf and key-images refuse other inputs; "
+                        "fhir takes every input); default nifti,seg.nrrd")
+    p.add_argument("--seg-type", default="binary", choices=("binary", "labelmap"),
+                   help="the DICOM SEG's form: binary (default; one frame per segment and image) or labelmap (DICOM "
+                        "2024: one frame per image holding the label values, read by OHIF 3.11)")
     p.add_argument("--progress", default="auto", choices=PROGRESS_STYLES,
                    help="bar (terminal), json (one JSON object per line on stdout), none; auto = bar on a terminal")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs already exist")
@@ -114,7 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> SegmentSettings:
         sw_batch_size=args.sw_batch_size, mode=args.mode, engine=args.engine, roi=roi, region=args.region,
         series=args.series,
         prefetch=args.prefetch, server=args.server, token_file=args.token_file,
-        server_timeouts=(args.server_job_timeout, args.server_timeout),
+        server_timeouts=(args.server_job_timeout, args.server_timeout), seg_type=args.seg_type,
         rank=rank, world_size=world,
     )
 

@@ -64,6 +64,7 @@ from PancreasDiNTSLib.inference.prefetch import prefetched
 from PancreasDiNTSLib.inference.region import REGION_MODES, resolve_region
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
 from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
+from PancreasDiNTSLib.io.dicom_seg import SEG_TYPES
 from PancreasDiNTSLib.io.images import expand_inputs
 from PancreasDiNTSLib.io.placement import CasePlanner, PlannedCase, case_base_name, claim_cases, release_claim
 from PancreasDiNTSLib.model.download import resolve_model
@@ -97,6 +98,7 @@ class SegmentSettings:
     server: str | None = None  # --server URL: each case is segmented by a `pancreas-dints serve` (inference.remote)
     token_file: str | None = None  # --token-file for --server
     server_timeouts: tuple[float, float] = (7200.0, 0.0)  # --server-job-timeout, --server-timeout (0: none), s
+    seg_type: str = "binary"  # --seg-type: the DICOM SEG's form, binary or labelmap (io.dicom_seg.SEG_TYPES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
@@ -112,6 +114,10 @@ class SegmentSettings:
             raise UsageError(f"--region {printable(self.region)}: choose {' or '.join(REGION_MODES)}")
         if self.region == "auto" and self.roi is not None:
             raise UsageError("--region auto and --roi: choose one (the box, or the automatic region)")
+        if self.seg_type not in SEG_TYPES:
+            raise UsageError(f"--seg-type {printable(self.seg_type)}: choose {' or '.join(SEG_TYPES)}")
+        if self.seg_type != "binary" and self.server:
+            raise UsageError("--seg-type labelmap is not passed to a server; run the case locally for a LABELMAP SEG")
         if not (0 <= self.rank < max(1, self.world_size)):
             raise UsageError(f"rank {self.rank} of world size {self.world_size}: check RANK / WORLD_SIZE")
 
@@ -119,7 +125,7 @@ class SegmentSettings:
         extra = {"case": planned.name, "input": str(planned.path), "input_identity": planned.identity}
         region = resolve_region(self.region, resolve_device(self.device), self.roi)
         return CaseOptions(self.formats, self.roi, self.allow_non_ct, series=planned.series, report=True,
-                           report_extra=extra, region=region)
+                           report_extra=extra, region=region, seg_type=self.seg_type)
 
 
 @dataclass

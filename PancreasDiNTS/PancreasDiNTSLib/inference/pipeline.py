@@ -131,6 +131,7 @@ class CaseData:
     readout: dict[str, Any] = field(default_factory=dict)  # readout.combined.case_readout of the labels
     model: dict[str, Any] = field(default_factory=dict)  # Bundle.describe() (name, version, md5s)
     written: dict[str, Path] = field(default_factory=dict)  # format -> its file, written earlier in this case
+    seg_type: str = "binary"  # the DICOM SEG's form (CaseOptions.seg_type)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ register_output(OutputSpec("nifti", OUTPUT_NAMES["nifti"], lambda d, c: writers.
 register_output(OutputSpec("seg.nrrd", OUTPUT_NAMES["seg.nrrd"],
                            lambda d, c: writers.write_seg_nrrd(d, c.labels, c.case), lambda case: _voxels(case) + 8192))
 register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
-                           lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version),
+                           lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version,
+                                                                c.seg_type),
                            lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True,
                            precheck=_dicom_seg_precheck, title="DICOM SEG"))
 register_output(OutputSpec(
@@ -276,6 +278,7 @@ class CaseOptions:
     readout: bool = True  # the read-out (report["readout"], confidence map); off: labels only (evaluate, benchmark)
     region: str = "whole"  # "whole" | "auto" (inference/region.py: a coarse pass, the dense pass where the gland is)
     report_extra: dict[str, Any] = field(default_factory=dict)  # keys added to (or replacing) report.json's
+    seg_type: str = "binary"  # the DICOM SEG's form: binary or labelmap (io.dicom_seg.SEG_TYPES)
 
 
 class OutputSink(Protocol):
@@ -585,7 +588,7 @@ def _write_outputs(outcome: CaseOutcome, plan: OutputPlan, segmenter: Segmenter,
     sink.begin(plan.names(options.report))
     bundle = segmenter.bundle
     data = CaseData(outcome.case, outcome.labels, bundle.name, bundle.version, outcome.measurements,
-                    outcome.confidence, outcome.readout, bundle.describe())
+                    outcome.confidence, outcome.readout, bundle.describe(), seg_type=options.seg_type)
     for fmt in plan.formats:
         spec = OUTPUTS[fmt]
         try:

@@ -228,8 +228,20 @@ def frames_on_sources(labels: np.ndarray, affine_ras: np.ndarray, sources: Seque
     return out
 
 
-def build_segmentation(sources: SegSources, frames: np.ndarray, model_name: str, model_version: str):
-    """The highdicom Segmentation (binary, one segment per label, empty frames omitted)."""
+SEG_TYPES = ("binary", "labelmap")
+
+
+def labelmap_supported() -> bool:
+    """Whether the installed highdicom writes the LABELMAP form of DICOM SEG (DICOM 2024, highdicom >= 0.24)."""
+    import highdicom as hd
+
+    return hasattr(hd.seg.SegmentationTypeValues, "LABELMAP")
+
+
+def build_segmentation(sources: SegSources, frames: np.ndarray, model_name: str, model_version: str,
+                       seg_type: str = "binary"):
+    """The highdicom Segmentation, one segment per label: BINARY (one frame per segment and image, empty frames
+    omitted) or LABELMAP (one frame per image holding the label values; read by OHIF 3.11)."""
     import highdicom as hd
     from pydicom.sr.coding import Code
 
@@ -261,7 +273,7 @@ def build_segmentation(sources: SegSources, frames: np.ndarray, model_name: str,
     return hd.seg.Segmentation(
         source_images=sources.datasets,
         pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues[seg_type.upper()],
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=(number % 100000) + 1000,
@@ -271,7 +283,7 @@ def build_segmentation(sources: SegSources, frames: np.ndarray, model_name: str,
         manufacturer_model_name=clean_text(model_name, "LO") or "unknown",
         software_versions=clean_text(__version__, "LO"),
         device_serial_number="0",
-        series_description="Pancreas DiNTS segmentation",
+        series_description="Pancreas DiNTS segmentation" + (" (labelmap)" if seg_type == "labelmap" else ""),
         omit_empty_frames=bool(frames.any()),  # an empty result keeps its (empty) frames: still valid
     )
 
@@ -309,11 +321,16 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
 
 
 def write(dest: Path, labels: np.ndarray, affine_ras: np.ndarray, files: Sequence[Path], model_name: str,
-          model_version: str) -> list[str]:
+          model_version: str, seg_type: str = "binary") -> list[str]:
     """Write the SEG of ``labels`` (on the grid ``affine_ras``) referencing ``files``; returns the notes."""
+    if seg_type not in SEG_TYPES:
+        raise DicomSegError(f"--seg-type {seg_type}: choose {' or '.join(SEG_TYPES)}")
+    if seg_type == "labelmap" and not labelmap_supported():
+        raise DicomSegError("the installed highdicom cannot write a LABELMAP SEG (highdicom >= 0.24 can); "
+                            "use --seg-type binary")
     sources = prepare_sources(files)
     frames = frames_on_sources(labels, affine_ras, sources.datasets)
-    data = encode(build_segmentation(sources, frames, model_name, model_version))
+    data = encode(build_segmentation(sources, frames, model_name, model_version, seg_type))
     with atomic_path(Path(dest)) as tmp:
         Path(tmp).write_bytes(data)
     return sources.notes

@@ -99,7 +99,8 @@ def write_seg_nrrd(dest: Path, labels: np.ndarray, case: LoadedImage) -> Path:
     return dest
 
 
-def write_dicom_seg(dest: Path, labels: np.ndarray, case: LoadedImage, model_name: str, model_version: str) -> Path:
+def write_dicom_seg(dest: Path, labels: np.ndarray, case: LoadedImage, model_name: str, model_version: str,
+                    seg_type: str = "binary") -> Path:
     """DICOM SEG referencing the input series (DICOM inputs only), de-identified series included (io.dicom_seg).
 
     The labels are sampled on each source image's own pixel grid, so resampled series (gantry tilt, non-uniform
@@ -108,7 +109,7 @@ def write_dicom_seg(dest: Path, labels: np.ndarray, case: LoadedImage, model_nam
     """
     if case.fmt != "dicom" or not case.dicom_files:
         raise dicom_seg.DicomSegError(f"{case.path}: DICOM SEG needs a DICOM input series")
-    dicom_seg.write(dest, labels, case.affine_ras, case.dicom_files, model_name, model_version)
+    dicom_seg.write(dest, labels, case.affine_ras, case.dicom_files, model_name, model_version, seg_type)
     return dest
 
 
