@@ -155,9 +155,6 @@ def test_key_images_show_each_lesion_with_its_line_on_the_lesion(axial):
     """One frame per lesion, on the CT image the long axis lies on; the burned-in yellow line lies on the lesion
     (labels sampled on that image) and is as long as the reported diameter; AI marking in the attributes."""
     import pydicom
-    from PancreasDiNTSLib.io.dicom import slice_hu
-    from scipy.ndimage import binary_dilation
-    from test_dicom_sr_rtstruct import labels_on_image
 
     root, case, labels = axial
     readout = json.loads((root / "out" / "report.json").read_text())["readout"]
@@ -171,9 +168,25 @@ def test_key_images_show_each_lesion_with_its_line_on_the_lesion(axial):
     comps = readout["lesion"]["components"]
     assert int(ds.NumberOfFrames) == len(comps) == 2
     assert values(ds.FrameLabelVector) == [f"Lesion {c['rank']}" for c in comps]
+    assert {str(r.ReferencedSOPInstanceUID) for r in ds.SourceImageSequence} <= set(ct)  # images of the series
+    check_lines_on_lesions(ds, readout, case, labels)
+
+
+def check_lines_on_lesions(ds, readout, case, labels) -> None:
+    """Each frame shows the CT image whose plane holds its lesion's long axis (0.05 mm); the burned-in yellow line
+    lies on the lesion (labels sampled on that image by the test's own sampler, dilated by one pixel: >= 95 % of
+    its pixels) and is as long as the reported diameter (within two pixels)."""
+    import pydicom
+    from PancreasDiNTSLib.io.dicom import slice_hu
+    from scipy.ndimage import binary_dilation
+    from test_dicom_sr_rtstruct import labels_on_image
+
+    ct = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID): f for f in case.dicom_files}
+    first = pydicom.dcmread(str(case.dicom_files[0]), stop_before_pixels=True)
     zoom = round(float(first.PixelSpacing[0]) / float(ds.PixelSpacing[0]))
-    frames = ds.pixel_array
-    for comp, ref, frame in zip(comps, ds.SourceImageSequence, frames, strict=True):
+    comps = readout["lesion"]["components"]
+    for comp, ref, frame in zip(comps, ds.SourceImageSequence, ds.pixel_array.reshape(len(comps), *ds.pixel_array.shape[-3:]),
+                                strict=True):
         path = ct[str(ref.ReferencedSOPInstanceUID)]
         image = pydicom.dcmread(str(path), stop_before_pixels=True)
         iop = np.array(image.ImageOrientationPatient, float)
@@ -189,6 +202,25 @@ def test_key_images_show_each_lesion_with_its_line_on_the_lesion(axial):
         assert on.mean() >= 0.95, on.mean()
         extent = np.hypot(np.ptp(rr), np.ptp(cc)) * float(ds.PixelSpacing[0])
         assert abs(extent - comp["longest_axial_diameter"]["mm"]) < 2 * float(first.PixelSpacing[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tilted", "oblique"])
+def test_key_images_of_tilted_and_oblique_series_show_the_acquired_image(tmp_path, vol, kind):
+    """A gantry-tilted (resampled for the model) and an oblique series: each key image is the acquired image
+    holding the long axis, with the line on the lesion."""
+    from dicom_factory import tilted_planes
+    from test_dicom_sr_rtstruct import oblique_planes
+
+    planes = tilted_planes(vol, n=12, step_mm=3.0, tilt_deg=20.0) if kind == "tilted" else oblique_planes(vol, 12, 3.0)
+    write_series(tmp_path / "ct", vol, planes)
+    case, labels = write_case(tmp_path / "ct", tmp_path / "out", lambda shape: np.pad(
+        constructed_labels((32, 32, 16))[:, :, 1:13], [(0, s - n) for s, n in zip(shape, (32, 32, 12), strict=True)]),
+        formats=("key-images",))
+    readout = json.loads((tmp_path / "out" / "report.json").read_text())["readout"]
+    ds = strict_read(tmp_path / "out" / "key-images.dcm")
+    assert int(ds.NumberOfFrames) == len(readout["lesion"]["components"]) == 2
+    check_lines_on_lesions(ds, readout, case, labels)
 
 
 @pytest.mark.slow
