@@ -301,3 +301,41 @@ def test_finding4_serve_and_demo_without_their_packages_are_one_line(tmp_path, c
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "demo").exists()  # before any work
+
+
+# --------------------------------------------------------------------------- 9: silent wrong results
+
+
+def test_finding9_a_nifti_without_orientation_is_refused_in_one_line(tmp_path, capsys, tiny_ct, tiny_bundle):  # noqa: F811
+    import nibabel as nib
+
+    image = nib.load(str(tiny_ct))
+    bare = nib.Nifti1Image(np.asarray(image.dataobj), None)
+    bare.header["qform_code"], bare.header["sform_code"] = 0, 0
+    bare.header.set_zooms(image.header.get_zooms())
+    nib.save(bare, str(tmp_path / "bare.nii.gz"))
+    assert nib.load(str(tmp_path / "bare.nii.gz")).header["sform_code"] == 0
+    code, err = seg(capsys, [tmp_path / "bare.nii.gz"], tmp_path / "out", tiny_bundle)
+    assert code == 1 and "no orientation (qform_code and sform_code are both 0)" in err, err
+    assert not (tmp_path / "out" / "bare" / "labels.nii.gz").exists()
+
+
+@pytest.mark.slow
+def test_finding9_rtstruct_keeps_the_deidentification_attributes(tmp_path, capsys, tiny_ct, tiny_bundle):  # noqa: F811
+    import nibabel as nib
+    import pydicom
+    from image_files import write_dicom_series
+
+    image = nib.load(str(tiny_ct))
+    series = write_dicom_series(np.asarray(image.dataobj), image.affine, tmp_path / "series")
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", "Basic Application Confidentiality Profile"
+        ds.save_as(f)
+    code, err = seg(capsys, [series], tmp_path / "out", tiny_bundle, "--format", "dicom-seg,dicom-sr,rtstruct")
+    assert code == 0, err
+    (case,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    for name in ("rtstruct.dcm", "segmentation.dcm", "measurements-sr.dcm"):
+        ds = pydicom.dcmread(case / name)
+        assert (ds.get("PatientIdentityRemoved"), ds.get("DeidentificationMethod")) == (
+            "YES", "Basic Application Confidentiality Profile"), name

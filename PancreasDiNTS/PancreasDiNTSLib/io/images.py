@@ -166,6 +166,10 @@ def _read_nifti(path: Path):
             raise InputError(f"{path}: complex-valued voxels ({header.get_data_dtype()}); a CT has real values in HU: "
                              "save the real part or the magnitude")
         check_affine(header.affine, path)
+        if not int(header.header["qform_code"]) and not int(header.header["sform_code"]):
+            raise InputError(f"{path}: the NIfTI header gives no orientation (qform_code and sform_code are both 0), "
+                             "so where the patient's left, front and head are is unknown; write the file with its "
+                             "orientation (e.g. dcm2niix from the DICOM series) or give the DICOM series")
         img = LoadImage(reader="NibabelReader", image_only=True)(str(path))
     except InputError:
         raise

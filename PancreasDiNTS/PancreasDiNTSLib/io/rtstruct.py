@@ -43,7 +43,8 @@ STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"  # the SOP class an RT Re
 INTERPRETED_TYPE = {1: "ORGAN", 2: ""}  # lesion: not interpreted (a GTV is the physician's call)
 # Patient and study attributes copied from the (cleaned) CT images.
 COPIED = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-          "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription")
+          "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription",
+          "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence")  # as SEG, SR keep
 
 
 class DicomRtError(InputError):
