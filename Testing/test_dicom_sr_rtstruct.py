@@ -489,7 +489,8 @@ def test_partial_success_a_series_without_seg_fails_sr_and_rtstruct_before_infer
     """Images of two studies in one series: no SEG, SR or RTSTRUCT can reference them. Known right after reading
     (each fails with one line; the NIfTI is still planned); an SR whose SEG was not written fails by itself."""
     from dicom_factory import new_ids
-    from PancreasDiNTSLib.inference.pipeline import CaseOptions, check_outputs, parse_formats
+    from PancreasDiNTSLib.core.formats import parse_formats
+    from PancreasDiNTSLib.inference.pipeline import CaseOptions, check_outputs
     from PancreasDiNTSLib.io.dicom_sr import DicomSrError
     from PancreasDiNTSLib.io.images import read_image
     from PancreasDiNTSLib.io.writers import write_dicom_sr

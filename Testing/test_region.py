@@ -14,9 +14,9 @@ import torch
 from monai.data import MetaTensor
 from PancreasDiNTSLib.core.errors import UsageError
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
+from PancreasDiNTSLib.core.request import Region, RoiRequest
 from PancreasDiNTSLib.inference import region as R
 from PancreasDiNTSLib.inference.batch import SegmentSettings
-from PancreasDiNTSLib.inference.pipeline import RoiRequest
 from PancreasDiNTSLib.inference.windows import sliding_window_exact_skip, window_grid
 
 ROI = (16, 16, 16)
@@ -99,13 +99,17 @@ def test_region_boxes_two_parts_in_ras():
 
 
 def test_resolve_region_defaults():
-    assert R.resolve_region(None, "cpu") == "auto"
-    assert R.resolve_region(None, "cuda:0") == "whole"
-    assert R.resolve_region("auto", "cuda:0") == "auto"
-    assert R.resolve_region(None, "cpu", roi=object()) == "whole"
+    assert Region().resolved("cpu") == "auto"
+    assert Region().resolved("cuda") == "whole"
+    assert Region("auto").resolved("cuda") == "auto"
+    box = Region.from_flags("whole", "0,0,0,1,1,1")  # a box takes --region whole's place
+    assert box.resolved("cpu") == "box" and box.box == RoiRequest((0, 0, 0, 1, 1, 1))
     with pytest.raises(UsageError, match="choose one"):
-        SegmentSettings(inputs=("x.nii.gz",), out_dir=Path("o"), model="m", region="auto",
-                        roi=RoiRequest((0, 0, 0, 1, 1, 1)))
+        Region.from_flags("auto", "0,0,0,1,1,1")
+    planned = SimpleNamespace(name="x", path=Path("x.nii.gz"), identity="i", series=None)
+    settings = SegmentSettings(inputs=("x.nii.gz",), out_dir=Path("o"), model="m", device="cpu", region=box)
+    assert settings.case_options(planned).roi == box.box and settings.case_options(planned).region == "whole"
+    assert SegmentSettings(("x",), Path("o"), "m", device="cpu").case_options(planned).region == "auto"
 
 
 # ---------------------------------------------------------------------------------------------- the passes

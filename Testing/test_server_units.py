@@ -33,9 +33,6 @@ from PancreasDiNTSLib.server.serve import (
 from PancreasDiNTSLib.server.store import JobStore, new_job_id, valid_job_id
 from PancreasDiNTSLib.server.uploads import UploadRefused, check_series_zip, unpack_series
 
-ALLOWED = {"formats": ["nifti", "seg.nrrd", "confidence"], "modes": ["fast", "exact"], "roi_spaces": ["ras", "voxel"],
-           "roi_modes": ["grid", "local"], "regions": ["auto", "whole"]}
-
 
 def test_token_made_once_with_mode_0600_and_refused_when_others_can_read_it(tmp_path):
     token, path = load_token(tmp_path, None)
@@ -140,17 +137,19 @@ def test_zip_members_are_numbered_and_bounded(tmp_path):
 
 def test_job_options_the_api_accepts():
     opts = _options(job_options(("nifti", "confidence"), "exact", (0, 1, 2, 3, 4, 5), "voxel", "local", True, "1.2.3",
-                                "whole"), ALLOWED)
+                                "whole"))
     assert opts == {"formats": "nifti,confidence", "mode": "exact", "allow_non_ct": "true",
-                    "roi": "0.0,1.0,2.0,3.0,4.0,5.0", "roi_space": "voxel", "roi_mode": "local", "series": "1.2.3",
-                    "region": "whole"}
-    assert "region" not in _options(job_options(), ALLOWED)  # not given: the server decides, as a local run
+                    "roi": "0.0,1.0,2.0,3.0,4.0,5.0", "roi_space": "voxel", "roi_mode": "local", "series": "1.2.3"}
+    # (region whole with a box: the box is the region, as in `segment --region whole --roi ...`)
+    assert _options(job_options(region="whole"))["region"] == "whole"
+    assert "region" not in _options(job_options())  # not given: the server decides, as a local run
     for bad in ({"formats": "nifti,../x"}, {"mode": "turbo"}, {"roi": "1,2,3"}, {"roi": "0,0,0,1,1,nan"},
                 {"roi": "0,0,0,1,1,1", "roi_space": "lps"}, {"series": "x" * 200},
                 {"region": "half"}):
         with pytest.raises(HTTPException) as err:
-            _options(bad, ALLOWED)
+            _options(bad)
         assert err.value.status_code == 400
+        assert str(err.value.detail).split()[0].rstrip(":") in bad  # names the query parameter, not a CLI flag
 
 
 def test_worker_devices():

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.bridge import case_results, commands, progress_lines, remote
+from PancreasDiNTSLib.core.errors import UsageError
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
+from PancreasDiNTSLib.core.request import PANEL_MODES, Region, RoiRequest, SegmentRequest
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
 from PancreasDiNTSSceneLib.roi import roi_argument
@@ -23,7 +25,7 @@ from PancreasDiNTSSceneLib.segmentations import import_segmentation
 from PancreasDiNTSSceneLib.volumes import load_confidence_volume, write_engine_input
 
 INPUT_FILE_NAME = "input.nrrd"  # the case folder the engine writes is named after it: OUTPUT/input/
-SPEED_CHOICES = ("fast", "exact")  # the panel's speed/precision choice: fast (default, same labels) or MONAI's own path
+SPEED_CHOICES = PANEL_MODES  # the panel's speed/precision choice: fast (default, same labels) or MONAI's own path
 
 
 @dataclass
@@ -78,6 +80,21 @@ class SegmentationJob:
         want = self.load_confidence and self.roi_box is None and name in OUTPUT_NAMES
         return tuple(f for f in self.formats if f != name) + ((name,) if want else ())
 
+    def request(self, input_path: str | Path = INPUT_FILE_NAME) -> SegmentRequest:
+        """This run as a ``segment`` request (core.request); SceneLayerError with the one line for a bad choice."""
+        if self.mode not in SPEED_CHOICES:
+            raise SceneLayerError(f"mode must be one of {', '.join(SPEED_CHOICES)}, not {self.mode!r}")
+        try:
+            # the box rounded to 1/1000 mm (roi_argument), on this computer and on a server alike
+            box = tuple(float(v) for v in roi_argument(self.roi_box).split(",")) if self.roi_box is not None else None
+            region = Region("box", RoiRequest(box, "ras", self.roi_mode)) if box else Region(self.region)
+            return SegmentRequest((str(input_path),), self.output_dir if self.work_dir else Path("output"),
+                                  str(self.model), device=self.device, formats=self.requested_formats(),
+                                  progress="json", overwrite=True, allow_non_ct=self.allow_non_ct, mode=self.mode,
+                                  region=region)
+        except UsageError as exc:
+            raise SceneLayerError(str(exc)) from None
+
     def prepare(self) -> list[str]:
         """Check the choices, write the input volume (world coordinates) and return the engine command."""
         self.scene = resolve_scene(self.scene)
@@ -87,29 +104,17 @@ class SegmentationJob:
             raise SceneLayerError("select a model: download the official model or choose a local model folder")
         if not Path(self.model).exists():
             raise SceneLayerError(f"model not found: {self.model}; choose a bundle folder or an exported model file")
-        if self.mode not in SPEED_CHOICES:
-            raise SceneLayerError(f"mode must be one of {', '.join(SPEED_CHOICES)}, not {self.mode!r}")
-        if self.region not in (None, "auto", "whole"):
-            raise SceneLayerError(f"region must be auto or whole, not {self.region!r}")
+        self.request()  # the choices, checked before anything is written
         created = self.work_dir is None
         if created:
             self.work_dir = Path(tempfile.mkdtemp(prefix="PancreasDiNTS-"))
         try:
             input_path = write_engine_input(self.input_volume, Path(self.work_dir) / INPUT_FILE_NAME)
-            command = commands.segment_command(commands.python_executable() if self.python is None
-                                                 else self.python, input_path, self.output_dir, self.model,
-                                                 self.device, formats=self.requested_formats(),
-                                                 allow_non_ct=self.allow_non_ct)
+            python = commands.python_executable() if self.python is None else self.python
+            return commands.request_command(python, self.request(input_path))
         except Exception:
             self.cleanup()
             raise
-        command += ["--mode", self.mode]
-        if self.roi_box is not None:
-            # "--roi=..." in one word: a box starting with a negative number would read as an option
-            command += [f"--roi={roi_argument(self.roi_box)}", "--roi-space", "ras", "--roi-mode", self.roi_mode]
-        elif self.region is not None:
-            command += ["--region", self.region]
-        return command
 
     def complete(self, returncode: int | None, cancelled: bool = False,
                  parser: progress_lines.ProgressParser | None = None) -> SegmentationResult:
@@ -171,8 +176,7 @@ class RemoteSegmentationJob(SegmentationJob):
             raise SceneLayerError("select an input CT volume")
         if not self.server_url or not self.token:
             raise SceneLayerError("give the server's address and its token")
-        if self.mode not in SPEED_CHOICES:
-            raise SceneLayerError(f"mode must be one of {', '.join(SPEED_CHOICES)}, not {self.mode!r}")
+        query = self.request().to_query()  # the choices, checked before anything is written
         try:
             client = remote.ServerClient(self.server_url, self.token, cafile=self.cafile)
         except remote.RemoteError as exc:
@@ -184,7 +188,5 @@ class RemoteSegmentationJob(SegmentationJob):
         except Exception:
             self.cleanup()
             raise
-        options = remote.job_options(self.requested_formats(), self.mode, self.roi_box, "ras", self.roi_mode,
-                                     self.allow_non_ct, region=self.region)
-        return remote.RemoteRun(client, input_path, self.output_dir, options,
+        return remote.RemoteRun(client, input_path, self.output_dir, query,
                                 case=INPUT_FILE_NAME.split(".")[0]).start()

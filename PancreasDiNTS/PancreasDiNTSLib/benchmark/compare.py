@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib.benchmark.settings import ENGINES, FULL, PRECISIONS, QUICK, BenchmarkSettings, Preset
+from PancreasDiNTSLib.benchmark.settings import FULL, QUICK, BenchmarkSettings, Preset
 from PancreasDiNTSLib.core.errors import DeviceError, InputError, ModelError
 from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
+from PancreasDiNTSLib.core.request import ENGINES, INFERENCE_MODES, PRECISIONS
 from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.io.images import load_nifti
 from PancreasDiNTSLib.model.bundle import monai_arch_ckpt_override
@@ -126,7 +127,7 @@ def _parse_modes(text: str) -> list[str]:
     for m in modes:
         spec, region, precision = _split_mode(m)
         parts = spec.split(":")
-        if parts[0] not in ("fast", "fastmm", "exact") or (len(parts) > 1 and parts[1] not in ENGINES) or \
+        if parts[0] not in INFERENCE_MODES or (len(parts) > 1 and parts[1] not in ENGINES) or \
                 region not in ("", "auto") or precision not in ("", *PRECISIONS):
             raise InputError(f"--modes: {m!r} is not exact, fast[mm], fast[mm]:ENGINE or fast[mm]:ENGINE:BATCH, "
                              f"each optionally +auto and @PRECISION ({'|'.join(PRECISIONS)})")

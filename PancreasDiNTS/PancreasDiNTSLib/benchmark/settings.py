@@ -1,5 +1,5 @@
-"""What ``pancreas-dints benchmark`` is asked: presets, engines and the settings (cheap to import: the CLI
-builds its options from them)."""
+"""What ``pancreas-dints benchmark`` is asked: presets and the settings (cheap to import: the CLI builds its options
+from them); the modes and engines are ``segment``'s own (core.request)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ class Preset:
 
 QUICK = Preset(channel_mul=0.0625, num_blocks=12, input="example_ct_sm.nii.gz")
 FULL = Preset(channel_mul=1.0, num_blocks=12, input="example_ct.nii.gz")
-ENGINES = ("eager", "cuda-graph", "compile")
-PRECISIONS = ("auto", "fp32", "bf16")  # segment --precision (inference/precision.py decides what each means)
 
 
 @dataclass

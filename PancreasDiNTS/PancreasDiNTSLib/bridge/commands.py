@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PancreasDiNTSLib.core.request import SegmentRequest
+
 ENGINE_MODULE = "PancreasDiNTSLib.cli"
 
 
@@ -50,6 +52,11 @@ def _overrides(overrides: dict[str, Any] | Sequence[str] | None) -> list[str]:
     return out
 
 
+def request_command(python_executable: str, request: SegmentRequest) -> list[str]:
+    """The engine command line of a ``segment`` request (core.request: options at their defaults left out)."""
+    return _engine(python_executable, "segment", *request.to_argv())
+
+
 def segment_command(
     python_executable: str,
     input_path: str | Path,
@@ -62,11 +69,9 @@ def segment_command(
     """``segment`` one input into ``output_dir/<case>/`` with JSON progress (what the Segment button runs)."""
     if not formats:
         raise ValueError("at least one output format is needed")
-    cmd = _engine(
-        python_executable, "segment", input_path, "-o", output_dir, "--model", model, "--device", device,
-        "--format", ",".join(formats), "--progress", "json", "--overwrite",
-    )
-    return cmd + (["--allow-non-ct"] if allow_non_ct else [])
+    return request_command(python_executable, SegmentRequest(
+        (str(input_path),), Path(output_dir), str(model), device=device, formats=tuple(formats), progress="json",
+        overwrite=True, allow_non_ct=allow_non_ct))
 
 
 def download_command(python_executable: str, dest: str | Path | None = None,

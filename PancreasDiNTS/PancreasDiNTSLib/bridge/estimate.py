@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import PancreasDiNTSError
+from PancreasDiNTSLib.core.request import ROI_MODES
 from PancreasDiNTSLib.core.safeparse import load_data_file, read_text_bounded
 
 DEFAULT_ROI_SIZE = (96, 96, 96)
@@ -154,8 +155,8 @@ def estimate_windows(volume_bounds: Sequence[float], spec: WindowSpec, box: Sequ
             want = max(b_high[a] - b_low[a] + 2 * LOCAL_MARGIN_MM, spec.roi_size[a] * spec.pixdim[a])
             extent.append(min(want, high[a] - low[a]))
         return count_windows(_grid_shape(extent, spec.pixdim), spec.roi_size, spec.overlap)
-    if roi_mode != "grid":
-        raise ValueError(f"ROI mode must be 'grid' or 'local', not {roi_mode!r}")
+    if roi_mode not in ROI_MODES:
+        raise ValueError(f"ROI mode must be one of {', '.join(ROI_MODES)}, not {roi_mode!r}")
     total = 1
     for a in range(3):
         start = math.floor((b_low[a] - low[a]) / spec.pixdim[a]) - GRID_GROW_VOXELS

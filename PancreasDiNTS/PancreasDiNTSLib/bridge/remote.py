@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import EXIT_DEVICE, PancreasDiNTSError, printable
+from PancreasDiNTSLib.core.formats import DEFAULT_FORMATS
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
+from PancreasDiNTSLib.core.request import Region, RoiRequest, SegmentRequest
 
 API = "/v1"
 TERMINAL = ("done", "failed", "cancelled")
@@ -135,18 +137,15 @@ def zip_series(files: Iterable[Path], dest: Path) -> Path:
     return dest
 
 
-def job_options(formats: Iterable[str] = ("nifti", "seg.nrrd"), mode: str = "fast", roi: Iterable[float] | None = None,
+def job_options(formats: Iterable[str] = DEFAULT_FORMATS, mode: str = "fast", roi: Iterable[float] | None = None,
                 roi_space: str = "ras", roi_mode: str = "grid", allow_non_ct: bool = False,
                 series: str | None = None, region: str | None = None) -> dict[str, str]:
-    """The query parameters of a job (the same options as ``segment``; ``region`` None: the server's default)."""
-    opts = {"formats": ",".join(formats), "mode": mode, "allow_non_ct": "true" if allow_non_ct else "false"}
-    if roi is not None:
-        opts |= {"roi": ",".join(repr(float(v)) for v in roi), "roi_space": roi_space, "roi_mode": roi_mode}
-    if series:
-        opts["series"] = series
-    if region:
-        opts["region"] = region
-    return opts
+    """The query parameters of a job (the same options as ``segment``, checked as it checks them: UsageError;
+    ``region`` None: the server's default). A request's own: ``SegmentRequest.to_query``."""
+    box = RoiRequest(tuple(float(v) for v in roi), roi_space, roi_mode) if roi is not None else None
+    where = Region("box", box) if box is not None else Region(region)
+    return SegmentRequest((), Path("."), formats=tuple(formats), mode=mode, allow_non_ct=allow_non_ct, series=series,
+                          region=where).to_query()
 
 
 def local_message(message: str, input_name: str) -> str:

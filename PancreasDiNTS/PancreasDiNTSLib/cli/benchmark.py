@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from PancreasDiNTSLib.benchmark.settings import ENGINES, PRECISIONS, QUICK, BenchmarkSettings
+from PancreasDiNTSLib.benchmark.settings import QUICK, BenchmarkSettings
+from PancreasDiNTSLib.core.request import ENGINES, PRECISIONS
 
 HELP = "time the bundle's own inference against ours (same input, weights, device); last line is JSON"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PancreasDiNTSLib.cli.segment import positive_int
 from PancreasDiNTSLib.core.errors import require_modules
+from PancreasDiNTSLib.core.request import positive_int
 
 HELP = "serve segmentation over HTTP to Slicer and `segment --server` clients (token, job queue, GPU workers)"
 

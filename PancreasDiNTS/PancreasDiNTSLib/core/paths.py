@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PancreasDiNTSLib.core.formats import output_names
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The offline demo model ships inside the package (wheel, editable install and Slicer module alike).
 PACKAGED_DEMO_MODEL = PACKAGE_DIR / "resources" / "models" / "demo"
@@ -18,24 +20,9 @@ MODEL_HOME_ENV = "PANCREAS_DINTS_HOME"
 # The released bundle's name: `download` installs it as <cache>/<OFFICIAL_BUNDLE_NAME>/<version>/.
 OFFICIAL_BUNDLE_NAME = "pancreas_ct_dints_segmentation"
 CONFIG_NAMES = ("inference.yaml", "inference.yml", "inference.json")
-# The files `segment` writes into OUTDIR/<case>/, by output format (the report is always written). The one
-# table: the engine's output registry, the batch driver and the Slicer scene layer all read names from here.
-OUTPUT_NAMES = {
-    "nifti": "labels.nii.gz",
-    "seg.nrrd": "segmentation.seg.nrrd",
-    "dicom-seg": "segmentation.dcm",
-    "dicom-sr": "measurements-sr.dcm",
-    "rtstruct": "rtstruct.dcm",
-    "confidence": "confidence.nii.gz",
-    "report-png": "report.png",
-    "report-pdf": "report.pdf",
-    "dicom-pdf": "report-pdf.dcm",
-    "key-images": "key-images.dcm",
-    "fhir": "fhir-bundle.json",
-    "report": "report.json",
-}
-FORMATS = ("nifti", "seg.nrrd", "dicom-seg", "dicom-sr", "rtstruct", "confidence", "report-png", "report-pdf",
-           "dicom-pdf", "key-images", "fhir")
+# The files `segment` writes into OUTDIR/<case>/, by output format, and "report" (always written): from the one
+# format registry (core.formats); the engine's writers, the batch driver and the Slicer scene layer read names here.
+OUTPUT_NAMES = output_names()
 # The files `segment` writes into OUTDIR itself, next to the case folders (per rank under torchrun).
 BATCH_NAMES = {"summary": "summary.json", "measurements": "measurements.csv"}
 # The files a reviewer's save writes into a case folder (review/record.py): a person's work, which no run of

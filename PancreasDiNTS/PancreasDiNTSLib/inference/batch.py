@@ -30,7 +30,7 @@ import json
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,88 +44,53 @@ from PancreasDiNTSLib.core.errors import (
     is_disk_full,
     printable,
 )
+from PancreasDiNTSLib.core.formats import FORMATS
 from PancreasDiNTSLib.core.ownership import CaseFolder, probe_writable
 from PancreasDiNTSLib.core.paths import BATCH_NAMES
 from PancreasDiNTSLib.core.progress import Progress, ProgressCallback
+from PancreasDiNTSLib.core.request import SegmentRequest
 from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.pipeline import (
-    OUTPUTS,
     REPORT_NAME,
     CaseOptions,
     CaseOutcome,
     Prepared,
-    RoiRequest,
-    parse_formats,
     prepare_case,
     refuse_non_dicom,
     segment_case,
 )
 from PancreasDiNTSLib.inference.prefetch import prefetched
-from PancreasDiNTSLib.inference.region import REGION_MODES, resolve_region
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
-from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
-from PancreasDiNTSLib.io.dicom_seg import SEG_TYPES
+from PancreasDiNTSLib.inference.segmenter import Segmenter
 from PancreasDiNTSLib.io.images import expand_inputs
 from PancreasDiNTSLib.io.placement import CasePlanner, PlannedCase, case_base_name, claim_cases, release_claim
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
 from PancreasDiNTSLib.readout.combined import CSV_COLUMNS, csv_row
 
-ENGINES = ("eager", "cuda-graph", "compile")
-
 
 @dataclass(frozen=True)
-class SegmentSettings:
-    """Everything ``segment`` is asked to do (the CLI options)."""
+class SegmentSettings(SegmentRequest):
+    """A ``segment`` request (core.request: every option) and this process's share of it under torchrun."""
 
-    inputs: tuple[str, ...]
-    out_dir: Path
-    model: str | Path
-    device: str = "auto"
-    formats: tuple[str, ...] = ("nifti", "seg.nrrd")
-    progress: str = "auto"
-    overwrite: bool = False
-    allow_non_ct: bool = False
-    sw_batch_size: int | None = None  # windows per network call; None: the bundle's (GPU: sized by memory)
-    mode: str = "fast"  # see Segmenter: fast | exact | fastmm
-    engine: str = "eager"  # eager | cuda-graph | compile
-    roi: RoiRequest | None = None
-    region: str | None = None  # --region auto|whole; None: auto on a CPU, whole on a GPU (region.resolve_region)
-    series: str | None = None  # --series: only this series of each DICOM folder (UID or io.dicom selector)
-    prefetch: bool = True
     rank: int = 0  # torchrun: this process takes cases rank, rank + world_size, ...
     world_size: int = 1
-    server: str | None = None  # --server URL: each case is segmented by a `pancreas-dints serve` (inference.remote)
-    token_file: str | None = None  # --token-file for --server
-    server_timeouts: tuple[float, float] = (7200.0, 0.0)  # --server-job-timeout, --server-timeout (0: none), s
-    seg_type: str = "binary"  # --seg-type: the DICOM SEG's form, binary or labelmap (io.dicom_seg.SEG_TYPES)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "formats", parse_formats(self.formats))
-        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
-        object.__setattr__(self, "out_dir", Path(self.out_dir).expanduser())
-        if self.sw_batch_size is not None and (not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1):
-            raise UsageError(f"--sw-batch-size {self.sw_batch_size}: give a whole number of windows, 1 or more")
-        if self.mode not in INFERENCE_MODES:
-            raise UsageError(f"--mode {printable(self.mode)}: choose one of {', '.join(INFERENCE_MODES)}")
-        if self.engine not in ENGINES:
-            raise UsageError(f"--engine {printable(self.engine)}: choose one of {', '.join(ENGINES)}")
-        if self.region is not None and self.region not in REGION_MODES:
-            raise UsageError(f"--region {printable(self.region)}: choose {' or '.join(REGION_MODES)}")
-        if self.region == "auto" and self.roi is not None:
-            raise UsageError("--region auto and --roi: choose one (the box, or the automatic region)")
-        if self.seg_type not in SEG_TYPES:
-            raise UsageError(f"--seg-type {printable(self.seg_type)}: choose {' or '.join(SEG_TYPES)}")
-        if self.seg_type != "binary" and self.server:
-            raise UsageError("--seg-type labelmap is not passed to a server; run the case locally for a LABELMAP SEG")
+        super().__post_init__()
         if not (0 <= self.rank < max(1, self.world_size)):
             raise UsageError(f"rank {self.rank} of world size {self.world_size}: check RANK / WORLD_SIZE")
 
+    @classmethod
+    def of(cls, request: SegmentRequest, rank: int = 0, world_size: int = 1) -> SegmentSettings:
+        return cls(**{f.name: getattr(request, f.name) for f in fields(SegmentRequest)}, rank=rank,
+                   world_size=world_size)
+
     def case_options(self, planned: PlannedCase) -> CaseOptions:
         extra = {"case": planned.name, "input": str(planned.path), "input_identity": planned.identity}
-        region = resolve_region(self.region, resolve_device(self.device), self.roi)
-        return CaseOptions(self.formats, self.roi, self.allow_non_ct, series=planned.series, report=True,
-                           report_extra=extra, region=region, seg_type=self.seg_type)
+        region = self.region.resolved(resolve_device(self.device).type)
+        return CaseOptions(self.formats, self.region.box, self.allow_non_ct, series=planned.series, report=True,
+                           report_extra=extra, region="whole" if region == "box" else region, seg_type=self.seg_type)
 
 
 @dataclass
@@ -173,7 +138,7 @@ def check_writable(out_dir: Path) -> None:
 def expected_names(formats: tuple[str, ...], path: Path) -> list[str]:
     """The files a finished case of ``path`` holds (DICOM-only outputs only for DICOM inputs)."""
     is_dicom = path.is_dir() or path.suffix.lower() == ".dcm"
-    return [OUTPUTS[f].filename for f in formats if is_dicom or not OUTPUTS[f].dicom_only] + [REPORT_NAME]
+    return [FORMATS[f].filename for f in formats if is_dicom or not FORMATS[f].dicom_only] + [REPORT_NAME]
 
 
 def expand_all(inputs: tuple[str, ...]) -> tuple[list[Path], list[CaseResult]]:
@@ -412,9 +377,7 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
     folder or placement is unusable, and DiskFullError (after writing what it can) when the disk fills up.
     ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings."""
     out = settings.out_dir
-    remote = RemoteCases(settings.server, settings.token_file, settings.mode, settings.region,
-                         job_timeout_s=settings.server_timeouts[0],
-                         run_timeout_s=settings.server_timeouts[1]) if settings.server else None
+    remote = RemoteCases(settings) if settings.server else None
     if segmenter is None and remote is None:
         dev = resolve_device(settings.device)
         bundle = load_bundle(resolve_model(settings.model))

@@ -31,7 +31,6 @@ size estimate and an optional precondition; :func:`register_output` adds more. W
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -54,11 +53,13 @@ from PancreasDiNTSLib.core.errors import (
     printable,
     require_modules,
 )
+from PancreasDiNTSLib.core.formats import FORMATS, OutputFormat
 from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
+from PancreasDiNTSLib.core.request import REGION_MODES, RoiRequest
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
 from PancreasDiNTSLib.core.tracking import case_key, case_tracking
-from PancreasDiNTSLib.inference.region import REGION_MODES, infer_auto
+from PancreasDiNTSLib.inference.region import infer_auto
 from PancreasDiNTSLib.inference.roi import box_to_voxels, predict_roi
 from PancreasDiNTSLib.inference.segmenter import Inverted, Segmenter
 from PancreasDiNTSLib.io import writers
@@ -71,51 +72,10 @@ from PancreasDiNTSLib.readout.page import PAGE_TITLE, render_case_page
 StageCallback = Callable[[str, float, str], None]  # (stage, fraction of this case, message)
 Measure = Callable[[np.ndarray, LoadedImage], dict[str, Any]]  # extra measurements -> report["measurements"]
 REPORT_NAME = OUTPUT_NAMES["report"]
-ROI_SPACES = ("ras", "voxel")
-ROI_MODES = ("grid", "local")
-FORMAT_ALIASES = {"nii": "nifti", "nii.gz": "nifti", "seg": "seg.nrrd", "dicomseg": "dicom-seg", "dcm": "dicom-seg",
-                  "dicomsr": "dicom-sr", "sr": "dicom-sr", "rtss": "rtstruct"}
 REPORT_RESERVE_BYTES = 1 << 20  # report.json, manifest and slack in the free-space estimate
 PAGE_BYTES = 4 << 20  # an upper bound of one case page (PNG or PDF)
 ROI_CONFIDENCE_REASON = ("ROI mode: the model ran only around the box, so there are no whole-image "
                          "probabilities to read confidence from")
-
-
-@dataclass(frozen=True)
-class RoiRequest:
-    """Segment only inside ``box`` (two opposite corners X0,Y0,Z0,X1,Y1,Z1) in ``space`` with ``mode``."""
-
-    box: tuple[float, ...]
-    space: str = "ras"  # "ras" (millimetres, a Slicer ROI's bounds) | "voxel" (indices)
-    mode: str = "grid"  # "grid" (the full run's windows) | "local" (crop plus context)
-
-    def __post_init__(self) -> None:
-        if len(self.box) != 6 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.box):
-            raise UsageError(f"--roi {printable(','.join(map(str, self.box)))}: give six finite numbers "
-                             "X0,Y0,Z0,X1,Y1,Z1 (two opposite corners)")
-        if self.space not in ROI_SPACES:
-            raise UsageError(f"--roi-space {printable(self.space)}: choose {' or '.join(ROI_SPACES)}")
-        if self.mode not in ROI_MODES:
-            raise UsageError(f"--roi-mode {printable(self.mode)}: choose {' or '.join(ROI_MODES)}")
-        flat = [axis for axis, lo, hi in zip("XYZ", self.box[:3], self.box[3:], strict=True) if lo == hi]
-        if flat:
-            raise UsageError(f"--roi {printable(','.join(map(str, self.box)))}: the box has zero size along "
-                             f"{', '.join(flat)}; give two opposite corners that differ on every axis")
-
-    @classmethod
-    def parse(cls, text: str, space: str = "ras", mode: str = "grid") -> RoiRequest:
-        """``"X0,Y0,Z0,X1,Y1,Z1"`` -> RoiRequest; UsageError (exit 2) for anything else (NaN, inf, text)."""
-        try:
-            box = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise UsageError(f"--roi {printable(text)}: give six numbers X0,Y0,Z0,X1,Y1,Z1 (two opposite "
-                             "corners)") from None
-        if len(box) != 6 or not all(math.isfinite(v) for v in box):
-            raise UsageError(f"--roi {printable(text)}: give six finite numbers X0,Y0,Z0,X1,Y1,Z1")
-        return cls(box, space, mode)
-
-    def describe(self) -> dict[str, Any]:
-        return {"box": list(self.box), "space": self.space, "mode": self.mode}
 
 
 @dataclass(frozen=True)
@@ -136,27 +96,26 @@ class CaseData:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One output format."""
+    """One output format's writer; what the format is (file name, DICOM needs, ...) is its core.formats entry."""
 
-    fmt: str
-    filename: str
+    format: OutputFormat
     write: Callable[[Path, CaseData], Any]
     estimate_bytes: Callable[[LoadedImage], int]  # an upper bound, for the free-space check
-    dicom_only: bool = False  # written for DICOM inputs only (otherwise a note)
-    whole_image: bool = False  # needs the whole image's probabilities: not in ROI mode (a note)
-    title: str = ""  # how notes name it (default: the format name)
     # (case, model name, model version) -> notes; raises when the output cannot be made for this case
     precheck: Callable[[LoadedImage, str, str], list[str]] | None = None
-    requires: tuple[str, ...] = ()  # formats it needs written before it (parse_formats adds them)
-    refuse_non_dicom: bool = False  # dicom_only, but a non-DICOM input is refused (UsageError) instead of a note
+
+    @property
+    def filename(self) -> str:
+        return self.format.filename
 
 
 OUTPUTS: dict[str, OutputSpec] = {}
 
 
-def register_output(spec: OutputSpec) -> None:
-    """Add (or replace) an output format; ``--format`` accepts its name."""
-    OUTPUTS[spec.fmt] = spec
+def register_output(name: str, write: Callable[[Path, CaseData], Any], estimate_bytes: Callable[[LoadedImage], int],
+                    precheck: Callable[[LoadedImage, str, str], list[str]] | None = None) -> None:
+    """The writer of the format ``name`` of core.formats.FORMATS (each format has one; a test checks)."""
+    OUTPUTS[name] = OutputSpec(FORMATS[name], write, estimate_bytes, precheck)
 
 
 def _voxels(case: LoadedImage) -> int:
@@ -169,28 +128,18 @@ def _dicom_seg_precheck(case: LoadedImage, model_name: str, model_version: str) 
     return list(writers.check_dicom_seg_preconditions(case, model_name, model_version) or [])
 
 
-register_output(OutputSpec("nifti", OUTPUT_NAMES["nifti"], lambda d, c: writers.write_label_nifti(d, c.labels, c.case),
-                           lambda case: _voxels(case) + 4096))
-register_output(OutputSpec("seg.nrrd", OUTPUT_NAMES["seg.nrrd"],
-                           lambda d, c: writers.write_seg_nrrd(d, c.labels, c.case), lambda case: _voxels(case) + 8192))
-register_output(OutputSpec("dicom-seg", OUTPUT_NAMES["dicom-seg"],
-                           lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version,
-                                                                c.seg_type),
-                           lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True,
-                           precheck=_dicom_seg_precheck, title="DICOM SEG"))
-register_output(OutputSpec(
-    "dicom-sr", OUTPUT_NAMES["dicom-sr"],
-    lambda d, c: writers.write_dicom_sr(d, c.written.get("dicom-seg"), c.readout, c.model, c.case, c.model_name,
-                                        c.model_version),
-    lambda case: (1 << 20) + 2048 * len(case.dicom_files), dicom_only=True, refuse_non_dicom=True,
-    precheck=lambda case, name, version: writers.check_dicom_sr_preconditions(case, name, version),
-    requires=("dicom-seg",), title="DICOM SR"))
-register_output(OutputSpec(
-    "rtstruct", OUTPUT_NAMES["rtstruct"],
-    lambda d, c: writers.write_rtstruct(d, c.labels, c.case, c.model_name, c.model_version),
-    lambda case: _voxels(case) // 4 + (1 << 16), dicom_only=True, refuse_non_dicom=True,
-    precheck=lambda case, name, version: writers.check_rtstruct_preconditions(case, name, version),
-    title="RTSTRUCT"))
+register_output("nifti", lambda d, c: writers.write_label_nifti(d, c.labels, c.case), lambda case: _voxels(case) + 4096)
+register_output("seg.nrrd", lambda d, c: writers.write_seg_nrrd(d, c.labels, c.case), lambda case: _voxels(case) + 8192)
+register_output("dicom-seg", lambda d, c: writers.write_dicom_seg(d, c.labels, c.case, c.model_name, c.model_version,
+                                                                 c.seg_type),
+                lambda case: _voxels(case) // 4 + (1 << 16), _dicom_seg_precheck)
+register_output("dicom-sr", lambda d, c: writers.write_dicom_sr(d, c.written.get("dicom-seg"), c.readout, c.model, c.case,
+                                                                c.model_name, c.model_version),
+                lambda case: (1 << 20) + 2048 * len(case.dicom_files),
+                lambda case, name, version: writers.check_dicom_sr_preconditions(case, name, version))
+register_output("rtstruct", lambda d, c: writers.write_rtstruct(d, c.labels, c.case, c.model_name, c.model_version),
+                lambda case: _voxels(case) // 4 + (1 << 16),
+                lambda case, name, version: writers.check_rtstruct_preconditions(case, name, version))
 
 
 def _write_confidence(dest: Path, data: CaseData) -> Path:
@@ -213,12 +162,9 @@ def _page_precheck(case: LoadedImage, model_name: str, model_version: str) -> li
     return []
 
 
-register_output(OutputSpec("confidence", OUTPUT_NAMES["confidence"], _write_confidence,
-                           lambda case: _voxels(case) + 4096, whole_image=True))
-register_output(OutputSpec("report-png", OUTPUT_NAMES["report-png"], _write_page, lambda case: PAGE_BYTES,
-                           title="report page", precheck=_page_precheck))
-register_output(OutputSpec("report-pdf", OUTPUT_NAMES["report-pdf"], _write_page, lambda case: PAGE_BYTES,
-                           title="report page (PDF)", precheck=_page_precheck))
+register_output("confidence", _write_confidence, lambda case: _voxels(case) + 4096)
+register_output("report-png", _write_page, lambda case: PAGE_BYTES, _page_precheck)
+register_output("report-pdf", _write_page, lambda case: PAGE_BYTES, _page_precheck)
 
 
 def _write_dicom_pdf(dest: Path, data: CaseData) -> Path:
@@ -226,43 +172,14 @@ def _write_dicom_pdf(dest: Path, data: CaseData) -> Path:
                                    data.model_version)
 
 
-register_output(OutputSpec(
-    "dicom-pdf", OUTPUT_NAMES["dicom-pdf"], _write_dicom_pdf,
-    lambda case: PAGE_BYTES + 4096 + 256 * len(case.dicom_files), dicom_only=True, refuse_non_dicom=True,
-    precheck=lambda case, name, version: writers.check_dicom_pdf_preconditions(case, name, version),
-    requires=("report-pdf",), title="DICOM encapsulated PDF"))
-
-
-register_output(OutputSpec(
-    "key-images", OUTPUT_NAMES["key-images"],
-    lambda d, c: writers.write_key_images(d, c.labels, c.case, c.readout, c.model_name, c.model_version),
-    lambda case: (64 << 20), dicom_only=True, refuse_non_dicom=True,
-    precheck=lambda case, name, version: writers.check_key_images_preconditions(case, name, version),
-    title="DICOM key images"))
-
-
-register_output(OutputSpec(
-    "fhir", OUTPUT_NAMES["fhir"],
-    lambda d, c: writers.write_fhir(d, c.case, c.readout, c.model, c.model_name, c.model_version),
-    lambda case: 1 << 20, title="FHIR Bundle"))
-
-
-def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"nifti,seg.nrrd"`` -> ("nifti", "seg.nrrd"); UsageError (exit 2) for an unknown format."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out: list[str] = []
-    for item in (i.strip().lower() for i in items):
-        if not item:
-            continue
-        item = FORMAT_ALIASES.get(item, item)
-        if item not in OUTPUTS:
-            raise UsageError(f"--format {printable(item)}: unknown output format; choose from {', '.join(OUTPUTS)}")
-        for need in (*OUTPUTS[item].requires, item):  # e.g. dicom-sr references the DICOM SEG it writes too
-            if need not in out:
-                out.append(need)
-    if not out:
-        raise UsageError("--format: give at least one of " + ", ".join(OUTPUTS))
-    return tuple(out)
+register_output("dicom-pdf", _write_dicom_pdf, lambda case: PAGE_BYTES + 4096 + 256 * len(case.dicom_files),
+                lambda case, name, version: writers.check_dicom_pdf_preconditions(case, name, version))
+register_output("key-images",
+                lambda d, c: writers.write_key_images(d, c.labels, c.case, c.readout, c.model_name, c.model_version),
+                lambda case: (64 << 20),
+                lambda case, name, version: writers.check_key_images_preconditions(case, name, version))
+register_output("fhir", lambda d, c: writers.write_fhir(d, c.case, c.readout, c.model, c.model_name, c.model_version),
+                lambda case: 1 << 20)
 
 
 @dataclass(frozen=True)
@@ -344,7 +261,7 @@ def check_destination(sink: OutputSink, names: list[str], need_bytes: int) -> No
 
 def refuse_non_dicom(formats: tuple[str, ...], inputs: list[Path]) -> None:
     """UsageError (exit 2, before any inference) when a format that needs DICOM is asked for a non-DICOM input."""
-    needs = [f for f in formats if OUTPUTS[f].refuse_non_dicom]
+    needs = [f for f in formats if FORMATS[f].refuse_non_dicom]
     for path in inputs if needs else []:
         if not (Path(path).is_dir() or is_dicom_file(Path(path))):
             raise UsageError(f"--format {','.join(needs)}: {printable(path)} is not a DICOM series; these outputs "
@@ -359,16 +276,16 @@ def check_outputs(case: LoadedImage, options: CaseOptions, sink: OutputSink | No
     still made); when none is left, OutputError fails the case before inference."""
     plan = OutputPlan()
     for fmt in options.formats:
-        spec = OUTPUTS[fmt]
-        if spec.refuse_non_dicom and case.fmt != "dicom":
+        spec, kind = OUTPUTS[fmt], FORMATS[fmt]
+        if kind.refuse_non_dicom and case.fmt != "dicom":
             refuse_non_dicom((fmt,), [case.path])
-        if spec.dicom_only and case.fmt != "dicom":
-            plan.notes.append(f"{spec.title or fmt} not written: the input is not a DICOM series")
+        if kind.dicom_only and case.fmt != "dicom":
+            plan.notes.append(f"{kind.label} not written: the input is not a DICOM series")
             continue
-        if spec.whole_image and options.roi is not None:
-            plan.notes.append(f"{spec.title or fmt} not written: {ROI_CONFIDENCE_REASON}")
+        if kind.whole_image and options.roi is not None:
+            plan.notes.append(f"{kind.label} not written: {ROI_CONFIDENCE_REASON}")
             continue
-        missing = [r for r in spec.requires if r in plan.failed]
+        missing = [r for r in kind.requires if r in plan.failed]
         if missing:
             plan.failed[fmt] = f"it needs {missing[0]}, which cannot be written"
             continue

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import UsageError
+from PancreasDiNTSLib.core.request import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 OVERRIDE_ENV = "PANCREAS_DINTS_CPU_BF16"
 

@@ -61,9 +61,9 @@ from PancreasDiNTSLib.inference.windows import (
 )
 
 __all__ = [
-    "FOREGROUND_THRESHOLD", "EDGE_BAND", "MARGIN_MM", "MAX_GROWTH_ROUNDS", "MIN_SAVING", "REGION_MODES", "RegionRun",
+    "FOREGROUND_THRESHOLD", "EDGE_BAND", "MARGIN_MM", "MAX_GROWTH_ROUNDS", "MIN_SAVING", "RegionRun",
     "coarse_foreground", "dilate", "windows_touching", "constant_windows", "informative", "exact_region", "faces_touched", "region_boxes",
-    "resolve_region", "infer_auto", "RegionSettings",
+    "infer_auto", "RegionSettings",
 ]
 
 FOREGROUND_THRESHOLD = 0.3  # coarse P(pancreas) + P(lesion) at or above this is foreground
@@ -71,7 +71,6 @@ EDGE_BAND = 4  # a part is checked by a confirmation window when it lies this ma
 MARGIN_MM = 10.0  # the coarse foreground is dilated by this much (per axis) to make the region
 MAX_GROWTH_ROUNDS = 3  # growth rounds before the rest of the volume runs
 MIN_SAVING = 3.0  # the full run needs this many times the coarse pass's windows, else the whole volume runs
-REGION_MODES = ("auto", "whole")
 MAX_REPORTED_REGIONS = 20
 ProgressFn = Callable[[str, int, int], None]  # (pass: coarse | dense | whole, windows done, windows of the pass)
 
@@ -86,18 +85,6 @@ class RegionSettings:
     min_saving: float = MIN_SAVING
     band: int = EDGE_BAND
     confirm: bool = True  # check each coarse part with a window centred on it (module docstring, step 2)
-
-
-def resolve_region(choice: str | None, device: torch.device | str, roi: Any = None) -> str:
-    """``--region`` -> "auto" or "whole": None (not given) means auto on a CPU and whole on a GPU; a box
-    (``--roi``) always means whole here (the box decides)."""
-    if roi is not None:
-        return "whole"
-    if choice is None:
-        return "auto" if torch.device(device).type == "cpu" else "whole"
-    if choice not in REGION_MODES:
-        raise ValueError(f"region must be one of {', '.join(REGION_MODES)}, not {choice!r}")
-    return choice
 
 
 @dataclass

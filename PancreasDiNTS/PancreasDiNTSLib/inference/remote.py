@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from PancreasDiNTSLib.bridge.remote import (
     ServerClient,
     checked_files,
     checked_report,
-    job_options,
     local_message,
     progress_event,
     read_token,
@@ -39,13 +38,13 @@ from PancreasDiNTSLib.bridge.remote import (
 )
 from PancreasDiNTSLib.core.errors import InputError, printable
 from PancreasDiNTSLib.core.ownership import CaseFolder
+from PancreasDiNTSLib.core.request import SegmentRequest
 from PancreasDiNTSLib.inference.pipeline import OUTPUTS, REPORT_NAME, CaseOptions, Prepared
 from PancreasDiNTSLib.io.images import LPS_TO_RAS, LoadedImage
 from PancreasDiNTSLib.io.placement import PlannedCase
 from PancreasDiNTSLib.io.writers import write_report
 
 TOKEN_FILE_ENV = "PANCREAS_DINTS_TOKEN_FILE"
-JOB_TIMEOUT_S = 7200.0  # --server-job-timeout: one case, from its upload to its result (queue wait included)
 DEFAULT_TOKEN_FILE = Path("~/.config/pancreas-dints/token")
 
 
@@ -65,27 +64,26 @@ def token_path(token_file: str | Path | None) -> Path:
 class RemoteCases:
     """The server of one ``segment --server`` run; :meth:`run` does one case."""
 
-    def __init__(self, url: str, token_file: str | Path | None, mode: str = "fast", region: str | None = None,
-                 poll: float = 0.5, job_timeout_s: float = JOB_TIMEOUT_S, run_timeout_s: float = 0.0) -> None:
-        self.client = ServerClient(url, read_token(token_path(token_file)))
-        self.job_timeout_s = job_timeout_s
-        self.run_deadline = time.monotonic() + run_timeout_s if run_timeout_s > 0 else None
-        self.run_timeout_s = run_timeout_s
+    def __init__(self, request: SegmentRequest, poll: float = 0.5) -> None:
+        url = str(request.server)
+        self.client = ServerClient(url, read_token(token_path(request.token_file)))
+        self.job_timeout_s = request.server_job_timeout
+        self.run_timeout_s = request.server_timeout
+        self.run_deadline = time.monotonic() + self.run_timeout_s if self.run_timeout_s > 0 else None
         if self.client.insecure:
             print(f"warning: {printable(url)} is not https: the images and the token cross the network in clear",
                   file=sys.stderr)
         self.served = self.client.model()  # reachable, token accepted: checked before the first case
-        self.mode = mode
-        self.region = region  # --region as given (None: the server decides by its device, as a local run does)
+        # the job's options: the request's (--region as given: None lets the server decide by its device, as a local
+        # run does); each upload is one series, so no series selector
+        self.query = replace(request, series=None).to_query()
         self.poll = poll
 
     def run(self, prepared: Prepared, planned: PlannedCase, options: CaseOptions, folder: CaseFolder,
             on_stage: Callable[[str, float, str], Any]) -> RemoteOutcome:
         """Upload, follow, download into ``folder``; raises InputError with the server's reason on failure."""
         timeout = self._job_timeout(planned)
-        roi = options.roi
-        query = job_options(options.formats, self.mode, roi.box if roi else None, roi.space if roi else "ras",
-                            roi.mode if roi else "grid", options.allow_non_ct, region=self.region)
+        query = self.query | {"formats": ",".join(options.formats)}
         with tempfile.TemporaryDirectory(prefix="pancreas-dints-upload-") as tmp:
             case = prepared.case
             if case.fmt == "dicom":

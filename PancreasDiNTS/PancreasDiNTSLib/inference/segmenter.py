@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from PancreasDiNTSLib.core.errors import DeviceError
+from PancreasDiNTSLib.core.request import INFERENCE_MODES
 from PancreasDiNTSLib.inference.device import halve_on_oom, is_oom, resolve_device
 from PancreasDiNTSLib.inference.fastpath import FastInferer
 from PancreasDiNTSLib.inference.invert import (
@@ -31,7 +32,6 @@ from PancreasDiNTSLib.model.bundle import Bundle
 from PancreasDiNTSLib.model.spec import InferenceSpec
 
 WindowCallback = Callable[[int, int], None]  # (windows done, windows total)
-INFERENCE_MODES = ("exact", "fast", "fastmm")
 
 
 @dataclass

@@ -24,6 +24,7 @@ import numpy as np
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import atomic_path
 from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.request import SEG_TYPES
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -228,7 +229,6 @@ def frames_on_sources(labels: np.ndarray, affine_ras: np.ndarray, sources: Seque
     return out
 
 
-SEG_TYPES = ("binary", "labelmap")
 
 
 def labelmap_supported() -> bool:

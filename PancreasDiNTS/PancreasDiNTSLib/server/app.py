@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 import shutil
 import sqlite3
 import threading
@@ -30,7 +29,8 @@ from starlette.requests import ClientDisconnect
 
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.bridge.remote import UPLOAD_KINDS
-from PancreasDiNTSLib.core.errors import printable
+from PancreasDiNTSLib.core.errors import UsageError, printable
+from PancreasDiNTSLib.core.request import SegmentRequest, job_choices
 from PancreasDiNTSLib.server.store import TERMINAL, JobStore, new_job_id
 from PancreasDiNTSLib.server.uploads import (
     INPUT_NAMES,
@@ -119,40 +119,15 @@ def _status(service: Service, job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _options(query: dict[str, str], allowed: dict[str, list[str]]) -> dict[str, str]:
-    """The job's options from the query, checked as ``segment`` checks them (400 with the reason)."""
-    formats = [f.strip() for f in query.get("formats", "nifti,seg.nrrd").split(",") if f.strip()]
-    bad = [f for f in formats if f not in allowed["formats"]]
-    if bad or not formats:
-        raise HTTPException(400, f"formats: {printable(','.join(bad)) or 'none'}: choose from "
-                                 f"{', '.join(allowed['formats'])}")
-    opts = {"formats": ",".join(dict.fromkeys(formats)), "mode": query.get("mode", "fast"),
-            "allow_non_ct": "true" if query.get("allow_non_ct", "false").lower() in ("1", "true", "yes") else "false"}
-    if opts["mode"] not in allowed["modes"]:
-        raise HTTPException(400, f"mode {printable(opts['mode'])[:40]}: choose one of {', '.join(allowed['modes'])}")
-    if query.get("roi"):
-        try:
-            box = [float(v) for v in query["roi"].split(",")]
-        except ValueError:
-            box = []
-        if len(box) != 6 or not all(math.isfinite(v) for v in box):
-            raise HTTPException(400, "roi: give six finite numbers X0,Y0,Z0,X1,Y1,Z1")
-        opts["roi"] = ",".join(repr(v) for v in box)
-        for key, choices in (("roi_space", allowed["roi_spaces"]), ("roi_mode", allowed["roi_modes"])):
-            value = query.get(key, choices[0])
-            if value not in choices:
-                raise HTTPException(400, f"{key} {printable(value)[:40]}: choose {' or '.join(choices)}")
-            opts[key] = value
-    region = query.get("region", "")
-    if region:
-        if region not in allowed.get("regions", ()):
-            raise HTTPException(400, f"region {printable(region)[:40]}: choose {' or '.join(allowed.get('regions', ()))}")
-        opts["region"] = region
-    series = query.get("series", "")
-    if series:
-        if len(series) > MAX_SERIES_PARAM or not series.isprintable():
-            raise HTTPException(400, "series: give a SeriesInstanceUID or a series selector (at most 128 characters)")
-        opts["series"] = series
+def _options(query: dict[str, str]) -> dict[str, str]:
+    """The job's options from the query, checked as ``segment`` checks them (core.request; 400 with the reason)."""
+    try:
+        opts = SegmentRequest.from_query(query, inputs=(), out_dir=Path(".")).to_query()
+    except UsageError as exc:
+        raise HTTPException(400, str(exc)) from None
+    series = opts.get("series", "")
+    if series and (len(series) > MAX_SERIES_PARAM or not series.isprintable()):
+        raise HTTPException(400, "series: give a SeriesInstanceUID or a series selector (at most 128 characters)")
     return opts
 
 
@@ -218,7 +193,7 @@ def _jobs_router(service: Service) -> APIRouter:
             raise HTTPException(400, f"kind {printable(kind)[:20]}: choose one of {', '.join(UPLOAD_KINDS)}")
         query = {"formats": formats, "mode": mode, "roi": roi or "", "roi_space": roi_space, "roi_mode": roi_mode,
                  "allow_non_ct": "true" if allow_non_ct else "false", "series": series or "", "region": region or ""}
-        opts = _options(query, service.pool.hello["options"])
+        opts = _options(query)
         if service.store.count("queued") >= service.limits.max_queue:
             raise HTTPException(503, f"the queue is full ({service.limits.max_queue} jobs); try again later")
         declared = _declared_length(request, service.limits)
@@ -348,7 +323,7 @@ def create_app(service: Service, api_page: bool = False) -> FastAPI:
         hello = service.pool.hello
         limits = service.limits
         return {"model": hello.get("model", {}), "devices": [s.device for s in service.pool.slots],
-                "options": hello.get("options", {}), "input_kinds": {k: Path(v).name for k, v in INPUT_NAMES.items()},
+                "options": job_choices(), "input_kinds": {k: Path(v).name for k, v in INPUT_NAMES.items()},
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_queue": limits.max_queue,
                            "retention_s": limits.retention_s, "unclaimed_s": limits.unclaimed_s}}
 

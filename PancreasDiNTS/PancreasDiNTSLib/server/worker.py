@@ -25,11 +25,10 @@ from PancreasDiNTSLib.bridge.remote import INPUT_PLACEHOLDER
 from PancreasDiNTSLib.core.errors import EXIT_MODEL, PancreasDiNTSError, printable
 from PancreasDiNTSLib.core.ownership import file_digest
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
+from PancreasDiNTSLib.core.request import SegmentRequest
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 from PancreasDiNTSLib.inference.device import resolve_device
-from PancreasDiNTSLib.inference.pipeline import OUTPUTS, ROI_MODES, ROI_SPACES, RoiRequest
-from PancreasDiNTSLib.inference.region import REGION_MODES
-from PancreasDiNTSLib.inference.segmenter import INFERENCE_MODES, Segmenter
+from PancreasDiNTSLib.inference.segmenter import Segmenter
 from PancreasDiNTSLib.io.placement import CasePlanner
 from PancreasDiNTSLib.model.download import resolve_model
 from PancreasDiNTSLib.model.loader import load_bundle
@@ -78,10 +77,7 @@ class Worker:
         self.proto.flush()
 
     def hello(self) -> None:
-        options = {"formats": list(OUTPUTS), "modes": list(INFERENCE_MODES), "roi_spaces": list(ROI_SPACES),
-                   "roi_modes": list(ROI_MODES), "regions": list(REGION_MODES)}
-        self.send({"type": "hello", "model": self.bundle.describe(), "device": str(self.device), "pid": os.getpid(),
-                   "options": options})
+        self.send({"type": "hello", "model": self.bundle.describe(), "device": str(self.device), "pid": os.getpid()})
 
     def segmenter(self, mode: str) -> Segmenter:
         if mode not in self.segmenters:
@@ -89,15 +85,11 @@ class Worker:
         return self.segmenters[mode]
 
     def settings(self, job: dict[str, Any]) -> SegmentSettings:
-        opts = job["options"]
-        roi = RoiRequest.parse(opts["roi"], opts.get("roi_space", "ras"), opts.get("roi_mode", "grid")) \
-            if opts.get("roi") else None
-        return SegmentSettings(inputs=(job["input"],), out_dir=Path(job["out"]), model=self.model,
-                               device=str(self.device), formats=tuple(opts.get("formats", "nifti,seg.nrrd").split(",")),
-                               progress="none", overwrite=True, allow_non_ct=opts.get("allow_non_ct") == "true",
-                               mode=opts.get("mode", "fast"), roi=roi, series=opts.get("series") or None,
-                               region=opts.get("region") or None,
-                               prefetch=False)
+        """The job's stored options (core.request's job query) as the batch driver's settings."""
+        request = SegmentRequest.from_query(job["options"], inputs=(job["input"],), out_dir=Path(job["out"]),
+                                            model=self.model, device=str(self.device), progress="none",
+                                            overwrite=True, prefetch=False)
+        return SegmentSettings.of(request)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """One job -> its result message (done with the files, or failed with the one-line reason)."""
