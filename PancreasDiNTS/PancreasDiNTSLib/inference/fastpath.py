@@ -9,6 +9,7 @@ ROI mode is :mod:`.roi`, the automatic region :mod:`.region`, batch prefetching 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,20 @@ def choose_sw_batch_size(
 # ---------------------------------------------------------------------------------------------- wiring
 
 
+@dataclass(frozen=True)
+class WindowForward:
+    """How a Segmenter's network runs a batch of windows: what a pass of its own (the automatic region's)
+    calls, instead of reading the fast path's internals."""
+
+    predictor: Any  # (B, C, *roi) -> (B, classes, *roi) logits
+    batch: int  # windows per call
+    device: torch.device  # where the windows go
+    out_device: torch.device  # where the window sums are stitched
+    amp: bool
+    fixed_batch: bool  # every call must have ``batch`` windows (CUDA graph, compiled)
+    roi: tuple[int, ...]
+
+
 class FastInferer:
     """The fast sliding window for a Segmenter: FastDiNTS + :func:`sliding_window_exact_skip`.
 
@@ -162,6 +177,11 @@ class FastInferer:
         need = (channels + 1) * int(np.prod([max(s, r) for s, r in zip(spatial, self.roi, strict=True)])) * 4
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if need < free / 3 else torch.device("cpu")
+
+    def forward(self, spatial: Sequence[int]) -> WindowForward:
+        """This inferer's network as :class:`WindowForward`, stitching for an image of ``spatial`` size."""
+        return WindowForward(self.predictor, self.sw_batch_size, self.device, self.stitch_device(spatial), self.amp,
+                             self.fixed_batch, self.roi)
 
     def __call__(self, pre: Any, on_window: Callable[[int, int], None] | None = None,
                  region: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:

@@ -403,8 +403,7 @@ def _predict(prepared: Prepared, segmenter: Segmenter, roi: RoiRequest | None, s
     if roi is not None:
         stages.say("infer", 0.1, f"ROI {list(roi.box)} ({roi.space}, {roi.mode} mode)")
         with stages.timed("roi_infer"):
-            return Inverted(predict_roi(segmenter, image, roi.box, space=roi.space, mode=roi.mode,
-                                        fast=segmenter.fast))
+            return Inverted(predict_roi(segmenter, image, roi.box, space=roi.space, mode=roi.mode))
     pre = prepared.pre
     if pre is None:
         stages.say("preprocess", 0.05, "resampling to the model's grid")

@@ -279,13 +279,10 @@ class _Passes:
 
 
 def _passes(segmenter: Any, spatial: Sequence[int]) -> _Passes:
-    fast = segmenter.fast
-    roi = tuple(int(r) for r in segmenter.spec.roi_size)
-    if fast is not None:
-        return _Passes(fast.predictor, fast.sw_batch_size, fast.device, fast.stitch_device(spatial), fast.amp,
-                       fast.fixed_batch, roi)
-    dev = segmenter.device  # exact mode or an exported model: the network itself, MONAI's window sums
-    return _Passes(segmenter.network, segmenter.sw_batch_size, dev, dev, segmenter.amp, False, roi)
+    """The Segmenter's network as its passes call it (Segmenter.window_forward: the fast forward, or the network)."""
+    forward = segmenter.window_forward(spatial)
+    return _Passes(forward.predictor, forward.batch, forward.device, forward.out_device, forward.amp,
+                   forward.fixed_batch, forward.roi)
 
 
 def _whole_reason(segmenter: Any, run: RegionRun) -> str | None:
@@ -455,7 +452,7 @@ def _whole(segmenter: Any, pre: Any, run: RegionRun, why: str, progress: Callabl
     run.fallback = why
     logits = segmenter.infer(pre, progress)
     run.dense_windows = [run.full_windows]
-    stats = getattr(segmenter.fast, "stats", None)
+    stats = segmenter.window_stats
     computed = stats.computed + stats.distinct_constants if stats is not None else run.full_windows
     run.computed = computed + (before.computed + before.distinct_constants if before is not None else 0) \
         + run.confirm_windows
@@ -469,8 +466,7 @@ def _whole(segmenter: Any, pre: Any, run: RegionRun, why: str, progress: Callabl
 
 def _set_stats(segmenter: Any, stats: SlidingStats) -> None:
     """The Segmenter's report (``describe``) counts the windows of both passes."""
-    if segmenter.fast is not None:
-        segmenter.fast.stats = stats
+    segmenter.window_stats = stats
 
 
 def _as_meta(logits: torch.Tensor, pre: Any) -> Any:

@@ -98,6 +98,7 @@ def predict_roi(segmenter: Any, image: Any, box: Sequence[float], space: str = "
     ``mode="local"`` (time proportional to the box): the CT is cropped to the box plus ``margin_mm`` of
     context (at least one window wide) and the whole pipeline runs on the crop. The windows sit elsewhere than
     in the full run, so labels near uncertain boundaries can differ (how much depends on the model).
+    The grid windows run through ``Segmenter.infer_box`` (``fast``: another inferer instead, e.g. a test's).
     """
     ranges = box_to_voxels(box, np.asarray(image.affine), image.shape[1:], space)
     full_shape = image.shape[1:]
@@ -107,9 +108,6 @@ def predict_roi(segmenter: Any, image: Any, box: Sequence[float], space: str = "
         return paste_labels(labels, crop, ranges, full_shape)
     if mode != "grid":
         raise ValueError(f"ROI mode must be 'grid' or 'local', not {mode!r}")
-    if fast is None:
-        fast = FastInferer(segmenter.network, segmenter.spec.roi_size, segmenter.spec.overlap, segmenter.device,
-                           segmenter.amp, segmenter.sw_batch_size)
     pre = segmenter.preprocess(image)
     # the box's corners in the preprocessed grid (both affines map voxels to the same world space)
     src = np.asarray(image.affine, dtype=float)
@@ -119,6 +117,6 @@ def predict_roi(segmenter: Any, image: Any, box: Sequence[float], space: str = "
     pre_shape = pre.shape[1:]
     region = tuple((int(max(0, math.floor(ijk[:, a].min()) - 2)), int(min(pre_shape[a], math.ceil(ijk[:, a].max()) + 3)))
                    for a in range(3))
-    logits = fast(pre, region=region)
+    logits = fast(pre, region=region) if fast is not None else segmenter.infer_box(pre, region)
     labels = segmenter.postprocess(logits, pre)
     return paste_labels(labels, tuple(slice(0, s) for s in full_shape), ranges, full_shape)

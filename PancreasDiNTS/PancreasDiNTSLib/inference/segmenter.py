@@ -10,7 +10,7 @@ out-of-memory the sliding-window batch is halved, then stitching moves to the CP
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from PancreasDiNTSLib.core.errors import DeviceError
 from PancreasDiNTSLib.core.request import INFERENCE_MODES
 from PancreasDiNTSLib.inference.device import halve_on_oom, is_oom, resolve_device
-from PancreasDiNTSLib.inference.fastpath import FastInferer
+from PancreasDiNTSLib.inference.fastpath import FastInferer, WindowForward
 from PancreasDiNTSLib.inference.invert import (
     SLAB_THRESHOLD,
     can_invert_in_slabs,
@@ -28,6 +28,7 @@ from PancreasDiNTSLib.inference.invert import (
     invert_probabilities,
 )
 from PancreasDiNTSLib.inference.precision import resolve_precision
+from PancreasDiNTSLib.inference.windows import SlidingStats
 from PancreasDiNTSLib.model.bundle import Bundle
 from PancreasDiNTSLib.model.spec import InferenceSpec
 
@@ -145,6 +146,35 @@ class Segmenter:
                                     upsample="matmul" if mode == "fastmm" else "native", bf16=self.precision.bf16)
             self.sw_batch_size = self.fast.sw_batch_size
         self.timings: dict[str, float] = {}
+        self._box_inferer: FastInferer | None = None  # exact mode's windows for a --roi box (infer_box)
+
+    # -- the fast path's small interface (region.py and roi.py use only these)
+    def window_forward(self, spatial: Sequence[int]) -> WindowForward:
+        """The network as a pass of windows calls it: the fast forward when there is one, else the network."""
+        if self.fast is not None:
+            return self.fast.forward(spatial)
+        roi = tuple(int(r) for r in self.spec.roi_size)
+        return WindowForward(self.network, self.sw_batch_size, self.device, self.device, self.amp, False, roi)
+
+    @property
+    def window_stats(self) -> SlidingStats | None:
+        """What the fast sliding window counted in the last run (None without a fast path); ``describe`` reports it."""
+        return self.fast.stats if self.fast is not None else None
+
+    @window_stats.setter
+    def window_stats(self, stats: SlidingStats) -> None:
+        if self.fast is not None:
+            self.fast.stats = stats
+
+    def infer_box(self, pre: Any, region: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Logits of only the windows of the full run's grid that touch ``region`` (voxel ranges of ``pre``)."""
+        inferer = self.fast
+        if inferer is None:
+            if self._box_inferer is None:
+                self._box_inferer = FastInferer(self.network, self.spec.roi_size, self.spec.overlap, self.device,
+                                                self.amp, self.sw_batch_size)
+            inferer = self._box_inferer
+        return inferer(pre, region=region)
 
     def describe(self) -> dict[str, Any]:
         """How inference ran, for report.json."""
