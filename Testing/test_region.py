@@ -17,6 +17,7 @@ from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
 from PancreasDiNTSLib.core.request import Region, RoiRequest
 from PancreasDiNTSLib.inference import region as R
 from PancreasDiNTSLib.inference.batch import SegmentSettings
+from PancreasDiNTSLib.inference.fastpath import WindowForward
 from PancreasDiNTSLib.inference.windows import sliding_window_exact_skip, window_grid
 
 ROI = (16, 16, 16)
@@ -120,14 +121,21 @@ def _pointwise(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(x), 10.0 * (x - 0.5), torch.full_like(x, -30.0)], dim=1)
 
 
-def _segmenter(blend: str = "constant") -> SimpleNamespace:
+class _Stub(SimpleNamespace):
+    """The Segmenter interface the region uses (spec, infer, window_forward, window_stats), with no fast path."""
+
+    window_stats = property(lambda self: None, lambda self, stats: None)
+
+
+def _segmenter(blend: str = "constant", network=_pointwise) -> SimpleNamespace:
     spec = SimpleNamespace(roi_size=ROI, overlap=0.5, blend_mode=blend)
+    cpu = torch.device("cpu")
 
     def infer(pre, on_window=None):
-        return sliding_window_exact_skip(pre.unsqueeze(0), _pointwise, ROI, 4, 0.5, progress=on_window)
+        return sliding_window_exact_skip(pre.unsqueeze(0), network, ROI, 4, 0.5, progress=on_window)
 
-    return SimpleNamespace(spec=spec, fast=None, device=torch.device("cpu"), network=_pointwise, sw_batch_size=4,
-                           amp=False, infer=infer)
+    return _Stub(spec=spec, device=cpu, infer=infer,
+                 window_forward=lambda spatial: WindowForward(network, 4, cpu, cpu, False, False, ROI))
 
 
 def _pre(image: np.ndarray) -> MetaTensor:
@@ -270,9 +278,7 @@ def _edgy(x: torch.Tensor) -> torch.Tensor:
 def test_confirmation_drops_edge_artefacts_and_keeps_the_full_runs_labels():
     img = np.random.default_rng(2).uniform(0.0, 0.1, (96, 64, 48)).astype(np.float32)
     img[40:48, 30:36, 20:26] = 1.0
-    seg, pre = _segmenter(), _pre(img)
-    seg.network = _edgy
-    seg.infer = lambda p, on_window=None: sliding_window_exact_skip(p.unsqueeze(0), _edgy, ROI, 4, 0.5)
+    seg, pre = _segmenter(network=_edgy), _pre(img)
     logits, run = R.infer_auto(seg, pre)  # confirmation is on by default
     assert run.found > run.confirmed >= 1 and 0 < run.confirm_windows <= run.found
     parts = run.describe()["coarse_parts"]
