@@ -457,3 +457,26 @@ def test_labelmap_seg_holds_the_label_values_on_every_ct_image(axial, tmp_path):
         image = pydicom.dcmread(str(images[uid]), stop_before_pixels=True)
         assert not labels_on_image(labels, case.affine_ras, image).any()
     assert len(shown) == 12 and set(np.unique(frames)) == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_a_deidentified_series_gets_pdf_key_images_and_fhir_in_the_seg_study(tmp_path, vol):
+    """UIDs emptied and patient/study attributes removed: the new objects share the study UID the SEG derives
+    (the same on every run), reference the images by their file-meta UIDs, and the FHIR Bundle names that study."""
+    import pydicom
+    from test_dicom_sr_rtstruct import deidentify
+
+    write_series(tmp_path / "anon", vol, axial_planes(vol, np.arange(16) * 3.0), edit=deidentify)
+    case, _ = write_case(tmp_path / "anon", tmp_path / "out")
+    seg = strict_read(tmp_path / "out" / "segmentation.dcm")
+    pdf, key = strict_read(tmp_path / "out" / "report-pdf.dcm"), strict_read(tmp_path / "out" / "key-images.dcm")
+    assert seg.StudyInstanceUID.startswith("2.25.") and pdf.StudyInstanceUID == key.StudyInstanceUID == seg.StudyInstanceUID
+    meta = {str(pydicom.dcmread(str(f), stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+            for f in case.dicom_files}
+    assert {str(i.ReferencedSOPInstanceUID) for i in pdf.SourceInstanceSequence} == meta
+    assert {str(i.ReferencedSOPInstanceUID) for i in key.SourceImageSequence} <= meta
+    bundle = json.loads((tmp_path / "out" / "fhir-bundle.json").read_text())
+    assert bundle["entry"][0]["resource"]["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{seg.StudyInstanceUID}"
+    patient_id = str(pydicom.dcmread(str(case.dicom_files[0]), stop_before_pixels=True).get("PatientID", ""))
+    assert pdf.PatientName == "" and pdf.PatientID == patient_id
+    assert bundle["entry"][0]["resource"].get("subject") == ({"identifier": {"value": patient_id}} if patient_id else None)
