@@ -68,3 +68,26 @@ def test_halving_then_last_resort_then_the_error() -> None:
     with pytest.raises(RuntimeError, match="shape mismatch"):
         device.halve_on_oom(other, 4)
     assert device.is_oom(RuntimeError("CUDA error: out of memory")) and not device.is_oom(ValueError("x"))
+
+
+def test_mps_where_torch_reports_it_with_the_cpu_fallback_recorded(monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="--device mps: PyTorch .* reports no MPS.*use --device cpu"):
+        device.resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.delenv("PYTORCH_ENABLE_MPS_FALLBACK", raising=False)
+    monkeypatch.setattr(device.warnings, "showwarning", device.warnings.showwarning)  # restored after the test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.resolve_device("auto") == torch.device("cpu")  # auto never picks the untested MPS
+    assert device.resolve_device(" MPS ") == torch.device("mps")
+    import os
+    import warnings
+
+    assert os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] == "1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("The operator 'aten::upsample_trilinear3d.out' is not currently supported on the MPS "
+                      "backend and will fall back to run on the CPU. This may have performance implications.",
+                      UserWarning, stacklevel=1)
+    assert "aten::upsample_trilinear3d.out" in device.MPS_CPU_FALLBACKS
+    device.MPS_CPU_FALLBACKS.discard("aten::upsample_trilinear3d.out")

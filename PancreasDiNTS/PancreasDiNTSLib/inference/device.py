@@ -1,7 +1,10 @@
 """The one home for device choice and the out-of-memory back-off (inference, training, segment under torchrun).
 
-``resolve_device`` turns ``auto``/``cpu``/``cuda``/``cuda:N`` into a usable ``torch.device`` or a DeviceError that
-says why not; under torchrun (several processes) ``cuda`` means ``cuda:LOCAL_RANK``. ``halve_on_oom`` is the one
+``resolve_device`` turns ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a usable ``torch.device`` or a DeviceError
+that says why not; under torchrun (several processes) ``cuda`` means ``cuda:LOCAL_RANK``. ``mps`` (Apple silicon,
+where torch reports MPS; untested on this project's machines) runs with PyTorch's CPU fallback for the operations
+MPS lacks (``PYTORCH_ENABLE_MPS_FALLBACK=1`` unless set), and :data:`MPS_CPU_FALLBACKS` collects which ones fell
+back (from PyTorch's warnings) for the report; ``auto`` never picks MPS. ``halve_on_oom`` is the one
 back-off loop: on a (CUDA) out-of-memory error it empties the cache and retries with half the batch, down to one,
 then gives the caller one last resort (e.g. stitching on the CPU) before the error goes on.
 """
@@ -9,8 +12,10 @@ then gives the caller one last resort (e.g. stitching on the CPU) before the err
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 import torch
 
@@ -18,6 +23,8 @@ from PancreasDiNTSLib.core.errors import DeviceError
 
 T = TypeVar("T")
 TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+MPS_CPU_FALLBACKS: set[str] = set()  # operators PyTorch ran on the CPU instead of MPS in this process
+_FALLBACK_WARNING = re.compile(r"operator '([\w:.]+)' is not currently supported on the MPS backend")
 
 
 def env_int(name: str, default: int) -> int:
@@ -50,8 +57,10 @@ def resolve_device(requested: str | torch.device | None, local_rank: int = 0, wo
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":
+        return _mps()
     if not name.startswith("cuda"):
-        raise DeviceError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
+        raise DeviceError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps")
     if not torch.cuda.is_available():
         raise DeviceError(f"--device {name}: no CUDA GPU is available to PyTorch here "
                           f"(torch {torch.__version__}); use --device cpu")
@@ -64,6 +73,28 @@ def resolve_device(requested: str | torch.device | None, local_rank: int = 0, wo
                 f"use torchrun --nproc_per_node={count} (one process per GPU) or --device cpu")
         raise DeviceError(f"--device {name}: only {count} GPU(s) visible (cuda:0..cuda:{count - 1})")
     return torch.device("cuda", index)
+
+
+def _mps() -> torch.device:
+    """Apple's MPS where torch reports it, with the per-operation CPU fallback on and recorded."""
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        raise DeviceError(f"--device mps: PyTorch {torch.__version__} reports no MPS device here (Apple silicon, "
+                          "macOS 12.3 or later, an MPS-enabled torch); use --device cpu")
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    if not getattr(warnings.showwarning, "_pancreas_mps", False):
+        shown = warnings.showwarning
+
+        def record(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: TextIO | None = None, line: str | None = None) -> None:
+            found = _FALLBACK_WARNING.search(str(message))
+            if found:
+                MPS_CPU_FALLBACKS.add(found.group(1))
+            shown(message, category, filename, lineno, file, line)
+
+        record._pancreas_mps = True  # type: ignore[attr-defined]
+        warnings.showwarning = record
+    return torch.device("mps")
 
 
 def device_for_rank(requested: str | torch.device | None = None) -> torch.device:

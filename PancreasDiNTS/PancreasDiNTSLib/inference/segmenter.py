@@ -19,7 +19,7 @@ import torch
 
 from PancreasDiNTSLib.core.errors import DeviceError
 from PancreasDiNTSLib.core.request import INFERENCE_MODES
-from PancreasDiNTSLib.inference.device import halve_on_oom, is_oom, resolve_device
+from PancreasDiNTSLib.inference.device import MPS_CPU_FALLBACKS, halve_on_oom, is_oom, resolve_device
 from PancreasDiNTSLib.inference.fastpath import FastInferer, WindowForward
 from PancreasDiNTSLib.inference.invert import (
     SLAB_THRESHOLD,
@@ -182,6 +182,8 @@ class Segmenter:
                                "sw_batch_size": self.sw_batch_size, "precision": self.precision.describe()}
         if self.fast is not None:
             out.update(engine=self.fast.engine, windows=dict(vars(self.fast.stats)))
+        if self.device.type == "mps":  # what ran where: every operator not named here ran on MPS
+            out["mps_cpu_fallback_ops"] = sorted(MPS_CPU_FALLBACKS)
         return out
 
     def preprocess(self, image: Any) -> Any:
