@@ -193,8 +193,9 @@ def test_outside_the_region_background_and_coarse_confidence():
 
 
 def test_nothing_found_falls_back_to_the_whole_volume():
-    seg, pre = _segmenter(), _pre(np.full((96, 64, 48), 0.2, dtype=np.float32))
-    pre[0, 3, 3, 3] = 0.3  # not constant everywhere; P(pancreas) at most 0.12
+    # texture without any constant window (a constant volume is so cheap for the whole run that auto does not
+    # even start: test_issue31_finding10_...); P(pancreas) at most 0.12 everywhere
+    seg, pre = _segmenter(), _pre(np.random.default_rng(1).uniform(0.15, 0.3, (96, 64, 48)).astype(np.float32))
     logits, run = R.infer_auto(seg, pre, settings=R.RegionSettings(threshold=0.5))
     assert "found no pancreas" in (run.fallback or "") and run.dense_windows == [run.full_windows]
     assert torch.equal(torch.as_tensor(logits), torch.as_tensor(seg.infer(pre)))
@@ -299,3 +300,29 @@ def test_one_confirmation_window_checks_the_parts_inside_it():
     assert keep.tolist() == [False, False, False, False, True]  # the 60-voxel part is larger than half a window
     assert [parts for _, parts in checks] == [[1, 2], [3]]
     assert checks[1][0] == (slice(59, 123), slice(0, 64), slice(0, 48))  # centred, moved inside the image
+
+
+def _air_with_body(body: int, shape=(96, 64, 48)) -> np.ndarray:
+    """Air (one constant value) with a body of ``body``^3 voxels of texture at the centre, a small certain part in
+    its middle: most windows of the full run are constant (cheap), those of the coarse pass straddle the body."""
+    img = np.zeros(shape, np.float32)
+    img[tuple(slice(s // 2 - body // 2, s // 2 + body // 2) for s in shape)] = \
+        np.random.default_rng(0).uniform(0.0, 0.1, (body,) * 3)
+    img[tuple(slice(s // 2 - 2, s // 2 + 2) for s in shape)] = 1.0
+    return img
+
+
+def test_issue31_finding10_auto_never_costs_more_network_windows_than_whole():
+    """A CT that is mostly air: before any network window, auto sees that it cannot save (the whole run computes
+    each constant window once) and runs the whole volume; with more body it runs and costs less."""
+    seg = _segmenter()
+    settings = R.RegionSettings(threshold=0.5, margin_mm=2.0)
+    pre = _pre(_air_with_body(8))
+    logits, run = R.infer_auto(seg, pre, settings=settings)
+    assert "mostly air" in (run.fallback or "") and run.coarse_windows == 0  # no coarse window was spent
+    assert run.computed == run.full_computed == 28  # exactly the whole run's cost (was 34: 1.21x)
+    assert np.array_equal(np.asarray(logits[0].argmax(0)), _full_labels(seg, pre))
+    pre = _pre(_air_with_body(20))
+    logits, run = R.infer_auto(seg, pre, settings=settings)
+    assert run.fallback is None and run.computed < run.full_computed / 2  # 42 of 126
+    assert np.array_equal(np.asarray(logits[0].argmax(0)), _full_labels(seg, pre))

@@ -34,9 +34,12 @@ Windows of one value (air or fat clipped by the intensity window) cost no networ
 its window-edge artefacts are not a finding), and the dense pass runs all of them, so the exact region holds all
 the volume that such windows alone cover.
 
-The whole volume runs instead, with a note in report.json, when the coarse pass finds nothing, when the volume is
-so small that the full run has fewer than :data:`MIN_SAVING` times the coarse pass's windows, and when the model
-does not blend windows with constant weights (the window sums above need MONAI's ``constant`` blend).
+The whole volume runs instead, with a note in report.json, when the coarse pass finds nothing, when the model
+does not blend windows with constant weights (the window sums above need MONAI's ``constant`` blend), and --
+decided before any network window, so that ``auto`` never costs more than the whole run it replaces -- when the
+full run's network windows (constant windows once per value: air is cheap) are fewer than :data:`MIN_SAVING`
+times the coarse pass's, or fewer than the coarse pass plus the dense windows around a region half a window in
+size (a small volume, or one that is mostly air).
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class RegionRun:
     dense_windows: list[int] = field(default_factory=list)  # windows run per dense round (round 0 first)
     computed: int = 0  # windows through the network in all passes (constant windows once per value)
     full_computed: int = 0  # the same for the whole-volume run (its non-constant windows + distinct values)
+    coarse_computed: int = 0  # the same for the coarse pass
     regions: list[dict[str, Any]] = field(default_factory=list)
     region_count: int = 0
     exact_fraction: float = 0.0  # share of the image's voxels with the full run's logits
@@ -289,9 +293,29 @@ def _whole_reason(segmenter: Any, run: RegionRun) -> str | None:
     if segmenter.spec.blend_mode != "constant":
         return (f"the model blends windows with {segmenter.spec.blend_mode!r} weights (the automatic region needs "
                 "'constant'); the whole volume was segmented")
-    if run.full_windows < run.settings.min_saving * run.coarse_windows:
-        return (f"small volume: the whole run ({run.full_windows} windows) costs about as much as the coarse pass "
-                f"({run.coarse_windows}); the whole volume was segmented")
+    return None
+
+
+def _computed(grid: WindowGrid, constant: dict[int, tuple[float, ...]]) -> int:
+    """Network windows a pass over every window of ``grid`` costs: constant windows once per value."""
+    return len(grid.windows) - len(constant) + len(set(constant.values()))
+
+
+def _least_dense(grid: WindowGrid, constant: dict[int, Any], spacing: Sequence[float], margin_mm: float) -> int:
+    """About the fewest network windows a dense pass costs: those around a region half a window in size (dilated
+    by the margin) at the image's centre, constant windows aside."""
+    size, half = grid.image_size, [max(1, r // 2) for r in grid.roi]
+    mask = np.zeros(size, dtype=bool)
+    mask[tuple(slice(max(0, (n - h) // 2), max(0, (n - h) // 2) + h) for n, h in zip(size, half, strict=True))] = True
+    return len(set(windows_touching(dilate(mask, spacing, margin_mm), grid)) - set(constant))
+
+
+def _cost_reason(run: RegionRun, least: int) -> str | None:
+    """Why the automatic region cannot save windows here (decided before any network window), or None."""
+    if run.full_computed < run.settings.min_saving * run.coarse_computed or least >= run.full_computed:
+        return (f"small volume (or mostly air): the automatic region would cost at least {least} network windows "
+                f"(coarse pass {run.coarse_computed}), the whole run {run.full_computed}; the whole volume was "
+                "segmented")
     return None
 
 
@@ -324,10 +348,15 @@ def infer_auto(segmenter: Any, pre: Any, progress: ProgressFn | None = None,
         return _whole(segmenter, pre, run, why, report("whole"))
     passes = _passes(segmenter, spatial)
     x = pre.unsqueeze(0).to(passes.device)
+    constant, coarse_constant = constant_windows(x, full), constant_windows(x, coarse_grid)
+    run.full_computed, run.coarse_computed = _computed(full, constant), _computed(coarse_grid, coarse_constant)
+    why = _cost_reason(run, run.coarse_computed + _least_dense(full, constant, spacing_of(pre.affine),
+                                                                settings.margin_mm))
+    if why is not None:  # before any network window: auto never costs more than the whole run it replaces
+        run.coarse_windows = 0
+        return _whole(segmenter, pre, run, why, report("whole"))
     coarse = finish_sums(passes.run(x, 0.0, None, None, report("coarse")), coarse_grid)
-    mask = coarse_foreground(coarse, settings.threshold) & informative(coarse_grid, constant_windows(x, coarse_grid))
-    constant = constant_windows(x, full)
-    run.full_computed = len(full.windows) - len(constant) + len(set(constant.values()))
+    mask = coarse_foreground(coarse, settings.threshold) & informative(coarse_grid, coarse_constant)
     if settings.confirm:
         mask = _confirmed(passes, x, mask, run)
     if not mask.any():
@@ -453,7 +482,8 @@ def _whole(segmenter: Any, pre: Any, run: RegionRun, why: str, progress: Callabl
     logits = segmenter.infer(pre, progress)
     run.dense_windows = [run.full_windows]
     stats = segmenter.window_stats
-    computed = stats.computed + stats.distinct_constants if stats is not None else run.full_windows
+    computed = stats.computed + stats.distinct_constants if stats is not None else (run.full_computed or
+                                                                                     run.full_windows)
     run.computed = computed + (before.computed + before.distinct_constants if before is not None else 0) \
         + run.confirm_windows
     run.full_computed = run.full_computed or computed
