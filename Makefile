@@ -10,13 +10,20 @@ DEMO_OUT ?= demo-output
 
 .PHONY: setup demo test test-fast lint clean
 
+# Bytecode: pip writes none at install (--no-compile: most of torch, sympy, MONAI, vtk is never imported, and
+# compiling all of it took about two thirds of each install); Python writes it for the modules that are imported,
+# once, so PYTHONDONTWRITEBYTECODE is not passed on to the recipes (without bytecode every engine subprocess of the
+# tests would compile torch again: about 35 s each on the loaded 2-core machine). The venv's own pip (23.2 with
+# Python 3.11) installs this pyproject editable, so it is not upgraded first.
+unexport PYTHONDONTWRITEBYTECODE
+PIP_INSTALL = $(PY) -m pip install --quiet --no-compile
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 
 setup: $(PY)
-	@$(PY) -c "import torch" 2>/dev/null && echo "using the installed torch" || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,slicer,review]"
+	@$(PY) -c "import torch" 2>/dev/null && echo "using the installed torch" || $(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e ".[test,slicer,review]"
 
 demo: setup
 	$(VENV)/bin/pancreas-dints demo -o $(DEMO_OUT)

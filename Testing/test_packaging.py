@@ -85,8 +85,8 @@ def test_wheel_alone_in_a_fresh_environment(built_wheel: Path, tmp_path: Path) -
     `train` extra stops with one line."""
     import venv
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PANCREAS_DINTS_DEMO_MODEL", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {k: v for k, v in os.environ.items()  # bytecode written on first import (installed --no-compile below)
+           if k not in ("PYTHONPATH", "PANCREAS_DINTS_DEMO_MODEL", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")}
     env["PANCREAS_DINTS_HOME"] = str(tmp_path / "home")
     root = tmp_path / "venv"
     venv.create(root, with_pip=True, system_site_packages=False)
