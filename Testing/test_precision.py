@@ -139,3 +139,41 @@ def test_bf16_windows_sum_in_fp32(tiny_net) -> None:
     assert float((out - ref).abs().mean()) < 0.01 * float(ref.abs().max())
     with pytest.raises(ValueError, match="bf16 runs on the CPU"):
         FastInferer(tiny_net, (32, 32, 32), 0.5, "cpu", False, 2, engine="compile", bf16=True)
+
+
+@pytest.mark.slow
+def test_segment_default_is_bf16_on_bf16_hardware_and_agrees_with_fp32_exact(tmp_path, monkeypatch) -> None:
+    """`segment` (the request's default precision auto) on the demo phantom: with bf16 hardware (detection forced
+    on, so the test means the same on any CPU) report.json says bf16 and the labels are >= 99.9 % those of the
+    fp32 exact run; without it (forced off) auto runs fp32 and the labels equal the exact run's."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+    from PancreasDiNTSLib.cli import main
+    from PancreasDiNTSLib.core.paths import DEMO_DEFAULT_SEED, PACKAGED_DEMO_MODEL
+    from PancreasDiNTSLib.synthetic.demo import PHANTOM_SIZE, PHANTOM_SLICE_MM
+    from PancreasDiNTSLib.synthetic.phantom import make_phantom
+
+    hu, _, affine = make_phantom(DEMO_DEFAULT_SEED, size=PHANTOM_SIZE, tumour=True, slice_mm=PHANTOM_SLICE_MM)
+    ct = tmp_path / "ph.nii.gz"
+    nib.save(nib.Nifti1Image(np.rint(hu).astype(np.int16), affine), ct)
+    common = ["segment", str(ct), "--model", str(PACKAGED_DEMO_MODEL), "--device", "cpu", "--format", "nifti",
+              "--progress", "none"]
+    runs = {"exact": ["--mode", "exact", "--precision", "fp32", "--region", "whole"], "hw": [], "no-hw": []}
+    labels, used = {}, {}
+    for name, extra in runs.items():
+        monkeypatch.setenv(prec.OVERRIDE_ENV, "0" if name == "no-hw" else "1")
+        assert main([*common, "-o", str(tmp_path / name), *extra]) == 0
+        labels[name] = np.asarray(nib.load(tmp_path / name / "ph" / "labels.nii.gz").dataobj)
+        used[name] = json.loads((tmp_path / name / "ph" / "report.json").read_text())["inference"]["precision"]
+    assert used["exact"]["used"] == "fp32" and used["no-hw"]["used"] == "fp32" and used["hw"]["used"] == "bf16"
+    assert used["hw"]["requested"] == "auto" and prec.OVERRIDE_ENV in used["hw"]["reason"]
+    assert (labels["exact"] == 1).sum() > 500 and (labels["exact"] == 2).sum() > 50
+    assert np.array_equal(labels["no-hw"], labels["exact"])
+    assert float((labels["hw"] == labels["exact"]).mean()) >= 0.999
+    with pytest.raises(SystemExit) as refused:  # argparse-level: no such precision
+        main([*common, "-o", str(tmp_path / "bad"), "--precision", "fp16"])
+    assert refused.value.code == 2
+    assert main([*common, "-o", str(tmp_path / "bad"), "--precision", "bf16", "--mode", "exact"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -51,6 +51,8 @@ REQUESTS = [
                      server="https://h:1", token_file="t"),
     R.SegmentRequest(("a.nii.gz",), Path("out"), mode="exact", region=R.Region("whole")),
     R.SegmentRequest(("a.nii.gz",), Path("out"), region=R.Region("auto")),
+    R.SegmentRequest(("a.nii.gz",), Path("out"), precision="bf16"),
+    R.SegmentRequest(("a.nii.gz",), Path("out"), mode="exact", precision="fp32"),
 ]
 
 
@@ -83,6 +85,8 @@ def test_defaults_are_left_out_of_the_command_line():
     ({"roi": "0,0,0,1,1"}, "--roi 0,0,0,1,1: give six finite numbers"),
     ({"roi": "0,0,0,1,0,1"}, "zero size along Y"),
     ({"formats": "nifti,png"}, "--format png: unknown output format"),
+    ({"precision": "fp16"}, "--precision fp16: choose one of auto, fp32, bf16"),
+    ({"precision": "bf16", "mode": "exact"}, "--precision bf16 with --mode exact"),
 ])
 def test_validate_gives_the_one_line_errors(flags, message):
     with pytest.raises(UsageError, match=re.escape(message)):
@@ -115,6 +119,11 @@ def test_parameter_node_values_are_keys_and_old_scenes_still_read(tmp_path):
            "computeConfidence": True}
     request_ = R.from_parameters(old, ("in.nrrd",), tmp_path, "m")
     assert request_.region == R.Region("whole") and request_.mode == "exact" and request_.allow_non_ct
+    assert request_.precision == "auto"  # a scene saved before the panel had a precision: the default
+    old["precision"] = "auto"
+    assert R.from_parameters({"precision": "fp32"}, ("in.nrrd",), tmp_path, "m").precision == "fp32"
+    with pytest.raises(UsageError, match="--precision fp16"):
+        R.from_parameters({"precision": "fp16"}, ("in.nrrd",), tmp_path, "m")
     assert request_.formats == ("seg.nrrd", "confidence") and request_.progress == "json" and request_.overwrite
     assert request_.to_parameters() == old | {"region": "whole"}
     box = R.from_parameters({"region": "ROI node", "roiMode": "local"}, ("in.nrrd",), tmp_path, "m",

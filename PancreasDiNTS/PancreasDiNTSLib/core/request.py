@@ -34,6 +34,7 @@ from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 INFERENCE_MODES = ("fast", "exact", "fastmm")  # how the network runs (inference.segmenter)
 ENGINES = ("eager", "cuda-graph", "compile")  # how the fast modes run it (inference.fastpath)
+PRECISIONS = ("auto", "fp32", "bf16")  # the network's number format (inference.precision decides what auto means)
 PRECISIONS = ("auto", "fp32", "bf16")  # the fast forward's number format (inference/precision.py decides auto)
 REGION_MODES = ("auto", "whole")  # --region (a --roi box is the third way)
 ROI_SPACES = ("ras", "voxel")
@@ -232,6 +233,11 @@ OPTIONS: tuple[Option, ...] = (
            job=True),
     Option("engine", ("--engine",), "how the fast modes run the network (cuda-graph needs a GPU)", default="eager",
            choices=ENGINES),
+    Option("precision", ("--precision",), "the network's number format. auto (default): bf16 on a CPU whose "
+           "hardware has bf16 instructions (avx512_bf16 or amx_bf16 in the CPU flags; labels >= 99.9 % equal to "
+           "fp32, docs/PERFORMANCE.md), fp32 on other CPUs and with --mode exact, the bundle's AMP on a GPU; fp32: "
+           "float32 everywhere; bf16: the fast modes on a CPU in bf16 even without the hardware (slower)",
+           default="auto", choices=PRECISIONS, job=True),
     Option("roi", ("--roi",), "segment only inside this box (corners; labels outside are 0): for CPU-only machines",
            metavar="X0,Y0,Z0,X1,Y1,Z1", field="region", job=True),
     Option("roi_space", ("--roi-space",), "coordinates of --roi: RAS millimetres (a Slicer ROI's bounds) or voxel "
@@ -284,6 +290,7 @@ class SegmentRequest:
     sw_batch_size: int | None = None  # windows per network call; None: the bundle's (GPU: sized by memory)
     mode: str = "fast"  # INFERENCE_MODES
     engine: str = "eager"  # ENGINES
+    precision: str = "auto"  # PRECISIONS
     region: Region = field(default_factory=Region)
     series: str | None = None  # only this series of each DICOM folder (UID or io.dicom selector)
     prefetch: bool = True
@@ -302,11 +309,14 @@ class SegmentRequest:
         """UsageError (exit 2) with the one line users see, for a value no option allows."""
         if self.sw_batch_size is not None and (not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1):
             raise UsageError(f"--sw-batch-size {self.sw_batch_size}: give a whole number of windows, 1 or more")
-        for name in ("mode", "engine", "progress", "seg_type"):
+        for name in ("mode", "engine", "progress", "seg_type", "precision"):
             option = OPTION[name]
             if getattr(self, name) not in (option.choices or ()):
                 raise UsageError(f"{option.flags[-1]} {printable(str(getattr(self, name)))}: choose one of "
                                  f"{', '.join(option.choices or ())}")
+        if self.precision == "bf16" and self.mode == "exact":
+            raise UsageError("--precision bf16 with --mode exact: the exact mode computes as the bundle (fp32); "
+                             "use --mode fast for bf16")
         if self.seg_type != "binary" and self.server:
             raise UsageError("--seg-type labelmap is not passed to a server; run the case locally for a LABELMAP SEG")
         if not isinstance(self.region, Region):
@@ -348,7 +358,8 @@ class SegmentRequest:
         query = {"formats": flags["formats"], "mode": self.mode, "allow_non_ct": "true" if self.allow_non_ct else "false"}
         if self.region.box is not None:
             query |= {k: str(flags[k]) for k in ("roi", "roi_space", "roi_mode")}
-        return query | {k: str(flags[k]) for k in ("series", "region") if flags[k]}
+        return query | {k: str(flags[k]) for k in ("series", "region") if flags[k]} | \
+            ({"precision": self.precision} if self.precision != "auto" else {})
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], **fixed: Any) -> SegmentRequest:
@@ -370,7 +381,8 @@ class SegmentRequest:
         """The Slicer module's parameter-node values of this request (region key, ROI mode, mode, device...)."""
         region = self.region.kind or "auto"
         return {"region": region, "roiMode": self.region.box.mode if self.region.box else "grid", "mode": self.mode,
-                "device": self.device, "allowNonCT": self.allow_non_ct, "computeConfidence": "confidence" in self.formats}
+                "device": self.device, "allowNonCT": self.allow_non_ct, "computeConfidence": "confidence" in self.formats,
+                "precision": self.precision}
 
 
 def panel_region(stored: str) -> str:
@@ -401,13 +413,14 @@ def from_parameters(values: Mapping[str, Any], inputs: tuple[str, ...], out_dir:
     extra = ("confidence",) if values.get("computeConfidence", True) and key != "box" else ()
     return SegmentRequest(tuple(inputs), Path(out_dir), model, device=str(values.get("device", "auto")),
                           formats=tuple(f for f in formats if f != "confidence") + extra, progress="json",
-                          overwrite=True, allow_non_ct=bool(values.get("allowNonCT", False)), mode=mode, region=region)
+                          overwrite=True, allow_non_ct=bool(values.get("allowNonCT", False)), mode=mode, region=region,
+                          precision=str(values.get("precision", "auto")))
 
 
 def job_choices() -> dict[str, list[str]]:
     """The allowed values of a server job's options (the server's /v1/model "options")."""
     return {"formats": list(FORMATS), "modes": list(INFERENCE_MODES), "roi_spaces": list(ROI_SPACES),
-            "roi_modes": list(ROI_MODES), "regions": list(REGION_MODES)}
+            "roi_modes": list(ROI_MODES), "regions": list(REGION_MODES), "precisions": list(PRECISIONS)}
 
 
 def request_fields() -> tuple[str, ...]:

@@ -393,7 +393,7 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
     t_model = time.perf_counter()
     if segmenter is None and cases and remote is None:
         segmenter = Segmenter(bundle, dev, sw_batch_size=settings.sw_batch_size, mode=settings.mode,
-                              engine=settings.engine)
+                              engine=settings.engine, precision=settings.precision)
     batch = _Batch(settings, segmenter, reporter, time.perf_counter() - t_model)
     batch.remote = remote
     batch.results.extend(failures)

@@ -69,8 +69,8 @@ class Worker:
         self.device = resolve_device(device)
         self.model = model
         self.proto = proto
-        self.segmenters: dict[str, Segmenter] = {}
-        self.segmenter("fast")  # built before the hello: the first job does not pay for it
+        self.segmenters: dict[tuple[str, str], Segmenter] = {}
+        self.segmenter("fast", "auto")  # built before the hello: the first job does not pay for it
 
     def send(self, message: dict[str, Any]) -> None:
         self.proto.write(json.dumps(message) + "\n")
@@ -79,10 +79,10 @@ class Worker:
     def hello(self) -> None:
         self.send({"type": "hello", "model": self.bundle.describe(), "device": str(self.device), "pid": os.getpid()})
 
-    def segmenter(self, mode: str) -> Segmenter:
-        if mode not in self.segmenters:
-            self.segmenters[mode] = Segmenter(self.bundle, self.device, mode=mode)
-        return self.segmenters[mode]
+    def segmenter(self, mode: str, precision: str) -> Segmenter:
+        if (mode, precision) not in self.segmenters:
+            self.segmenters[mode, precision] = Segmenter(self.bundle, self.device, mode=mode, precision=precision)
+        return self.segmenters[mode, precision]
 
     def settings(self, job: dict[str, Any]) -> SegmentSettings:
         """The job's stored options (core.request's job query) as the batch driver's settings."""
@@ -109,7 +109,7 @@ class Worker:
             if count != 1:  # before any inference: a zip of two series is never segmented twice, then failed
                 return _failed(job, f"{INPUT_PLACEHOLDER}: the upload holds {count} series; send one series, or "
                                     "choose one with series=")
-            summary = run_segment(settings, on_event, self.segmenter(settings.mode))
+            summary = run_segment(settings, on_event, self.segmenter(settings.mode, settings.precision))
         except PancreasDiNTSError as exc:
             return _failed(job, str(exc))
         if len(summary.results) != 1:
