@@ -12,10 +12,10 @@ import numpy as np
 import pydicom
 import pytest
 from PancreasDiNTSLib.core.errors import UsageError
+from PancreasDiNTSLib.io.dicomweb import auth_headers, valid_uid
 from PancreasDiNTSLib.server.dicom_node.config import Rules, load_node_config, node_config
 from PancreasDiNTSLib.server.dicom_node.selection import choose_series, series_facts, skip_reason
-from PancreasDiNTSLib.server.dicom_node.sender import auth_headers
-from PancreasDiNTSLib.server.dicom_node.spool import NodeStore, valid_uid
+from PancreasDiNTSLib.server.dicom_node.spool import NodeStore
 from PancreasDiNTSLib.server.dicom_node.stow import split_parts
 
 
@@ -169,3 +169,55 @@ def test_jobs_lists_the_studies_their_decisions_and_sends(tmp_path, capsys):
     detail = capsys.readouterr().out
     assert "send pacs 1.2.9: refused after 1 attempt(s), 0xA900" in detail and "source: stow" in detail
     assert main(["jobs", "--data", str(tmp_path), "--study", "%"]) == 2
+
+
+def ct_instance(study: str = "1.2.3", sop: str = "1.2.3.4.5"):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    ds = header("1.2.3.7", 3, 0.0)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID = CTImageStorage, sop, study
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored = 1, "MONOCHROME2", 16, 16
+    ds.HighBit, ds.PixelRepresentation, ds.Rows, ds.Columns = 15, 1, 4, 4
+    ds.PixelData = np.arange(16, dtype=np.int16).tobytes()
+    return ds
+
+
+def test_scp_refuses_unknown_aes_and_a_full_disk_and_answers_after_the_spool_holds_it(tmp_path):
+    """The real pynetdicom SCP (in this process) and SCU: association-time refusals, C-ECHO, C-STORE."""
+    from PancreasDiNTSLib.server.dicom_node.scp import StorageSCP
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    store, logs, floor = NodeStore(tmp_path), [], {"why": None}
+    scp = StorageSCP(node_config({"port": 0, "allowed_aes": ["MODALITY"]}), store, lambda: floor["why"], logs.append)
+    _, port = scp.start()
+    try:
+        def associate(calling: str):
+            ae = AE(ae_title=calling)
+            ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+            ae.add_requested_context("1.2.840.10008.1.1")
+            return ae.associate("127.0.0.1", port, ae_title="PANCREAS_DINTS")
+
+        assert associate("INTRUDER").is_rejected
+        assert "association from 'INTRUDER'" in logs[-1] and "not in the allowed list" in logs[-1]
+        floor["why"] = "free disk space 10 MiB is below the floor of 1024 MiB (--min-free-mb)"
+        assert associate("MODALITY").is_rejected and logs[-1].endswith(floor["why"])
+        floor["why"] = None
+        assoc = associate("MODALITY")
+        assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
+        assert int(assoc.send_c_store(ct_instance()).Status) == 0
+        assert int(assoc.send_c_store(ct_instance()).Status) == 0  # sent again: acknowledged, stored once
+        with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+            bad = ct_instance(study="1.2.abc", sop="1.2.3.4.6")
+        assert int(assoc.send_c_store(bad).Status) == 0xC000  # a study UID that is not a UID: refused
+        assoc.release()
+    finally:
+        scp.stop()
+    study = store.studies()[0]
+    assert (study["study_uid"], study["calling_ae"], study["source"]) == ("1.2.3", "MODALITY", "dimse")
+    [instance] = store.instances(study["id"])
+    stored = pydicom.dcmread(str(store.folder(study["id"]) / instance["file"]))
+    assert stored.SOPInstanceUID == "1.2.3.4.5" and stored.pixel_array.ravel().tolist() == list(range(16))

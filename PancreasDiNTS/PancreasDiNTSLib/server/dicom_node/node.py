@@ -16,38 +16,22 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.core.errors import UsageError, printable
+from PancreasDiNTSLib.core.errors import PancreasDiNTSError, UsageError, printable
 from PancreasDiNTSLib.io.dicom import read_header, sop_instance_uid
+from PancreasDiNTSLib.io.dicomweb import encode, iter_instances
 from PancreasDiNTSLib.server.dicom_node.config import NodeConfig
 from PancreasDiNTSLib.server.dicom_node.scp import StorageSCP
 from PancreasDiNTSLib.server.dicom_node.selection import choose_series, series_facts, skip_reason
-from PancreasDiNTSLib.server.dicom_node.sender import Unreachable, dicomweb, send
+from PancreasDiNTSLib.server.dicom_node.sender import Unreachable, send
 from PancreasDiNTSLib.server.dicom_node.spool import NodeStore
 from PancreasDiNTSLib.server.store import JobStore, new_job_id
 from PancreasDiNTSLib.server.uploads import input_path
 
 TICK_S = 0.2
 RESULTS = "results"
-
-
-def encode(ds: Any) -> bytes:
-    """A dataset as DICOM file bytes (file meta made when the source sent none)."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    meta = getattr(ds, "file_meta", None)
-    if meta is None or "TransferSyntaxUID" not in meta:
-        ds.file_meta = meta = meta or FileMetaDataset()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    buf = BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def read_uids(path: Path) -> tuple[str, str] | None:
@@ -197,22 +181,16 @@ class Node:
 
     def fetch(self, study_id: str) -> None:
         """QIDO-RS for the series, WADO-RS for their instances (each spooled durably), then decide at once."""
-        import requests
-
         study = self.store.study(study_id) or {}
         src = self.cfg.source(str(study.get("calling_ae")))
         try:
             if src is None:
-                raise ValueError(f"source {study.get('calling_ae')!r} is no longer configured")
-            client = dicomweb(src.url, src.auth_file)
-            series = [study["series_uid"]] if study.get("series_uid") else [
-                str(s["0020000E"]["Value"][0]) for s in client.search_for_series(study["study_uid"])]
-            for uid in series:
-                for ds in client.iter_series(study["study_uid"], uid):
-                    self.store.add_instance(study["study_uid"], study["source"], src.name, str(ds.SOPInstanceUID),
-                                            str(ds.SeriesInstanceUID), encode(ds))
-        except (requests.exceptions.RequestException, OSError, ValueError, KeyError, UsageError) as exc:
-            self.finish(study_id, "failed", f"pull from {src.name if src else '?'} failed: {printable(exc)[:200]}")
+                raise UsageError(f"source {printable(study.get('calling_ae'))!r} is no longer configured")
+            for ds in iter_instances(src.url, src.auth_file, study["study_uid"], study.get("series_uid") or None):
+                self.store.add_instance(study["study_uid"], study["source"], src.name, str(ds.SOPInstanceUID),
+                                        str(ds.SeriesInstanceUID), encode(ds))
+        except (PancreasDiNTSError, OSError, AttributeError) as exc:
+            self.finish(study_id, "failed", f"pull from {src.name if src else '?'} failed: {printable(exc)[:300]}")
             return
         if self.store.close_receiving(study_id, time.time()):
             self.decide(study_id)

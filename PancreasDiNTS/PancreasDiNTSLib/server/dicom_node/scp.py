@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import printable
+from PancreasDiNTSLib.io.dicomweb import valid_uid
 from PancreasDiNTSLib.server.dicom_node.config import NodeConfig
-from PancreasDiNTSLib.server.dicom_node.spool import NodeStore, valid_uid
+from PancreasDiNTSLib.server.dicom_node.spool import NodeStore
 
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -41,11 +42,13 @@ class StorageSCP:
             self.log(f"DICOM: association from {calling!r} at {peer} refused: calling AE title not in the allowed "
                      "list (allowed_aes in the node file, --dicom-allow)")
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE unknown
+            event.assoc.kill()  # the A-ASSOCIATE-RJ goes out before the connection closes
             return
         lacking = self.room()
         if lacking:
             self.log(f"DICOM: association from {calling!r} at {peer} refused: {lacking}")
             event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # rejected-transient, local limit exceeded
+            event.assoc.kill()
 
     def on_store_event(self, event: Any) -> int:
         """C-STORE: spool the instance durably, then answer success (or a failure status with the reason logged)."""

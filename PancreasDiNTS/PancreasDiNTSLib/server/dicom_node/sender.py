@@ -8,45 +8,18 @@ tried again with back-off (a destination that is down, refuses the association, 
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from PancreasDiNTSLib.core.errors import UsageError, printable
+from PancreasDiNTSLib.core.errors import printable
+from PancreasDiNTSLib.io.dicomweb import dicomweb_client
 from PancreasDiNTSLib.server.dicom_node.config import Destination
 
-MAX_AUTH_BYTES = 4096
 Answer = dict[str, tuple[str, str]]  # sop_uid -> (sent | refused, status)
 
 
 class Unreachable(Exception):
     """The destination cannot take anything now (down, association refused, 5xx): try again later."""
-
-
-def auth_headers(path: Path | None) -> dict[str, str]:
-    """The Authorization header from a credentials file: ``bearer TOKEN`` or ``basic USER:PASSWORD``."""
-    if path is None:
-        return {}
-    try:
-        if path.stat().st_size > MAX_AUTH_BYTES:
-            raise UsageError(f"{printable(path)}: too large for a credentials file")
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{printable(path)}: credentials file unreadable ({printable(exc)[:80]})") from None
-    scheme, _, value = text.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return {"Authorization": f"Bearer {value.strip()}"}
-    if scheme.lower() == "basic" and ":" in value:
-        return {"Authorization": "Basic " + base64.b64encode(value.strip().encode()).decode("ascii")}
-    raise UsageError(f"{printable(path)}: write 'bearer TOKEN' or 'basic USER:PASSWORD' in a credentials file")
-
-
-def dicomweb(url: str, auth_file: Path | None, timeout: float = 60.0) -> Any:
-    """A dicomweb-client for this root, authenticated from the file."""
-    from dicomweb_client.api import DICOMwebClient
-
-    return DICOMwebClient(url, headers=auth_headers(auth_file), timeout=timeout)
 
 
 def _status_answer(code: int) -> tuple[str, str] | None:
@@ -98,7 +71,7 @@ def send_stow(dest: Destination, items: Sequence[tuple[str, Path]]) -> Answer:
 
     datasets = [pydicom.dcmread(str(path)) for _, path in items]
     try:
-        response = dicomweb(dest.url, dest.auth_file).store_instances(datasets)
+        response = dicomweb_client(dest.url, dest.auth_file).store_instances(datasets)
     except requests.exceptions.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else 0
         if code in (408, 429) or code >= 500 or code == 0:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 TERMINAL = ("done", "skipped", "failed")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS studies (
         id TEXT PRIMARY KEY, seq INTEGER, study_uid TEXT NOT NULL, source TEXT NOT NULL, calling_ae TEXT,
@@ -42,10 +41,6 @@ _SCHEMA = (
 STUDY_FIELDS = ("id", "seq", "study_uid", "source", "calling_ae", "state", "created", "last_instance", "selected",
                 "segmenting", "sending", "finished", "job_id", "series_uid", "reason", "decisions")
 SEND_FIELDS = ("study", "destination", "sop_uid", "file", "state", "attempts", "next_try", "status")
-
-
-def valid_uid(text: Any) -> bool:
-    return isinstance(text, str) and 0 < len(text) <= 64 and bool(_UID.match(text))
 
 
 def fsync_dir(folder: Path) -> None:

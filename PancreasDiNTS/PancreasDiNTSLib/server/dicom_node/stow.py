@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from PancreasDiNTSLib.core.errors import printable
+from PancreasDiNTSLib.io.dicomweb import valid_uid
 from PancreasDiNTSLib.server.dicom_node.node import Node
-from PancreasDiNTSLib.server.dicom_node.spool import valid_uid
 
 MAX_PARTS = 5000
 _BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
