@@ -188,7 +188,7 @@ def ct_instance(study: str = "1.2.3", sop: str = "1.2.3.4.5"):
 def test_scp_refuses_unknown_aes_and_a_full_disk_and_answers_after_the_spool_holds_it(tmp_path):
     """The real pynetdicom SCP (in this process) and SCU: association-time refusals, C-ECHO, C-STORE."""
     from PancreasDiNTSLib.server.dicom_node.scp import StorageSCP
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
     from pynetdicom import AE
 
     store, logs, floor = NodeStore(tmp_path), [], {"why": None}
@@ -198,6 +198,7 @@ def test_scp_refuses_unknown_aes_and_a_full_disk_and_answers_after_the_spool_hol
         def associate(calling: str):
             ae = AE(ae_title=calling)
             ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+            ae.add_requested_context(CTImageStorage, RLELossless)
             ae.add_requested_context("1.2.840.10008.1.1")
             return ae.associate("127.0.0.1", port, ae_title="PANCREAS_DINTS")
 
@@ -210,14 +211,17 @@ def test_scp_refuses_unknown_aes_and_a_full_disk_and_answers_after_the_spool_hol
         assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
         assert int(assoc.send_c_store(ct_instance()).Status) == 0
         assert int(assoc.send_c_store(ct_instance()).Status) == 0  # sent again: acknowledged, stored once
-        with pytest.warns(UserWarning, match="Invalid value for VR UI"):
-            bad = ct_instance(study="1.2.abc", sop="1.2.3.4.6")
-        assert int(assoc.send_c_store(bad).Status) == 0xC000  # a study UID that is not a UID: refused
+        compressed = ct_instance(sop="1.2.3.4.7")
+        compressed.compress(RLELossless)
+        assert int(assoc.send_c_store(compressed).Status) == 0  # a compressed syntax, stored as it came
+        with pytest.warns(UserWarning, match="Invalid value for VR UI"):  # pydicom says it too, on both sides
+            status = int(assoc.send_c_store(ct_instance(study="1.2.abc", sop="1.2.3.4.6")).Status)
+        assert status == 0xC000  # a study UID that is not a UID: refused
         assoc.release()
     finally:
         scp.stop()
     study = store.studies()[0]
     assert (study["study_uid"], study["calling_ae"], study["source"]) == ("1.2.3", "MODALITY", "dimse")
-    [instance] = store.instances(study["id"])
-    stored = pydicom.dcmread(str(store.folder(study["id"]) / instance["file"]))
-    assert stored.SOPInstanceUID == "1.2.3.4.5" and stored.pixel_array.ravel().tolist() == list(range(16))
+    plain, rle = (pydicom.dcmread(str(store.folder(study["id"]) / i["file"])) for i in store.instances(study["id"]))
+    assert plain.SOPInstanceUID == "1.2.3.4.5" and plain.pixel_array.ravel().tolist() == list(range(16))
+    assert rle.file_meta.TransferSyntaxUID == RLELossless and rle.pixel_array.ravel().tolist() == list(range(16))
