@@ -7,7 +7,7 @@ Orthanc) that is down at first and started later. Studies are synthetic abdomens
 Covered: C-STORE from Orthanc of a study with a localizer and a thick series (decisions recorded), SEG + SR +
 RTSTRUCT back in Orthanc with references to the chosen CT series, the SEG's labels equal to a local `segment`
 run's, the SR's volumes equal to its report.json; the archive down then up (results arrive, once); STOW-RS in
-(Orthanc's DICOMweb client pushes); pull (POST /v1/pull); an unknown AE refused at association time; an MR study
+(Orthanc's DICOMweb client pushes); pull (POST /v1/pull, and `segment` with a DICOMweb input); an unknown AE refused at association time; an MR study
 skipped with its reason; a series with a missing slice skipped with the engine's one-line reason; two studies
 interleaved from two AEs, then `kill -9` of the node right after the last C-STORE success; `kill -9` during
 segmentation; after each restart every study ends done with no duplicate instance in Orthanc."""
@@ -250,7 +250,7 @@ def test_c_store_round_trip_seg_sr_rtstruct_and_the_archive_down_then_up(site, v
     assert not (site.base / "data" / "node" / "spool" / done["id"]).exists()  # spool emptied only at the end
 
 
-def test_stow_in_pull_unknown_ae_mr_and_missing_slice(site, vol, tmp_path):
+def test_stow_in_pull_unknown_ae_mr_and_missing_slice(site, vol, tmp_path, monkeypatch, capsys):
     site.ensure_archive()
     pacs = site.pacs
     stow_uid, stow_series, stow_files = ct_study(tmp_path / "stow", vol)
@@ -284,6 +284,27 @@ def test_stow_in_pull_unknown_ae_mr_and_missing_slice(site, vol, tmp_path):
         assert site.counts(pacs, uid) == {"CT": SLICES, "SEG": 1, "SR": 1, "RTSTRUCT": 1}
         assert site.counts(site.archive, uid) == {"SEG": 1, "SR": 1, "RTSTRUCT": 1}
     assert site.counts(pacs, mr_uid) == {} == site.counts(pacs, gap_uid)  # nothing was sent back
+
+    # `segment` reads the same study from Orthanc by DICOMweb (its SEG, SR and RTSTRUCT there are left out):
+    # the SEG equals the one the node sent back
+    from PancreasDiNTSLib.cli import main as cli_main
+    from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
+
+    monkeypatch.setenv("PANCREAS_DINTS_HOME", str(tmp_path / "home"))
+    auth = tmp_path / "auth"
+    auth.write_text("bearer not-needed-by-this-orthanc\n")
+    out, url = tmp_path / "local", f"{pacs.dicomweb}/studies/{pull_uid}"
+    argv = ["-o", str(out), "--model", str(PACKAGED_DEMO_MODEL), "--device", "cpu", "--progress", "none",
+            "--format", "dicom-seg", "--dicomweb-auth", str(auth)]
+    assert cli_main(["segment", url, *argv]) == 0
+    [case] = [p for p in out.iterdir() if p.is_dir()]
+    assert _frames(pydicom.dcmread(str(case / "segmentation.dcm"))) == _frames(_retrieve(pacs, pull_uid, "SEG"))
+    assert not any((tmp_path / "home" / "dicomweb").rglob("*.dcm"))  # the fetched images are gone
+    capsys.readouterr()
+    assert cli_main(["segment", f"{pacs.dicomweb}/studies/1.2.3.4", *argv]) == 1
+    assert "no study 1.2.3.4 there" in capsys.readouterr().err
+    assert cli_main(["segment", f"http://127.0.0.1:{free_port()}/dicom-web/studies/1.2.3", *argv]) == 1
+    assert "DICOMweb server cannot be reached" in capsys.readouterr().err
     listed = site.api("GET", "/v1/node/studies?state=skipped").json()
     assert {s["study_uid"] for s in listed["studies"]} >= {mr_uid, gap_uid} and listed["counts"]["skipped"] >= 2
     health = site.api("GET", "/v1/node/health").json()

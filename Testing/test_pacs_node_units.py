@@ -84,13 +84,16 @@ def test_node_file_checked_with_one_line_reasons(tmp_path):
                                          "auth_file": str(tmp_path / "auth")}]})
     assert cfg.allowed_aes == ("ORTHANC",) and cfg.rules.min_slices == 60 and cfg.rules.prefer_keywords == ("pv",)
     assert cfg.destinations[0].auth_file == tmp_path / "auth" and cfg.outputs == ("dicom-seg", "dicom-sr")
+    assert cfg.job_options() == {"formats": "dicom-seg,dicom-sr", "mode": "fast", "allow_non_ct": "false"}
     bad = [({"ae_titel": "X"}, "unknown key 'ae_titel'"), ({"ae_title": "A\\B"}, "an AE title is 1 to 16"),
            ({"ae_title": "X" * 17}, "an AE title is 1 to 16"), ({"quiet_s": "soon"}, "quiet_s must be a number"),
            ({"allowed_aes": "ORTHANC"}, "allowed_aes must be a list"),
            ({"destinations": [{"name": "x", "kind": "ftp"}]}, "kind must be dimse (C-STORE) or stow"),
            ({"destinations": [{"name": "x", "kind": "dimse", "ae_title": "P", "port": 0}]}, "port must be 1 to 65535"),
            ({"destinations": [{"name": "../x", "kind": "stow", "url": "http://a"}]}, "name: letters"),
-           ({"rules": {"min_slice": 3}}, "rules: unknown key 'min_slice'")]
+           ({"rules": {"min_slice": 3}}, "rules: unknown key 'min_slice'"),
+           ({"outputs": ["dicom-seg", "jpeg"]}, "outputs/mode: --format jpeg: unknown output format"),
+           ({"mode": "slow"}, "outputs/mode: --mode slow: choose one of fast, exact, fastmm")]
     for data, message in bad:
         with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
             node_config(data)

@@ -248,6 +248,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("region", ("--region",), _REGION_HELP, choices=REGION_MODES, job=True),
     Option("series", ("--series",), "read only this series (SeriesInstanceUID) of each DICOM folder; without it a "
            "folder of several series gives one case per series", metavar="UID", job=True),
+    Option("dicomweb_auth", ("--dicomweb-auth",), "credentials for DICOMweb inputs (an input "
+           "https://HOST/dicom-web/studies/UID[/series/UID] is fetched by QIDO-RS/WADO-RS): a file holding "
+           "'bearer TOKEN' or 'basic USER:PASSWORD'", metavar="FILE"),
     Option("prefetch", ("--no-prefetch",), "do not read/preprocess the next case in a background thread during "
            "inference (saves the memory of one case in batch mode)", default=True, kind="off"),
     Option("server", ("--server",), "segment on a `pancreas-dints serve` server (e.g. https://gpu-server:8765): the "
@@ -293,6 +296,7 @@ class SegmentRequest:
     precision: str = "auto"  # PRECISIONS
     region: Region = field(default_factory=Region)
     series: str | None = None  # only this series of each DICOM folder (UID or io.dicom selector)
+    dicomweb_auth: str | None = None  # credentials file for DICOMweb inputs (io.dicomweb)
     prefetch: bool = True
     server: str | None = None  # segment on a `pancreas-dints serve` (inference.remote)
     token_file: str | None = None  # the token for --server

@@ -27,10 +27,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ from PancreasDiNTSLib.inference.pipeline import (
 from PancreasDiNTSLib.inference.prefetch import prefetched
 from PancreasDiNTSLib.inference.remote import RemoteCases, RemoteOutcome
 from PancreasDiNTSLib.inference.segmenter import Segmenter
+from PancreasDiNTSLib.io.dicomweb import fetch_input
+from PancreasDiNTSLib.io.dicomweb import parse_input as parse_dicomweb
 from PancreasDiNTSLib.io.images import expand_inputs
 from PancreasDiNTSLib.io.placement import CasePlanner, PlannedCase, case_base_name, claim_cases, release_claim
 from PancreasDiNTSLib.model.download import resolve_model
@@ -139,6 +142,19 @@ def expected_names(formats: tuple[str, ...], path: Path) -> list[str]:
     """The files a finished case of ``path`` holds (DICOM-only outputs only for DICOM inputs)."""
     is_dicom = path.is_dir() or path.suffix.lower() == ".dcm"
     return [FORMATS[f].filename for f in formats if is_dicom or not FORMATS[f].dicom_only] + [REPORT_NAME]
+
+
+def fetch_dicomweb(inputs: tuple[str, ...], auth_file: str | None) -> tuple[tuple[str, ...], list[Path]]:
+    """DICOMweb inputs (io.dicomweb) fetched into their folders: the inputs with those folders, and the folders
+    (removed when the run ends: patient images are not kept once their cases are written)."""
+    out, fetched = [], []
+    for arg in inputs:
+        if parse_dicomweb(arg) is None:
+            out.append(arg)
+            continue
+        fetched.append(fetch_input(arg, Path(auth_file).expanduser() if auth_file else None))
+        out.append(str(fetched[-1]))
+    return tuple(out), fetched
 
 
 def expand_all(inputs: tuple[str, ...]) -> tuple[list[Path], list[CaseResult]]:
@@ -375,7 +391,19 @@ def run_segment(settings: SegmentSettings, callback: ProgressCallback | None = N
 
     Raises ModelError/DeviceError/OutputError/PlacementError before any case when the model, device, output
     folder or placement is unusable, and DiskFullError (after writing what it can) when the disk fills up.
-    ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings."""
+    ``segmenter``: an already built Segmenter (tests, embedding); otherwise one is built from the settings.
+    DICOMweb inputs are fetched first (InputError, one line, when they cannot be) and their images removed at
+    the end."""
+    inputs, fetched = fetch_dicomweb(settings.inputs, settings.dicomweb_auth)
+    try:
+        return _run_segment(replace(settings, inputs=inputs) if fetched else settings, callback, segmenter)
+    finally:
+        for folder in fetched:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_segment(settings: SegmentSettings, callback: ProgressCallback | None,
+                 segmenter: Segmenter | None) -> SegmentSummary:
     out = settings.out_dir
     remote = RemoteCases(settings) if settings.server else None
     if segmenter is None and remote is None:

@@ -1,21 +1,27 @@
 """DICOMweb input: a study or one series fetched from a DICOMweb server (QIDO-RS lists the series, WADO-RS
 brings the instances; dicomweb-client), authenticated from a credentials file (``bearer TOKEN`` or
-``basic USER:PASSWORD``, never on a command line). Used by ``segment --dicomweb`` and by the server's DICOM node.
+``basic USER:PASSWORD``, never on a command line). Used by ``segment`` for an input
+``https://HOST/ROOT/studies/UID[/series/UID]`` (``--dicomweb-auth FILE``) and by the server's DICOM node.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from PancreasDiNTSLib.core.errors import InputError, UsageError, printable
+from PancreasDiNTSLib.core.errors import InputError, UsageError, printable, require_modules
+from PancreasDiNTSLib.core.paths import MODEL_HOME_ENV
 
 MAX_AUTH_BYTES = 4096
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_INPUT = re.compile(r"^(https?://[^?#]+?)/studies/([0-9.]{1,64})(?:/series/([0-9.]{1,64}))?/?$")
 
 
 def valid_uid(text: Any) -> bool:
@@ -66,7 +72,7 @@ def encode(ds: Any) -> bytes:
     return buf.getvalue()
 
 
-def iter_instances(url: str, auth_file: Path | None, study: str, series: str | None = None) -> Iterator[Any]:
+def iter_instances(url: str, study: str, series: str | None = None, auth_file: Path | None = None) -> Iterator[Any]:
     """The instances of a study (or of one of its series) as pydicom datasets, one at a time; InputError with
     one line when the server cannot be reached, refuses, or holds no such study."""
     import requests
@@ -91,12 +97,38 @@ def iter_instances(url: str, auth_file: Path | None, study: str, series: str | N
         raise InputError(f"{printable(url)}: unexpected DICOMweb answer ({printable(exc)[:80]})") from None
 
 
-def fetch_series(url: str, auth_file: Path | None, study: str, series: str | None, folder: Path) -> list[Path]:
-    """Write the instances into ``folder`` (made; server-made names ``000000.dcm``...); the files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for k, ds in enumerate(iter_instances(url, auth_file, study, series)):
-        path = folder / f"{k:06d}.dcm"
-        path.write_bytes(encode(ds))
-        files.append(path)
-    return files
+def parse_input(text: str) -> tuple[str, str, str | None] | None:
+    """``https://HOST/ROOT/studies/UID[/series/UID]`` -> (root, study, series); None for anything else."""
+    match = _INPUT.match(text)
+    if match is None:
+        return None
+    return match.group(1), match.group(2), match.group(3)
+
+
+def fetch_folder(text: str) -> Path:
+    """Where a DICOMweb input is fetched to: the same folder for the same URL (so a rerun finds its case folder),
+    under ``$PANCREAS_DINTS_HOME/dicomweb`` (else ``~/.cache/pancreas-dints/dicomweb``), named by the study."""
+    home = os.environ.get(MODEL_HOME_ENV)
+    root = Path(home).expanduser() if home else Path.home() / ".cache" / "pancreas-dints"
+    parsed = parse_input(text)
+    assert parsed is not None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return root / "dicomweb" / digest / parsed[1]
+
+
+def fetch_input(text: str, auth_file: Path | None) -> Path:
+    """Fetch a DICOMweb input into its folder (made mode 0700, emptied first); the folder. InputError/UsageError
+    with one line when it cannot be fetched."""
+    parsed = parse_input(text)
+    if parsed is None:
+        raise UsageError(f"{printable(text)[:120]}: a DICOMweb input is https://HOST/ROOT/studies/UID[/series/UID]")
+    require_modules("a DICOMweb input", ("dicomweb_client",), "pip install 'pancreas-dints[server]'")
+    folder = fetch_folder(text)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    count = 0
+    for count, ds in enumerate(iter_instances(*parsed[:2], series=parsed[2], auth_file=auth_file), start=1):
+        (folder / f"{count:06d}.dcm").write_bytes(encode(ds))
+    if not count:
+        raise InputError(f"{printable(text)}: the DICOMweb server returned no instance")
+    return folder

@@ -198,10 +198,6 @@ def start_node(settings: ServeSettings, service: Service, app: Any) -> Node | No
         return None
     require_modules("the DICOM node", ("pynetdicom", "dicomweb_client"), "pip install 'pancreas-dints[server]'")
 
-    known = service.pool.hello.get("options", {}).get("formats", [])
-    bad = [f for f in cfg.outputs if f not in known]
-    if bad or not cfg.outputs:
-        raise UsageError(f"node outputs: {printable(','.join(bad)) or 'none'}: choose from {', '.join(known)}")
     if not cfg.allowed_aes:
         say("warning: the DICOM node allows no calling AE title; every association will be refused (allowed_aes, "
             "--dicom-allow)")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import UsageError, printable
+from PancreasDiNTSLib.core.formats import parse_formats
+from PancreasDiNTSLib.core.request import SegmentRequest
 from PancreasDiNTSLib.core.safeparse import load_data_file
 
 DEFAULT_OUTPUTS = ("dicom-seg", "dicom-sr")
@@ -64,8 +66,8 @@ class NodeConfig:
     port: int = 11112
     allowed_aes: tuple[str, ...] = ()
     quiet_s: float = 30.0
-    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
-    mode: str = "fast"
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS  # the engine's format names (core.formats)
+    mode: str = "fast"  # the inference mode of the node's jobs (core.request)
     destinations: tuple[Destination, ...] = ()
     sources: tuple[Source, ...] = ()
     rules: Rules = field(default_factory=Rules)
@@ -75,6 +77,10 @@ class NodeConfig:
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources if s.name == name), None)
+
+    def job_options(self) -> dict[str, str]:
+        """The options of the node's jobs, as the server stores a job's options (core.request's job query)."""
+        return SegmentRequest(inputs=(), out_dir=Path("."), formats=self.outputs, mode=self.mode).to_query()
 
 
 def _check_ae(title: str, what: str) -> str:
@@ -143,6 +149,11 @@ def node_config(data: dict[str, Any], where: str = "node") -> NodeConfig:
             _check_ae(title, "allowed_aes")
     if not 0 <= int(cfg.port) < 65536:
         raise UsageError(f"{where}: port must be 0 to 65535")
+    try:
+        parse_formats(cfg.outputs)
+        SegmentRequest(inputs=(), out_dir=Path("."), formats=cfg.outputs, mode=cfg.mode)
+    except UsageError as exc:
+        raise UsageError(f"{where}: outputs/mode: {exc}") from None
     if not float(cfg.quiet_s) >= 0:
         raise UsageError(f"{where}: quiet_s must be a number of seconds >= 0")
     for src in cfg.sources:

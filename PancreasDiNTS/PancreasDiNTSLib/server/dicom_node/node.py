@@ -124,8 +124,7 @@ class Node:
                 shutil.copyfile(path, dest)
             digest.update(path.name.encode())
             size += path.stat().st_size
-        opts = {"formats": ",".join(self.cfg.outputs), "mode": self.cfg.mode, "allow_non_ct": "false"}
-        self.jobs.add(job_id, "zip", opts, size, digest.hexdigest())
+        self.jobs.add(job_id, "zip", self.cfg.job_options(), size, digest.hexdigest())
         self.notify()
 
     def follow(self, study: dict[str, Any]) -> None:
@@ -186,7 +185,7 @@ class Node:
         try:
             if src is None:
                 raise UsageError(f"source {printable(study.get('calling_ae'))!r} is no longer configured")
-            for ds in iter_instances(src.url, src.auth_file, study["study_uid"], study.get("series_uid") or None):
+            for ds in iter_instances(src.url, study["study_uid"], study.get("series_uid") or None, src.auth_file):
                 self.store.add_instance(study["study_uid"], study["source"], src.name, str(ds.SOPInstanceUID),
                                         str(ds.SeriesInstanceUID), encode(ds))
         except (PancreasDiNTSError, OSError, AttributeError) as exc:
