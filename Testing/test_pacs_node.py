@@ -342,3 +342,54 @@ def test_interleaved_aes_and_kill_9_after_c_store_success_during_segmentation(si
         assert site.counts(pacs, uid) == {"SEG": 1, "SR": 1, "RTSTRUCT": 1} | ({"CT": SLICES} if uid == a_uid else {})
         assert site.counts(site.archive, uid) == {"SEG": 1, "SR": 1, "RTSTRUCT": 1}
     assert "1 job(s) queued again" in site.log()
+
+
+def test_sends_survive_a_restart_and_a_refusal_is_recorded_with_its_status(site, vol, tmp_path):
+    """The node's send loop on its own (no server): a destination that is down keeps the study 'sending' across a
+    new Node on the same data folder until Orthanc confirms; a STOW-RS refusal (HTTP 404) ends the study failed
+    with that status, and only then is its spool removed."""
+    from PancreasDiNTSLib.server.dicom_node.config import node_config
+    from PancreasDiNTSLib.server.dicom_node.node import Node
+    from PancreasDiNTSLib.server.store import JobStore
+
+    down = free_port()
+    cfg = node_config({"retry_first_s": 0.0, "destinations": [
+        {"name": "pacs", "kind": "dimse", "port": down, "ae_title": "ORTHANC"},
+        {"name": "wrong-root", "kind": "stow", "url": site.pacs.url + "/no-such-dicomweb-root"}]})
+    data = tmp_path / "data"
+    data.mkdir()
+    study_uid, _, files = ct_study(tmp_path / "s", vol)
+    results = []
+    for k, path in enumerate(files[:2]):  # two CT images stand in for results: real instances of this study
+        results.append(("pacs", str(pydicom.dcmread(str(path)).SOPInstanceUID), f"results/{k}.dcm"))
+    node = Node(cfg, JobStore(data), 0, print)
+    study = node.store.add_instance(study_uid, "dimse", "ORTHANC", "1.2.3", "1.2.4", files[0].read_bytes())
+    (node.store.folder(study) / "results").mkdir()
+    for k, path in enumerate(files[:2]):
+        (node.store.folder(study) / "results" / f"{k}.dcm").write_bytes(path.read_bytes())
+    node.store.add_sends(study, results)
+    node.store.update(study, state="sending", sending=1.0)
+    node.send_due()
+    assert {s["state"] for s in node.store.sends()} == {"pending"} and node.store.study(study)["state"] == "sending"
+    node.store.close()
+
+    cfg = node_config({"retry_first_s": 0.0, "destinations": [
+        {"name": "pacs", "kind": "dimse", "port": site.pacs.dicom_port, "ae_title": "ORTHANC"},
+        {"name": "wrong-root", "kind": "stow", "url": site.pacs.url + "/no-such-dicomweb-root"}]})
+    node = Node(cfg, JobStore(data), 0, print)  # a restart: the pending sends are still there, and go out
+    node.send_due()
+    sends = node.store.sends()
+    assert [(s["state"], s["attempts"], s["status"]) for s in sends] == [("sent", 2, "0x0000")] * 2
+    assert node.store.study(study)["state"] == "done" and not node.store.folder(study).exists()
+    assert site.counts(site.pacs, study_uid) == {"CT": 2}
+
+    other = node.store.add_instance("1.2.99", "dimse", "ORTHANC", "1.2.99.1", "1.2.99.2", files[2].read_bytes())
+    (node.store.folder(other) / "results").mkdir()
+    (node.store.folder(other) / "results" / "0.dcm").write_bytes(files[2].read_bytes())
+    node.store.add_sends(other, [("wrong-root", str(pydicom.dcmread(str(files[2])).SOPInstanceUID), "results/0.dcm")])
+    node.store.update(other, state="sending", sending=1.0)
+    node.send_due()
+    ended = node.store.study(other)
+    assert ended["state"] == "failed" and ended["reason"] == "1 result instance(s) refused: wrong-root answered HTTP 404"
+    assert not node.store.folder(other).exists()
+    node.store.close()
