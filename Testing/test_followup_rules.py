@@ -151,3 +151,9 @@ def test_refusals(tmp_path: Path, gland: np.ndarray) -> None:
     Path(report["input"]).unlink()
     with pytest.raises(InputError, match="is not there"):
         open_side("prior", good)
+
+
+def test_a_speck_is_listed_new_but_is_not_progression() -> None:
+    assert response.counts_as_new({"longest_axial_diameter_mm": response.NEW_LESION_MIN_MM})
+    assert not response.counts_as_new({"longest_axial_diameter_mm": 4.99})
+    assert not response.counts_as_new({"longest_axial_diameter_mm": None})  # a single voxel has no diameter

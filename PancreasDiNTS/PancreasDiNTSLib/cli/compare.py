@@ -33,14 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from PancreasDiNTSLib.followup.batch import (
-        Segmenting,
-        read_pairs,
-        resolve_side,
-        run_pairs,
-        side_from_files,
-    )
-    from PancreasDiNTSLib.followup.compare import check_formats, compare
+    from PancreasDiNTSLib.followup.batch import Segmenting, read_pairs, run_one, run_pairs
+    from PancreasDiNTSLib.followup.compare import check_formats
 
     formats = [f.strip() for f in str(args.formats).split(",") if f.strip()]
     check_formats(formats)
@@ -56,14 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK if all(r["status"] == "ok" for r in rows) else EXIT_CASE_FAILED
     if not args.prior or not args.current:
         raise UsageError("give PRIOR and CURRENT (case folders or CTs), or --pairs CSV")
-    sides = []
-    for role, path, labels in (("prior", args.prior, args.prior_labels), ("current", args.current,
-                                                                           args.current_labels)):
-        given = Path(path).expanduser()
-        sides.append(side_from_files(given, Path(labels).expanduser(), role, out) if labels
-                     else resolve_side(given, role, out, seg))
-    prior, current = sides
-    result = compare(prior, current, out, formats)
+    labels = [Path(p).expanduser() if p else None for p in (args.prior_labels, args.current_labels)]
+    result = run_one(Path(args.prior).expanduser(), Path(args.current).expanduser(), out, formats, seg, *labels)
     rec = result["response"]["recist"]
     print(f"RECIST 1.1-style {rec['category']} ({rec['reason']}), volumetric "
           f"{result['response']['volumetric']['category']}: {result['response']['label']}; "

@@ -43,6 +43,7 @@ class Segmenting:
     model: str = "official"
     device: str = "auto"
     done: dict[str, Path] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def is_case_folder(path: Path) -> bool:
@@ -57,15 +58,28 @@ def resolve_side(path: Path, role: str, out_dir: Path, seg: Segmenting) -> Path:
     if not path.exists():
         raise InputError(f"{role} {printable(path)}: not found")
     key = str(path.resolve())
+    if key not in seg.done and key not in seg.failed:
+        segment_first([path], out_dir, seg)
     if key in seg.done:
         return seg.done[key]
-    summary = run_segment(SegmentSettings(inputs=(str(path),), out_dir=out_dir / "segmented", model=seg.model,
+    raise InputError(f"{role} {printable(path)}: segmentation failed ({seg.failed.get(key) or 'no case'})")
+
+
+def segment_first(paths: list[Path], out_dir: Path, seg: Segmenting) -> None:
+    """Segment every CT among ``paths`` (not case folders, not done yet) in one `segment` run into
+    OUTDIR/segmented/ (the model loads once for a whole batch); record each one's case folder or failure."""
+    todo = sorted({str(p.resolve()) for p in paths if p.exists() and not is_case_folder(p)} - set(seg.done)
+                  - set(seg.failed))
+    if not todo:
+        return
+    summary = run_segment(SegmentSettings(inputs=tuple(todo), out_dir=out_dir / "segmented", model=seg.model,
                                           device=seg.device, formats=("nifti",), progress="none"))
-    result = summary.results[0] if summary.results else None
-    if result is None or result.status == "failed" or not result.output_dir:
-        raise InputError(f"{role} {printable(path)}: segmentation failed ({result.message if result else 'no case'})")
-    seg.done[key] = Path(result.output_dir)
-    return seg.done[key]
+    for result in summary.results:
+        key = str(Path(result.input).resolve())
+        if result.status != "failed" and result.output_dir:
+            seg.done[key] = Path(result.output_dir)
+        else:
+            seg.failed[key] = result.message or result.status
 
 
 def side_from_files(ct: Path, labels: Path, role: str, out_dir: Path) -> Path:
@@ -102,6 +116,18 @@ def side_from_files(ct: Path, labels: Path, role: str, out_dir: Path) -> Path:
     folder.write(REPORT_NAME, lambda tmp: write_report(Path(tmp), report))
     folder.finish(keep=names)
     return folder.path
+
+
+def run_one(prior: Path, current: Path, out_dir: Path, formats: list[str], seg: Segmenting,
+            prior_labels: Path | None = None, current_labels: Path | None = None) -> dict[str, Any]:
+    """One pair into OUTDIR: each side a case folder, a CT with its label map, or a CT segmented first (both
+    in one `segment` run)."""
+    segment_first([p for p, labels in ((prior, prior_labels), (current, current_labels)) if labels is None],
+                  out_dir, seg)
+    sides = [side_from_files(path, labels, role, out_dir) if labels is not None
+             else resolve_side(path, role, out_dir, seg)
+             for role, path, labels in (("prior", prior, prior_labels), ("current", current, current_labels))]
+    return compare(sides[0], sides[1], out_dir, formats)
 
 
 def _safe(text: str) -> str:
@@ -168,6 +194,7 @@ def run_pairs(pairs: list[tuple[str, Path, Path]], out_dir: Path, formats: list[
               ) -> list[dict[str, Any]]:
     """Compare every pair into OUTDIR/<name>/; write the summary and the CSV; return the rows."""
     check_tables(out_dir)
+    segment_first([p for _, prior, current in pairs for p in (prior, current)], out_dir, seg)
     rows = []
     for name, prior, current in pairs:
         try:

@@ -108,6 +108,8 @@ def _group_record(g: match.Group, pl: list[dict[str, Any]], cl: list[dict[str, A
         rec["change"] = change
         if g.kind == "matched":
             rec["status"] = response.lesion_status(pv, cv, noise)
+    if g.kind == "new":
+        rec["counts_for_progression"] = response.counts_as_new(after[0])
     tracked = before[0] if before else after[0]  # the largest prior lesion of the group
     rec["tracking_uid"] = tracked.get("tracking_uid")
     rec["tracking_from"] = "prior" if before else "current"
@@ -134,6 +136,11 @@ def carried_tracking(groups: list[match.Group], pl: list[dict[str, Any]], cl: li
     return sorted(out, key=lambda e: e["rank"])
 
 
+def _progressing_new(groups: list[match.Group], cl: list[dict[str, Any]]) -> int:
+    """New lesions large enough to count as progression (response.counts_as_new)."""
+    return sum(1 for g in groups if g.kind == "new" and response.counts_as_new(cl[g.current[0]]))
+
+
 def _recist(groups: list[match.Group], pl: list[dict[str, Any]], cl: list[dict[str, Any]], prior: Side
             ) -> dict[str, Any]:
     slice_mm = float(prior.spacing[geo.axial_axis(prior.affine)])
@@ -146,7 +153,7 @@ def _recist(groups: list[match.Group], pl: list[dict[str, Any]], cl: list[dict[s
         parts = [j for j in g.current if j not in counted]  # a merged lesion counts once
         counted.update(parts)
         cur += _sum([cl[j]["longest_axial_diameter_mm"] for j in parts])
-    new = sum(1 for g in groups if g.kind == "new")
+    new = _progressing_new(groups, cl)
     out = response.recist_category(base, round(cur, 2) if targets else None, new, len(cl), len(pl))
     out["targets_prior_ranks"] = [pl[i]["rank"] for i in targets]
     out["measurable_mm"] = limit
@@ -170,7 +177,7 @@ def compare_sides(prior: Side, current: Side) -> tuple[dict[str, Any], dict[str,
     findings = [_group_record(g, pl, cl, prior, current) for g in groups]
     volumetric = response.volumetric_response(
         float(rp["segments"]["pancreatic_tumor"]["volume_ml"]), float(rc["segments"]["pancreatic_tumor"]["volume_ml"]),
-        sum(1 for g in groups if g.kind == "new"), len(cl))
+        _progressing_new(groups, cl), len(cl))
     result = {
         "schema": SCHEMA,
         "prior": _side_facts(prior, rp), "current": _side_facts(current, rc),

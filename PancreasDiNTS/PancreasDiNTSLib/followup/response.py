@@ -10,9 +10,11 @@ Thresholds (repeated in compare.json under ``response.rules``):
   lesions (longest axial diameter >= 10 mm and >= twice the prior's slice spacing), at most ``MAX_TARGETS``
   (RECIST 1.1 allows two per organ; every lesion here is in the pancreas), the longest first; the others are
   non-target. A split target counts the sum of its parts' diameters, lesions that merged count the merged
-  lesion's once. CR: no lesion left and none new; PD: the sum grew by >= 20 % and >= 5 mm, or any new lesion;
+  lesion's once. CR: no lesion left and none new; PD: the sum grew by >= 20 % and >= 5 mm, or a new lesion;
   PR: the sum fell by >= 30 %; SD otherwise. Without a target: CR, PD (new lesion) or non-CR/non-PD; without any
-  lesion at either time point: not evaluable. Equivocal new lesions and non-target progression are not judged.
+  lesion at either time point: not evaluable. A new lesion counts when its longest axial diameter is at least
+  ``NEW_LESION_MIN_MM`` (smaller ones are listed, not counted: a segmentation's speck is equivocal); non-target
+  progression is not judged.
 - volumetric response beside it: the total lesion volume, with the RECIST thresholds carried to volumes of
   spheres (a diameter +20 % is a volume +72.8 %, -30 % is -65.7 %): PD at >= +72.8 % or a new lesion, PR at
   <= -65.7 %, CR when no lesion is left, SD otherwise.
@@ -32,6 +34,7 @@ LABEL = "computed from the automatic segmentation; not a clinical response asses
 VOLUME_CHANGE_PCT = 20.0
 NOISE_LAYER = 0.25
 MEASURABLE_MM = 10.0
+NEW_LESION_MIN_MM = 5.0  # a smaller new finding is listed as new but does not make PD (equivocal: a speck)
 MAX_TARGETS = 2
 PD_PCT, PD_MM, PR_PCT = 20, 5.0, 30
 VOLUME_PD_PCT, VOLUME_PR_PCT = 72.8, 65.7
@@ -40,8 +43,8 @@ RULES = {
                      f"noise (a {NOISE_LAYER:g}-voxel shell over the lesion's sphere-equivalent surface); else stable",
     "recist": f"targets: prior lesions with longest axial diameter >= {MEASURABLE_MM:g} mm (and >= 2 slice "
               f"spacings), at most {MAX_TARGETS} (two per organ); CR no lesion left; PD sum +{PD_PCT} % and "
-              f"+{PD_MM:g} mm or a new lesion; PR sum -{PR_PCT} %; SD otherwise",
-    "volumetric": f"total lesion volume: PD >= +{VOLUME_PD_PCT:g} % or a new lesion; PR <= -{VOLUME_PR_PCT:g} %; "
+              f"+{PD_MM:g} mm or a new lesion (>= {NEW_LESION_MIN_MM:g} mm); PR sum -{PR_PCT} %; SD otherwise",
+    "volumetric": f"total lesion volume: PD >= +{VOLUME_PD_PCT:g} % or a new lesion (as for RECIST); PR <= -{VOLUME_PR_PCT:g} %; "
                   "CR no lesion left; SD otherwise (RECIST's diameter thresholds as sphere volumes)",
 }
 
@@ -68,6 +71,12 @@ def lesion_status(prior_ml: float, current_ml: float, noise: float) -> str:
 def _units(ml: float) -> int:
     """A volume in 0.1 uL (the read-out rounds mL to 4 decimals)."""
     return int(round(float(ml) * 10000))
+
+
+def counts_as_new(lesion: dict[str, Any]) -> bool:
+    """Whether a new lesion counts for progression: its longest axial diameter is at least NEW_LESION_MIN_MM."""
+    d = lesion.get("longest_axial_diameter_mm")
+    return d is not None and _hundredths(d) >= _hundredths(NEW_LESION_MIN_MM)
 
 
 def _hundredths(mm: float) -> int:
