@@ -244,6 +244,7 @@ def test_finding3_the_client_checks_what_the_server_sends(tmp_path, capsys, tiny
 # --------------------------------------------------------------------------- 7: token files, one rule everywhere
 
 
+@pytest.mark.slow
 def test_finding7_token_files_are_checked_the_same_way_by_server_and_client(tmp_path, capsys, tiny_ct):  # noqa: F811
     good = "site-token-" + "0123456789abcdef" * 2
     cases = {"world-readable": (good, 0o644, "other users can read or change it (mode 644); run chmod 600"),
@@ -306,6 +307,7 @@ def test_finding4_serve_and_demo_without_their_packages_are_one_line(tmp_path, c
 # --------------------------------------------------------------------------- 9: silent wrong results
 
 
+@pytest.mark.slow
 def test_finding9_a_nifti_without_orientation_is_refused_in_one_line(tmp_path, capsys, tiny_ct, tiny_bundle):  # noqa: F811
     import nibabel as nib
 
