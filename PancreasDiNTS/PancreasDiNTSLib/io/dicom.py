@@ -40,7 +40,7 @@ import numpy as np
 
 from PancreasDiNTSLib.core.errors import InputError
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient LPS -> RAS (the one definition; io imports it)
 # Tolerances, as fractions of a step: positions within 5 % of a regular grid are regular.
 REGULAR_TOL = 0.05
 GAP_FACTOR = 1.5  # a step larger than 1.5 x its neighbours' (median) means missing slices

@@ -26,8 +26,8 @@ from PancreasDiNTSLib.core.atomic import atomic_path
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.request import SEG_TYPES
 from PancreasDiNTSLib.core.terminology import SEGMENTS
+from PancreasDiNTSLib.io.dicom import LPS_TO_RAS
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Maximum value lengths (characters) of the string VRs (PS3.5 6.2); PN: per component group.
 VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "LT": 10240,
           "PN": 64, "SH": 16, "ST": 1024, "TM": 14, "UI": 64}

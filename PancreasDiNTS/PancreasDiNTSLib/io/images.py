@@ -20,6 +20,7 @@ import numpy as np
 from PancreasDiNTSLib.core.errors import InputError
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.io import dicom
+from PancreasDiNTSLib.io.dicom import LPS_TO_RAS
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # A CT in Hounsfield units has air near -1000; the bulk of a body CT lies between -1024 and +3000.
 CT_MIN_LOW = -500.0
 CT_RANGE = (-4000.0, 40000.0)

@@ -28,10 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from PancreasDiNTSLib import __version__
-from PancreasDiNTSLib.bridge.remote import UPLOAD_KINDS
+from PancreasDiNTSLib.bridge.remote import TERMINAL, UPLOAD_KINDS
 from PancreasDiNTSLib.core.errors import UsageError, printable
 from PancreasDiNTSLib.core.request import SegmentRequest, job_choices
-from PancreasDiNTSLib.server.store import TERMINAL, JobStore, new_job_id
+from PancreasDiNTSLib.server.store import JobStore, new_job_id
 from PancreasDiNTSLib.server.uploads import (
     INPUT_NAMES,
     UploadRefused,

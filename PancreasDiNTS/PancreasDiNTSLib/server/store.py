@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-TERMINAL = ("done", "failed", "cancelled")
+from PancreasDiNTSLib.bridge.remote import TERMINAL  # the job states after which nothing changes (the API's)
+
 MAX_ATTEMPTS = 2  # a job interrupted by a server stop runs again once, then fails with the reason
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _SCHEMA = """

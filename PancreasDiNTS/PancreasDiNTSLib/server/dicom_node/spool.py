@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-TERMINAL = ("done", "skipped", "failed")
+STUDY_FINAL_STATES = ("done", "skipped", "failed")  # a study's states after which the node is done with it
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS studies (
         id TEXT PRIMARY KEY, seq INTEGER, study_uid TEXT NOT NULL, source TEXT NOT NULL, calling_ae TEXT,
