@@ -18,7 +18,7 @@ import pytest
 from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME, file_digest
 from PancreasDiNTSLib.review import batch, record
-from test_output_safety_round3 import CLI, exited_within, paused_child, seg, segment_cmd, tiny_ct  # noqa: F401
+from test_concurrent_and_interrupted_runs import CLI, exited_within, paused_child, seg, segment_cmd, tiny_ct  # noqa: F401
 
 REVIEW_FILES = ("labels_corrected.nii.gz", "segmentation_corrected.seg.nrrd", "review.json")
 

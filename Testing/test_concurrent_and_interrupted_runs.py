@@ -1,5 +1,5 @@
-"""Issue 26 (reliability round 3), one test per item on generated data: concurrent runs into one OUTDIR (1),
-interrupted runs (2) and edits during a rerun (3) with real processes and real signals, demo / make-phantoms
+"""Concurrent and interrupted runs, one test per case on generated data (issue 26): concurrent runs into one
+OUTDIR (1), interrupted runs (2) and edits during a rerun (3) with real processes and real signals, demo / make-phantoms
 output folders (4, 8), case-insensitive and non-ASCII case names (12), concurrent installs and atomic_dir (13).
 
 A few runs pause a real child process at a chosen write (the test's driver wraps the writer library's save
