@@ -157,3 +157,20 @@ def test_a_speck_is_listed_new_but_is_not_progression() -> None:
     assert response.counts_as_new({"longest_axial_diameter_mm": response.NEW_LESION_MIN_MM})
     assert not response.counts_as_new({"longest_axial_diameter_mm": 4.99})
     assert not response.counts_as_new({"longest_axial_diameter_mm": None})  # a single voxel has no diameter
+
+
+def test_pairs_csv_rules(tmp_path: Path) -> None:
+    from PancreasDiNTSLib.core.errors import UsageError
+    from PancreasDiNTSLib.followup.batch import read_pairs
+
+    table = tmp_path / "pairs.csv"
+    table.write_text("prior,current,name\na/p,a/c,\nb/p,b/c,second one\n")
+    pairs = read_pairs(table)
+    assert [(n, p.relative_to(tmp_path).as_posix()) for n, p, _ in pairs] == [("pair_0001", "a/p"),
+                                                                               ("second_one", "b/p")]
+    for text, message in (("prior,current,name\na,b,compare.csv\n", "taken by compare"),
+                          ("prior,current,name\na,b,x\nc,d,x\n", "used twice"),
+                          ("prior,name\na,b\n", "prior,current"), ("prior,current\na,\n", "both needed")):
+        table.write_text(text)
+        with pytest.raises(UsageError, match=message):
+            read_pairs(table)

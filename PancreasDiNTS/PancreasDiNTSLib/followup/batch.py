@@ -34,6 +34,7 @@ CSV_NAME = "compare.csv"
 CSV_COLUMNS = ("name", "prior", "current", "status", "recist", "volumetric", "new", "no_longer_seen",
                "residual_mm", "message")
 MAX_PAIRS = 10000
+RESERVED = {SUMMARY_NAME, CSV_NAME, "segmented", "sides"}  # names in OUTDIR that a pair's folder may not take
 
 
 @dataclass
@@ -153,6 +154,9 @@ def read_pairs(csv_path: Path) -> list[tuple[str, Path, Path]]:
         if not prior or not current:
             raise UsageError(f"--pairs {printable(csv_path)} line {n}: prior and current are both needed")
         name = _safe((row.get("name") or "").strip()) or f"pair_{n - 1:04d}"
+        if name in RESERVED:
+            raise UsageError(f"--pairs {printable(csv_path)} line {n}: the name {name!r} is taken by compare's own "
+                             "files; choose another")
         if name in seen:
             raise UsageError(f"--pairs {printable(csv_path)} line {n}: the name {name!r} is used twice")
         seen.add(name)
