@@ -31,9 +31,15 @@ def test_the_cli_options_are_the_request_fields():
     assert {o.target for o in R.OPTIONS} == set(R.request_fields())
     for option in R.OPTIONS:
         action = next(a for a in parser._actions if a.dest == option.dest)
-        assert tuple(action.option_strings) == option.flags and action.help == option.help
+        assert tuple(action.option_strings) == option.flags and action.help == option.help.replace("%", "%%")
         assert action.default == option.default or option.kind == "many"
         assert tuple(action.choices or ()) == tuple(option.choices or ())
+
+
+def test_help_renders_every_option():
+    """argparse expands % in help texts: a literal one (e.g. "99.9 %") must not break `segment --help`."""
+    text = segment_parser().format_help()
+    assert all(flag in text for o in R.OPTIONS for flag in o.flags)
 
 
 def test_help_lists_every_format_from_the_registry():

@@ -89,6 +89,16 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def format_help() -> str:
+    """``--format``'s help, from the registry (a new format needs no edit here)."""
+    noted = [f.name for f in FORMATS.values() if f.dicom_only and not f.refuse_non_dicom]
+    refused = [f.name for f in FORMATS.values() if f.refuse_non_dicom]
+    extra = [f"{f.name} also writes {', '.join(f.requires)}" for f in FORMATS.values() if f.requires]
+    return (f"comma-separated outputs from {', '.join(FORMATS)}. For DICOM inputs only: {', '.join(noted)} (a note "
+            f"for other inputs); {', '.join(refused)} (other inputs refused). {'; '.join(extra)}. Default "
+            f"{','.join(DEFAULT_FORMATS)}")
+
+
 def markdown_table() -> str:
     """The docs' table of formats (docs/CLI.md holds a copy; a test keeps them equal)."""
     rows = ["| format | file | what | needs |", "|---|---|---|---|"]

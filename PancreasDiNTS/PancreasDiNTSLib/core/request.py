@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.core.errors import UsageError, printable
-from PancreasDiNTSLib.core.formats import DEFAULT_FORMATS, FORMATS, parse_formats
+from PancreasDiNTSLib.core.formats import DEFAULT_FORMATS, FORMATS, format_help, parse_formats
 from PancreasDiNTSLib.core.progress import PROGRESS_STYLES
 
 INFERENCE_MODES = ("fast", "exact", "fastmm")  # how the network runs (inference.segmenter)
 ENGINES = ("eager", "cuda-graph", "compile")  # how the fast modes run it (inference.fastpath)
 PRECISIONS = ("auto", "fp32", "bf16")  # the network's number format (inference.precision decides what auto means)
-PRECISIONS = ("auto", "fp32", "bf16")  # the fast forward's number format (inference/precision.py decides auto)
 REGION_MODES = ("auto", "whole")  # --region (a --roi box is the third way)
 ROI_SPACES = ("ras", "voxel")
 ROI_MODES = ("grid", "local")
@@ -180,7 +179,7 @@ class Option:
         return self.field or self.dest
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        kw: dict[str, Any] = {"help": self.help}
+        kw: dict[str, Any] = {"help": self.help.replace("%", "%%")}  # argparse formats help with %
         if self.kind == "many":
             parser.add_argument(self.dest, nargs="+", metavar=self.metavar, **kw)
             return
@@ -214,9 +213,7 @@ OPTIONS: tuple[Option, ...] = (
            "models/search_code_*.pt), an exported model file, or `official` (the default): the released model "
            "installed by `pancreas-dints download`", default="official", metavar="BUNDLE_DIR"),
     Option("device", ("--device",), "auto (default), cpu, cuda or cuda:N", default="auto"),
-    Option("formats", ("--format",), f"comma-separated outputs from {', '.join(FORMATS)} (dicom-seg only for DICOM "
-           "inputs; dicom-sr, which writes the SEG too, rtstruct, dicom-pdf and key-images refuse other inputs; fhir "
-           f"takes every input); default {','.join(DEFAULT_FORMATS)}", default=",".join(DEFAULT_FORMATS), job=True),
+    Option("formats", ("--format",), format_help(), default=",".join(DEFAULT_FORMATS), job=True),
     Option("seg_type", ("--seg-type",), "the DICOM SEG's form: binary (default; one frame per segment and image) or "
            "labelmap (DICOM 2024: one frame per image holding the label values, read by OHIF 3.11)", default="binary",
            choices=SEG_TYPES),
