@@ -13,10 +13,11 @@ HEAVY_MARKERS = ("slow", "subprocess", "server", "browser")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files with the most heavy tests run first (order kept within a file): with ``-n 2 --dist loadfile`` the
-    long files start at once instead of leaving one worker alone with them at the end."""
+    long files start at once instead of leaving one worker alone with them at the end. A test marked skip (the docs'
+    blocks not run here) weighs nothing."""
     weight: dict[str, int] = {}
     for item in items:
-        heavy = any(item.get_closest_marker(m) for m in HEAVY_MARKERS)
+        heavy = any(item.get_closest_marker(m) for m in HEAVY_MARKERS) and not item.get_closest_marker("skip")
         weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + int(heavy)
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (-weight[item.nodeid.split("::")[0]], order[id(item)]))
