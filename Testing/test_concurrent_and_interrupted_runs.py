@@ -22,6 +22,7 @@ from PancreasDiNTSLib.cli import main
 from PancreasDiNTSLib.core import errors
 from PancreasDiNTSLib.core.atomic import FOLDER_MANIFEST, LOCK_NAME, atomic_dir
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME, file_digest
+from PancreasDiNTSLib.core.request import Region
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 from PancreasDiNTSLib.io.placement import safe_case_name
 from PancreasDiNTSLib.model.loader import load_bundle
@@ -292,7 +293,7 @@ def test_item12_names_differing_in_case_are_found_again_and_letters_are_kept(tmp
 
     def run() -> list[tuple[str, str]]:
         summary = run_segment(SegmentSettings(tuple(inputs), out, "stub", formats=("nifti",), progress="none",
-                                              region="whole"),
+                                              region=Region("whole")),
                               segmenter=stub)  # type: ignore[arg-type]
         return [(r.status, r.case) for r in summary.results]
 

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from image_files import write_dicom_series
 from PancreasDiNTSLib.core.errors import PlacementError
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME, file_digest
+from PancreasDiNTSLib.core.request import Region
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 from PancreasDiNTSLib.inference.segmenter import Inverted
 
@@ -186,7 +187,7 @@ def test_output_placement_never_loses_or_misplaces_data(specs, symlink, which, r
             args = sorted({str(p.parent) for p in made}) if by_folder else [str(p) for p in made + links]
             try:
                 run_segment(SegmentSettings(tuple(args), out, "stub", formats=tuple(formats), progress="none",
-                                            overwrite=overwrite, region="whole"),
+                                            overwrite=overwrite, region=Region("whole")),
                             segmenter=stub)  # type: ignore[arg-type]
             except PlacementError:
                 event(f"refused (OUTDIR {which})")
@@ -277,7 +278,7 @@ def test_concurrent_runs_and_edits_between_runs_keep_every_patient(rounds):
             chosen, formats, overwrite = job
             return run_segment(SegmentSettings(tuple(str(inputs[i]) for i in chosen), out, "stub",
                                                formats=tuple(formats), progress="none", overwrite=overwrite,
-                                               prefetch=False, region="whole"),
+                                               prefetch=False, region=Region("whole")),
                                segmenter=stub)  # type: ignore[arg-type]
 
         for jobs, edits in rounds:
