@@ -79,10 +79,12 @@ def test_a_missing_slice_is_the_engines_one_line_and_nothing_usable_is_one_skip_
 
 
 def test_node_file_checked_with_one_line_reasons(tmp_path):
-    cfg = node_config({"allowed_aes": ["ORTHANC"], "rules": {"min_slices": 60, "prefer_keywords": ["pv"]},
+    cfg = node_config({"allowed_aes": ["ORTHANC"], "rules": {"min_slices": 60, "prefer_keywords": ["pv"],
+                                                             "modalities": ["ct"]},
                        "destinations": [{"name": "pacs", "kind": "stow", "url": "https://pacs/dicom-web",
                                          "auth_file": str(tmp_path / "auth")}]})
     assert cfg.allowed_aes == ("ORTHANC",) and cfg.rules.min_slices == 60 and cfg.rules.prefer_keywords == ("pv",)
+    assert cfg.rules.modalities == ("CT",)
     assert cfg.destinations[0].auth_file == tmp_path / "auth" and cfg.outputs == ("dicom-seg", "dicom-sr")
     assert cfg.job_options() == {"formats": "dicom-seg,dicom-sr", "mode": "fast", "allow_non_ct": "false"}
     bad = [({"ae_titel": "X"}, "unknown key 'ae_titel'"), ({"ae_title": "A\\B"}, "an AE title is 1 to 16"),
@@ -93,6 +95,7 @@ def test_node_file_checked_with_one_line_reasons(tmp_path):
            ({"destinations": [{"name": "../x", "kind": "stow", "url": "http://a"}]}, "name: letters"),
            ({"rules": {"min_slice": 3}}, "rules: unknown key 'min_slice'"),
            ({"outputs": ["dicom-seg", "jpeg"]}, "outputs/mode: --format jpeg: unknown output format"),
+           ({"rules": {"order": ["newest"]}}, "rules: order 'newest': choose from keywords, thinnest, most_slices"),
            ({"mode": "slow"}, "outputs/mode: --mode slow: choose one of fast, exact, fastmm")]
     for data, message in bad:
         with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -195,7 +198,8 @@ def test_scp_refuses_unknown_aes_and_a_full_disk_and_answers_after_the_spool_hol
     from pynetdicom import AE
 
     store, logs, floor = NodeStore(tmp_path), [], {"why": None}
-    scp = StorageSCP(node_config({"port": 0, "allowed_aes": ["MODALITY"]}), store, lambda: floor["why"], logs.append)
+    cfg = node_config({"port": 0, "allowed_aes": ["MODALITY"], "max_instances": 2})
+    scp = StorageSCP(cfg, store, lambda: floor["why"], logs.append)
     _, port = scp.start()
     try:
         def associate(calling: str):
@@ -217,6 +221,8 @@ def test_scp_refuses_unknown_aes_and_a_full_disk_and_answers_after_the_spool_hol
         compressed = ct_instance(sop="1.2.3.4.7")
         compressed.compress(RLELossless)
         assert int(assoc.send_c_store(compressed).Status) == 0  # a compressed syntax, stored as it came
+        assert int(assoc.send_c_store(ct_instance(sop="1.2.3.4.8")).Status) == 0xA700  # max_instances reached
+        assert "already holds 2 instances, the most this node takes" in logs[-1]
         with pytest.warns(UserWarning, match="Invalid value for VR UI"):  # pydicom says it too, on both sides
             status = int(assoc.send_c_store(ct_instance(study="1.2.abc", sop="1.2.3.4.6")).Status)
         assert status == 0xC000  # a study UID that is not a UID: refused

@@ -9,7 +9,7 @@ to an AE; ``stow``: STOW-RS to a DICOMweb root); sources are the DICOMweb server
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from PancreasDiNTSLib.core.request import SegmentRequest
 from PancreasDiNTSLib.core.safeparse import load_data_file
 
 DEFAULT_OUTPUTS = ("dicom-seg", "dicom-sr")
+PREFERENCES = ("keywords", "thinnest", "most_slices")  # the orders selection.py knows
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash, at most 16 characters
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -139,7 +140,12 @@ def node_config(data: dict[str, Any], where: str = "node") -> NodeConfig:
     """A checked NodeConfig from a mapping (a node file's content, options merged in)."""
     data = dict(data)
     if "rules" in data:
-        data["rules"] = _dataclass(Rules, data["rules"], f"{where}: rules")
+        data["rules"] = rules = _dataclass(Rules, data["rules"], f"{where}: rules")
+        unknown = [k for k in rules.order if k not in PREFERENCES]
+        if unknown:
+            raise UsageError(f"{where}: rules: order {printable(unknown[0])[:40]!r}: choose from {', '.join(PREFERENCES)}")
+        data["rules"] = replace(rules, modalities=tuple(str(m).upper() for m in rules.modalities),
+                                exclude_image_types=tuple(str(t).upper() for t in rules.exclude_image_types))
     data["destinations"] = [_destination(d, k) for k, d in enumerate(data.get("destinations") or [])]
     data["sources"] = [_dataclass(Source, s, f"{where}: sources[{k}]") for k, s in enumerate(data.get("sources") or [])]
     cfg: NodeConfig = _dataclass(NodeConfig, data, where)

@@ -26,7 +26,7 @@ from PancreasDiNTSLib.server.dicom_node.config import NodeConfig
 from PancreasDiNTSLib.server.dicom_node.scp import StorageSCP
 from PancreasDiNTSLib.server.dicom_node.selection import choose_series, series_facts, skip_reason
 from PancreasDiNTSLib.server.dicom_node.sender import Unreachable, send
-from PancreasDiNTSLib.server.dicom_node.spool import NodeStore
+from PancreasDiNTSLib.server.dicom_node.spool import NodeStore, StudyTooLarge
 from PancreasDiNTSLib.server.store import JobStore, new_job_id
 from PancreasDiNTSLib.server.uploads import input_path
 
@@ -61,6 +61,7 @@ class Node:
                 "(--min-free-mb)")
 
     def start(self) -> tuple[str, int]:
+        self.store.clean_incoming()
         found = self.store.reindex(read_uids)
         if found:
             self.log(f"DICOM node: {found} instance(s) stored before a stop recorded again from the spool")
@@ -187,8 +188,8 @@ class Node:
                 raise UsageError(f"source {printable(study.get('calling_ae'))!r} is no longer configured")
             for ds in iter_instances(src.url, study["study_uid"], study.get("series_uid") or None, src.auth_file):
                 self.store.add_instance(study["study_uid"], study["source"], src.name, str(ds.SOPInstanceUID),
-                                        str(ds.SeriesInstanceUID), encode(ds))
-        except (PancreasDiNTSError, OSError, AttributeError) as exc:
+                                        str(ds.SeriesInstanceUID), encode(ds), self.cfg.max_instances)
+        except (PancreasDiNTSError, OSError, AttributeError, StudyTooLarge) as exc:
             self.finish(study_id, "failed", f"pull from {src.name if src else '?'} failed: {printable(exc)[:300]}")
             return
         if self.store.close_receiving(study_id, time.time()):

@@ -14,7 +14,7 @@ from typing import Any
 from PancreasDiNTSLib.core.errors import printable
 from PancreasDiNTSLib.io.dicomweb import valid_uid
 from PancreasDiNTSLib.server.dicom_node.config import NodeConfig
-from PancreasDiNTSLib.server.dicom_node.spool import NodeStore
+from PancreasDiNTSLib.server.dicom_node.spool import NodeStore, StudyTooLarge
 
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -25,9 +25,8 @@ class StorageSCP:
     """One listening AE; ``room()`` is None when there is disk space, else the reason there is not."""
 
     def __init__(self, cfg: NodeConfig, store: NodeStore, room: Callable[[], str | None],
-                 log: Callable[[str], None], on_store: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None]) -> None:
         self.cfg, self.store, self.room, self.log = cfg, store, room, log
-        self.on_store = on_store
         self.server: Any = None
 
     def allowed(self, calling: str) -> bool:
@@ -67,13 +66,12 @@ class StorageSCP:
             return STATUS_OUT_OF_RESOURCES
         study_uid, series_uid, sop_uid = uids
         try:
-            study_id = self.store.add_instance(study_uid, "dimse", calling, sop_uid, series_uid,
-                                               event.encoded_dataset(include_meta=True))
-        except OSError as exc:
-            self.log(f"DICOM: instance from {calling!r} not stored ({printable(exc)[:120]}); answered failure")
+            self.store.add_instance(study_uid, "dimse", calling, sop_uid, series_uid,
+                                    event.encoded_dataset(include_meta=True), self.cfg.max_instances)
+        except (OSError, StudyTooLarge) as exc:
+            self.log(f"DICOM: instance from {calling!r} not stored ({printable(exc)[:160]}); answered out of "
+                     "resources")
             return STATUS_OUT_OF_RESOURCES
-        if study_id and self.on_store is not None:
-            self.on_store(study_id)
         return 0x0000
 
     def start(self) -> tuple[str, int]:

@@ -64,6 +64,10 @@ def write_durably(folder: Path, data: bytes | memoryview) -> Path:
     return dest
 
 
+class StudyTooLarge(Exception):
+    """A study already holds the most instances the node takes (``max_instances``)."""
+
+
 class NodeStore:
     """Studies, instances and sends in SQLite (WAL, synchronous=FULL); one connection under a lock."""
 
@@ -138,14 +142,19 @@ class NodeStore:
 
     # ----------------------------------------------------------------------------------------- instances
     def add_instance(self, study_uid: str, source: str, calling_ae: str, sop_uid: str, series_uid: str,
-                     data: bytes | memoryview) -> str | None:
+                     data: bytes | memoryview, max_instances: int = 1 << 30) -> str | None:
         """Store one instance durably and record it in the study being received; its node study id, or None
-        when that study already holds this SOP instance (a repeated send: acknowledged, not stored twice)."""
+        when that study already holds this SOP instance (a repeated send: acknowledged, not stored twice).
+        StudyTooLarge when the study already holds ``max_instances``."""
         study_id = self.open_study(study_uid, source, calling_ae)
         with self._lock:
             if self._db.execute("SELECT 1 FROM instances WHERE study = ? AND sop_uid = ?",
                                 (study_id, sop_uid)).fetchone():
                 return None
+            held = int(self._db.execute("SELECT COUNT(*) FROM instances WHERE study = ?", (study_id,)).fetchone()[0])
+        if held >= max_instances:
+            raise StudyTooLarge(f"study {study_uid} already holds {held} instances, the most this node takes "
+                                "(max_instances)")
         path = write_durably(self.folder(study_id), data)
         with self._lock:
             state = self._db.execute("SELECT state FROM studies WHERE id = ?", (study_id,)).fetchone()[0]
@@ -192,6 +201,10 @@ class NodeStore:
                                          "VALUES (?, ?, ?, ?, ?)", (study["id"], *uids, path.name, path.stat().st_mtime))
                     count += 1
         return count
+
+    def clean_incoming(self) -> None:
+        """Remove STOW-RS bodies left by a stop while they were being received (never acknowledged)."""
+        shutil.rmtree(self.root / "incoming", ignore_errors=True)
 
     def remove_spool(self, study_id: str) -> None:
         shutil.rmtree(self.folder(study_id), ignore_errors=True)

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from PancreasDiNTSLib.core.errors import printable
 from PancreasDiNTSLib.io.dicomweb import valid_uid
 from PancreasDiNTSLib.server.dicom_node.node import Node
+from PancreasDiNTSLib.server.dicom_node.spool import StudyTooLarge
 
 MAX_PARTS = 5000
 _BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
@@ -79,7 +80,11 @@ def store_parts(node: Node, path: Path, boundary: bytes, study: str | None, clie
             if not (valid_uid(study_uid) and valid_uid(series_uid) and valid_uid(sop)) or (study and study != study_uid):
                 failed.append(_sop_item(sop_class, sop if valid_uid(sop) else "", 0xA900))
                 continue
-            node.store.add_instance(study_uid, "stow", client, sop, series_uid, data)
+            try:
+                node.store.add_instance(study_uid, "stow", client, sop, series_uid, data, node.cfg.max_instances)
+            except StudyTooLarge:
+                failed.append(_sop_item(sop_class, sop, 0xA700))
+                continue
             stored.append(_sop_item(sop_class, sop))
     out: dict[str, Any] = {}
     if stored:
