@@ -37,6 +37,7 @@ for p in (str(ENGINE), str(Path(__file__).resolve().parent)):
 import numpy as np  # noqa: E402
 from auto_region_check import DEMO, FIRST_SEED, bundle_with_overlap, compare, make_volume  # noqa: E402
 
+RUNS = {"ref": ("exact", "fp32", "whole"), "whole-bf16": ("fast", "bf16", "whole"), "default": ("fast", "auto", "auto")}
 TARGETS = {"agreement": 0.999, "dice": 0.99, "length_voxels": 1.0, "confidence": 0.02}
 LENGTHS = ("longest_axial_diameter_mm", "perpendicular_diameter_mm", "longest_3d_diameter_mm")
 VOLUMES = ("pancreas_ml", "lesion_ml", "largest_lesion_ml")
@@ -75,18 +76,19 @@ def run(ct: Path, model: Path, mode: str, precision: str, region: str) -> dict[s
     from PancreasDiNTSLib.readout.combined import csv_row
 
     seg = Segmenter(load_bundle(model), "cpu", mode=mode, precision=precision)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = segment_case(ct, seg, CaseOptions(formats=("nifti",), report=False, readout=True, region=region))
     spacing = np.abs(np.linalg.svd(np.asarray(out.case.affine_ras)[:3, :3], compute_uv=False))
     return {"labels": out.labels, "confidence": out.confidence, "row": csv_row(out.readout),
-            "seconds": time.perf_counter() - t0, "precision": seg.precision.describe(),
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "precision": seg.precision.describe(),
             "voxel_mm": float(spacing.max()), "voxel_ml": float(np.prod(spacing)) / 1000.0}
 
 
-def reference(ct: Path, model: Path, store: Path) -> dict[str, Any]:
-    """The fp32 exact whole run, from ``store`` when an earlier run left it there."""
+def stored(ct: Path, model: Path, store: Path, how: tuple[str, str, str]) -> dict[str, Any]:
+    """The run ``how`` = (mode, precision, region), from ``store`` when an earlier run left it there."""
     if not (store / "labels.npy").exists():
-        ref = run(ct, model, "exact", "fp32", "whole")
+        ref = run(ct, model, *how)
         store.mkdir(parents=True, exist_ok=True)
         np.save(store / "labels.npy", ref["labels"])
         np.save(store / "confidence.npy", ref["confidence"])
@@ -135,7 +137,8 @@ def judge(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     res["ok"] = {"labels": res["agreement"] >= TARGETS["agreement"], "dice": dice_ok, "lengths": lengths_ok,
                  "scores": scores_ok, "counts": bool(ro["lesion_count_equal"]),
                  "confidence_map_p99.9": res["confidence_map"]["p99.9"] <= TARGETS["confidence"]}
-    res["seconds"], res["precision"] = round(got["seconds"], 1), got["precision"]
+    res["seconds"], res["cpu_seconds"], res["precision"] = round(got["seconds"], 1), got.get("cpu_seconds"), \
+        got["precision"]
     return res
 
 
@@ -146,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="phantom,mosaic")
     p.add_argument("--overlap", type=float, default=0.625, help="the mosaic's sliding-window overlap")
     p.add_argument("--workdir", type=Path)
-    p.add_argument("--reference-only", action="store_true", help="compute (and keep) the fp32 exact runs only")
+    p.add_argument("--runs", default="whole-bf16,default", help="the runs judged against the reference")
+    p.add_argument("--only", choices=tuple(RUNS), help="compute (and keep in --workdir) this run only; a later "
+                   "call judges the kept runs (each run can go in its own process, side by side)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="pdints-bf16-"))).resolve()
@@ -155,12 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases.split(","):
         ct = phantom_ct(work) if case == "phantom" else mosaic_ct(work)
         model = DEMO if case == "phantom" else bundle_with_overlap(DEMO, args.overlap, work)
-        ref = reference(ct, model, work / f"ref_{case}_{'demo' if case == 'phantom' else args.overlap}")
-        row: dict[str, Any] = {"ct": str(ct), "shape": list(ref["labels"].shape), "reference_s": ref["seconds"]}
-        if not args.reference_only:
-            for name, prec, region in (("whole-bf16", "bf16", "whole"), ("default", "auto", "auto")):
-                row[name] = judge(ref, run(ct, model, "fast", prec, region))
-                print(f"[{case}] {name}: " + json.dumps(row[name], default=str), file=sys.stderr, flush=True)
+        tag = f"{case}_{'demo' if case == 'phantom' else args.overlap}"
+        if args.only:
+            stored(ct, model, work / f"{args.only}_{tag}", RUNS[args.only])
+            continue
+        ref = stored(ct, model, work / f"ref_{tag}", RUNS["ref"])
+        row: dict[str, Any] = {"ct": str(ct), "shape": list(ref["labels"].shape), "reference_s": ref["seconds"],
+                               "reference_cpu_s": ref.get("cpu_seconds")}
+        for name in args.runs.split(","):
+            row[name] = judge(ref, stored(ct, model, work / f"{name}_{tag}", RUNS[name]))
+            print(f"[{case}] {name}: " + json.dumps(row[name], default=str), file=sys.stderr, flush=True)
         summary["cases"][case] = row
     summary["all_ok"] = all(all(r[n]["ok"].values()) for r in summary["cases"].values()
                             for n in ("whole-bf16", "default") if n in r)
