@@ -331,7 +331,10 @@ def test_interleaved_aes_and_kill_9_after_c_store_success_during_segmentation(si
     assert statuses == [0] * SLICES and box[0]["FailedInstancesCount"] == 0
     states = {s["study_uid"]: s["state"] for s in site.studies()}
     site.kill9()  # right after the last success (inside the quiet period) and while C is segmented
-    assert states[a_uid] == states[b_uid] == "receiving" and states[c_uid] == "segmenting", states
+    # B's last instance was just acknowledged (inside its quiet period); A, done sending a little earlier, may be
+    # decided already, its job waiting behind C's
+    assert states[b_uid] == "receiving" and states[a_uid] in ("receiving", "selected"), states
+    assert states[c_uid] == "segmenting", states
     site.start()
     a, b, c = site.study(a_uid), site.study(b_uid), site.study(c_uid)
     assert (a["state"], a["calling_ae"], a["instances"]) == ("done", "ORTHANC", SLICES)
