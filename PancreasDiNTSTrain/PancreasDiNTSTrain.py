@@ -12,10 +12,13 @@ the device list are the shared ``PancreasDiNTSSlicerLib`` (installed by the Panc
     slicer.util.exit(0)
 """
 
+import atexit
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import ctk
 import slicer
@@ -23,6 +26,8 @@ import vtk
 from PancreasDiNTSLib.bridge import commands, model_folders, progress_lines
 from PancreasDiNTSSlicerLib import devices, packages, reloading, resources
 from PancreasDiNTSSlicerLib.process import EngineProcess
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -37,7 +42,8 @@ TASKS = ["train", "search", "evaluate", "export"]
 # Module-specific name: every module's Resources/ lands in one qt-scripted-modules/Resources/ when installed.
 TRAIN_REQUIREMENTS_FILE = resources.requirementsFile(__file__, MODULE_NAME)
 PRESETS = ["tiny", "demo", "bundle"]
-EXPORT_FORMATS = ["torchscript", "onnx", "trt"]
+EXPORT_FORMATS = ["torchscript", "onnx", "trt"]  # onnx and trt install their packages when first used
+EXPORT_PACKAGES = {"onnx": "export", "trt": "trt"}  # format -> PancreasDiNTSSlicerLib.packages.OPTIONAL_FEATURES
 
 
 #
@@ -48,19 +54,19 @@ EXPORT_FORMATS = ["torchscript", "onnx", "trt"]
 class PancreasDiNTSTrain(ScriptedLoadableModule):
     """Module description shown in Slicer's module panel."""
 
-    def __init__(self, parent):
+    def __init__(self, parent: Any) -> None:
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Pancreas DiNTS Train"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("Pancreas DiNTS Train")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["PancreasDiNTS"]
-        self.parent.contributors = ["PancreasDiNTS developers"]
-        self.parent.helpText = (
+        self.parent.contributors = list(resources.CONTRIBUTORS)
+        self.parent.helpText = _(
             "Search a DiNTS architecture, train, evaluate and export pancreas segmentation models from a datalist. "
             "Runs the PancreasDiNTS engine in a background process; the same logic works headless from "
             "<tt>Slicer --no-main-window --python-script</tt>. A trained run folder can be used as a local model "
             "in the Pancreas DiNTS module."
         ) + resources.helpLink()
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Built on MONAI DiNTS (He et al., CVPR 2021) and the MONAI Model Zoo bundle "
             "pancreas_ct_dints_segmentation (Apache-2.0)."
         )
@@ -97,7 +103,7 @@ class PancreasDiNTSTrainParameterNode:
     device: str = "auto"
 
 
-def _pathOrNone(path):
+def _pathOrNone(path: Any) -> str | None:
     """None for an empty path parameter (an empty ctkPathLineEdit gives Path('.'))."""
     text = str(path or "")
     return text if text not in ("", ".") else None
@@ -111,7 +117,7 @@ def _pathOrNone(path):
 class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel: pick a datalist and output folder, start/stop, follow epoch, loss and Dice."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
@@ -119,7 +125,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNodeGuiTag = None
         self.devicePicker = None  # the device combo box and Detect GPUs (PancreasDiNTSSlicerLib.devices)
 
-    def setup(self):
+    def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/PancreasDiNTSTrain.ui"))
         self.layout.addWidget(uiWidget)
@@ -145,38 +151,42 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
         self.initializeParameterNode()
 
-    def cleanup(self):
-        """The application closes: stop the run and the GPU detection without touching widgets."""
-        self.logic.shutdown()
-        if self.devicePicker is not None:
-            self.devicePicker.stop()
-        self.removeObservers()
+    def cleanup(self) -> None:
+        """The application closes: stop the run and the GPU detection without touching widgets; the observers
+        are removed even when stopping fails."""
+        try:
+            if self.logic is not None:
+                self.logic.shutdown()
+            if self.devicePicker is not None:
+                self.devicePicker.stop()
+        finally:
+            self.removeObservers()
 
-    def onReload(self):
+    def onReload(self) -> None:
         """Reload the Slicer-side libraries and the bridge too, then the module file."""
         reloading.reloadLibraries()
         ScriptedLoadableModuleWidget.onReload(self)
 
-    def enter(self):
+    def enter(self) -> None:
         self.initializeParameterNode()
 
-    def exit(self):
+    def exit(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
 
-    def onSceneStartClose(self, caller, event):
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
         self.setParameterNode(None)
 
-    def onSceneEndClose(self, caller, event):
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
-    def initializeParameterNode(self):
+    def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode):
+    def setParameterNode(self, inputParameterNode: Any) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
@@ -186,9 +196,9 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
             self.updateGUI()
 
-    def updateGUI(self, caller=None, event=None):
+    def updateGUI(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
-        running = self.logic.isRunning()
+        running = self.logic.isRunning() or packages.isInstalling()
         self.ui.startButton.text = "Stop" if running else "Start"
         self.ui.settingsCollapsibleButton.enabled = not running
         if not p:
@@ -212,14 +222,17 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.useAsModelButton.enabled = not running and task == "train" and bool(
             _pathOrNone(p.outputFolder) and model_folders.is_model_folder(p.outputFolder))
 
-    def onStartButton(self):
+    def onStartButton(self) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
             self.ui.statusLabel.text = "Stopping..."
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(f"Failed to start {p.task}.", waitCursor=True):
-            if not self.logic.setupPythonRequirements(askConfirmation=True):
+            if not self.logic.setupPythonRequirements(askConfirmation=True, onChange=self.updateGUI):
+                return
+            feature = EXPORT_PACKAGES.get(p.exportFormat) if p.task == "export" else None
+            if feature and not packages.ensureOptional(feature, True, MODULE_NAME, self.updateGUI):
                 return
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
@@ -246,7 +259,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.statusLabel.text = f"Running {p.task}..."
         self.updateGUI()
 
-    def onEngineEvent(self, event):
+    def onEngineEvent(self, event: Any) -> None:
         if event.kind == "log":
             self.ui.logTextEdit.appendPlainText(event.line)
             return
@@ -259,12 +272,12 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if event.kind == "progress":
             self.ui.statusLabel.text = self.logic.lastStatus()
 
-    def onCompleted(self, process):
+    def onCompleted(self, process: EngineProcess) -> None:
         self.updateGUI()
         with slicer.util.tryWithErrorDisplay("The run ended, but showing its outcome failed."):
             self._showOutcome(process)
 
-    def _showOutcome(self, process):
+    def _showOutcome(self, process: EngineProcess) -> None:
         if process.cancelled:
             self.ui.statusLabel.text = "Stopped. Start again with 'Resume' checked to continue."
         elif process.returncode != 0:
@@ -281,7 +294,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     p.archFile = arch
                     self.ui.statusLabel.text = f"Finished: architecture {arch.name} selected for training."
 
-    def onUseAsModel(self):
+    def onUseAsModel(self) -> None:
         """Select the trained run folder as the local model of the Pancreas DiNTS module."""
         segmentParameters = slicer.util.getModuleLogic("PancreasDiNTS").getParameterNode()
         segmentParameters.useLocalModel = True
@@ -302,38 +315,40 @@ class PancreasDiNTSTrainLogic(ScriptedLoadableModuleLogic):
     epoch/loss/Dice); otherwise at once, and completedCallback(process) is called when it ends.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._task = None
+        self._task: EngineProcess | None = None
 
-    def getParameterNode(self):
+    def getParameterNode(self) -> Any:
         return PancreasDiNTSTrainParameterNode(super().getParameterNode())
 
-    def setupPythonRequirements(self, askConfirmation=True):
+    def setupPythonRequirements(self, askConfirmation: bool = True, onChange: Callable | None = None) -> bool:
         """torch (through the PyTorch extension), the engine's packages and the training extras; False when the
-        user declined. Nothing is imported to check; packages Slicer ships are never replaced."""
+        user declined. Nothing is imported to check; packages Slicer ships are never replaced; one installation
+        at a time (``onChange`` is called when it starts and ends)."""
         files = [resources.engineRequirementsFile(), TRAIN_REQUIREMENTS_FILE]
-        return packages.setupPythonRequirements(files, askConfirmation, requester="PancreasDiNTSTrain")
+        return packages.setupPythonRequirements(files, askConfirmation, requester=MODULE_NAME, onChange=onChange)
 
-    def isRunning(self):
+    def isRunning(self) -> bool:
         return self._task is not None and self._task.running
 
-    def cancel(self):
+    def cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Slicer is closing: stop the run without calling back (a resumable run folder stays as it is)."""
         if self._task is not None:
             self._task.stop()
 
-    def lastStatus(self):
+    def lastStatus(self) -> str:
         return self._task.parser.status if self._task else ""
 
-    def lastMetrics(self):
+    def lastMetrics(self) -> dict:
         return dict(self._task.parser.metrics) if self._task else {}
 
-    def _run(self, command, waitForCompletion, eventCallback, completedCallback):
+    def _run(self, command: list, waitForCompletion: bool, eventCallback: Callable | None,
+             completedCallback: Callable | None) -> EngineProcess:
         if self.isRunning():
             raise RuntimeError("A run is already in progress; stop it first.")
         self._task = EngineProcess(command, eventCallback, completedCallback)
@@ -342,29 +357,33 @@ class PancreasDiNTSTrainLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(self._task.parser.error_message(self._task.returncode))
         return self._task
 
-    def search(self, datalist, outputFolder, preset="tiny", device="auto", resume=False, overrides=None,
-               waitForCompletion=True, eventCallback=None, completedCallback=None):
+    def search(self, datalist: Any, outputFolder: Any, preset: str = "tiny", device: str = "auto",
+               resume: bool = False, overrides: Any = None, waitForCompletion: bool = True,
+               eventCallback: Callable | None = None, completedCallback: Callable | None = None) -> EngineProcess:
         """DiNTS architecture search; writes an architecture file for train(arch=...)."""
         command = commands.search_command(commands.python_executable(), datalist, outputFolder, preset=preset,
                                             device=device, resume=resume, overrides=overrides)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
-    def train(self, datalist, outputFolder, arch=None, preset="tiny", device="auto", resume=False, overrides=None,
-              waitForCompletion=True, eventCallback=None, completedCallback=None):
+    def train(self, datalist: Any, outputFolder: Any, arch: Any = None, preset: str = "tiny", device: str = "auto",
+              resume: bool = False, overrides: Any = None, waitForCompletion: bool = True,
+              eventCallback: Callable | None = None, completedCallback: Callable | None = None) -> EngineProcess:
         """Train a model; the output folder becomes a model folder the Pancreas DiNTS module can use."""
         command = commands.train_command(commands.python_executable(), datalist, outputFolder, arch=arch,
                                            preset=preset, device=device, resume=resume, overrides=overrides)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
-    def evaluate(self, model, datalist, outputFolder, split="testing", device="auto",
-                 waitForCompletion=True, eventCallback=None, completedCallback=None):
+    def evaluate(self, model: Any, datalist: Any, outputFolder: Any, split: str = "testing", device: str = "auto",
+                 waitForCompletion: bool = True, eventCallback: Callable | None = None,
+                 completedCallback: Callable | None = None) -> EngineProcess:
         """Dice, HD95 and volumes of a model on one split of a datalist."""
         command = commands.evaluate_command(commands.python_executable(), model, datalist, outputFolder,
                                               split=split, device=device)
         return self._run(command, waitForCompletion, eventCallback, completedCallback)
 
-    def export(self, model, output=None, exportFormat="torchscript", precision="fp32",
-               waitForCompletion=True, eventCallback=None, completedCallback=None):
+    def export(self, model: Any, output: Any = None, exportFormat: str = "torchscript", precision: str = "fp32",
+               waitForCompletion: bool = True, eventCallback: Callable | None = None,
+               completedCallback: Callable | None = None) -> EngineProcess:
         """Export a model folder to TorchScript, ONNX or TensorRT."""
         command = commands.export_command(commands.python_executable(), model, output=output,
                                             export_format=exportFormat, precision=precision)
@@ -379,17 +398,18 @@ class PancreasDiNTSTrainLogic(ScriptedLoadableModuleLogic):
 class PancreasDiNTSTrainTest(ScriptedLoadableModuleTest):
     """Self-test: a tiny search and a tiny training run on engine-made phantoms, headless."""
 
-    def setUp(self):
+    def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
-    def runTest(self):
+    def runTest(self) -> None:
         self.setUp()
         self.test_PancreasDiNTSTrain_tinySearchAndTrain()
 
-    def test_PancreasDiNTSTrain_tinySearchAndTrain(self):
+    def test_PancreasDiNTSTrain_tinySearchAndTrain(self) -> None:
         self.delayDisplay("Preparing the engine (may install packages)")
         self.assertTrue(PancreasDiNTSTrainLogic().setupPythonRequirements(askConfirmation=False))
         work = Path(slicer.util.tempDirectory("PancreasDiNTSTrainTest"))
+        atexit.register(shutil.rmtree, work, True)  # phantoms and models go when Slicer exits
         python = commands.python_executable()
         for command in (commands.make_phantoms_command(python, work / "data", count=4, seed=5),
                         commands.prepare_datalist_command(python, work / "data", work / "datalist.json")):

@@ -20,6 +20,16 @@ SLICER_FACTS = REPO.parent / "shared" / "slicer"
 MODULES = {"PancreasDiNTS": REPO / "PancreasDiNTS", "PancreasDiNTSTrain": REPO / "PancreasDiNTSTrain"}
 MODULE_FILES = {name: folder / f"{name}.py" for name, folder in MODULES.items()}
 UI_FILES = {name: folder / "Resources" / "UI" / f"{name}.ui" for name, folder in MODULES.items()}
+# The files that wire a module's .ui besides the module file (its panel sections).
+PANEL_FILES = {"PancreasDiNTS": [MODULES["PancreasDiNTS"] / "PancreasDiNTSSlicerLib" / f"{n}.py"
+                                 for n in ("panel", "panel_run", "panel_results")],
+               "PancreasDiNTSTrain": []}
+# The enums of the parameter nodes' choices (stored as keys, shown with translatable labels).
+CHOICES_FILE = MODULES["PancreasDiNTS"] / "PancreasDiNTSSlicerLib" / "choices.py"
+# Files of the pip package that the Slicer package does not ship (Slicer never runs them).
+PIP_ONLY = ("PancreasDiNTSReview/", "PancreasDiNTSLib/server/", "PancreasDiNTSLib/benchmark/",
+            "PancreasDiNTSLib/cli/serve.py", "PancreasDiNTSLib/cli/benchmark.py", "PancreasDiNTSLib/cli/review.py",
+            "PancreasDiNTSLib/cli/jobs.py")
 # Slicer's minimum supported release for this extension (README): names must exist there or be guarded.
 MIN_RELEASE_TAG = "v5.10.0"
 
@@ -231,6 +241,19 @@ def slicer_cli_options() -> set[str]:
 
 def module_tree(name: str) -> ast.Module:
     return ast.parse(MODULE_FILES[name].read_text(encoding="utf-8"), filename=str(MODULE_FILES[name]))
+
+
+def panel_trees(name: str) -> list[ast.Module]:
+    """The module file and its panel sections' files, parsed."""
+    return [module_tree(name)] + [ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+                                  for p in PANEL_FILES[name]]
+
+
+def choice_enums() -> set[str]:
+    """The names of the Enum classes in choices.py."""
+    tree = ast.parse(CHOICES_FILE.read_text(encoding="utf-8"))
+    return {n.name for n in tree.body if isinstance(n, ast.ClassDef)
+            and any(dotted(b) == "enum.Enum" for b in n.bases)}
 
 
 def dotted(node: ast.AST) -> str | None:

@@ -13,7 +13,7 @@ import sys
 import types
 import unittest
 
-STUBBED = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+STUBBED = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n")
 
 
 class _Base:
@@ -36,6 +36,14 @@ def _wrapper_module() -> types.ModuleType:
     return module
 
 
+def i18n_module() -> types.ModuleType:
+    """``slicer.i18n`` (Qt's translator in the application): text comes back untranslated."""
+    module = types.ModuleType("slicer.i18n")
+    module.tr = lambda text: text
+    module.translate = lambda context, text: text
+    return module
+
+
 def install() -> types.ModuleType:
     """Import the real slicer-core ``slicer`` and add the stand-ins to ``sys.modules``; return ``slicer``."""
     import slicer
@@ -43,7 +51,7 @@ def install() -> types.ModuleType:
     assert hasattr(slicer, "vtkMRMLScene"), "the installed 'slicer' is not slicer-core"
     modules = {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
                "slicer.ScriptedLoadableModule": _scripted_module(),
-               "slicer.parameterNodeWrapper": _wrapper_module()}
+               "slicer.parameterNodeWrapper": _wrapper_module(), "slicer.i18n": i18n_module()}
     for name, module in modules.items():
         sys.modules[name] = module
         if name.startswith("slicer."):

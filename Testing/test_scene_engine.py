@@ -266,6 +266,42 @@ def test_readout_table_lines_and_confidence_of_a_real_run(engine_run, variant):
         scene.RemoveNode(v)
 
 
+@pytest.mark.subprocess
+def test_reruns_on_one_input_keep_one_table_one_set_of_lines_and_one_confidence_map(engine_run, tmp_path):
+    """Audit N1/N8: every run added a table, two diameter lines and a CT-sized confidence volume, and the old
+    lesion's lines stayed drawn over a new segmentation. Three reruns on one input (as the panel shows them:
+    show_readout, load_confidence_volume) leave the node counts of the first; a rerun whose report has no
+    measured lesion removes the lines; another input's read-out and map are not touched."""
+    scene = slicer.vtkMRMLScene()
+    folder = engine_run["out"] / "ras"
+    volume = support.load_volume(scene, engine_run["work"] / "inputs" / "ras.nrrd", "ct")
+    other = support.load_volume(scene, engine_run["work"] / "inputs" / "lps.nrrd", "other ct")
+    report = json.loads((folder / "report.json").read_text())
+    assert scenelib.readout_lines(report), "the run measured no lesion: nothing to check"
+    other_table = scenelib.show_readout(report, other, scene)
+    other_map = scenelib.load_confidence_volume(folder / "confidence.nii.gz", other, scene)
+
+    def counts():
+        return {c: scene.GetNumberOfNodesByClass(c)
+                for c in ("vtkMRMLTableNode", "vtkMRMLMarkupsLineNode", "vtkMRMLScalarVolumeNode")}
+
+    seen, tables = [], []
+    for _ in range(3):
+        tables.append(scenelib.show_readout(report, volume, scene))
+        scenelib.load_confidence_volume(folder / "confidence.nii.gz", volume, scene)
+        seen.append(counts())
+    assert seen[0] == seen[1] == seen[2] == {"vtkMRMLTableNode": 2, "vtkMRMLMarkupsLineNode": 4,
+                                             "vtkMRMLScalarVolumeNode": 4}
+    assert tables[0] is tables[1] is tables[2] and tables[0].GetName() == "ct measurements"
+    assert len(scenelib.volumes.confidence_volumes_of(scene, volume)) == 1
+    gone = json.loads(json.dumps(report))
+    gone["readout"]["lesion"] = {"found": False, "reason": "no lesion segmented"}
+    scenelib.show_readout(gone, volume, scene)
+    assert set(scenelib.report.readout_nodes(scene, volume)) == {"table"}  # the stale lesion lines are gone
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 2  # the other input's two lines stay
+    assert scene.IsNodePresent(other_table) and scene.IsNodePresent(other_map)
+
+
 def test_scene_layer_imports_no_qt_and_no_application():
     """The layer is Qt-free: it imports in slicer-core, where slicer.app and slicer.mrmlScene do not exist."""
     import ast

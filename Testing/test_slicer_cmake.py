@@ -44,7 +44,8 @@ def test_module_cmake_lists_exactly_the_existing_files(name):
     scripts = expand(cmake_set(text, "MODULE_PYTHON_SCRIPTS"))
     resources = expand(cmake_set(text, "MODULE_PYTHON_RESOURCES"))
     files = {p.relative_to(folder).as_posix() for p in facts.repo_files(folder)}
-    existing_py = {f for f in files if f.endswith(".py")}
+    existing_py = {f for f in files if f.endswith(".py") and not f.startswith(facts.PIP_ONLY)}
+    assert not {f for f in scripts if f.startswith(facts.PIP_ONLY)}, "the Slicer package ships pip-only code"
     # The demo model (package data) has its own install list, checked by test_module_cmake_installs_the_whole_demo_model.
     existing_resources = {f for f in files if not f.endswith(".py") and f != "CMakeLists.txt"
                           and not f.startswith("PancreasDiNTSLib/resources/")}

@@ -197,3 +197,66 @@ def test_scene_layer_tests_pass_against_the_installed_tree(tree, tmp_path):
                          cwd=facts.REPO, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+# Third-party packages Slicer's own Python ships (SuperBuild/External_python-*.cmake, v5.10.0 and v5.12.3) or that
+# the application provides (slicer, qt, ctk, vtk): all the Slicer-side code may import at file scope.
+SLICER_SHIPS = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "scipy", "SimpleITK", "pydicom", "requests",
+                "packaging", "PIL", "urllib3", "certifi", "charset_normalizer", "idna", "dateutil", "six"}
+OURS = {"PancreasDiNTS", "PancreasDiNTSTrain", "PancreasDiNTSLib", "PancreasDiNTSSceneLib", "PancreasDiNTSSlicerLib",
+        "slicer_stubs"}
+FILE_SCOPE_DRIVER = textwrap.dedent('''
+    import importlib, importlib.abc, json, pkgutil, sys
+    from pathlib import Path
+
+    tree, allowed = Path(sys.argv[1]).resolve(), set(json.loads(sys.argv[2]))
+    import slicer_stubs
+    slicer_stubs.install()  # slicer-core (MRML) and the stand-ins for Qt are there before the hook
+    seen = []
+
+    class OnlyWhatSlicerShips(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in allowed:
+                seen.append(name)
+                raise ImportError(f"not shipped with Slicer: {name}")
+
+    sys.meta_path.insert(0, OnlyWhatSlicerShips())
+    failed = {}
+    names = ["PancreasDiNTS", "PancreasDiNTSTrain"]
+    for package in ("PancreasDiNTSSlicerLib", "PancreasDiNTSSceneLib", "PancreasDiNTSLib.bridge"):
+        names += [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(tree / package.replace(".", "/"))])]
+    for name in names:
+        if name == "PancreasDiNTSSceneLib.review":  # imported by the review section after ensureOptional("review")
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            failed[name] = str(error)
+    print("REPORT " + json.dumps({"failed": failed, "seen": seen, "count": len(names)}))
+''')
+
+
+def test_slicer_side_code_imports_only_what_slicer_ships_and_the_package_ships_no_server(tree, tmp_path):
+    """Audit N12 and the index's review question ("Python packages imported at file scope that are not from the
+    Standard Library and not from Slicer, vtk, SimpleITK, numpy, and scipy?"): every file Slicer imports (the
+    modules, PancreasDiNTSSlicerLib, PancreasDiNTSSceneLib, the bridge) imports only the standard library and what
+    Slicer ships, under an import hook that fails anything else; the server, the browser app and the benchmarks
+    are not in the installed tree (they stay in the pip package)."""
+    support.import_slicer_core()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(TESTING)])
+    run = subprocess.run([sys.executable, "-c", FILE_SCOPE_DRIVER, str(tree), json.dumps(sorted(SLICER_SHIPS | OURS))],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(next(x for x in run.stdout.splitlines() if x.startswith("REPORT "))[len("REPORT "):])
+    assert report["failed"] == {} and report["seen"] == [], report
+    assert report["count"] > 25
+    for absent in ("PancreasDiNTSReview", "PancreasDiNTSLib/server", "PancreasDiNTSLib/benchmark",
+                   "PancreasDiNTSLib/cli/serve.py", "PancreasDiNTSLib/cli/benchmark.py"):
+        assert not (tree / absent).exists(), f"the Slicer package ships {absent}"
+    # the hook is real: a package Slicer does not ship fails under it
+    bad = FILE_SCOPE_DRIVER.replace('names = ["PancreasDiNTS", "PancreasDiNTSTrain"]', 'names = ["nibabel"]')
+    run = subprocess.run([sys.executable, "-c", bad, str(tree), json.dumps(sorted(SLICER_SHIPS | OURS))],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert "not shipped with Slicer: nibabel" in run.stdout

@@ -151,7 +151,10 @@ def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonb
     scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
     qt = types.ModuleType("qt")
     qt.QTimer = QTimer
-    return {"slicer": slicer, "slicer.util": util, "slicer.parameterNodeWrapper": wrapper,
+    from slicer_stubs import i18n_module
+
+    slicer.i18n = i18n_module()
+    return {"slicer": slicer, "slicer.util": util, "slicer.parameterNodeWrapper": wrapper, "slicer.i18n": slicer.i18n,
             "slicer.ScriptedLoadableModule": scripted, "qt": qt, "ctk": types.ModuleType("ctk"),
             "vtk": types.ModuleType("vtk")}
 
@@ -394,3 +397,81 @@ def test_an_import_failure_is_a_failed_run_with_one_line(module_factory, tiny_bu
     with pytest.raises(RuntimeError, match=r"^Loading the engine's result failed: 'Segment_1'$"):
         logic.process("volume node", None, str(tiny_bundle), "cpu", confidence=False)
     assert not list(tmp_path.glob("PancreasDiNTS-*/*"))
+
+
+class SlowServer:
+    """A real HTTP server on 127.0.0.1 that accepts a job and is slow to answer a cancel (as a loaded or
+    half-reachable server is): what the panel's Cancel, scene close and quit must not wait for."""
+
+    CANCEL_DELAY = 3.0
+
+    def __init__(self):
+        import http.server
+        import json as json_module
+
+        delay = self.CANCEL_DELAY
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, data):
+                body = json_module.dumps(data).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.endswith("/cancel"):
+                    time.sleep(delay)
+                    self._answer({"id": "j1", "state": "cancelled"})
+                else:
+                    self._answer({"id": "j1", "state": "queued"})
+
+            def do_GET(self):
+                self._answer({"id": "j1", "state": "running", "fraction": 0.1})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_server_cancel_and_quit_return_at_once_and_the_run_ends_in_the_background(module_factory, tmp_path):
+    """Audit N5: RemoteRun.cancel makes a synchronous HTTP call (up to the client's 60 s timeout) and joins the
+    run's thread; called from Cancel, scene close and quit it froze Slicer. Now Cancel returns at once, the run
+    ends as cancelled through the poller, and quitting (stop) returns at once too."""
+    _, loop = module_factory(nonblocking_launch=True)
+    remote_task = importlib.import_module("PancreasDiNTSSlicerLib.remote")
+    from PancreasDiNTSLib.bridge import remote
+
+    server = SlowServer()
+    try:
+        source = tmp_path / "input.nrrd"
+        source.write_bytes(b"NRRD0004\n")
+        finished = []
+        for quit_instead in (False, True):
+            run = remote.RemoteRun(remote.ServerClient(server.url, "token"), source, tmp_path / "out", {})
+            task = remote_task.RemoteTask(run, finishedCallback=finished.append).start(waitForCompletion=False)
+            loop.run_until(lambda run=run: run.job is not None, timeout=30)
+            started = time.monotonic()
+            task.stop() if quit_instead else task.cancel()
+            assert time.monotonic() - started < 0.5, "the GUI thread waited for the server"
+            if not quit_instead:
+                assert task.running  # still ending in the background
+                loop.run_until(lambda: finished, timeout=30)
+                assert finished[0] is task and task.cancelled and task.returncode == 130
+            else:
+                assert not task.running and finished == [task]  # stop() never calls back
+    finally:
+        server.close()
+    assert remote_task.insecureServerWarning("http://gpu-server:8765") and "unencrypted" in \
+        remote_task.insecureServerWarning("http://10.0.0.5:8765")
+    assert remote_task.insecureServerWarning("https://gpu-server:8765") is None
+    assert remote_task.insecureServerWarning("http://localhost:8765") is None
+    assert remote_task.insecureServerWarning("http://127.0.0.1:8765") is None

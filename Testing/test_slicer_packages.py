@@ -93,10 +93,19 @@ def test_constraints_pin_every_installed_slicer_package(load, tmp_path):
     packages = load(FakeSlicer())
     pins = packages.slicerConstraints()
     assert f"pydicom=={metadata.version('pydicom')}" in pins and f"numpy=={metadata.version('numpy')}" in pins
+    shipped = packages.slicerShippedPackages()
     for pin in pins:
         name, version = pin.split("==")
-        assert name in packages.SLICER_MANAGED_PACKAGES and metadata.version(name) == version
+        assert name in shipped and metadata.version(name) == version
+    assert set(packages.SLICER_MANAGED_PACKAGES) <= set(shipped)
     assert packages.slicerConstraints(["no-such-distribution-xyz"]) == []
+    # Every distribution of Slicer's own site-packages is pinned, not only the nine named (audit D1: Slicer 5.10
+    # ships pillow, urllib3, certifi, ...): read from a site folder as Slicer's is laid out.
+    site = tmp_path / "site-packages"
+    (site / "pillow-11.2.1.dist-info").mkdir(parents=True)
+    (site / "pillow-11.2.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: pillow\nVersion: 11.2.1\n")
+    assert "pillow" in packages.slicerShippedPackages(str(site))
+    assert "pydicom" in packages.slicerShippedPackages(str(site))
     text = packages.writeConstraints(tmp_path / "c.txt").read_text()
     assert set(pins) <= set(text.splitlines())
 
@@ -261,5 +270,51 @@ def test_slicer_512_pip_ensure_gets_the_constraints_and_a_decline_is_false(load,
     def failing(requirements, **kwargs):
         raise subprocess.CalledProcessError(1, "pip install")
 
-    with pytest.raises(RuntimeError, match=r"Installing no-such-distribution-xyz>=1 failed\."):
-        load(FakeSlicer(), failing).ensurePackages([reqs])
+    # Slicer 5.12 shows pip's failure in its own dialog before raising: no second dialog (audit N15), the
+    # reason is logged and the answer is False.
+    assert load(FakeSlicer(), failing).ensurePackages([reqs]) is False
+
+
+def test_one_installation_at_a_time_and_the_panel_told(load, tmp_path):
+    """Audit N4: pip pumps GUI events, so a second click reached setupPythonRequirements again and started a
+    second pip into the same site-packages. Now the second call raises at once; isInstalling() locks the panels
+    (onChange is called when the installation starts and ends)."""
+    reqs = requirements_file(tmp_path, "no-such-distribution-xyz>=1")
+    states, second = [], []
+
+    def pip_ensure(requirements, **kwargs):  # Slicer's pip_ensure; the user clicks Segment again meanwhile
+        with pytest.raises(RuntimeError, match="already installing") as error:
+            packages.setupPythonRequirements([reqs], askConfirmation=True)
+        second.append(str(error.value))
+        raise RuntimeError("User declined package installation")
+
+    packages = load(FakeSlicer(), pip_ensure)
+    assert packages.setupPythonRequirements([reqs], True, "PancreasDiNTS",
+                                            onChange=lambda: states.append(packages.isInstalling())) is False
+    assert second and states == [True, False] and not packages.isInstalling()
+    assert packages.setupPythonRequirements([requirements_file(tmp_path, "packaging")]) is True  # nothing missing
+
+
+def test_optional_features_install_on_first_use_through_pip_ensure(load, monkeypatch):
+    """Audit N6/N7: the review section (nibabel, filelock) and ONNX/TensorRT install their packages when first
+    used, through Slicer's pip_ensure with the same constraints, never with CLI pip advice."""
+    import tomllib
+
+    calls = []
+
+    def pip_ensure(requirements, **kwargs):
+        calls.append((list(requirements), kwargs["requester"], Path(kwargs["constraints"]).read_text()))
+
+    packages = load(FakeSlicer(), pip_ensure)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert list(packages.OPTIONAL_FEATURES["export"]) == extras["export"]
+    assert list(packages.OPTIONAL_FEATURES["trt"]) == extras["trt"]
+    engine = (REPO / "PancreasDiNTS" / "Resources" / "PancreasDiNTS-requirements.txt").read_text().split()
+    assert set(packages.OPTIONAL_FEATURES["review"]) <= set(engine)
+    assert packages.ensureOptional("review") is True and calls == []  # installed here: nothing asked
+    monkeypatch.setitem(packages.OPTIONAL_FEATURES, "review", ("nibabel>=5", "no-such-distribution-xyz>=1"))
+    with pytest.raises(RuntimeError, match="Still missing"):  # the fake pip_ensure installs nothing
+        packages.ensureOptional("review", requester="PancreasDiNTS")
+    assert calls[0][0] == ["no-such-distribution-xyz>=1"] and calls[0][1] == "PancreasDiNTS"
+    assert f"pydicom=={metadata.version('pydicom')}" in calls[0][2].splitlines()
+    assert not packages.isInstalling()

@@ -59,7 +59,8 @@ def test_ui_is_qt_designer_xml(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_ui_widget_the_code_uses_exists(name):
     tree = facts.module_tree(name)
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and facts.dotted(n.value) == "self.ui"}
+    used = {n.attr for t in facts.panel_trees(name) for n in ast.walk(t)
+            if isinstance(n, ast.Attribute) and facts.dotted(n.value) == "self.ui"}
     assert used, "the module reaches no widget?"
     missing = used - set(widgets(parse_ui(name)))
     assert not missing, f"{name}.py uses widgets missing from {name}.ui: {sorted(missing)}"
@@ -78,6 +79,8 @@ def _field_kind(annotation: ast.expr) -> tuple[str, str | None, bool]:
     base = facts.dotted(annotation) or ""
     if base.startswith("vtkMRML"):
         return "node", base, choice
+    if base in facts.choice_enums():
+        return "enum.Enum", None, choice
     return base, None, choice
 
 
@@ -86,6 +89,9 @@ def _connector_accepts(widget_class: str, kind: str, choice: bool) -> bool:
     for classes, description in facts.wrapper_facts().connectors:
         if widget_class not in classes:
             continue
+        if kind == "enum.Enum":  # the connector's line ends "... or enum.Enum" (split off above at its ';')
+            return any(widget_class in line.split("->")[0] and line.rstrip().endswith("enum.Enum")
+                       for line in facts.facts_file("parameter_node_wrapper.txt").splitlines() if "->" in line)
         if "Choice" in description:
             return choice and kind in description
         if kind == "node":
@@ -122,6 +128,8 @@ def test_connector_check_rejects_mismatches():
     assert _connector_accepts("ctkPathLineEdit", "Path", False)
     assert _connector_accepts("qMRMLNodeComboBox", "node", False)
     assert not _connector_accepts("QPlainTextEdit", "str", False)  # no connector for QPlainTextEdit
+    assert _connector_accepts("QComboBox", "enum.Enum", False)  # stored as the member's name, shown by label
+    assert not _connector_accepts("QLineEdit", "enum.Enum", False)
 
 
 # Path fields that must accept a folder (a model bundle, a train run, an output folder): ctkPathLineEdit opens a
@@ -132,9 +140,8 @@ FOLDER_FIELDS = {"PancreasDiNTS": {"localModelPathLineEdit"},
 
 @pytest.mark.parametrize("name", NAMES)
 def test_folder_path_fields_browse_folders(name):
-    tree = facts.module_tree(name)
     filters = {}
-    for node in ast.walk(tree):
+    for node in (n for tree in facts.panel_trees(name) for n in ast.walk(tree)):
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = facts.dotted(node.targets[0]) or ""
             if target.startswith("self.ui.") and target.endswith(".filters"):

@@ -16,6 +16,8 @@ import pytest
 from test_slicer_devices import ComboBox
 from test_slicer_module_seam import Loop, make_fake_slicer
 
+DeviceSection = ResultsSection = RunSection = None  # the panel's section classes, set by the fixture
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,21 +56,29 @@ def panel(monkeypatch, tmp_path):
     fake["slicer.util"].errorDisplay = lambda text, **kw: errors.append(text)
     fake["slicer"].mrmlScene = types.SimpleNamespace(IsNodePresent=lambda node: True)
     fake["vtk"].vtkCommand = types.SimpleNamespace(ModifiedEvent=33)
+    fake["ctk"].ctkPathLineEdit = types.SimpleNamespace(Dirs=1, NoDotAndDotDot=2, Readable=4)
     for name, module in fake.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
     for name in [n for n in sys.modules if n == "PancreasDiNTS" or n.startswith("PancreasDiNTSSlicerLib")]:
         monkeypatch.delitem(sys.modules, name)
     module = importlib.import_module("PancreasDiNTS")
+    choices = importlib.import_module("PancreasDiNTSSlicerLib.choices")
     widget = module.PancreasDiNTSWidget()
     widget.ui, widget.logic = UI(), module.PancreasDiNTSLogic()
     widget.removeObserver = widget.addObserver = lambda *args: None
-    widget._setupDeviceSection()  # the device picker on the stand-in widgets (setup() needs Qt's UI loader)
+    widget.createSections()  # every section on the stand-in widgets (setup() needs Qt's UI loader)
     widget._parameterNode = types.SimpleNamespace(
         inputVolume="ct", outputSegmentation=None, useLocalModel=True, localModelPath=tmp_path,
-        device="cuda:1", region="automatic pancreas region", roiNode=None, roiMode="grid", mode="fast", show3D=True,
-        computeConfidence=True, allowNonCT=False, runOn="this computer", serverURL="", disconnectGui=lambda tag: None)
+        device="cuda:1", region=choices.Region.auto, roiNode=None, roiMode=choices.RoiMode.grid,
+        mode=choices.Speed.fast, show3D=True, computeConfidence=True, allowNonCT=False,
+        runOn=choices.RunPlace.local, serverURL="", disconnectGui=lambda tag: None)
     widget.parent = types.SimpleNamespace(isEntered=False)
+    widget.module = module
+    global DeviceSection, ResultsSection, RunSection
+    DeviceSection = importlib.import_module("PancreasDiNTSSlicerLib.panel").DeviceSection
+    ResultsSection = importlib.import_module("PancreasDiNTSSlicerLib.panel_results").ResultsSection
+    RunSection = importlib.import_module("PancreasDiNTSSlicerLib.panel_run").RunSection
     return widget, loop, errors
 
 
@@ -96,10 +106,10 @@ def test_during_a_run_install_and_inputs_are_locked(panel):
 @pytest.mark.subprocess
 def test_detect_gpus_returns_at_once_and_fills_the_list_later(panel):
     widget, loop, errors = panel
-    widget.devicePicker.refresh()
-    assert widget.devicePicker.task is not None and widget.devicePicker.task.running  # returned while the child works
+    widget.section(DeviceSection).picker.refresh()
+    assert widget.section(DeviceSection).picker.task is not None and widget.section(DeviceSection).picker.task.running  # returned while the child works
     assert not widget.ui.refreshDevicesButton.enabled and widget.ui.refreshDevicesButton.text == "Detecting..."
-    loop.run_until(lambda: widget.devicePicker.task is None, timeout=120)
+    loop.run_until(lambda: widget.section(DeviceSection).picker.task is None, timeout=120)
     assert widget.ui.refreshDevicesButton.enabled and widget.ui.refreshDevicesButton.text == "Detect GPUs"
     assert [d for _, d in widget.ui.deviceComboBox.items][:2] == ["auto", "cpu"] and not errors
     assert widget.ui.deviceComboBox.current[1] == "cuda:1"  # still the saved choice
@@ -107,11 +117,11 @@ def test_detect_gpus_returns_at_once_and_fills_the_list_later(panel):
 
 def test_closing_the_scene_forgets_the_last_read_out(panel):
     widget, _, _ = panel
-    widget._confidenceNode = "confidence volume"
+    widget.section(ResultsSection).confidenceNode = "confidence volume"
     widget.ui.resultLabel.text = "Pancreas: 70.0 mL"
     widget.onSceneStartClose(None, None)
     assert ("setMRMLTableNode", (None,)) in widget.ui.measurementsTableView.calls
-    assert widget._confidenceNode is None and widget.ui.resultLabel.text == ""
+    assert widget.section(ResultsSection).confidenceNode is None and widget.ui.resultLabel.text == ""
 
 
 def test_an_error_while_showing_results_is_shown_and_the_panel_is_not_left_running(panel):
@@ -124,7 +134,7 @@ def test_an_error_while_showing_results_is_shown_and_the_panel_is_not_left_runni
     result = types.SimpleNamespace(cancelled=False, success=True, message="", segmentationNode="seg",
                                    volumes={"Pancreas": 70.0}, report={"x": 1}, confidenceNode=None, log="")
     with pytest.raises(ValueError):  # Slicer's tryWithErrorDisplay shows, then re-raises (EngineProcess keeps it)
-        widget.onProcessingCompleted(result)
+        widget.section(RunSection).onProcessingCompleted(result)
     assert errors and "showing its results failed" in errors[0] and "no such table column" in errors[0]
     assert widget.ui.applyButton.text == "Segment"
 
@@ -136,3 +146,64 @@ def test_a_device_picked_in_the_box_goes_to_the_parameter_node(panel):
     box.slots["currentIndexChanged(int)"](box.findData("cpu"))
     assert widget._parameterNode.device == "cpu"
     assert widget.ui.refreshDevicesButton.calls[0][0] == "connect"  # Detect GPUs is wired by the picker
+
+
+def test_roi_region_without_an_roi_cannot_start_and_is_refused(panel):
+    """Audit N2: "ROI node" with no ROI selected silently ran the engine's default region. Now Segment and
+    Estimate are disabled, and the logic refuses such a run (with one line) before anything is written."""
+    widget, _, _ = panel
+    choices = sys.modules["PancreasDiNTSSlicerLib.choices"]
+    widget._parameterNode.region = choices.Region.roi
+    widget.updateGUI()
+    assert not widget.ui.applyButton.enabled and not widget.ui.estimateButton.enabled
+    assert widget.ui.roiSelector.enabled
+    with pytest.raises(ValueError, match="no ROI is selected"):
+        widget.logic.process("ct", None, str(widget._parameterNode.localModelPath), "cpu", region="roi")
+    assert not widget.logic.isRunning()
+    widget._parameterNode.roiNode = "an ROI"
+    widget.updateGUI()
+    assert widget.ui.applyButton.enabled and widget.ui.estimateButton.enabled
+
+
+def test_plain_http_to_another_host_asks_before_sending_the_ct(panel):
+    """Audit N3: a server run over plain http to a host that is not this computer sends the CT and the token in
+    clear; the CLI warns, the panel now asks (declined: nothing is sent, nothing runs)."""
+    widget, _, errors = panel
+    choices = sys.modules["PancreasDiNTSSlicerLib.choices"]
+    asked = []
+    sys.modules["slicer.util"].confirmOkCancelDisplay = lambda text, **kw: asked.append(text) and False
+    p = widget._parameterNode
+    p.runOn, p.serverURL = choices.RunPlace.server, "http://10.1.2.3:8765"
+    widget.ui.serverTokenLineEdit.text = "secret"
+    widget.updateGUI()
+    assert widget.ui.applyButton.enabled
+    widget.section(RunSection).onApplyButton()
+    assert len(asked) == 1 and "10.1.2.3:8765" in asked[0] and "unencrypted" in asked[0]
+    assert not widget.logic.isRunning() and not errors
+    assert widget.ui.statusLabel.text != "Starting..."
+
+
+def test_choices_are_stored_as_keys_and_old_scenes_still_read(monkeypatch):
+    """Audit N10: the stored values were display text ("automatic pancreas region"), which a translation would
+    break. The parameter node now stores enum keys (Slicer's EnumSerializer writes member names) and an old
+    scene's values are rewritten to keys when the node is read; unknown values fall back to the default."""
+    import slicer_stubs
+    import test_scene_support
+
+    slicer = test_scene_support.import_slicer_core()  # the real vtkMRMLScriptedModuleNode
+    monkeypatch.setitem(sys.modules, "slicer.i18n", slicer_stubs.i18n_module())
+    monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
+    monkeypatch.delitem(sys.modules, "PancreasDiNTSSlicerLib.choices", raising=False)
+    choices = importlib.import_module("PancreasDiNTSSlicerLib.choices")
+    node = slicer.vtkMRMLScriptedModuleNode()
+    for name, value in {"region": "automatic pancreas region", "runOn": "this computer", "roiMode": "grid",
+                        "mode": "sideways"}.items():
+        node.SetParameter(name, value)
+    assert sorted(choices.upgradeStoredValues(node)) == ["mode", "region", "runOn"]
+    assert node.GetParameter("region") == "auto" and node.GetParameter("runOn") == "local"
+    assert node.GetParameter("roiMode") == "grid" and not node.HasParameter("mode")
+    assert choices.upgradeStoredValues(node) == []  # keys stay as they are
+    for enum_class in choices.ENUM_FIELDS.values():
+        assert all(member.name == member.value and member.label() for member in enum_class)
+    for name, legacy in choices.LEGACY_VALUES.items():
+        assert set(legacy.values()) <= set(choices.ENUM_FIELDS[name].__members__)

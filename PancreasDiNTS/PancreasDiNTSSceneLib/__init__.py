@@ -18,6 +18,7 @@ from PancreasDiNTSSceneLib.report import (
     readout_table,
     report_rows,
     report_table,
+    show_readout,
 )
 from PancreasDiNTSSceneLib.roi import roi_argument, roi_box_ras
 from PancreasDiNTSSceneLib.runs import RemoteSegmentationJob, SegmentationJob, SegmentationResult
@@ -56,6 +57,7 @@ __all__ = [
     "roi_argument",
     "roi_box_ras",
     "set_show_3d",
+    "show_readout",
     "show_confidence",
     "terminology_codes",
     "write_engine_input",

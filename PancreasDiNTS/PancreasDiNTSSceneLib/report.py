@@ -260,3 +260,48 @@ def readout_lines(report: dict[str, Any]) -> list[tuple[str, list[list[float]]]]
         if d and _point_pair(d.get("endpoints_ras")):
             out.append((name, [list(map(float, p)) for p in d["endpoints_ras"]]))
     return out
+
+
+# Node attributes that tie a run's read-out nodes to their input, so a rerun reuses or removes them.
+READOUT_OF_ATTRIBUTE = "PancreasDiNTS.readoutOf"  # the input volume's node ID
+READOUT_PART_ATTRIBUTE = "PancreasDiNTS.readoutPart"  # "table" or the line's name
+
+
+def readout_nodes(scene: Any, reference: Any) -> dict[str, Any]:
+    """The read-out nodes a previous run left for ``reference`` (part -> node)."""
+    found = {}
+    for class_name in ("vtkMRMLTableNode", "vtkMRMLMarkupsLineNode"):
+        nodes = scene.GetNodesByClass(class_name)
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if reference is not None and node.GetAttribute(READOUT_OF_ATTRIBUTE) == reference.GetID():
+                found[node.GetAttribute(READOUT_PART_ATTRIBUTE)] = node
+    return found
+
+
+def _tag(node: Any, reference: Any, part: str) -> Any:
+    if reference is not None:
+        node.SetAttribute(READOUT_OF_ATTRIBUTE, reference.GetID())
+        node.SetAttribute(READOUT_PART_ATTRIBUTE, part)
+    return node
+
+
+def show_readout(report: dict[str, Any], reference: Any = None, scene: Any = None) -> Any:
+    """A run's read-out in the scene, one set per input: the table (:func:`readout_table`) and the largest
+    lesion's diameter lines (:func:`add_line`). The previous run's table and lines of ``reference`` are reused;
+    a line the new report no longer has (the lesion is gone or too small to measure) is removed, so no stale
+    diameter stays drawn over a new segmentation. Returns the table node."""
+    scene = resolve_scene(scene)
+    previous = readout_nodes(scene, reference)
+    base = f"{reference.GetName()} " if reference is not None else ""
+    table = readout_table(report, scene, table_node=previous.pop("table", None), name=f"{base}measurements",
+                          reference=reference)
+    _tag(table, reference, "table")
+    lines = readout_lines(report) or [(f"{segment} {key}", points) for segment, key, points in report_lines(report)]
+    for line_name, points in lines:
+        line = add_line(points, f"{base}{line_name}", scene, line_node=previous.pop(line_name, None),
+                        reference=reference)
+        _tag(line, reference, line_name)
+    for stale in previous.values():
+        scene.RemoveNode(stale)
+    return table

@@ -98,13 +98,25 @@ def confidence_color_node(scene: Any = None) -> Any:
     return table
 
 
+CONFIDENCE_OF_ATTRIBUTE = "PancreasDiNTS.confidenceOf"  # the input volume's node ID
+
+
+def confidence_volumes_of(scene: Any, reference_volume: Any) -> list[Any]:
+    """The confidence volumes loaded for ``reference_volume`` by earlier runs."""
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    found = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    return [n for n in found if n.GetAttribute(CONFIDENCE_OF_ATTRIBUTE) == reference_volume.GetID()]
+
+
 def load_confidence_volume(path: str | Path, reference_volume: Any = None, scene: Any = None,
                            name: str | None = None) -> Any:
     """Load the engine's uint8 confidence volume (0 = none .. 255 = certain) as a scalar volume node.
 
     Shown with the confidence colour table over the fixed range 0..255 (so two cases look alike). With
     ``reference_volume``, the node is put in the reference's frame (same parent transform, see the module
-    docstring) and next to it in the subject hierarchy. Nothing is added to the scene when reading fails.
+    docstring) and next to it in the subject hierarchy, and replaces the confidence volume an earlier run loaded
+    for that reference (one per input: each is as large as the CT). Nothing is added to the scene, and nothing
+    removed, when reading fails.
     """
     scene = resolve_scene(scene)
     path = Path(path)
@@ -125,6 +137,10 @@ def load_confidence_volume(path: str | Path, reference_volume: Any = None, scene
         world = vtk.vtkMatrix4x4()
         node.GetIJKToRASMatrix(world)
         node.SetIJKToRASMatrix(world_to_frame(frame, world))
+    if reference_volume is not None:
+        for previous in confidence_volumes_of(scene, reference_volume):
+            scene.RemoveNode(previous)
+        node.SetAttribute(CONFIDENCE_OF_ATTRIBUTE, reference_volume.GetID())
     scene.AddNode(node)
     if reference_volume is not None:
         node.SetAndObserveTransformNodeID(reference_volume.GetTransformNodeID())

@@ -20,22 +20,24 @@ Devices = list[tuple[str, str]]
 DEFAULT_DEVICES: Devices = list(device_list.DEFAULT_DEVICES)
 
 
-def savedDeviceLabel(device: str) -> str:
-    """The combo box text of a device that is selected but not (yet) detected."""
-    return f"{device} (not detected yet: Detect GPUs)"
+def savedDeviceLabel(device: str, detected: bool = False) -> str:
+    """The combo box text of a device that is selected but not in the list: not detected yet, or (after a
+    detection) not found."""
+    return f"{device} (not found by Detect GPUs)" if detected else f"{device} (not detected yet: Detect GPUs)"
 
 
-def setDeviceItems(comboBox: Any, devices: Sequence[tuple[str, str]], current: str = "auto") -> None:
+def setDeviceItems(comboBox: Any, devices: Sequence[tuple[str, str]], current: str = "auto",
+                   detected: bool = False) -> None:
     """Fill a device combo box with (device, label) pairs and select ``current``."""
     wasBlocked = comboBox.blockSignals(True)
     comboBox.clear()
     for device, label in devices:
         comboBox.addItem(label, device)
     comboBox.blockSignals(wasBlocked)
-    selectDevice(comboBox, current)
+    selectDevice(comboBox, current, detected)
 
 
-def selectDevice(comboBox: Any, device: str | None) -> None:
+def selectDevice(comboBox: Any, device: str | None, detected: bool = False) -> None:
     """Select ``device`` without signalling (the list is dynamic, so it is not bound to the parameter node).
 
     A device the list does not hold is added under :func:`savedDeviceLabel`; an empty one selects "auto"."""
@@ -43,7 +45,7 @@ def selectDevice(comboBox: Any, device: str | None) -> None:
     index = comboBox.findData(device)
     wasBlocked = comboBox.blockSignals(True)
     if index < 0:
-        comboBox.addItem(savedDeviceLabel(device), device)
+        comboBox.addItem(savedDeviceLabel(device, detected), device)
         index = comboBox.findData(device)
     if index != comboBox.currentIndex:
         comboBox.setCurrentIndex(index)
@@ -101,7 +103,7 @@ class DevicePicker:
         self.task = None
         self.button.text = "Detect GPUs"
         node = self._parameterNode()
-        setDeviceItems(self.comboBox, found, node.device if node else "auto")
+        setDeviceItems(self.comboBox, found, node.device if node else "auto", detected=not error)
         if error:
             self.statusLabel.text = f"GPU detection failed: {error}"
         self._updateGUI()

@@ -4,19 +4,27 @@ Checks read installed distributions with ``importlib.metadata`` and compare vers
 bridge's ``missing_requirements``): torch is never imported into Slicer's process to find out whether it is
 there. torch comes from the PyTorch extension (``PyTorchUtils.installTorch`` picks the CUDA or CPU build), only
 when it is missing or older than :data:`TORCH_REQUIREMENT`. The other packages are installed by pip with a
-constraints file that pins every package Slicer ships at its installed version: pip then refuses (with one
-clear message here) instead of silently replacing, e.g., Slicer's pydicom.
+constraints file that pins the packages Slicer ships at their installed versions (:data:`SLICER_MANAGED_PACKAGES`,
+and every distribution installed in Slicer's own site-packages, see :func:`slicerShippedPackages`): pip then refuses
+(with one clear message here) instead of silently replacing, e.g., Slicer's pydicom.
+
+One installation at a time: a second call while one runs (pip pumps GUI events, so the panel stays clickable)
+raises at once instead of starting a second pip into the same site-packages; panels read :func:`isInstalling`.
+Features used by few (the review section, ONNX, TensorRT) install their packages when first used
+(:func:`ensureOptional`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
 import subprocess
 import sys
+import sysconfig
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,37 @@ TORCH_REQUIREMENT = "torch>=2.4"
 SLICER_MANAGED_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "SimpleITK", "pydicom", "requests", "vtk",
                            "packaging")
 CONSTRAINTS_FILE_NAME = "slicer-constraints.txt"
+# Packages of features few use, installed when the feature is first used (pyproject's extras of the same name;
+# Testing/test_slicer_packages.py compares them). "review": what the scene layer's review imports at file scope.
+OPTIONAL_FEATURES: dict[str, tuple[str, ...]] = {
+    "review": ("nibabel>=5", "filelock>=3.12"),
+    "export": ("onnx>=1.15", "onnxruntime>=1.17"),
+    "onnx-runtime": ("onnxruntime>=1.17",),
+    "trt": ("torch-tensorrt",),
+}
+_installing: list[str] = []  # the requester of the installation that runs now (at most one)
+
+
+def isInstalling() -> bool:
+    """True while an installation started here runs (the panels lock what pip could break)."""
+    return bool(_installing)
+
+
+@contextlib.contextmanager
+def oneInstallation(requester: str, onChange: Callable[[], object] | None = None) -> Iterator[None]:
+    """Run the body as the only installation; a second one raises RuntimeError at once. ``onChange`` is called
+    when it starts and ends (a panel locks and unlocks itself)."""
+    if _installing:
+        raise RuntimeError(f"{_installing[0]} is already installing Python packages; wait for it to finish.")
+    _installing.append(requester)
+    try:
+        if onChange:
+            onChange()
+        yield
+    finally:
+        _installing.clear()
+        if onChange:
+            onChange()
 
 
 def _hasPackagingModule() -> bool:
@@ -49,12 +88,23 @@ def torchNeedsInstall(requirement: str = TORCH_REQUIREMENT) -> bool:
     return bool(pip_requirements.missing_requirements([requirement]))
 
 
-def slicerConstraints(packages: Iterable[str] = SLICER_MANAGED_PACKAGES) -> list[str]:
-    """``name==version`` for each of ``packages`` that is installed: what pip must not replace."""
-    return [f"{name}=={version}" for name in packages if (version := installedVersion(name))]
+def slicerShippedPackages(site: str | None = None) -> list[str]:
+    """The distributions installed in Slicer's own site-packages (``sysconfig``'s purelib: what Slicer's
+    package ships, e.g. pillow, urllib3, certifi on 5.10, highdicom on 5.12), plus :data:`SLICER_MANAGED_PACKAGES`;
+    what a user installed later into the same folder is included too (pinning it is harmless)."""
+    folder = Path(site or sysconfig.get_paths()["purelib"])
+    names = {dist.metadata["Name"] for dist in metadata.distributions(path=[str(folder)]) if dist.metadata["Name"]}
+    return sorted(names | set(SLICER_MANAGED_PACKAGES), key=str.lower)
 
 
-def writeConstraints(path: Path, packages: Iterable[str] = SLICER_MANAGED_PACKAGES) -> Path:
+def slicerConstraints(packages: Iterable[str] | None = None) -> list[str]:
+    """``name==version`` for each of ``packages`` (default: :func:`slicerShippedPackages`) that is installed:
+    what pip must not replace."""
+    names = slicerShippedPackages() if packages is None else packages
+    return [f"{name}=={version}" for name in names if (version := installedVersion(name))]
+
+
+def writeConstraints(path: Path, packages: Iterable[str] | None = None) -> Path:
     """A pip constraints file pinning what Slicer ships (see :func:`slicerConstraints`)."""
     lines = ["# Packages Slicer ships, pinned at their installed versions: pip may not replace them.",
              *slicerConstraints(packages)]
@@ -112,8 +162,9 @@ def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
     """Install what ``files`` require and is missing, pinning what Slicer ships; False when the user declined.
 
     askConfirmation also decides whether a restart may be offered (never in testing mode, where Slicer's dialogs
-    answer Yes by themselves, nor in scripts). A pip failure, or a requirement still unmet afterwards, raises
-    RuntimeError with one clear line."""
+    answer Yes by themselves, nor in scripts). A pip failure raises RuntimeError with one clear line on 5.10; on
+    5.12 Slicer has already shown it, so the answer is False (and the line is logged). A requirement still unmet
+    afterwards raises RuntimeError."""
     missing = pip_requirements.missing_requirements(readRequirements(files))
     if not missing:
         return True
@@ -132,8 +183,11 @@ def ensurePackages(files: Sequence[str | Path], askConfirmation: bool = True,
                     raise
                 logging.info(f"{requester}: installation of {', '.join(missing)} declined")
                 return False
-            except subprocess.CalledProcessError as error:
-                raise RuntimeError(installFailedMessage(missing, pinned)) from error
+            except subprocess.CalledProcessError:
+                # Slicer has shown pip's log in its own error dialog (packaging.py _pip_install_with_dialog,
+                # :785-790@v5.12.3) before raising: no second dialog, the reason goes to the log.
+                logging.error(f"{requester}: {installFailedMessage(missing, pinned)}")
+                return False
         elif not _installWithPip(missing, constraints, pinned, askConfirmation, requester):
             return False
     still = pip_requirements.missing_requirements(missing)
@@ -163,8 +217,38 @@ def _installWithPip(missing: Sequence[str], constraints: Path, pinned: Sequence[
 
 
 def setupPythonRequirements(files: Sequence[str | Path], askConfirmation: bool = True,
-                            requester: str = "PancreasDiNTS") -> bool:
-    """torch (through the PyTorch extension), then the packages of ``files``; False when the user declined."""
-    if not ensureTorch(askConfirmation):
-        return False
-    return ensurePackages(files, askConfirmation, requester)
+                            requester: str = "PancreasDiNTS", onChange: Callable[[], object] | None = None) -> bool:
+    """torch (through the PyTorch extension), then the packages of ``files``; False when the user declined.
+    With an engine environment chosen (:mod:`.environment`), that environment is checked or made instead and
+    nothing is installed into Slicer's Python. One installation at a time (:func:`oneInstallation`)."""
+    from PancreasDiNTSSlicerLib import environment
+
+    if environment.enginePython() is not None:
+        with oneInstallation(requester, onChange):
+            return environment.ensureEngine(askConfirmation)
+    if not torchNeedsInstall() and not pip_requirements.missing_requirements(readRequirements(files)):
+        return True
+    with oneInstallation(requester, onChange):
+        if not ensureTorch(askConfirmation):
+            return False
+        return ensurePackages(files, askConfirmation, requester)
+
+
+def ensureOptional(feature: str, askConfirmation: bool = True, requester: str = "PancreasDiNTS",
+                   onChange: Callable[[], object] | None = None) -> bool:
+    """Install the packages of an optional feature (:data:`OPTIONAL_FEATURES`) where they are used when
+    missing: into Slicer's Python through the same confirmation and constraints as the engine's (the review
+    runs in Slicer), or into the engine's own environment when one is chosen; False when declined."""
+    requirements = OPTIONAL_FEATURES[feature]
+    from PancreasDiNTSSlicerLib import environment
+
+    if environment.enginePython() is not None and feature != "review":  # the engine's own environment
+        with oneInstallation(requester, onChange):
+            return environment.ensureOptional(requirements, askConfirmation)
+    if not pip_requirements.missing_requirements(requirements):
+        return True
+    with tempfile.TemporaryDirectory(prefix="PancreasDiNTS-req-") as folder:
+        path = Path(folder) / f"{feature}-requirements.txt"
+        path.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        with oneInstallation(requester, onChange):
+            return ensurePackages([path], askConfirmation, requester)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -123,15 +124,25 @@ class EngineProcess(FollowedRun):
         return self.returncode
 
     def cancel(self) -> None:
-        """Kill the whole process tree (PythonSlicer is a launcher: killing it alone leaves the work running)."""
-        if self.running:
+        """Kill the whole process tree (PythonSlicer is a launcher: killing it alone leaves the work running);
+        returns at once (the wait for the processes to go runs on a thread; the end is reported as usual)."""
+        if self.running and not self.cancelled:
             self.cancelled = True
+            threading.Thread(target=self._kill, name="PancreasDiNTS-cancel", daemon=True).start()
+
+    def _kill(self) -> None:
+        """The process tree, or the process alone when psutil is not installed yet (a fresh Slicer)."""
+        try:
             child_process.kill_process_tree(self.proc.pid)
+        except ModuleNotFoundError:
+            self.proc.kill()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Kill and wait without calling back (the application is closing: no widget may be touched)."""
         self.eventCallback = self.finishedCallback = None
-        self.cancel()
+        if self.running:
+            self.cancelled = True
+            self._kill()
         if self.proc is not None and self.returncode is None:
             try:
                 self.proc.wait(timeout=timeout)

@@ -8,7 +8,9 @@ new is installed into Slicer for it.
 
 from __future__ import annotations
 
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,16 @@ import slicer
 from PancreasDiNTSLib.bridge import progress_lines, remote
 
 from PancreasDiNTSSlicerLib.process import FollowedRun
+
+
+def insecureServerWarning(url: str) -> str | None:
+    """The warning to confirm before a run sends the CT and the token in clear (plain http:// to a host that is
+    not this computer, as the CLI warns), or None (https, loopback, or an address the client will refuse)."""
+    parts = urllib.parse.urlsplit((url or "").strip())
+    if parts.scheme != "http" or remote.is_loopback(parts.hostname or ""):
+        return None
+    return (f"{parts.netloc} is reached over plain http: the CT and the server's token cross the network "
+            "unencrypted. Use https:// unless this network is trusted. Send the CT anyway?")
 
 
 class RemoteTask(FollowedRun):
@@ -51,13 +63,14 @@ class RemoteTask(FollowedRun):
         return self.returncode
 
     def cancel(self) -> None:
-        """Cancel the job on the server (its worker's process tree is ended there) and stop following it."""
-        if self.running:
+        """Cancel the job on the server and stop following it; returns at once: the HTTP call (up to the client's
+        timeout on a slow server) runs on a thread, and the run's end is reported by the poller as usual."""
+        if self.running and not self.cancelled:
             self.cancelled = True
-            self.run.cancel()
+            threading.Thread(target=self.run.cancel, name="PancreasDiNTS-cancel", daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Slicer is closing: cancel without calling back."""
+        """Slicer is closing: cancel without calling back and without waiting for the server."""
         self.eventCallback = self.finishedCallback = None
         self.cancel()
         self._finish(self.run.returncode if self.run.returncode is not None else 130)

@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 REQUIREMENTS_SUFFIX = "-requirements.txt"
+# Both modules' contributors ("Firstname Lastname (Organization)" as Slicer's catalogue asks: the extension's
+# EXTENSION_CONTRIBUTORS says the same; Testing/test_slicer_cmake.py compares them). The project has not named
+# its people yet: docs/SLICER.md says what to fill in before a catalogue submission.
+CONTRIBUTORS = ("PancreasDiNTS developers",)
 # The modules' help links here (the extension's EXTENSION_HOMEPAGE, README section "Slicer modules").
 DOCUMENTATION_URL = "https://github.com/PancreasDiNTS/SlicerPancreasDiNTS#slicer-modules"
 
@@ -43,7 +47,13 @@ def iconFile(moduleFile: str | Path, moduleName: str) -> Path:
 ENGINE_MODULE_NAME = "PancreasDiNTS"
 
 
+def engineModuleFile() -> Path:
+    """``PancreasDiNTS.py``, found from this library (the source tree's ``PancreasDiNTS/`` or the installed
+    ``qt-scripted-modules/``): its ``Resources/`` holds the engine module's files."""
+    return Path(__file__).resolve().parents[1] / f"{ENGINE_MODULE_NAME}.py"
+
+
 def engineRequirementsFile() -> Path:
     """The engine's requirements file, found from this library: it sits in the engine module's folder (the
     source tree's ``PancreasDiNTS/``, or the installed ``qt-scripted-modules/``), next to ``PancreasDiNTS.py``."""
-    return requirementsFile(Path(__file__).resolve().parents[1] / f"{ENGINE_MODULE_NAME}.py", ENGINE_MODULE_NAME)
+    return requirementsFile(engineModuleFile(), ENGINE_MODULE_NAME)

@@ -20,9 +20,15 @@ ENGINE_MODULE = "PancreasDiNTSLib.cli"
 ENGINE_PARENT_DIR = Path(__file__).resolve().parents[2]
 
 
+# The interpreter of the engine's own Python environment, when Slicer's module runs the engine there
+# (PancreasDiNTSSlicerLib.environment); unset: Slicer's Python.
+ENGINE_PYTHON_VARIABLE = "PANCREAS_DINTS_ENGINE_PYTHON"
+
+
 def python_executable() -> str:
-    """Slicer's ``PythonSlicer`` when it is on PATH (inside Slicer), else the running interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+    """The engine environment's interpreter when one is chosen (``ENGINE_PYTHON_VARIABLE``), else Slicer's
+    ``PythonSlicer`` when it is on PATH (inside Slicer), else the running interpreter."""
+    return os.environ.get(ENGINE_PYTHON_VARIABLE) or shutil.which("PythonSlicer") or sys.executable
 
 
 def engine_environment(base_pythonpath: str | None = None, engine_parent: str | Path | None = None) -> dict[str, str]:
