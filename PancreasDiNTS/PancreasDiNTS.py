@@ -43,8 +43,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# Resources/PancreasDiNTS-requirements.txt: a module-specific name, because every module's Resources/ lands in
-# one qt-scripted-modules/Resources/ when the extension is installed (PancreasDiNTSSlicerLib.resources).
+# Resources/PancreasDiNTS-requirements.txt (module-specific: every module's Resources/ are merged on install)
 REQUIREMENTS_FILE = resources.engineRequirementsFile()
 
 #
@@ -143,13 +142,11 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Wire every section of the .ui to its code (needs ``self.ui`` and ``self.logic``)."""
         self.sections = panel.createSections(self)
 
-    def section(self, kind: type) -> Any:
-        """The section of class ``kind``."""
+    def section(self, kind: type) -> Any:  # the section of class ``kind``
         return next(s for s in self.sections if isinstance(s, kind))
 
     def cleanup(self) -> None:
-        """The application closes: stop the engine and the GPU detection without touching widgets; the
-        observers are removed even when stopping fails."""
+        """The application closes: stop background work without touching widgets; observers go in any case."""
         try:
             if self.logic is not None:
                 self.logic.shutdown()
@@ -207,8 +204,7 @@ class PancreasDiNTSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self._parameterNode
 
     def updateGUI(self, caller: Any = None, event: Any = None) -> None:
-        """Enable what can be used now, section by section; nothing that changes packages or inputs while the
-        engine runs or packages are being installed."""
+        """Enable what can be used now, section by section (busy: the engine runs or pip installs)."""
         assert self.logic is not None
         busy = self.logic.isRunning() or packages.isInstalling()
         for section in self.sections:
@@ -262,9 +258,8 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
 
     def downloadOfficialModel(self, waitForCompletion: bool = True, eventCallback: Callable | None = None,
                               completedCallback: Callable | None = None, source: str | None = None) -> Any:
-        """Download the official model into the cache folder in a background process (blocking: raise on failure).
-
-        source: a bundle zip or folder obtained elsewhere (offline install; its checksums are verified)."""
+        """Download the official model (or install it from ``source``, a bundle zip or folder fetched elsewhere:
+        its checksums are verified) into the cache folder in a background process (blocking: raise on failure)."""
         command = commands.download_command(commands.python_executable(), dest=self.modelCacheFolder(),
                                             source=source)
         task = self._start(command, waitForCompletion, eventCallback, completedCallback)
@@ -297,8 +292,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
             self.cancel()
 
     def shutdown(self) -> None:
-        """Slicer is closing: stop the engine without calling back and remove the run's temporary folder (a
-        server run's folder once its upload thread let go of it)."""
+        """Slicer is closing: stop the engine without calling back and remove the run's temporary folder."""
         if self._task is not None:
             self._task.stop()
         if self._job is not None:
@@ -378,9 +372,8 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         return scenelib.show_confidence(confidenceNode, inputVolume, slicer.mrmlScene, opacity)
 
     def showReport(self, result: SegmentationResult, inputVolume: Any) -> Any:
-        """The read-out as a table node and the largest lesion's diameters as markups lines, next to the input;
-        the previous run's table and lines of this input are reused or removed (never piled up). The measured
-        seconds per window feed the next estimate. Returns the table node."""
+        """The read-out table and lesion diameter lines next to the input, one set per input (the scene layer's
+        show_readout); the measured seconds per window feed the next estimate. Returns the table node."""
         if not result.report:
             return None
         perWindow = estimate.seconds_per_window(result.report)

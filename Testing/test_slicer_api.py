@@ -311,6 +311,23 @@ def test_module_class_names_match_file_names():
             assert base in [facts.dotted(b) for b in cls.bases], f"{name + suffix} must derive from {base}"
 
 
+def test_module_files_are_the_template_shape_short_and_typed():
+    """As Slicer's template and SlicerNNUNet: a module file holds the module, its parameter node, the widget, the
+    logic and the test (helpers live in PancreasDiNTSSlicerLib), stays under 500 lines, and every function it
+    defines has type hints (its return, and each argument but self/cls)."""
+    for name, path in facts.MODULE_FILES.items():
+        assert len(path.read_text(encoding="utf-8").splitlines()) < 500, f"{name}.py has 500 lines or more"
+        tree = facts.module_tree(name)
+        top_classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+        assert top_classes == {name, f"{name}ParameterNode", f"{name}Widget", f"{name}Logic", f"{name}Test"}
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            where = f"{name}.py:{function.lineno} {function.name}"
+            assert function.returns is not None, f"{where} has no return annotation"
+            arguments = function.args.posonlyargs + function.args.args + function.args.kwonlyargs
+            for argument in arguments:
+                assert argument.arg in ("self", "cls") or argument.annotation is not None, f"{where}: {argument.arg}"
+
+
 def test_logic_process_signature():
     """The GUI-less entry point the issue specifies."""
     logic = _class_defs(facts.module_tree("PancreasDiNTS"))["PancreasDiNTSLogic"]

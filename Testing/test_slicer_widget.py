@@ -16,7 +16,7 @@ import pytest
 from test_slicer_devices import ComboBox
 from test_slicer_module_seam import Loop, make_fake_slicer
 
-DeviceSection = ResultsSection = RunSection = None  # the panel's section classes, set by the fixture
+AdvancedSection = DeviceSection = ResultsSection = RunSection = None  # the panel's sections, set by the fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,20 @@ def panel(monkeypatch, tmp_path):
     fake["slicer.util"].errorDisplay = lambda text, **kw: errors.append(text)
     fake["slicer"].mrmlScene = types.SimpleNamespace(IsNodePresent=lambda node: True)
     fake["vtk"].vtkCommand = types.SimpleNamespace(ModifiedEvent=33)
-    fake["ctk"].ctkPathLineEdit = types.SimpleNamespace(Dirs=1, NoDotAndDotDot=2, Readable=4)
+    fake["ctk"].ctkPathLineEdit = types.SimpleNamespace(Dirs=1, NoDotAndDotDot=2, Readable=4, Files=8, Executable=16)
+    settings: dict = {}  # Slicer's application settings (qt.QSettings), kept for the test
+
+    class QSettings:
+        def value(self, key, default=None):
+            return settings.get(key, default)
+
+        def setValue(self, key, value):
+            settings[key] = value
+
+    fake["qt"].QSettings = QSettings
+    monkeypatch.delenv("PANCREAS_DINTS_ENGINE_PYTHON", raising=False)
+    monkeypatch.setenv("PANCREAS_DINTS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("platform.system", lambda: "Linux")  # the default on macOS is tested on its own
     for name, module in fake.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
@@ -75,8 +88,9 @@ def panel(monkeypatch, tmp_path):
         runOn=choices.RunPlace.local, serverURL="", disconnectGui=lambda tag: None)
     widget.parent = types.SimpleNamespace(isEntered=False)
     widget.module = module
-    global DeviceSection, ResultsSection, RunSection
+    global AdvancedSection, DeviceSection, ResultsSection, RunSection
     DeviceSection = importlib.import_module("PancreasDiNTSSlicerLib.panel").DeviceSection
+    AdvancedSection = importlib.import_module("PancreasDiNTSSlicerLib.panel").AdvancedSection
     ResultsSection = importlib.import_module("PancreasDiNTSSlicerLib.panel_results").ResultsSection
     RunSection = importlib.import_module("PancreasDiNTSSlicerLib.panel_run").RunSection
     return widget, loop, errors
@@ -207,3 +221,33 @@ def test_choices_are_stored_as_keys_and_old_scenes_still_read(monkeypatch):
         assert all(member.name == member.value and member.label() for member in enum_class)
     for name, legacy in choices.LEGACY_VALUES.items():
         assert set(legacy.values()) <= set(choices.ENUM_FIELDS[name].__members__)
+
+
+def test_the_engine_environment_choice(panel, tmp_path, monkeypatch):
+    """Advanced: "Run the engine in its own Python environment" makes every engine command run with that
+    environment's interpreter (bridge.commands.python_executable reads PANCREAS_DINTS_ENGINE_PYTHON): the module's
+    folder next to the models, or an existing environment named in the Python field; off: Slicer's Python. The
+    choice is an application setting, restored at the next start; on macOS it is on by default."""
+    import subprocess
+
+    widget, _, _ = panel
+    environment = sys.modules["PancreasDiNTSSlicerLib.environment"]
+    commands = importlib.import_module("PancreasDiNTSLib.bridge.commands")
+    advanced = widget.section(AdvancedSection)
+    assert not widget.ui.engineEnvironmentCheckBox.checked and commands.python_executable() == sys.executable
+    advanced.onEngineEnvironmentToggled(True)
+    module_env = environment.environmentPython(tmp_path / "home" / "engine-environment")
+    assert commands.python_executable() == str(module_env)
+    existing = tmp_path / "existing-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(existing)], check=True, timeout=120)
+    widget.ui.engineEnvironmentCheckBox.checked = True
+    advanced.onEnginePythonChanged(str(environment.environmentPython(existing)))
+    assert commands.python_executable() == str(environment.environmentPython(existing))
+    assert environment.basePython() != str(environment.environmentPython(existing))  # never a venv's as base
+    monkeypatch.delenv("PANCREAS_DINTS_ENGINE_PYTHON")
+    assert environment.restoreChoice() == str(environment.environmentPython(existing))  # the next start
+    advanced.onEngineEnvironmentToggled(False)
+    assert commands.python_executable() == sys.executable and environment.restoreChoice() is None
+    monkeypatch.setattr("platform.system", lambda: "Darwin")
+    environment._settings().setValue(environment.SETTINGS_KEY, None)
+    assert environment.restoreChoice() == str(module_env)  # a Mac: the own environment unless turned off

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from PancreasDiNTSLib.bridge import commands, pip_requirements
 
-SETTINGS_KEY = "PancreasDiNTS/EnginePython"
+SETTINGS_KEY = "PancreasDiNTS/EnginePython"  # the engine environment's interpreter ("" = Slicer's Python)
+BASE_SETTINGS_KEY = "PancreasDiNTS/EngineBasePython"  # the Python named in the panel
 # What the engine needs besides the module's requirements file (those Slicer ships, so that file leaves them
 # out; in an own environment nothing is there yet). Testing/test_scene_environment.py compares them with
 # pyproject's dependencies.
@@ -77,6 +80,12 @@ def enginePython() -> str | None:
     return os.environ.get(commands.ENGINE_PYTHON_VARIABLE) or None
 
 
+def _settings() -> Any:
+    import qt
+
+    return qt.QSettings()
+
+
 def useEnvironment(python: str | Path | None, remember: bool = True) -> None:
     """Run the engine with ``python`` from now on (None: with Slicer's Python again); remembered in Slicer's
     settings unless ``remember`` is False."""
@@ -85,23 +94,47 @@ def useEnvironment(python: str | Path | None, remember: bool = True) -> None:
     else:
         os.environ.pop(commands.ENGINE_PYTHON_VARIABLE, None)
     if remember:
-        import qt
+        _settings().setValue(SETTINGS_KEY, str(python or ""))
 
-        qt.QSettings().setValue(SETTINGS_KEY, str(python or ""))
+
+def chosenBasePython() -> str:
+    """The Python the user named in the panel (a base interpreter or an existing environment's), or ""."""
+    return str(_settings().value(BASE_SETTINGS_KEY) or "")
+
+
+def chooseEnvironment(own: bool, python: str = "") -> str | None:
+    """The panel's choice: ``own`` and ``python`` (a base interpreter, an existing environment's python, or ""
+    for the module's environment). An existing environment is used as it is; otherwise the module's folder is
+    chosen and made at the next :func:`ensureEngine`. Returns the interpreter the engine will run with."""
+    _settings().setValue(BASE_SETTINGS_KEY, python or "")
+    if not own:
+        useEnvironment(None)
+        return None
+    given = Path(python) if python else None
+    chosen = given if given is not None and isEnvironment(given) else environmentPython(defaultFolder())
+    useEnvironment(chosen)
+    return str(chosen)
+
+
+def isEnvironment(python: str | Path) -> bool:
+    """True for the interpreter of a venv (its folder holds pyvenv.cfg)."""
+    path = Path(python)
+    return path.is_file() and (path.parent.parent / "pyvenv.cfg").is_file()
 
 
 def restoreChoice() -> str | None:
-    """At module start: the environment remembered in Slicer's settings (if its interpreter still exists)."""
-    import qt
-
-    saved = str(qt.QSettings().value(SETTINGS_KEY) or "")
-    if saved and Path(saved).is_file():
-        useEnvironment(saved, remember=False)
+    """At panel start: the environment remembered in Slicer's settings; on macOS, the module's environment when
+    nothing was chosen yet (made, after asking, at the first Segment)."""
+    saved = _settings().value(SETTINGS_KEY)
+    if saved is None and isDefault():
+        useEnvironment(environmentPython(defaultFolder()))
+    elif saved:
+        useEnvironment(str(saved), remember=False)
     return enginePython()
 
 
 def ensureEngine(askConfirmation: bool = True, requirementsFiles: list[Path] | None = None) -> bool:
-    """Check the chosen environment; create it or install what it lacks (after asking). False: declined."""
+    """Check the chosen environment; make it, or install what it lacks, after asking. False: declined."""
     import slicer
 
     from PancreasDiNTSSlicerLib.process import EngineProcess
@@ -111,20 +144,34 @@ def ensureEngine(askConfirmation: bool = True, requirementsFiles: list[Path] | N
     python = Path(enginePython() or environmentPython(defaultFolder()))
     if python.is_file() and EngineProcess(missingCommand(python, files)).start(True).returncode == 0:
         return True
-    folder = python.parents[1]
+    folder = python.parent.parent
+    steps = creationCommands(basePython(), folder, files)
+    if isEnvironment(python):
+        steps = steps[1:]  # an existing environment: complete it
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            f"The engine's Python environment {folder} will be created or completed now: torch and the engine's "
-            "packages are downloaded into it (several GB with CUDA). Slicer's own Python is not changed.",
-            windowTitle="Engine environment"):
+            f"The engine's Python environment {folder} will be {'completed' if isEnvironment(python) else 'created'}"
+            " now: PyTorch and the engine's packages are downloaded into it (several GB with CUDA). Slicer's own "
+            "Python is not changed.", windowTitle="Engine environment"):
         return False
-    steps = creationCommands(sys.executable if python.is_file() else _basePython(), folder, files)
-    for command in steps[1:] if python.is_file() else steps:
+    for command in steps:
         task = EngineProcess(command).start(waitForCompletion=True)
         if task.returncode != 0:
-            raise RuntimeError(f"Preparing the engine environment {folder} failed: "
+            raise RuntimeError(f"Preparing the engine environment {folder} failed at `{' '.join(command[:4])} ...`: "
                                f"{task.parser.error_message(task.returncode)}")
-    useEnvironment(python)
+    useEnvironment(environmentPython(folder))
     return True
+
+
+def basePython() -> str:
+    """The interpreter a new environment is made from: the one named in the panel, else the first Python 3.10+
+    on the PATH (``python3.13`` ... ``python3``), else Slicer's own."""
+    named = chosenBasePython()
+    if named and not isEnvironment(named):
+        return named
+    for name in ("python3.13", "python3.12", "python3.11", "python3.10", "python3"):
+        if found := shutil.which(name):
+            return found
+    return sys.executable
 
 
 def ensureOptional(requirements: tuple[str, ...], askConfirmation: bool = True) -> bool:
@@ -144,11 +191,3 @@ def ensureOptional(requirements: tuple[str, ...], askConfirmation: bool = True) 
         raise RuntimeError(f"Installing {', '.join(requirements)} into {python} failed: "
                            f"{task.parser.error_message(task.returncode)}")
     return True
-
-
-def _basePython() -> str:
-    """The interpreter a new environment is made from: the one the user set in the panel, else Slicer's."""
-    import qt
-
-    chosen = str(qt.QSettings().value(SETTINGS_KEY + "Base") or "")
-    return chosen or sys.executable

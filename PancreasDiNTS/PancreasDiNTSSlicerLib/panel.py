@@ -16,7 +16,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
-from PancreasDiNTSSlicerLib import devices, packages
+from PancreasDiNTSSlicerLib import devices, environment, packages
 
 EXPORTED_MODEL_FILTER = "Exported model (*.ts *.pt *.pth *.pts *.jit *.onnx);;All files (*)"
 
@@ -155,14 +155,31 @@ class DeviceSection(Section):
 
 
 class AdvancedSection(Section):
-    """Install or check the packages; the engine's own environment."""
+    """Install or check the packages; the engine's own Python environment (an application setting, not stored
+    in the scene: :mod:`.environment`)."""
 
     def __init__(self, widget: Any) -> None:
         super().__init__(widget)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.enginePythonPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Executable
+        self.ui.engineEnvironmentCheckBox.checked = environment.restoreChoice() is not None
+        self.ui.enginePythonPathLineEdit.currentPath = environment.chosenBasePython()
+        self.ui.engineEnvironmentCheckBox.connect("toggled(bool)", self.onEngineEnvironmentToggled)
+        self.ui.enginePythonPathLineEdit.connect("currentPathChanged(QString)", self.onEnginePythonChanged)
 
     def update(self, p: Any, busy: bool) -> None:
         self.ui.installDependenciesButton.enabled = not busy  # pip must not replace what a run is using
+        self.ui.engineEnvironmentCheckBox.enabled = not busy
+        self.ui.enginePythonPathLineEdit.enabled = not busy and self.ui.engineEnvironmentCheckBox.checked
+
+    def onEngineEnvironmentToggled(self, own: bool) -> None:
+        """On: the engine runs with its own environment (made or completed at the next Segment or Install,
+        after asking); off: with Slicer's Python again."""
+        environment.chooseEnvironment(own, self.ui.enginePythonPathLineEdit.currentPath)
+        self.widget.updateGUI()
+
+    def onEnginePythonChanged(self, path: str) -> None:
+        environment.chooseEnvironment(self.ui.engineEnvironmentCheckBox.checked, path)
 
     def onInstallDependencies(self) -> None:
         if self.logic.isRunning() or packages.isInstalling():
