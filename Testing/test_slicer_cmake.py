@@ -139,3 +139,18 @@ def test_module_help_links_to_the_extension_homepage():
     assert anchor in {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
     for name in facts.MODULES:
         assert "resources.helpLink()" in facts.MODULE_FILES[name].read_text(encoding="utf-8")
+
+
+def test_contributors_are_one_fact():
+    """The extension's EXTENSION_CONTRIBUTORS and both modules' contributors (PancreasDiNTSSlicerLib.resources) say
+    the same, so naming the people (audit N9, "Firstname Lastname (Organization)") is one edit in two places."""
+    import ast
+
+    text = TOP.read_text(encoding="utf-8")
+    m = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]*)"\)', text)
+    assert m
+    tree = ast.parse((facts.REPO / "PancreasDiNTS" / "PancreasDiNTSSlicerLib" / "resources.py").read_text())
+    value = next(n.value for n in tree.body if isinstance(n, ast.Assign) and facts.dotted(n.targets[0]) == "CONTRIBUTORS")
+    assert ", ".join(ast.literal_eval(value)) == m.group(1)
+    for name in facts.MODULE_FILES:
+        assert "resources.CONTRIBUTORS" in facts.MODULE_FILES[name].read_text(encoding="utf-8")
