@@ -154,9 +154,15 @@ def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonb
     from slicer_stubs import i18n_module
 
     slicer.i18n = i18n_module()
+    vtk = types.ModuleType("vtk")  # a package with the sub-modules the scene layer imports at file scope
+    vtk.__path__ = []
+    vtk_util = types.ModuleType("vtk.util")
+    vtk_util.numpy_support = types.ModuleType("vtk.util.numpy_support")
+    vtk.util = vtk_util
     return {"slicer": slicer, "slicer.util": util, "slicer.parameterNodeWrapper": wrapper, "slicer.i18n": slicer.i18n,
             "slicer.ScriptedLoadableModule": scripted, "qt": qt, "ctk": types.ModuleType("ctk"),
-            "vtk": types.ModuleType("vtk")}
+            "vtk": vtk, "vtk.util": vtk_util,
+            "vtk.util.numpy_support": vtk_util.numpy_support}
 
 
 @pytest.fixture
@@ -424,12 +430,14 @@ class SlowServer:
                 self.wfile.write(body)
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                import hashlib
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path.endswith("/cancel"):
                     time.sleep(delay)
                     self._answer({"id": "j1", "state": "cancelled"})
-                else:
-                    self._answer({"id": "j1", "state": "queued"})
+                else:  # the client checks that the server recorded the bytes it sent
+                    self._answer({"id": "j1", "state": "queued", "input_sha256": hashlib.sha256(body).hexdigest()})
 
             def do_GET(self):
                 self._answer({"id": "j1", "state": "running", "fraction": 0.1})

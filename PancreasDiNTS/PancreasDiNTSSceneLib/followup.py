@@ -26,8 +26,7 @@ from vtk.util import numpy_support
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, ijk_to_world, resolve_scene
 from PancreasDiNTSSceneLib.report import _filled_table
-from PancreasDiNTSSceneLib.review import segment_mask
-from PancreasDiNTSSceneLib.segmentations import our_segment_ids
+from PancreasDiNTSSceneLib.segmentations import our_segment_ids, segment_mask
 from PancreasDiNTSSceneLib.volumes import write_engine_input
 
 COMPARE_JSON = "compare.json"

@@ -25,11 +25,13 @@ from PancreasDiNTSLib.review import batch, record
 from vtk.util import numpy_support
 
 from PancreasDiNTSSceneLib.common import SceneLayerError, resolve_scene
-from PancreasDiNTSSceneLib.segmentations import (
+from PancreasDiNTSSceneLib.segmentations import (  # noqa: F401 - segment_mask: also reached from here
     ensure_segmentation_converters,
+    export_one,
     import_segmentation,
     our_segment_ids,
     read_segmentation_file,
+    segment_mask,
 )
 
 
@@ -180,40 +182,11 @@ def corrected_labels(segmentation_node: Any, labels_path: Path, scene: Any = Non
         ids = our_segment_ids(segmentation_node.GetSegmentation())
         for info in terminology.SEGMENTS:
             if info.name in ids:
-                mask = _export_one(segmentation_node, ids[info.name], reference, scene)
+                mask = export_one(segmentation_node, ids[info.name], reference, scene)
                 out[mask > 0] = info.label
     finally:
         scene.RemoveNode(reference)
     return out
-
-
-def segment_mask(segmentation_node: Any, segment_id: str, reference: Any, scene: Any = None) -> np.ndarray:
-    """One segment as an (X, Y, Z) array on exactly ``reference``'s grid (a volume node)."""
-    return _export_one(segmentation_node, segment_id, reference, resolve_scene(scene))
-
-
-def _export_one(segmentation_node: Any, segment_id: str, reference: Any, scene: Any) -> np.ndarray:
-    names = vtk.vtkStringArray()
-    names.InsertNextValue(segment_id)
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "review export")
-    try:
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation_node, names, labelmap, reference)
-        got, want = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        labelmap.GetIJKToRASMatrix(got)
-        reference.GetIJKToRASMatrix(want)
-        same = all(abs(got.GetElement(r, c) - want.GetElement(r, c)) < 1e-4 for r in range(4) for c in range(4))
-        dims = labelmap.GetImageData().GetDimensions() if labelmap.GetImageData() else None
-        if not ok or not same or dims != reference.GetImageData().GetDimensions():
-            raise SceneLayerError("could not export the corrected segments onto the grid of labels.nii.gz")
-        return np.array(slicer.util.arrayFromVolume(labelmap)).transpose(2, 1, 0)
-    finally:
-        scene.RemoveNode(labelmap)
-        for i in reversed(range(scene.GetNumberOfNodes())):  # the export's display node and colour tables
-            node = scene.GetNthNode(i)
-            if node.GetID() not in before and not node.IsA("vtkMRMLSubjectHierarchyNode"):
-                scene.RemoveNode(node)
 
 
 def write_segmentation(segmentation_node: Any, dest: Path) -> None:

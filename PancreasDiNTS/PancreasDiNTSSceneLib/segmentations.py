@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import slicer
 import vtk
 from PancreasDiNTSLib.core import terminology
@@ -186,3 +187,32 @@ def set_show_3d(segmentation_node: Any, show: bool) -> None:
         segmentation_node.CreateClosedSurfaceRepresentation()
     else:
         segmentation_node.RemoveClosedSurfaceRepresentation()
+
+
+def segment_mask(segmentation_node: Any, segment_id: str, reference: Any, scene: Any = None) -> np.ndarray:
+    """One segment as an (X, Y, Z) array on exactly ``reference``'s grid (a volume node)."""
+    return export_one(segmentation_node, segment_id, reference, resolve_scene(scene))
+
+
+def export_one(segmentation_node: Any, segment_id: str, reference: Any, scene: Any) -> np.ndarray:
+    names = vtk.vtkStringArray()
+    names.InsertNextValue(segment_id)
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segment export")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, names, labelmap, reference)
+        got, want = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        labelmap.GetIJKToRASMatrix(got)
+        reference.GetIJKToRASMatrix(want)
+        same = all(abs(got.GetElement(r, c) - want.GetElement(r, c)) < 1e-4 for r in range(4) for c in range(4))
+        dims = labelmap.GetImageData().GetDimensions() if labelmap.GetImageData() else None
+        if not ok or not same or dims != reference.GetImageData().GetDimensions():
+            raise SceneLayerError("could not export the segments onto the grid of the reference volume")
+        return np.array(slicer.util.arrayFromVolume(labelmap)).transpose(2, 1, 0)
+    finally:
+        scene.RemoveNode(labelmap)
+        for i in reversed(range(scene.GetNumberOfNodes())):  # the export's display node and colour tables
+            node = scene.GetNthNode(i)
+            if node.GetID() not in before and not node.IsA("vtkMRMLSubjectHierarchyNode"):
+                scene.RemoveNode(node)
