@@ -67,7 +67,8 @@ def panel(monkeypatch, tmp_path):
             settings[key] = value
 
     fake["qt"].QSettings = QSettings
-    monkeypatch.delenv("PANCREAS_DINTS_ENGINE_PYTHON", raising=False)
+    monkeypatch.setenv("PANCREAS_DINTS_ENGINE_PYTHON", "")  # recorded, so that what a test sets goes afterwards
+    monkeypatch.delenv("PANCREAS_DINTS_ENGINE_PYTHON")
     monkeypatch.setenv("PANCREAS_DINTS_HOME", str(tmp_path / "home"))
     monkeypatch.setattr("platform.system", lambda: "Linux")  # the default on macOS is tested on its own
     for name, module in fake.items():
