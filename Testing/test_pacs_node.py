@@ -227,7 +227,10 @@ def test_c_store_round_trip_seg_sr_rtstruct_and_the_archive_down_then_up(site, v
     assert np.asarray(nib.load(str(out / "ct" / "labels.nii.gz")).dataobj).max() == 2  # pancreas and lesion found
     assert _frames(seg) and {s for s, _ in _frames(seg)} <= {str(pydicom.dcmread(str(f)).SOPInstanceUID) for f in files}
     report = json.loads((out / "ct" / "report.json").read_text())["readout"]["segments"]
-    sr = hd.sr.Comprehensive3DSR.from_dataset(_retrieve(pacs, study_uid, "SR"))
+    sr_ds = _retrieve(pacs, study_uid, "SR")
+    assert (sr_ds.StudyInstanceUID, sr_ds.PatientID, sr_ds.PatientName) == (study_uid, "P001", "Phantom^Test")
+    assert len({seg.SeriesInstanceUID, sr_ds.SeriesInstanceUID, ct_series}) == 3  # new series in the same study
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
     volume = CodedConcept("118565006", "SCT", "Volume")
     for group in sr.content.get_volumetric_roi_measurement_groups():
         key = {"Pancreas": "pancreas", "Pancreatic tumor": "pancreatic_tumor"}[group.tracking_identifier]
