@@ -315,7 +315,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         """Segment ``inputVolume`` (into ``outputSegmentation``'s Pancreas and tumour segments, other segments
         kept; None: a new node). Blocking: the result, or RuntimeError with the engine's one-line message; else
         completedCallback(SegmentationResult) from the main thread. A failed or cancelled run changes nothing.
-        region: "auto", "whole", "roi" (inside roiNode: refused without one; roiMode grid or local) or None (the
+        region: "auto", "whole", "box" (inside roiNode: refused without one; roiMode grid or local) or None (the
         engine's default); mode fast or exact; confidence: load the confidence map (hidden; one per input).
         server, token: run on a ``pancreas-dints serve`` (docs/SERVER.md)."""
         if self.isRunning():
@@ -324,7 +324,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         jobClass = RemoteSegmentationJob if server else SegmentationJob
         job = jobClass(inputVolume, model or "", outputSegmentation, device=device, scene=slicer.mrmlScene,
                        roi_box=scenelib.roi_box_ras(roiNode) if roiNode else None, roi_mode=roiMode, mode=mode,
-                       region=None if region == "roi" else region, allow_non_ct=allowNonCT,
+                       region=None if region == "box" else region, allow_non_ct=allowNonCT,
                        python=commands.python_executable(), work_dir=Path(slicer.util.tempDirectory("PancreasDiNTS")),
                        importer=self.importSegmentation, load_confidence=confidence,
                        confidence_loader=self.loadConfidence)
@@ -386,7 +386,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
         """'N windows, about T on this computer' for these choices (the scene layer's estimate_line)."""
         roiNode = segmenting.checkChoices(inputVolume, model, None, roiNode, region)
         return scenelib.roi.estimate_line(inputVolume, model, roiNode, roiMode, self.secondsPerWindow,
-                                          "whole" if region == "roi" else region)
+                                          "whole" if region == "box" else region)
 
     @staticmethod
     def setShow3D(segmentationNode: Any, show: bool) -> None:
@@ -478,7 +478,7 @@ class PancreasDiNTSTest(ScriptedLoadableModuleTest):
         self.assertIn("not_a_model", str(context.exception))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         with self.assertRaises(ValueError):  # "ROI node" without an ROI is refused before anything runs
-            PancreasDiNTSLogic().process(volumeNode, None, str(badModel), "cpu", region="roi")
+            PancreasDiNTSLogic().process(volumeNode, None, str(badModel), "cpu", region="box")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.delayDisplay("Bad-model test passed")
 
@@ -489,9 +489,9 @@ class PancreasDiNTSTest(ScriptedLoadableModuleTest):
         volumeNode = slicer.util.loadVolume(str(imagePath))
         roi = selftest.roiAroundCenter(volumeNode)
         logic = PancreasDiNTSLogic()
-        self.assertIn("windows", logic.estimate(volumeNode, str(model), roi, "grid", region="roi"))
+        self.assertIn("windows", logic.estimate(volumeNode, str(model), roi, "grid", region="box"))
         result = logic.process(volumeNode, None, str(model), "cpu", roiNode=roi, roiMode="grid", mode="exact",
-                               region="roi")
+                               region="box")
         _inside, outside = scenelib.roi.labels_inside_and_outside(result.segmentationNode, roi, volumeNode,
                                                                   slicer.mrmlScene)
         self.assertEqual(outside, 0, "labels outside the ROI")

@@ -168,12 +168,12 @@ def test_roi_region_without_an_roi_cannot_start_and_is_refused(panel):
     Estimate are disabled, and the logic refuses such a run (with one line) before anything is written."""
     widget, _, _ = panel
     choices = sys.modules["PancreasDiNTSSlicerLib.choices"]
-    widget._parameterNode.region = choices.Region.roi
+    widget._parameterNode.region = choices.Region.box
     widget.updateGUI()
     assert not widget.ui.applyButton.enabled and not widget.ui.estimateButton.enabled
     assert widget.ui.roiSelector.enabled
     with pytest.raises(ValueError, match="no ROI is selected"):
-        widget.logic.process("ct", None, str(widget._parameterNode.localModelPath), "cpu", region="roi")
+        widget.logic.process("ct", None, str(widget._parameterNode.localModelPath), "cpu", region="box")
     assert not widget.logic.isRunning()
     widget._parameterNode.roiNode = "an ROI"
     widget.updateGUI()
@@ -222,6 +222,11 @@ def test_choices_are_stored_as_keys_and_old_scenes_still_read(monkeypatch):
         assert all(member.name == member.value and member.label() for member in enum_class)
     for name, legacy in choices.LEGACY_VALUES.items():
         assert set(legacy.values()) <= set(choices.ENUM_FIELDS[name].__members__)
+    request = importlib.import_module("PancreasDiNTSLib.core.request")  # the engine's one description of a run
+    assert {m.name: m.label() for m in choices.Region} == request.PANEL_REGIONS
+    assert all(request.panel_region(text) == key for text, key in choices.LEGACY_VALUES["region"].items()
+               if text != "roi")
+    assert set(choices.Speed.__members__) == set(request.PANEL_MODES)
 
 
 def test_the_engine_environment_choice(panel, tmp_path, monkeypatch):

@@ -12,22 +12,20 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from PancreasDiNTSLib.core import request
 from slicer.i18n import tr as _
 
 
 class Region(enum.Enum):
-    """What is segmented: the engine's automatic pancreas region, every window, or inside a markups ROI."""
+    """What is segmented: the engine's automatic pancreas region, every window, or inside a markups ROI's box (the
+    keys of ``core.request.PANEL_REGIONS``, the engine's one description of a run; a test compares them)."""
 
     auto = "auto"
     whole = "whole"
-    roi = "roi"
+    box = "box"
 
-    def label(self) -> str:
-        return {"auto": _("automatic pancreas region"), "whole": _("whole CT"), "roi": _("ROI node")}[self.name]
-
-    def engineRegion(self) -> str | None:
-        """The engine's ``--region`` value (None for an ROI: the box is passed instead)."""
-        return None if self is Region.roi else self.value
+    def label(self) -> str:  # the literal texts, so that Slicer's translation tools find them
+        return {"auto": _("automatic pancreas region"), "whole": _("whole CT"), "box": _("ROI node")}[self.name]
 
 
 class RunPlace(enum.Enum):
@@ -60,9 +58,10 @@ class Speed(enum.Enum):
         return {"fast": _("fast"), "exact": _("exact")}[self.name]
 
 
-# Values stored by scenes saved before the keys: parameter name -> {old display text: key}.
+# Values stored by scenes saved before the keys: parameter name -> {old display text: key} (the region's from
+# core.request, which reads them the same way; "roi": this module's key for one release).
 LEGACY_VALUES: dict[str, dict[str, str]] = {
-    "region": {"automatic pancreas region": "auto", "whole CT": "whole", "ROI node": "roi"},
+    "region": {**{text: key for key, text in request.PANEL_REGIONS.items()}, "roi": "box"},
     "runOn": {"this computer": "local", "server": "server"},
 }
 ENUM_FIELDS: dict[str, type[enum.Enum]] = {"region": Region, "runOn": RunPlace, "roiMode": RoiMode,

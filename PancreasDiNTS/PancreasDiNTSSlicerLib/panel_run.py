@@ -36,7 +36,7 @@ class RunSection(Section):
                                        else _("Segment the pancreas and pancreatic tumours in the input CT"))
         self.ui.inputsCollapsibleButton.enabled = not busy
         server = self.onServer()
-        useROI = bool(p and p.region == Region.roi)
+        useROI = bool(p and p.region == Region.box)
         ready = bool(p and p.inputVolume) and (not useROI or bool(p.roiNode))  # "ROI node" needs an ROI
         self.ui.applyButton.enabled = running or (ready and not busy and (server or bool(self.currentModel())))
         self.ui.serverURLLineEdit.enabled = self.ui.serverTokenLineEdit.enabled = server
@@ -47,7 +47,7 @@ class RunSection(Section):
     def choices(self) -> dict[str, Any]:
         """The parameter node's choices as :meth:`PancreasDiNTSLogic.process` keywords (keys, not labels)."""
         p = self.widget.parameterNode
-        return {"allowNonCT": p.allowNonCT, "roiNode": p.roiNode if p.region == Region.roi else None,
+        return {"allowNonCT": p.allowNonCT, "roiNode": p.roiNode if p.region == Region.box else None,
                 "roiMode": p.roiMode.value, "mode": p.mode.value, "confidence": p.computeConfidence,
                 "region": p.region.value}
 

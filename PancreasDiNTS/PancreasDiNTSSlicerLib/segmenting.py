@@ -17,7 +17,7 @@ def checkChoices(inputVolume: Any, model: str | None, server: str | None, roiNod
     """Refuse what cannot run, before anything is written; returns the ROI node to use (or None)."""
     if not inputVolume:
         raise ValueError(_("Select an input CT volume."))
-    if region == "roi" and roiNode is None:
+    if region == "box" and roiNode is None:
         raise ValueError(_('"ROI node" is chosen but no ROI is selected: select or place a markups ROI, '
                            "or choose another region."))
     if not server and not model:
@@ -25,7 +25,7 @@ def checkChoices(inputVolume: Any, model: str | None, server: str | None, roiNod
     if not server and not Path(str(model)).exists():
         raise ValueError(_("Model not found: {model}. Choose a bundle folder or an exported model file.")
                          .format(model=model))
-    return roiNode if region in (None, "roi") else None
+    return roiNode if region in (None, "box") else None
 
 
 def blockingResult(task: Any, results: list[SegmentationResult]) -> SegmentationResult:
