@@ -56,7 +56,7 @@ from PancreasDiNTSLib.core.errors import (
 from PancreasDiNTSLib.core.formats import FORMATS, OutputFormat
 from PancreasDiNTSLib.core.ownership import free_bytes, probe_writable
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
-from PancreasDiNTSLib.core.request import REGION_MODES, RoiRequest
+from PancreasDiNTSLib.core.request import REGION_MODES, Region, RoiRequest
 from PancreasDiNTSLib.core.terminology import LABEL_TABLE
 from PancreasDiNTSLib.core.tracking import case_key, case_tracking
 from PancreasDiNTSLib.inference.region import infer_auto
@@ -196,6 +196,13 @@ class CaseOptions:
     region: str = "whole"  # "whole" | "auto" (inference/region.py: a coarse pass, the dense pass where the gland is)
     report_extra: dict[str, Any] = field(default_factory=dict)  # keys added to (or replacing) report.json's
     seg_type: str = "binary"  # the DICOM SEG's form: binary or labelmap (io.dicom_seg.SEG_TYPES)
+
+    def where(self) -> Region:
+        """Which part of the CT this case infers (core.request.Region: the box, else ``region``); UsageError for a
+        region no run has."""
+        if self.region not in REGION_MODES:
+            raise UsageError(f"--region {printable(self.region)}: choose {' or '.join(REGION_MODES)}")
+        return Region("box", self.roi) if self.roi is not None else Region(self.region)
 
 
 class OutputSink(Protocol):
@@ -467,9 +474,7 @@ def segment_case(source: Path | Prepared, segmenter: Segmenter, options: CaseOpt
     t0 = started if started is not None else time.perf_counter()
     prepared = source if isinstance(source, Prepared) else prepare_case(source, segmenter, options, sink, on_stage)
     stages = _Stages(segmenter.device, on_stage, prepared.timings)
-    if options.region not in REGION_MODES:
-        raise UsageError(f"--region {printable(options.region)}: choose {' or '.join(REGION_MODES)}")
-    region: dict[str, Any] | None = {} if options.region == "auto" and options.roi is None else None
+    region: dict[str, Any] | None = {} if options.where().kind == "auto" else None  # what the automatic region ran
     inverted = _predict(prepared, segmenter, options.roi, stages, options.readout, region)
     labels = inverted.labels
     case = prepared.case
@@ -538,7 +543,7 @@ def case_report(outcome: CaseOutcome, segmenter: Segmenter, options: CaseOptions
     """report.json of a case (segment's; the demo adds its own keys)."""
     case = outcome.case
     inference = segmenter.describe() | ({"roi": options.roi.describe()} if options.roi else {})
-    inference["region"] = outcome.region or {"mode": "box" if options.roi else "whole"}
+    inference["region"] = outcome.region or options.where().report()
     report: dict[str, Any] = {
         "case": case.name,
         "input": str(case.path),
