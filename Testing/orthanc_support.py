@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child: Orthanc gets SIGTERM when the test process ends, even by kill -9 (Linux)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def orthanc_binary() -> str:
     found = shutil.which("Orthanc") or shutil.which("orthanc")
     if found is None or not DICOMWEB_PLUGIN.is_file():
@@ -106,7 +116,7 @@ def start_orthanc(folder: Path, aet: str = "ORTHANC", dicom_port: int | None = N
     cfg = folder / "orthanc.json"
     cfg.write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     log.close()
     server = Orthanc(proc, folder, http_port, dicom_port, aet)
     deadline = time.monotonic() + 60

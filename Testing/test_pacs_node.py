@@ -115,7 +115,11 @@ class Site:
                                 {"name": "archive", "kind": "dimse", "port": self.archive_port, "ae_title": "ARCHIVE"}]}
         self.node_file = base / "node.json"
         self.node_file.write_text(json.dumps(cfg))
-        self.server = self.start()
+        try:
+            self.server = self.start()
+        except BaseException:
+            self.pacs.stop()  # a server that cannot start must not leave the PACS running
+            raise
         self.pacs.add_modality("node", NODE_AE, self.dicom_port)
 
     def start(self) -> Server:
@@ -167,10 +171,12 @@ class Site:
 def site(tmp_path_factory, vol):
     s = Site(tmp_path_factory.mktemp("pacs_node"), vol)
     yield s
-    s.server.stop()
-    s.pacs.stop()
-    if s.archive is not None:
-        s.archive.stop()
+    try:
+        s.server.stop()
+    finally:
+        s.pacs.stop()
+        if s.archive is not None:
+            s.archive.stop()
 
 
 def _frames(ds) -> dict[tuple[str, int], bytes]:

@@ -72,7 +72,12 @@ class Node:
                "outputs": ["dicom-seg", "dicom-sr", "rtstruct"],
                "destinations": [{"name": "pacs", "kind": "dimse", "port": self.pacs.dicom_port, "ae_title": "ORTHANC"}]}
         (work / "node.json").write_text(json.dumps(cfg))
-        self.server = start_server(work / "data", make_token(work / "client"), "--node-config", str(work / "node.json"))
+        try:
+            self.server = start_server(work / "data", make_token(work / "client"), "--node-config",
+                                       str(work / "node.json"))
+        except BaseException:
+            self.pacs.stop()
+            raise
         self.headers = {"Authorization": f"Bearer {self.server.token}"}
 
     def get(self, path: str) -> Any:
@@ -88,8 +93,10 @@ class Node:
         return study
 
     def stop(self) -> None:
-        self.server.stop()
-        self.pacs.stop()
+        try:
+            self.server.stop()
+        finally:
+            self.pacs.stop()
 
 
 def overhead(node: Node, work: Path, slices: int) -> dict[str, float]:
