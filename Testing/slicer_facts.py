@@ -22,7 +22,7 @@ MODULE_FILES = {name: folder / f"{name}.py" for name, folder in MODULES.items()}
 UI_FILES = {name: folder / "Resources" / "UI" / f"{name}.ui" for name, folder in MODULES.items()}
 # The files that wire a module's .ui besides the module file (its panel sections).
 PANEL_FILES = {"PancreasDiNTS": [MODULES["PancreasDiNTS"] / "PancreasDiNTSSlicerLib" / f"{n}.py"
-                                 for n in ("panel", "panel_run", "panel_results")],
+                                 for n in ("panel", "panel_run", "panel_results", "panel_followup")],
                "PancreasDiNTSTrain": []}
 # The enums of the parameter nodes' choices (stored as keys, shown with translatable labels).
 CHOICES_FILE = MODULES["PancreasDiNTS"] / "PancreasDiNTSSlicerLib" / "choices.py"

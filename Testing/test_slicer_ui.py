@@ -134,7 +134,7 @@ def test_connector_check_rejects_mismatches():
 
 # Path fields that must accept a folder (a model bundle, a train run, an output folder): ctkPathLineEdit opens a
 # file dialog when its filters include Files (CTK ctkPathLineEdit.cpp L551/L570), where no folder can be chosen.
-FOLDER_FIELDS = {"PancreasDiNTS": {"localModelPathLineEdit"},
+FOLDER_FIELDS = {"PancreasDiNTS": {"localModelPathLineEdit", "compareOutputPathLineEdit"},
                  "PancreasDiNTSTrain": {"outputFolderPathLineEdit", "modelPathLineEdit"}}
 
 

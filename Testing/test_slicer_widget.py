@@ -257,3 +257,56 @@ def test_the_engine_environment_choice(panel, tmp_path, monkeypatch):
     monkeypatch.setattr("platform.system", lambda: "Darwin")
     environment._settings().setValue(environment.SETTINGS_KEY, None)
     assert environment.restoreChoice() == str(module_env)  # a Mac: the own environment unless turned off
+
+
+@pytest.mark.subprocess
+def test_compare_with_a_prior_study_runs_the_engine_and_shows_its_answer(panel, tmp_path, monkeypatch):
+    """The section's wiring: enabled once both time points are chosen; the engine's command runs in the background
+    (a real child: here it refuses, and its one line is shown); a finished run fills the table and the categories.
+    What the scene layer does is tested with the real slicer-core in test_scene_followup.py."""
+    import PancreasDiNTSSceneLib.followup as scene_followup
+    from PancreasDiNTSLib.bridge import commands
+
+    widget, loop, errors = panel
+    FollowupSection = importlib.import_module("PancreasDiNTSSlicerLib.panel_followup").FollowupSection
+    section = widget.section(FollowupSection)
+    widget.updateGUI()
+    assert not widget.ui.compareButton.enabled  # no prior chosen, no current segmentation
+    widget.ui.comparePriorVolumeSelector.currentNode = lambda: "prior ct"
+    widget.ui.comparePriorSegmentationSelector.currentNode = lambda: "prior segmentation"
+    widget.ui.compareOutputPathLineEdit.currentPath = str(tmp_path / "out")
+    widget._parameterNode.outputSegmentation = "current segmentation"
+    widget.updateGUI()
+    assert widget.ui.compareButton.enabled
+    made = []
+
+    class Job:  # the scene layer's CompareJob, recorded (it needs MRML nodes)
+        def __init__(self, *args):
+            self.args, self.cleaned, self.output_dir = args, False, Path(args[4])
+            made.append(self)
+
+        def prepare(self):
+            return commands.compare_command(sys.executable, tmp_path / "no prior", tmp_path / "no current",
+                                            self.output_dir, formats=("json",))
+
+        def cleanup(self):
+            self.cleaned = True
+
+        def complete(self):
+            return ({"response": {"recist": {"category": "PD", "reason": "1 new lesion"},
+                                 "volumetric": {"category": "PD"}, "label": "computed from the automatic "
+                                 "segmentation; not a clinical response assessment"},
+                     "alignment": {"mean_surface_distance_mm": 0.2}}, "table node")
+
+    monkeypatch.setattr(scene_followup, "CompareJob", Job)
+    section.onCompare()
+    assert made[0].args[:4] == ("prior ct", "prior segmentation", "ct", "current segmentation")
+    assert not widget.ui.compareButton.enabled  # one comparison at a time
+    loop.run_until(lambda: section.task is None, timeout=300)
+    assert made[0].cleaned and "not found" in widget.ui.compareStatusLabel.text and not errors
+    assert widget.ui.compareButton.enabled
+    section.job = Job("p", "ps", "c", "cs", tmp_path / "ok")
+    section.onFinished(types.SimpleNamespace(returncode=0, cancelled=False))
+    assert ("setMRMLTableNode", ("table node",)) in widget.ui.compareTableView.calls
+    text = widget.ui.compareStatusLabel.text
+    assert "RECIST 1.1-style PD" in text and "not a clinical response assessment" in text

@@ -191,8 +191,9 @@ class AdvancedSection(Section):
 
 def createSections(widget: Any) -> list[Section]:
     """Every section of the Segment panel, in the order of the .ui file."""
+    from PancreasDiNTSSlicerLib.panel_followup import FollowupSection
     from PancreasDiNTSSlicerLib.panel_results import ResultsSection, ReviewSection
     from PancreasDiNTSSlicerLib.panel_run import RunSection
 
     return [ModelSection(widget), DeviceSection(widget), RunSection(widget),
-            ResultsSection(widget), ReviewSection(widget), AdvancedSection(widget)]
+            ResultsSection(widget), ReviewSection(widget), FollowupSection(widget), AdvancedSection(widget)]
