@@ -199,7 +199,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def updateGUI(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
         running = self.logic.isRunning() or packages.isInstalling()
-        self.ui.startButton.text = "Stop" if running else "Start"
+        self.ui.startButton.text = _("Stop") if running else _("Start")
         self.ui.settingsCollapsibleButton.enabled = not running
         if not p:
             self.ui.refreshDevicesButton.enabled = self.devicePicker.task is None
@@ -225,10 +225,10 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onStartButton(self) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
-            self.ui.statusLabel.text = "Stopping..."
+            self.ui.statusLabel.text = _("Stopping...")
             return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(f"Failed to start {p.task}.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to start {task}.").format(task=p.task), waitCursor=True):
             if not self.logic.setupPythonRequirements(askConfirmation=True, onChange=self.updateGUI):
                 return
             feature = EXPORT_PACKAGES.get(p.exportFormat) if p.task == "export" else None
@@ -256,7 +256,7 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     suffix = {"torchscript": ".ts", "onnx": ".onnx", "trt": "_trt.ts"}[p.exportFormat]
                     output = str(Path(str(p.outputFolder)) / ("model" + suffix))
                 self.logic.export(str(p.modelFolder), output=output, exportFormat=p.exportFormat, **callbacks)
-            self.ui.statusLabel.text = f"Running {p.task}..."
+            self.ui.statusLabel.text = _("Running {task}...").format(task=p.task)
         self.updateGUI()
 
     def onEngineEvent(self, event: Any) -> None:
@@ -274,25 +274,25 @@ class PancreasDiNTSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onCompleted(self, process: EngineProcess) -> None:
         self.updateGUI()
-        with slicer.util.tryWithErrorDisplay("The run ended, but showing its outcome failed."):
+        with slicer.util.tryWithErrorDisplay(_("The run ended, but showing its outcome failed.")):
             self._showOutcome(process)
 
     def _showOutcome(self, process: EngineProcess) -> None:
         if process.cancelled:
-            self.ui.statusLabel.text = "Stopped. Start again with 'Resume' checked to continue."
+            self.ui.statusLabel.text = _("Stopped. Start again with 'Resume' checked to continue.")
         elif process.returncode != 0:
-            self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"The run failed: {process.parser.error_message(process.returncode)}",
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(_("The run failed: {error}").format(error=process.parser.error_message(process.returncode)),
                                      detailedText="\n".join(process.parser.log))
         else:
             self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = "Finished."
+            self.ui.statusLabel.text = _("Finished.")
             p = self._parameterNode
             if p and p.task == "search":
                 arch = model_folders.find_arch_file(str(p.outputFolder), process.parser.summary)
                 if arch:
                     p.archFile = arch
-                    self.ui.statusLabel.text = f"Finished: architecture {arch.name} selected for training."
+                    self.ui.statusLabel.text = _("Finished: architecture {name} selected for training.").format(name=arch.name)
 
     def onUseAsModel(self) -> None:
         """Select the trained run folder as the local model of the Pancreas DiNTS module."""

@@ -62,6 +62,9 @@ def devices(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
     for name in ("qt", "slicer"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    from slicer_stubs import i18n_module
+
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n_module())
     for name in [n for n in sys.modules if n.startswith("PancreasDiNTSSlicerLib")]:
         monkeypatch.delitem(sys.modules, name)
     return importlib.import_module("PancreasDiNTSSlicerLib.devices")
@@ -73,6 +76,9 @@ def test_a_saved_gpu_shows_as_itself_not_as_automatic(devices):
     box = ComboBox()
     devices.setDeviceItems(box, devices.DEFAULT_DEVICES, current="cuda:1")
     assert box.current == (devices.savedDeviceLabel("cuda:1"), "cuda:1")
+    assert "not detected yet" in box.current[0]
+    devices.setDeviceItems(box, devices.DEFAULT_DEVICES, "cuda:1", detected=True)  # a detection did not find it
+    assert box.current == ("cuda:1 (not found by Detect GPUs)", "cuda:1")  # audit N17
     assert box.signals == 0  # filling and selecting never writes back into the parameter node
     detected = [*devices.DEFAULT_DEVICES, ("cuda:0", "GPU 0: A"), ("cuda:1", "GPU 1: B (80 GiB)")]
     devices.setDeviceItems(box, detected, current="cuda:1")

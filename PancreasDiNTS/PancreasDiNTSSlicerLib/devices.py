@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from PancreasDiNTSLib.bridge import commands, device_list
+from slicer.i18n import tr as _
 
 from PancreasDiNTSSlicerLib.process import EngineProcess
 
@@ -23,7 +24,8 @@ DEFAULT_DEVICES: Devices = list(device_list.DEFAULT_DEVICES)
 def savedDeviceLabel(device: str, detected: bool = False) -> str:
     """The combo box text of a device that is selected but not in the list: not detected yet, or (after a
     detection) not found."""
-    return f"{device} (not found by Detect GPUs)" if detected else f"{device} (not detected yet: Detect GPUs)"
+    return (_("{device} (not found by Detect GPUs)") if detected else
+            _("{device} (not detected yet: Detect GPUs)")).format(device=device)
 
 
 def setDeviceItems(comboBox: Any, devices: Sequence[tuple[str, str]], current: str = "auto",
@@ -92,20 +94,20 @@ class DevicePicker:
         if node:
             node.device = self.comboBox.itemData(index) or "auto"
 
-    def refresh(self, *_: Any) -> None:
+    def refresh(self, *args: Any) -> None:
         """Ask torch for the GPUs in a background process; the panel stays usable meanwhile."""
-        with self._errorDisplay("Failed to list the compute devices."):
-            self.button.text = "Detecting..."
+        with self._errorDisplay(_("Failed to list the compute devices.")):
+            self.button.text = _("Detecting...")
             self.task = detectDevices(self.detected)
         self._updateGUI()
 
     def detected(self, found: Devices, error: str) -> None:
         self.task = None
-        self.button.text = "Detect GPUs"
+        self.button.text = _("Detect GPUs")
         node = self._parameterNode()
         setDeviceItems(self.comboBox, found, node.device if node else "auto", detected=not error)
         if error:
-            self.statusLabel.text = f"GPU detection failed: {error}"
+            self.statusLabel.text = _("GPU detection failed: {error}").format(error=error)
         self._updateGUI()
 
     def stop(self) -> None:
