@@ -383,3 +383,41 @@ def test_slicer_side_library_calls_the_5_12_apis_it_needs():
     assert any(call is not None and "blocking" in {k.arg for k in call.keywords} for call in launches)
     packages = Usage(ast.parse((SLICER_LIB / "packages.py").read_text(encoding="utf-8")))
     assert [name for name, _, _ in packages.calls_of("slicer.packaging")] == ["pip_ensure"]
+
+
+def test_sample_data_phantom_is_registered_and_fetched_as_sample_data_fetches(monkeypatch, tmp_path):
+    """Audit N11: the phantom is registered with Sample Data the template's way (category, one source with its
+    SHA256, a thumbnail); Sample Data's downloadFile fetches with urllib.request.urlretrieve, which is run here on
+    the registered file:// address: the bytes arrive, the checksum matches, and the file is a CT-like volume
+    (int16 Hounsfield units) that the demo model can segment. SampleData itself is the application's (recorded)."""
+    import hashlib
+    import importlib
+    import sys
+    import types
+    import urllib.request
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+    import slicer_stubs
+
+    monkeypatch.setitem(sys.modules, "slicer.i18n", slicer_stubs.i18n_module())
+    monkeypatch.syspath_prepend(str(facts.REPO / "PancreasDiNTS"))
+    monkeypatch.delitem(sys.modules, "PancreasDiNTSSlicerLib.sampledata", raising=False)
+    sampledata = importlib.import_module("PancreasDiNTSSlicerLib.sampledata")
+    calls = []
+    logic = type("SampleDataLogic", (), {
+        "registerCustomSampleDataCategory": staticmethod(lambda category, title: calls.append(("category", category))),
+        "registerCustomSampleDataSource": staticmethod(lambda **kw: calls.append(("source", kw)))})
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=logic))
+    sampledata.registerPhantom()
+    source = dict(calls)["source"]
+    assert calls[0] == ("category", sampledata.CATEGORY) and source["category"] == sampledata.CATEGORY
+    assert Path(source["thumbnailFileName"]).is_file()
+    fetched = tmp_path / source["fileNames"]
+    urllib.request.urlretrieve(source["uris"], fetched)
+    assert source["checksums"] == "SHA256:" + hashlib.sha256(fetched.read_bytes()).hexdigest()
+    image = nib.load(str(fetched))
+    values = np.asarray(image.dataobj)
+    assert image.get_data_dtype() == np.int16 and values.min() <= -900 and values.max() >= 100 and values.ndim == 3
+    assert fetched.stat().st_size < 2_000_000
