@@ -172,8 +172,17 @@ def test_refused_pairs_write_nothing(run: dict[str, Any], tmp_path: Path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not compared" in err[0] and "different patient" in err[0]
     assert not (tmp_path / "o1").exists()
-    # mismatched read-out versions
+    # OUTDIR is a case folder of segment (here the prior's own): refused, its manifest untouched
     pair = run["root"] / "pair"
+    (pair / "prior" / ".pancreas-dints.json").write_text(json.dumps(
+        {"schema": "pancreas-dints.case/1", "input": {"path": "elsewhere.nii.gz"}, "files": {}}))
+    before = (pair / "prior" / ".pancreas-dints.json").read_bytes()
+    assert main(["compare", str(pair / "prior"), str(pair / "current"), "-o", str(pair / "prior")]) == 5
+    assert "another input or comparison" in capsys.readouterr().err
+    assert (pair / "prior" / ".pancreas-dints.json").read_bytes() == before
+    assert not (pair / "prior" / "compare.json").exists()
+    (pair / "prior" / ".pancreas-dints.json").unlink()
+    # mismatched read-out versions
     cur = tmp_path / "current"
     shutil.copytree(pair / "current", cur)
     report = json.loads((cur / "report.json").read_text())

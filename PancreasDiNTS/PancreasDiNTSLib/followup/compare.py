@@ -229,8 +229,11 @@ def compare(prior_dir: Path, current_dir: Path, out_dir: Path, formats: Sequence
     check_pair(prior, current)
     if OUTPUTS["dicom-sr"] in names:
         check_current(current)
-    folder = CaseFolder(Path(out_dir), {"kind": "compare", "prior": str(prior.folder.resolve()),
-                                        "current": str(current.folder.resolve())})
+    identity = {"kind": "compare", "prior": str(prior.folder.resolve()), "current": str(current.folder.resolve())}
+    folder = CaseFolder(Path(out_dir), identity)
+    if folder.manifest is not None and folder.manifest.get("input") != identity:
+        raise OutputError(f"{printable(out_dir)}: the engine's folder of another input or comparison (a case folder "
+                          "of segment, or another pair's); choose another output folder")
     taken = folder.conflicts(names)
     if taken:
         raise OutputError(f"{printable(out_dir)}: {', '.join(taken)} exist and were not written by pancreas-dints; "
