@@ -450,6 +450,7 @@ class SlowServer:
         self.server.shutdown()
 
 
+@pytest.mark.slow
 def test_server_cancel_and_quit_return_at_once_and_the_run_ends_in_the_background(module_factory, tmp_path):
     """Audit N5: RemoteRun.cancel makes a synchronous HTTP call (up to the client's 60 s timeout) and joins the
     run's thread; called from Cancel, scene close and quit it froze Slicer. Now Cancel returns at once, the run
@@ -483,3 +484,39 @@ def test_server_cancel_and_quit_return_at_once_and_the_run_ends_in_the_backgroun
     assert remote_task.insecureServerWarning("https://gpu-server:8765") is None
     assert remote_task.insecureServerWarning("http://localhost:8765") is None
     assert remote_task.insecureServerWarning("http://127.0.0.1:8765") is None
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_with_an_engine_environment_nothing_is_installed_into_slicers_python(module_factory, tmp_path, monkeypatch):
+    """The engine-environment route: with PANCREAS_DINTS_ENGINE_PYTHON naming a second environment that holds
+    the engine's packages, "set up the requirements" checks that environment (a standard-library command run with
+    its python as an engine process) and never asks the PyTorch extension or pip for Slicer's Python; engine
+    commands (here the GPU list) run with that python."""
+    import sysconfig
+
+    module, _ = module_factory(nonblocking_launch=True)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    folder = tmp_path / "engine-env"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    python = folder / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "engine-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # no torch download
+    monkeypatch.setenv("PANCREAS_DINTS_ENGINE_PYTHON", str(python))
+
+    class Refuse:
+        def __getattr__(self, name):
+            raise AssertionError(f"{name} used: something was to be installed into Slicer's Python")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", Refuse())
+    monkeypatch.setitem(sys.modules, "slicer.packaging", Refuse())
+    assert module.PancreasDiNTSLogic().setupPythonRequirements(askConfirmation=False) is True
+    commands = importlib.import_module("PancreasDiNTSLib.bridge.commands")
+    assert commands.python_executable() == str(python)
+    devices = importlib.import_module("PancreasDiNTSSlicerLib.devices")
+    got: list = []
+    task = devices.detectDevices(lambda found, error: got.append((found, error)))
+    task.wait()
+    assert task.command[0] == str(python) and task.returncode == 0  # the GPU list from the engine environment
+    assert got and got[0][1] == "" and got[0][0][:2] == device_list.DEFAULT_DEVICES

@@ -229,6 +229,7 @@ def test_choices_are_stored_as_keys_and_old_scenes_still_read(monkeypatch):
     assert set(choices.Speed.__members__) == set(request.PANEL_MODES)
 
 
+@pytest.mark.subprocess
 def test_the_engine_environment_choice(panel, tmp_path, monkeypatch):
     """Advanced: "Run the engine in its own Python environment" makes every engine command run with that
     environment's interpreter (bridge.commands.python_executable reads PANCREAS_DINTS_ENGINE_PYTHON): the module's
