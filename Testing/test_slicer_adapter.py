@@ -17,7 +17,7 @@ COMPUTE_LIBRARIES = {"numpy", "torch", "monai", "SimpleITK", "sitkUtils", "itk",
 # (the torch-free layers bridge/ and core/: Testing/test_layering.py checks that they import no torch)
 LIGHT_ENGINE_MODULES = {"bridge", "bridge.commands", "bridge.progress_lines", "bridge.child_process", "bridge.case_results",
                         "bridge.model_folders", "bridge.device_list", "bridge.pip_requirements", "bridge.estimate",
-                        "bridge.remote", "core", "core.terminology"}
+                        "bridge.remote", "core", "core.terminology", "core.request"}
 
 
 def imports(tree: ast.Module) -> set[str]:
@@ -82,8 +82,9 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 from PancreasDiNTSLib.bridge import case_results, child_process, commands, device_list, estimate, model_folders
 from PancreasDiNTSLib.bridge import pip_requirements, progress_lines
-from PancreasDiNTSLib.core import terminology
+from PancreasDiNTSLib.core import request, terminology  # request: the panel's choice keys
 from PancreasDiNTSLib.bridge import remote  # the server's HTTP client (urllib)
+assert request.panel_region("whole CT") == "whole"
 assert remote.job_options(roi=(0, 0, 0, 1, 1, 1))["roi_space"] == "ras"
 spec = estimate.window_spec(model_folders.demo_model_folder() or "no-model")  # yaml blocked: the text fallback
 assert estimate.estimate_windows([0, 300, 0, 250, 0, 90], spec) > 0
