@@ -34,12 +34,13 @@ lint: setup
 
 # Two pytest workers (pytest-xdist), one thread each, on the two cores; a file's tests on one worker (module
 # fixtures run once);
-# the ten slowest tests are listed at the end.
+# the ten slowest tests and every skipped test with its reason (the docs' blocks not run here among them) are
+# listed at the end.
 PYTEST_WORKERS ?= 2
 FAST_MARKERS ?= not slow and not subprocess and not server and not browser
 
 test: setup lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 Testing
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing
 
 test-fast: $(PY)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "$(FAST_MARKERS)" Testing
