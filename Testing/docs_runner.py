@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHELL_LANGS = ("bash", "sh", "shell", "console")
 MARKER = re.compile(r"<!--\s*docs-test:\s*(\w[\w-]*)\s*(.*?)\s*-->")
 MARKER_KINDS = ("skip", "synopsis", "expect")
+# A line that only sets a shell variable: NAME=word, NAME="...", NAME='...' or NAME=$(...), then maybe a comment.
+ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=(\$\([^)]*\)|\"[^\"]*\"|'[^']*'|[^\s;&|]*)\s*(#.*)?")
 # Long-running commands: started in the background on a free port, stopped (Ctrl-C) when the block ends.
 SERVERS = {"serve": 8765, "review": 8080}
 # The documented substitutions (Testing/README.md shows this table; test_docs checks that it does).
@@ -271,6 +273,9 @@ class BlockRun:
         if words[0] == "cd" and len(words) == 2:
             self.cwd = (self.cwd / os.path.expanduser(words[1].replace("~", str(self.work / "home"), 1))).resolve()
             return
+        if words[0] == "export" or ASSIGNMENT.fullmatch(command.strip()):
+            self._set_variables(command)
+            return
         server = server_name(words)
         if server:
             self._start_server(command, server)
@@ -285,6 +290,16 @@ class BlockRun:
         for out in output_paths(command):
             if not (self.cwd / os.path.expanduser(out)).exists():
                 raise AssertionError(f"{self.block.id}: `{command}` exited 0 but made no {out}")
+
+    def _set_variables(self, command: str) -> None:
+        """`export A=1` or `A=$(...)` on a line of its own: later commands see the variable (each command runs in
+        its own shell, so the shell evaluates the line and hands back its environment)."""
+        done = subprocess.run(["bash", "-c", f"set -a\n{command}\nenv -0"], cwd=self.cwd, env=self.env,
+                              capture_output=True, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"{self.block.id}: `{command}` exited {done.returncode}: {done.stderr[-1000:]!r}")
+        self.env = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
+        self.transcript.append(command)
 
     def _start_server(self, command: str, name: str) -> None:
         port = free_port()

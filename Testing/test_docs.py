@@ -70,6 +70,17 @@ def test_a_block_with_the_commands_of_an_earlier_one_is_run_once(tmp_path: Path)
                                 "docs/p.md:8": None}
 
 
+def test_variables_set_by_one_line_reach_the_next(tmp_path: Path) -> None:
+    """Each command runs in its own shell: `export` and `NAME=value` lines are carried to the later commands."""
+    page = tmp_path / "docs" / "v.md"
+    page.parent.mkdir()
+    page.write_text("```bash\nexport GREETING=hello   # a comment\nN=$(echo 3)\nmkdir -p out\n"
+                    "echo \"$GREETING $N\" > out/said.txt\n```\n", encoding="utf-8")
+    (block,), _ = parse_blocks(page, tmp_path)
+    BlockRun(block, tmp_path).run()
+    assert (tmp_path / "out" / "said.txt").read_text() == "hello 3\n"
+
+
 @pytest.fixture(scope="session")
 def doc_fixtures(tmp_path_factory) -> Path:
     from PancreasDiNTSLib.core.paths import PACKAGED_DEMO_MODEL
