@@ -254,7 +254,7 @@ class BlockRun:
         finally:
             self._stop_servers()
         for expected in self.block.markers.get("expect", "").split():
-            if not (self.cwd / expected).exists():
+            if not (self.work / expected).exists():
                 raise AssertionError(f"{self.block.id}: the block names {expected}, which it did not make")
         return self.transcript
 
