@@ -21,7 +21,8 @@ from PancreasDiNTSLib.bridge.remote import (
     upload_kind,
 )
 from PancreasDiNTSLib.core.errors import UsageError
-from PancreasDiNTSLib.server.app import _options
+from PancreasDiNTSLib.core.request import OPTIONS
+from PancreasDiNTSLib.server.app import JOB_PARAMETERS, _options
 from PancreasDiNTSLib.server.serve import (
     ServeSettings,
     _check_tls,
@@ -143,7 +144,10 @@ def test_job_options_the_api_accepts():
     # (region whole with a box: the box is the region, as in `segment --region whole --roi ...`)
     assert _options(job_options(region="whole"))["region"] == "whole"
     assert "region" not in _options(job_options())  # not given: the server decides, as a local run
-    for bad in ({"formats": "nifti,../x"}, {"mode": "turbo"}, {"roi": "1,2,3"}, {"roi": "0,0,0,1,1,nan"},
+    # every job option of core.request reaches the job (the endpoint reads the whole query), bad values are 400
+    assert _options({"precision": "fp32", "kind": "nii.gz"})["precision"] == "fp32"
+    assert {p["name"] for p in JOB_PARAMETERS} == {o.dest for o in OPTIONS if o.job}  # what the API page lists
+    for bad in ({"formats": "nifti,../x"}, {"allow_non_ct": "maybe"}, {"precision": "fp64"}, {"mode": "turbo"}, {"roi": "1,2,3"}, {"roi": "0,0,0,1,1,nan"},
                 {"roi": "0,0,0,1,1,1", "roi_space": "lps"}, {"series": "x" * 200},
                 {"region": "half"}):
         with pytest.raises(HTTPException) as err:

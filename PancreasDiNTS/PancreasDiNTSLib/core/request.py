@@ -367,7 +367,10 @@ class SegmentRequest:
         """A request from a job's query (unknown keys ignored; ``fixed``: inputs, out_dir, model... by field).
         UsageError naming the query parameter for a bad value."""
         values: dict[str, Any] = {o.dest: query[o.dest] for o in OPTIONS if o.job and query.get(o.dest)}
-        values["allow_non_ct"] = str(query.get("allow_non_ct", "false")).lower() in ("1", "true", "yes")
+        flag = str(query.get("allow_non_ct", "false")).strip().lower()
+        if flag not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+            raise UsageError(f"allow_non_ct {printable(flag)[:20]}: give true or false")
+        values["allow_non_ct"] = flag in ("1", "true", "yes", "on")
         try:
             request = cls.from_flags(values | {"inputs": (), "output": "."})
         except UsageError as exc:

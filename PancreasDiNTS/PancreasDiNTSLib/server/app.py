@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.bridge.remote import TERMINAL, UPLOAD_KINDS
 from PancreasDiNTSLib.core.errors import UsageError, printable
-from PancreasDiNTSLib.core.request import SegmentRequest, job_choices
+from PancreasDiNTSLib.core.request import OPTIONS, SegmentRequest, job_choices
 from PancreasDiNTSLib.server.store import JobStore, new_job_id
 from PancreasDiNTSLib.server.uploads import (
     INPUT_NAMES,
@@ -49,6 +49,14 @@ UPLOAD_BODY = {"requestBody": {"required": True, "description": "the CT file (ki
                                "of the DICOM files of one series (kind zip)",
                                "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                    "format": "binary"}}}}}
+
+# The job options POST /v1/jobs reads from its query (core.request's options with job=True), as the OpenAPI page
+# shows them; the endpoint reads them all from the query itself, so a new job option needs no edit here.
+JOB_PARAMETERS = [{"name": o.dest, "in": "query", "required": False, "description": o.help,
+                   "schema": {"type": "string", **({"enum": list(o.choices)} if o.choices else {}),
+                              **({"default": str(o.default).lower() if isinstance(o.default, bool) else o.default}
+                                 if o.default is not None else {})}}
+                  for o in OPTIONS if o.job]
 
 
 @dataclass
@@ -185,15 +193,12 @@ def _jobs_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.post("/jobs", status_code=202, summary="Submit one CT (the request body: the file, or a zip of one "
-                 "DICOM series); options as query parameters, as for `segment`", openapi_extra=UPLOAD_BODY)
-    async def submit(request: Request, kind: str, formats: str = "nifti,seg.nrrd", mode: str = "fast",
-                     roi: str | None = None, roi_space: str = "ras", roi_mode: str = "grid", allow_non_ct: bool = False,
-                     series: str | None = None, region: str | None = None) -> dict[str, Any]:
+                 "DICOM series); options as query parameters, as for `segment`",
+                 openapi_extra=UPLOAD_BODY | {"parameters": JOB_PARAMETERS})
+    async def submit(request: Request, kind: str) -> dict[str, Any]:
         if kind not in UPLOAD_KINDS:
             raise HTTPException(400, f"kind {printable(kind)[:20]}: choose one of {', '.join(UPLOAD_KINDS)}")
-        query = {"formats": formats, "mode": mode, "roi": roi or "", "roi_space": roi_space, "roi_mode": roi_mode,
-                 "allow_non_ct": "true" if allow_non_ct else "false", "series": series or "", "region": region or ""}
-        opts = _options(query)
+        opts = _options(dict(request.query_params))  # every job option of core.request (JOB_PARAMETERS)
         if service.store.count("queued") >= service.limits.max_queue:
             raise HTTPException(503, f"the queue is full ({service.limits.max_queue} jobs); try again later")
         declared = _declared_length(request, service.limits)
