@@ -70,7 +70,7 @@ def inputs(tmp_path_factory):
 
 def _local(inputs: list[Path], out: Path, formats: str = "nifti,seg.nrrd,dicom-seg") -> dict:
     summary = run_segment(SegmentSettings(inputs=tuple(str(p) for p in inputs), out_dir=out, model=PACKAGED_DEMO_MODEL,
-                                          device="cpu", formats=formats, progress="none"))
+                                          device="cpu", formats=formats, progress="none", precision="fp32"))
     return summary.as_dict()
 
 
@@ -81,7 +81,8 @@ def runs(server, inputs, tmp_path_factory):
     cases = [inputs["tiny"], inputs["series"]]
     _local(cases, work / "local")
     code = cli_main(["segment", *map(str, cases), "-o", str(work / "remote"), "--server", server.url, "--token-file",
-                     str(server.token_file), "--format", "nifti,seg.nrrd,dicom-seg", "--progress", "none"])
+                     str(server.token_file), "--format", "nifti,seg.nrrd,dicom-seg", "--progress", "none",
+                     "--precision", "fp32"])  # a job option the server must pass on (bf16 would differ)
     assert code == 0
     return work / "local", work / "remote"
 
@@ -107,6 +108,8 @@ def test_segment_server_equals_local_run(runs):
                     "dicom_series", "model"):
             assert ra.get(key) == rb.get(key), key
         assert rb["server"]["job"] and "server" not in ra
+        assert ra["inference"]["precision"] == rb["inference"]["precision"]
+        assert rb["inference"]["precision"]["requested"] == "fp32"
     with (local / "measurements.csv").open() as fa, (remote / "measurements.csv").open() as fb:
         assert list(csv.DictReader(fa)) == list(csv.DictReader(fb))
     sa, sb = (json.loads((f / "summary.json").read_text()) for f in (local, remote))
@@ -118,7 +121,8 @@ def test_rerun_through_the_server_skips_like_a_local_run(server, runs, inputs):
     _, remote = runs
     before = (remote / "tiny" / ".pancreas-dints.json").read_text()
     code = cli_main(["segment", str(inputs["tiny"]), "-o", str(remote), "--server", server.url, "--token-file",
-                     str(server.token_file), "--format", "nifti,seg.nrrd,dicom-seg", "--progress", "none"])
+                     str(server.token_file), "--format", "nifti,seg.nrrd,dicom-seg", "--progress", "none",
+                     "--precision", "fp32"])  # a job option the server must pass on (bf16 would differ)
     assert code == 0
     summary = json.loads((remote / "summary.json").read_text())
     assert {r["case"]: r["status"] for r in summary["results"]}["tiny"] == "skipped"
