@@ -168,3 +168,11 @@ def test_settings_are_a_request_with_a_rank():
     assert replace(settings, rank=0).mode == "fastmm"
     with pytest.raises(UsageError, match="RANK"):
         SegmentSettings.of(REQUESTS[0], rank=2, world_size=2)
+
+
+def test_server_docs_name_every_job_option():
+    """SERVER.md's POST /v1/jobs line lists the query parameters a job takes: the request's job options."""
+    line = next(x for x in (ROOT / "docs" / "SERVER.md").read_text(encoding="utf-8").splitlines()
+                if "POST /v1/jobs?" in x)
+    named = set(re.findall(r"[?&](\w+)=", line)) - {"kind"}
+    assert named == {o.dest for o in R.OPTIONS if o.job}
