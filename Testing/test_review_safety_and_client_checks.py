@@ -1,6 +1,6 @@
-"""Issue 31 (reliability round 4), one test per finding on real files and real processes: a rerun keeps a
-reviewer's work (1). The server's store faults, the client against a misbehaving server, tokens and the rest are
-in Testing/test_server_round4.py."""
+"""A rerun keeps a reviewer's work (issue 31 finding 1); the client checks what a server sends (3); token files
+(7); serve and demo without their packages (4); a NIfTI without orientation and RTSTRUCT de-identification (9).
+The server's store faults and retention are in Testing/test_server_store_faults_and_retention.py."""
 
 from __future__ import annotations
 
