@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from PancreasDiNTSLib.core.errors import UsageError
-from PancreasDiNTSLib.io.dicomweb import auth_headers, valid_uid
+from PancreasDiNTSLib.io.dicomweb import auth_headers, fetch_folder, parse_input, valid_uid
 from PancreasDiNTSLib.server.dicom_node.config import Rules, load_node_config, node_config
 from PancreasDiNTSLib.server.dicom_node.selection import choose_series, series_facts, skip_reason
 from PancreasDiNTSLib.server.dicom_node.spool import NodeStore
@@ -130,6 +130,18 @@ def test_spool_durable_once_and_reindexed_after_a_stop(tmp_path):
     later = again.add_instance("1.2.3", "dimse", "ORTHANC", "1.2.3.10", "1.2.3.5", b"y")
     assert later not in (None, first)  # an instance after the decision starts a new arrival
     assert [valid_uid(u) for u in ("1.2.840.10008", "1..2", "../x", "1" * 65, "")] == [True, False, False, False, False]
+
+
+def test_a_dicomweb_input_names_uids_never_a_folder(tmp_path, monkeypatch):
+    """The study UID becomes a folder name under the fetch cache: "." and ".." (which [0-9.] alone allowed, and
+    whose fetch folder the run empties first) and UIDs over 64 characters are not DICOMweb inputs."""
+    assert parse_input("https://pacs/dicom-web/studies/1.2.3/series/4.5") == ("https://pacs/dicom-web", "1.2.3", "4.5")
+    for uid in ("..", ".", "1..2", ".1", "1.", "1" * 65):
+        assert parse_input(f"https://pacs/dicom-web/studies/{uid}") is None, uid
+        assert parse_input(f"https://pacs/dicom-web/studies/1.2/series/{uid}") is None, uid
+    monkeypatch.setenv("PANCREAS_DINTS_HOME", str(tmp_path))
+    folder = fetch_folder("https://pacs/dicom-web/studies/1.2.3")
+    assert folder.parent.parent == tmp_path / "dicomweb" and folder.name == "1.2.3"
 
 
 def test_stow_body_split_and_credentials_file(tmp_path):

@@ -21,7 +21,8 @@ from PancreasDiNTSLib.core.paths import MODEL_HOME_ENV
 
 MAX_AUTH_BYTES = 4096
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_INPUT = re.compile(r"^(https?://[^?#]+?)/studies/([0-9.]{1,64})(?:/series/([0-9.]{1,64}))?/?$")
+_UID_TEXT = r"[0-9]{1,20}(?:\.[0-9]{1,20}){0,31}"  # digits and single dots: never "." or ".." (a folder name)
+_INPUT = re.compile(rf"^(https?://[^?#]+?)/studies/({_UID_TEXT})(?:/series/({_UID_TEXT}))?/?$")
 
 
 def valid_uid(text: Any) -> bool:
@@ -100,7 +101,7 @@ def iter_instances(url: str, study: str, series: str | None = None, auth_file: P
 def parse_input(text: str) -> tuple[str, str, str | None] | None:
     """``https://HOST/ROOT/studies/UID[/series/UID]`` -> (root, study, series); None for anything else."""
     match = _INPUT.match(text)
-    if match is None:
+    if match is None or any(len(uid) > 64 for uid in match.groups()[1:] if uid):
         return None
     return match.group(1), match.group(2), match.group(3)
 
