@@ -230,10 +230,10 @@ OPTIONS: tuple[Option, ...] = (
            job=True),
     Option("engine", ("--engine",), "how the fast modes run the network (cuda-graph needs a GPU)", default="eager",
            choices=ENGINES),
-    Option("precision", ("--precision",), "the network's number format. auto (default): bf16 on a CPU whose "
-           "hardware has bf16 instructions (avx512_bf16 or amx_bf16 in the CPU flags; labels >= 99.9 % equal to "
-           "fp32, docs/PERFORMANCE.md), fp32 on other CPUs and with --mode exact, the bundle's AMP on a GPU; fp32: "
-           "float32 everywhere; bf16: the fast modes on a CPU in bf16 even without the hardware (slower)",
+    Option("precision", ("--precision",), "the network's number format. auto (default): fp32 on a CPU (bf16 "
+           "missed one agreement target, docs/PERFORMANCE.md), the bundle's AMP on a GPU; fp32: float32 "
+           "everywhere; bf16: the fast modes on a CPU in bf16, 2.8-4.5x faster per window where the CPU flags "
+           "have avx512_bf16 or amx_bf16 (emulated and slower without)",
            default="auto", choices=PRECISIONS, job=True),
     Option("roi", ("--roi",), "segment only inside this box (corners; labels outside are 0): for CPU-only machines",
            metavar="X0,Y0,Z0,X1,Y1,Z1", field="region", job=True),
