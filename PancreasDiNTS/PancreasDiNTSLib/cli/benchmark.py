@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "whole volume), and @PRECISION for that run's --precision (e.g. fast@fp32); the first one "
                         "is the one `speedup` compares (default fast)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="ours: the network's number format, as segment --precision (default auto: bf16 on a CPU "
-                        "with bf16 hardware, else fp32; the bundle's AMP on CUDA)")
+                   help="ours: the network's number format, as segment --precision (default auto: fp32 on a CPU, "
+                        "the bundle's AMP on CUDA; bf16: the bf16 fast path on a CPU)")
     p.add_argument("--engine", default="eager", choices=ENGINES,
                    help="how ours runs the network (fast mode)")
     p.add_argument("--sw-batch-size", default=None, help="ours: windows per batch, or 'auto' (free GPU memory)")
