@@ -136,6 +136,8 @@ def test_a_dicomweb_input_names_uids_never_a_folder(tmp_path, monkeypatch):
     """The study UID becomes a folder name under the fetch cache: "." and ".." (which [0-9.] alone allowed, and
     whose fetch folder the run empties first) and UIDs over 64 characters are not DICOMweb inputs."""
     assert parse_input("https://pacs/dicom-web/studies/1.2.3/series/4.5") == ("https://pacs/dicom-web", "1.2.3", "4.5")
+    long_component = "2.25.176988564109002674575370570377849534389"  # a UUID-derived UID: one 39-digit component
+    assert parse_input(f"http://127.0.0.1:8042/dicom-web/studies/{long_component}") is not None
     for uid in ("..", ".", "1..2", ".1", "1.", "1" * 65):
         assert parse_input(f"https://pacs/dicom-web/studies/{uid}") is None, uid
         assert parse_input(f"https://pacs/dicom-web/studies/1.2/series/{uid}") is None, uid

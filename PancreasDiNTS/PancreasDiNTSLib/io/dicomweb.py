@@ -21,7 +21,7 @@ from PancreasDiNTSLib.core.paths import MODEL_HOME_ENV
 
 MAX_AUTH_BYTES = 4096
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_UID_TEXT = r"[0-9]{1,20}(?:\.[0-9]{1,20}){0,31}"  # digits and single dots: never "." or ".." (a folder name)
+_UID_TEXT = r"[0-9]{1,64}(?:\.[0-9]{1,64}){0,31}"  # digits and single dots: never "." or ".." (a folder name)
 _INPUT = re.compile(rf"^(https?://[^?#]+?)/studies/({_UID_TEXT})(?:/series/({_UID_TEXT}))?/?$")
 
 
