@@ -97,6 +97,13 @@ def disk_full_error(path: object, exc: OSError) -> DiskFullError:
                          "or choose another -o, then rerun (finished cases are kept and skipped)")
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most ``limit`` characters:
+    the part of a library's error that goes into our one-line messages."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def printable(text: object) -> str:
     """``text`` with control, format and line-separator characters escaped (``\\n`` -> ``\\x0a``), so a file
     name cannot break a message or progress line into two (or forge one)."""

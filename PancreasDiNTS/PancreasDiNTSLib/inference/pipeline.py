@@ -49,6 +49,7 @@ from PancreasDiNTSLib.core.errors import (
     PancreasDiNTSError,
     UsageError,
     disk_full_error,
+    first_line,
     is_disk_full,
     printable,
     require_modules,
@@ -328,8 +329,7 @@ def check_roi(case: LoadedImage, roi: RoiRequest) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return printable(text[0] if text else type(exc).__name__)[:300]
+    return printable(first_line(exc, 300))[:300]
 
 
 class _Stages:

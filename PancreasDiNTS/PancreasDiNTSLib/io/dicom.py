@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.errors import InputError, first_line
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient LPS -> RAS (the one definition; io imports it)
 # Tolerances, as fractions of a step: positions within 5 % of a regular grid are regular.
@@ -519,7 +519,7 @@ def _decode(path: Path) -> tuple[np.ndarray, str | None]:
         raw = np.asarray(ds.pixel_array)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for data it cannot decode
         if _pydicom_decodes(syntax):  # a decoder that fails on these bytes: damaged data, never a second opinion
-            raise InputError(f"{path}: pixel data cannot be decoded ({_first_line(exc)}); the file is damaged or "
+            raise InputError(f"{path}: pixel data cannot be decoded ({first_line(exc, 160)}); the file is damaged or "
                              "truncated: re-export the series") from None
         return _decode_gdcm(path, ds, exc), "decoded with GDCM (SimpleITK)"
     slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -530,11 +530,6 @@ def _decode(path: Path) -> tuple[np.ndarray, str | None]:
 def slice_hu(path: Path) -> np.ndarray:
     """One acquired image's pixels in HU (rows, cols), decoded as the series reader decodes them."""
     return _decode(Path(path))[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _check_native_length(ds: Any, path: Path) -> None:

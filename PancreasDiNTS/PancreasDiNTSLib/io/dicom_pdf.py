@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PancreasDiNTSLib.core.atomic import atomic_path
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.errors import InputError, first_line
 from PancreasDiNTSLib.io.dicom_derived import base_dataset, image_reference
 from PancreasDiNTSLib.io.dicom_seg import clean_text, encode, prepare_sources
 
@@ -69,8 +69,7 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
     except DicomPdfError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; the user gets one line
-        text = str(exc).strip().splitlines()
         raise DicomPdfError(f"{sources.files[0].parent}: a DICOM encapsulated PDF cannot be made for this series "
-                            f"({(text[0] if text else type(exc).__name__)[:200]}); leave dicom-pdf out of --format"
+                            f"({first_line(exc)}); leave dicom-pdf out of --format"
                             ) from None
     return sources.notes

@@ -33,7 +33,7 @@ import numpy as np
 
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import atomic_path
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.errors import InputError, first_line
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.core.terminology import Code as TermCode
 from PancreasDiNTSLib.core.tracking import (
@@ -334,10 +334,9 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
         seg = build_segmentation(sources, frames, model_name, model_version)
         encode(build_report(sources, seg, _trial_readout(), {}, model_name, model_version))
     except Exception as exc:  # noqa: BLE001 - highdicom/pydicom raise many types; the user gets one line
-        text = str(exc).strip().splitlines()
         where = Path(files[0]).parent if files else "the input"
         raise DicomSrError(f"{where}: a DICOM SR cannot be made for this series "
-                           f"({(text[0] if text else type(exc).__name__)[:200]}); leave dicom-sr out of --format") from None
+                           f"({first_line(exc)}); leave dicom-sr out of --format") from None
     return []
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.errors import InputError, first_line
 from PancreasDiNTSLib.core.ownership import MANIFEST_NAME
 from PancreasDiNTSLib.io import dicom
 from PancreasDiNTSLib.io.dicom import LPS_TO_RAS
@@ -174,7 +174,7 @@ def _read_nifti(path: Path):
     except InputError:
         raise
     except Exception as exc:  # nibabel raises many types for broken files
-        raise InputError(f"{path}: cannot be read as NIfTI ({_first_line(exc)}); the file may be truncated") from None
+        raise InputError(f"{path}: cannot be read as NIfTI ({first_line(exc)}); the file may be truncated") from None
     return img
 
 
@@ -186,11 +186,6 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is one too
         raise InputError(f"{path}: not a NIfTI image ({type(img).__name__})")
     return img
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _sitk_to_metatensor(sitk_image, path: Path):
@@ -235,7 +230,7 @@ def _read_itk(path: Path):
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot be read as an image ({_first_line(exc)})") from None
+        raise InputError(f"{path}: cannot be read as an image ({first_line(exc)})") from None
     return _sitk_to_metatensor(img, path)
 
 

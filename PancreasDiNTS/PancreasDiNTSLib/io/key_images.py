@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from PancreasDiNTSLib.core.atomic import atomic_path
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.errors import InputError, first_line
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.io.dicom import slice_hu
 from PancreasDiNTSLib.io.dicom_derived import NOT_CLINICAL, base_dataset, image_reference
@@ -246,8 +246,7 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
         view = KeyView(0, "trial", "trial")
         encode(build(sources.datasets, np.zeros((1, 2, 2, 3), np.uint8), [view], 1, model_name, model_version))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; the user gets one line
-        text = str(exc).strip().splitlines()
         raise KeyImagesError(f"{sources.files[0].parent}: DICOM key images cannot be made for this series "
-                             f"({(text[0] if text else type(exc).__name__)[:200]}); leave key-images out of --format"
+                             f"({first_line(exc)}); leave key-images out of --format"
                              ) from None
     return sources.notes

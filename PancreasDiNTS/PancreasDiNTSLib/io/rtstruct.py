@@ -26,7 +26,7 @@ import numpy as np
 
 from PancreasDiNTSLib import __version__
 from PancreasDiNTSLib.core.atomic import atomic_path
-from PancreasDiNTSLib.core.errors import InputError
+from PancreasDiNTSLib.core.errors import InputError, first_line
 from PancreasDiNTSLib.core.terminology import SEGMENTS
 from PancreasDiNTSLib.io.contours import slice_contours
 from PancreasDiNTSLib.io.dicom_seg import (
@@ -193,10 +193,9 @@ def check_preconditions(files: Sequence[Path], model_name: str, model_version: s
         frames = trial_frames(sources)
         encode(build_structure_set(sources, frames, model_name, model_version))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; the user gets one line
-        text = str(exc).strip().splitlines()
         where = Path(files[0]).parent if files else "the input"
         raise DicomRtError(f"{where}: an RT structure set cannot be made for this series "
-                           f"({(text[0] if text else type(exc).__name__)[:200]}); leave rtstruct out of --format") from None
+                           f"({first_line(exc)}); leave rtstruct out of --format") from None
     return [n.replace("DICOM SEG", "RTSTRUCT") for n in sources.notes]
 
 
