@@ -28,7 +28,7 @@ from PancreasDiNTSSlicerLib import (
     segmenting,
     selftest,
 )
-from PancreasDiNTSSlicerLib.choices import Region, RoiMode, RunPlace, Speed, upgradeStoredValues
+from PancreasDiNTSSlicerLib.choices import Precision, Region, RoiMode, RunPlace, Speed, upgradeStoredValues
 from PancreasDiNTSSlicerLib.process import EngineProcess
 from PancreasDiNTSSlicerLib.remote import RemoteTask
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -43,8 +43,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# Resources/PancreasDiNTS-requirements.txt (module-specific: every module's Resources/ are merged on install)
-REQUIREMENTS_FILE = resources.engineRequirementsFile()
+REQUIREMENTS_FILE = resources.engineRequirementsFile()  # Resources/PancreasDiNTS-requirements.txt
 
 #
 # PancreasDiNTS
@@ -86,7 +85,7 @@ class PancreasDiNTSParameterNode:
     """Everything the panel shows, stored in the scene; choices are enums stored as keys
     (``PancreasDiNTSSlicerLib.choices``, which says what each means). outputSegmentation None: a new one;
     localModelPath: a bundle folder or an exported model file (with useLocalModel); device: auto, cpu, cuda:N;
-    roiNode: a markups ROI (used when region is roi); serverURL: e.g. https://gpu-server:8765 (its token is
+    roiNode: a markups ROI (used when region is box); serverURL: e.g. https://gpu-server:8765 (its token is
     typed in each session, never stored)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -100,6 +99,7 @@ class PancreasDiNTSParameterNode:
     roiNode: vtkMRMLMarkupsROINode
     roiMode: RoiMode = RoiMode.grid
     mode: Speed = Speed.fast
+    precision: Precision = Precision.auto  # scenes saved without it read as auto
     computeConfidence: bool = True
     runOn: RunPlace = RunPlace.local
     serverURL: str = ""
@@ -260,8 +260,7 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
                               completedCallback: Callable | None = None, source: str | None = None) -> Any:
         """Download the official model (or install it from ``source``, a bundle zip or folder fetched elsewhere:
         its checksums are verified) into the cache folder in a background process (blocking: raise on failure)."""
-        command = commands.download_command(commands.python_executable(), dest=self.modelCacheFolder(),
-                                            source=source)
+        command = commands.download_command(commands.python_executable(), self.modelCacheFolder(), source)
         task = self._start(command, waitForCompletion, eventCallback, completedCallback)
         if waitForCompletion and task.returncode != 0:
             raise RuntimeError(task.parser.error_message(task.returncode))
@@ -311,20 +310,21 @@ class PancreasDiNTSLogic(ScriptedLoadableModuleLogic):
                 waitForCompletion: bool = True, eventCallback: Callable | None = None,
                 completedCallback: Callable | None = None, allowNonCT: bool = False, roiNode: Any = None,
                 roiMode: str = "grid", mode: str = "fast", confidence: bool = True, region: str | None = None,
-                server: str | None = None, token: str | None = None) -> SegmentationResult | None:
+                server: str | None = None, token: str | None = None,
+                precision: str = "auto") -> SegmentationResult | None:
         """Segment ``inputVolume`` (into ``outputSegmentation``'s Pancreas and tumour segments, other segments
         kept; None: a new node). Blocking: the result, or RuntimeError with the engine's one-line message; else
         completedCallback(SegmentationResult) from the main thread. A failed or cancelled run changes nothing.
         region: "auto", "whole", "box" (inside roiNode: refused without one; roiMode grid or local) or None (the
-        engine's default); mode fast or exact; confidence: load the confidence map (hidden; one per input).
-        server, token: run on a ``pancreas-dints serve`` (docs/SERVER.md)."""
+        engine's default); mode fast or exact; precision auto, fp32 or bf16 (``segment --precision``); confidence:
+        load the confidence map (hidden; one per input). server, token: on a ``pancreas-dints serve``."""
         if self.isRunning():
             raise RuntimeError(_("The engine is already running; wait for it or cancel it first."))
         roiNode = segmenting.checkChoices(inputVolume, model, server, roiNode, region)
         jobClass = RemoteSegmentationJob if server else SegmentationJob
         job = jobClass(inputVolume, model or "", outputSegmentation, device=device, scene=slicer.mrmlScene,
                        roi_box=scenelib.roi_box_ras(roiNode) if roiNode else None, roi_mode=roiMode, mode=mode,
-                       region=None if region == "box" else region, allow_non_ct=allowNonCT,
+                       region=None if region == "box" else region, allow_non_ct=allowNonCT, precision=precision,
                        python=commands.python_executable(), work_dir=Path(slicer.util.tempDirectory("PancreasDiNTS")),
                        importer=self.importSegmentation, load_confidence=confidence,
                        confidence_loader=self.loadConfidence)

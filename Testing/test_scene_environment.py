@@ -5,7 +5,7 @@ Slicer runs under Rosetta where torch stops at 2.2.2), and labels equal to a run
 What is real: the second environment (a new venv of the base interpreter, its own ``sys.prefix``), the commands the
 module runs to check it (``environment.missingCommand``), the choice through ``PANCREAS_DINTS_ENGINE_PYTHON`` read
 by ``bridge.commands.python_executable``, the scene layer's job writing the volume node and importing the result,
-and two real engine runs. What is not: ``pip install`` of torch and the engine's packages into the new venv (GBs,
+and two real engine runs (in bf16, the panel's precision choice: report.json says bf16 ran). What is not: ``pip install`` of torch and the engine's packages into the new venv (GBs,
 and no network in CI); the venv sees this environment's site-packages through a ``.pth`` file instead, which is
 what ``--system-site-packages`` gives a venv of a system Python.
 """
@@ -47,15 +47,18 @@ def make_engine_environment(folder: Path) -> Path:
 
 
 def run_job(volume, scene, bundle, work: Path, env: dict[str, str], python: str | None) -> tuple:
-    """The scene layer's Segment run, as the module starts it (engine_environment on PYTHONPATH)."""
+    """The scene layer's Segment run, as the module starts it (engine_environment on PYTHONPATH), in bf16 as the
+    panel's precision choice asks (issue 36: the same run checks that choice end to end, at no extra cost)."""
     job = SegmentationJob(volume, bundle, None, device="cpu", scene=scene, python=python, work_dir=work,
-                          keep_outputs=True, formats=("nifti", "seg.nrrd"), load_confidence=False)
+                          keep_outputs=True, formats=("nifti", "seg.nrrd"), load_confidence=False, precision="bf16")
     command = job.prepare()
     child_env = dict(env, **commands.engine_environment(None))
     done = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert command[command.index("--precision") + 1] == "bf16"
     result = job.complete(done.returncode)
     assert result.success, result.message
+    assert result.report["inference"]["precision"]["used"] == "bf16", result.report["inference"]["precision"]
     return Path(command[0]), job.output_dir / "input", result.segmentationNode
 
 

@@ -180,3 +180,36 @@ def test_estimate_line_for_a_volume_and_an_roi(scene_and_volume):
     inside = scenelib.roi.estimate_line(volume, model, roi, "local", seconds_per_window=1.5)
     assert whole.startswith("whole CT: ") and "windows" in whole
     assert inside.startswith("inside roi (local): ") and "1.5 s per window, measured here" in inside
+
+
+def test_the_precision_choice_reaches_the_engine_command_and_the_server_query(tmp_path):
+    """The panel's precision (issue 36) is part of the scene layer's one description of a run: ``segment
+    --precision X`` in the local command (none for auto, the engine's default), ``precision`` in a server job's
+    query (read back as the server reads it); bf16 with exact speed, or an unknown value, is refused in one line
+    before the input is written."""
+    from PancreasDiNTSLib.core.request import SegmentRequest
+
+    scene = slicer.vtkMRMLScene()
+    volume = support.load_volume(scene, require(EXAMPLE_CT_SM), "ct")
+    model = tmp_path / "model"
+    model.mkdir()
+    for precision in ("auto", "fp32", "bf16"):
+        job = scenelib.SegmentationJob(volume, model, None, device="cpu", scene=scene, precision=precision,
+                                       python="python", work_dir=tmp_path / precision)
+        command = job.prepare()
+        assert command[:4] == ["python", "-m", "PancreasDiNTSLib.cli", "segment"]
+        flag = [command[i + 1] for i, word in enumerate(command) if word == "--precision"]
+        assert flag == ([] if precision == "auto" else [precision]), command
+        assert (tmp_path / precision / "input.nrrd").is_file()
+        remote = scenelib.RemoteSegmentationJob(volume, "", None, scene=scene, precision=precision)
+        query = remote.request().to_query()
+        assert query.get("precision") == (None if precision == "auto" else precision)
+        assert SegmentRequest.from_query(query).precision == precision  # what the server's worker runs
+    default = scenelib.SegmentationJob(volume, model, None, scene=scene, python="python", work_dir=tmp_path / "d")
+    assert default.precision == "auto" and "--precision" not in default.prepare()
+    for mode, precision, words in (("exact", "bf16", "--mode exact"), ("fast", "fp16", "fp16")):
+        refused = scenelib.SegmentationJob(volume, model, None, scene=scene, mode=mode, precision=precision,
+                                           work_dir=tmp_path / f"{mode}-{precision}")
+        with pytest.raises(scenelib.SceneLayerError, match=words) as error:
+            refused.prepare()
+        assert "\n" not in str(error.value) and not (tmp_path / f"{mode}-{precision}").exists()

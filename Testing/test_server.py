@@ -375,7 +375,8 @@ def test_slicer_scene_layer_runs_on_the_server_and_cancels(server, runs, inputs)
 def test_slicer_panel_logic_runs_on_the_server(server, tmp_path, monkeypatch):
     """PancreasDiNTS.py's Logic.process(server=..., token=...) with Slicer replaced at the seam test's thinnest seam
     (slicer.util, a ticked timer): the remote run is polled like the engine process, its result handed over the same
-    way (segments on the exported input's grid), the temporary folder removed; a wrong token fails in one line."""
+    way (segments on the exported input's grid), the temporary folder removed, the panel's precision choice carried
+    by the job's query (bf16 ran on the server: its report says so); a wrong token fails in one line."""
     import importlib
     import sys
 
@@ -401,8 +402,9 @@ def test_slicer_panel_logic_runs_on_the_server(server, tmp_path, monkeypatch):
     logic.loadConfidence = lambda path, volume: "confidence node"
     events = []
     result = logic.process("volume node", None, None, server=server.url, token=server.token,
-                           eventCallback=events.append)
+                           eventCallback=events.append, precision="bf16")
     assert result.success and result.segmentationNode == "segmentation node", result.message
+    assert result.report["inference"]["precision"]["used"] == "bf16"
     assert logic.importSegmentation.calls[0][0] == ["Pancreas", "Pancreatic tumor"]
     assert result.confidenceNode == "confidence node" and set(result.volumes) == {"Pancreas", "Pancreatic tumor"}
     assert {"upload", "done"} <= {e.stage for e in events if e.kind == "progress"}

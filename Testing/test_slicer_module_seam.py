@@ -284,9 +284,12 @@ def test_logic_process_runs_the_engine_and_hands_over_the_result(module_factory,
     assert logic.loadConfidence.calls == [("confidence.nii.gz", "volume node")]
     assert result.confidenceNode == "confidence node"
     assert result.report["readout"]["lesion"]["size_category"]["label"] == "by size only, not a stage"
+    assert result.report["inference"]["precision"]["requested"] == "auto"
+    # the panel's other choices reach the engine: no confidence map, and bf16 (issue 36; the report says so)
     logic.loadConfidence = ConfidenceRecorder()
-    result = logic.process("volume node", None, str(tiny_bundle), "cpu", confidence=False)
+    result = logic.process("volume node", None, str(tiny_bundle), "cpu", confidence=False, precision="bf16")
     assert result.success and result.confidenceNode is None and not logic.loadConfidence.calls
+    assert result.report["inference"]["precision"]["used"] == "bf16"
 
 
 @pytest.mark.subprocess

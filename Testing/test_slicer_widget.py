@@ -85,8 +85,8 @@ def panel(monkeypatch, tmp_path):
     widget._parameterNode = types.SimpleNamespace(
         inputVolume="ct", outputSegmentation=None, useLocalModel=True, localModelPath=tmp_path,
         device="cuda:1", region=choices.Region.auto, roiNode=None, roiMode=choices.RoiMode.grid,
-        mode=choices.Speed.fast, show3D=True, computeConfidence=True, allowNonCT=False,
-        runOn=choices.RunPlace.local, serverURL="", disconnectGui=lambda tag: None)
+        mode=choices.Speed.fast, precision=choices.Precision.auto, show3D=True, computeConfidence=True,
+        allowNonCT=False, runOn=choices.RunPlace.local, serverURL="", disconnectGui=lambda tag: None)
     widget.parent = types.SimpleNamespace(isEntered=False)
     widget.module = module
     global AdvancedSection, DeviceSection, ResultsSection, RunSection
@@ -227,6 +227,49 @@ def test_choices_are_stored_as_keys_and_old_scenes_still_read(monkeypatch):
     assert all(request.panel_region(text) == key for text, key in choices.LEGACY_VALUES["region"].items()
                if text != "roi")
     assert set(choices.Speed.__members__) == set(request.PANEL_MODES)
+    assert list(choices.Precision.__members__) == list(request.PRECISIONS)  # the engine's one list of precisions
+
+
+def test_precision_is_stored_as_its_key_and_a_scene_saved_without_it_reads_auto(monkeypatch, tmp_path):
+    """Issue 36, the panel's precision: a scene saved by a release without the choice (real slicer-core MRML,
+    written and read back) has no ``precision`` parameter after the upgrade, so the wrapper's default (auto, see
+    test_segment_passes_the_precision_choice_to_the_run) applies and the engine's reading of the node's values is
+    auto; a saved bf16 is the key "bf16" in the file and reads back as it; an unknown value is dropped."""
+    import slicer_stubs
+    import test_scene_support
+
+    slicer = test_scene_support.import_slicer_core()
+    monkeypatch.setitem(sys.modules, "slicer.i18n", slicer_stubs.i18n_module())
+    monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
+    monkeypatch.delitem(sys.modules, "PancreasDiNTSSlicerLib.choices", raising=False)
+    choices = importlib.import_module("PancreasDiNTSSlicerLib.choices")
+    request = importlib.import_module("PancreasDiNTSLib.core.request")
+
+    def save_and_read(parameters: dict[str, str], name: str):
+        scene = slicer.vtkMRMLScene()
+        node = scene.AddNode(slicer.vtkMRMLScriptedModuleNode())
+        node.SetAttribute("ModuleName", "PancreasDiNTS")
+        for key, value in parameters.items():
+            node.SetParameter(key, value)
+        scene.SetURL(str(tmp_path / name))
+        assert scene.Commit()
+        loaded = slicer.vtkMRMLScene()
+        loaded.SetURL(str(tmp_path / name))
+        assert loaded.Connect()
+        return loaded.GetFirstNodeByClass("vtkMRMLScriptedModuleNode")
+
+    old = save_and_read({"region": "automatic pancreas region", "mode": "fast"}, "old.mrml")
+    assert choices.upgradeStoredValues(old) == ["region"] and not old.HasParameter("precision")
+    values = {name: old.GetParameter(name) for name in old.GetParameterNames()}
+    assert request.from_parameters(values, ("in.nrrd",), tmp_path, "m").precision == "auto"
+    saved = save_and_read({"precision": choices.Precision.bf16.name}, "bf16.mrml")
+    assert 'parameter0= "precision bf16"' in (tmp_path / "bf16.mrml").read_text()
+    assert choices.upgradeStoredValues(saved) == [] and choices.Precision[saved.GetParameter("precision")] \
+        is choices.Precision.bf16
+    unknown = save_and_read({"precision": "fp16"}, "unknown.mrml")
+    assert choices.upgradeStoredValues(unknown) == ["precision"] and not unknown.HasParameter("precision")
+    assert [member.label() for member in choices.Precision] == ["automatic", "fp32 (exact arithmetic)",
+                                                                 "bf16 (CPU, faster)"]
 
 
 @pytest.mark.subprocess
@@ -311,3 +354,23 @@ def test_compare_with_a_prior_study_runs_the_engine_and_shows_its_answer(panel, 
     assert ("setMRMLTableNode", ("table node",)) in widget.ui.compareTableView.calls
     text = widget.ui.compareStatusLabel.text
     assert "RECIST 1.1-style PD" in text and "not a clinical response assessment" in text
+
+
+def test_segment_passes_the_precision_choice_to_the_run(panel):
+    """The parameter node's precision (a Precision field, default auto: what a scene without it reads as) goes
+    from Segment to ``PancreasDiNTSLogic.process(precision=...)`` as its key, on this computer and to a server."""
+    widget, _, errors = panel
+    choices = sys.modules["PancreasDiNTSSlicerLib.choices"]
+    wrapped = widget.module.PancreasDiNTSParameterNode
+    assert wrapped.__annotations__["precision"] is choices.Precision and wrapped.precision is choices.Precision.auto
+    calls = []
+    widget.logic.setupPythonRequirements = lambda **kw: True
+    widget.logic.process = lambda *args, **kw: calls.append(kw)
+    p = widget._parameterNode
+    for place, precision in ((choices.RunPlace.local, choices.Precision.auto),
+                             (choices.RunPlace.local, choices.Precision.bf16),
+                             (choices.RunPlace.server, choices.Precision.fp32)):
+        p.runOn, p.serverURL, p.precision = place, "https://127.0.0.1:8765", precision
+        widget.section(RunSection).onApplyButton()
+        assert calls[-1]["precision"] == precision.name, calls[-1]
+    assert [c["server"] for c in calls] == [None, None, "https://127.0.0.1:8765"] and not errors

@@ -25,7 +25,7 @@ from PancreasDiNTSSceneLib.segmentations import import_segmentation
 from PancreasDiNTSSceneLib.volumes import load_confidence_volume, write_engine_input
 
 INPUT_FILE_NAME = "input.nrrd"  # the case folder the engine writes is named after it: OUTPUT/input/
-SPEED_CHOICES = PANEL_MODES  # the panel's speed/precision choice: fast (default, same labels) or MONAI's own path
+SPEED_CHOICES = PANEL_MODES  # the panel's speed choice: fast (default, same labels) or MONAI's own path
 
 
 @dataclass
@@ -60,6 +60,7 @@ class SegmentationJob:
     mode: str = "fast"
     region: str | None = None  # "auto" | "whole" (segment --region; None: the engine's default, auto on a CPU)
     allow_non_ct: bool = False
+    precision: str = "auto"  # core.request.PRECISIONS: segment --precision (auto: the engine decides)
     formats: tuple[str, ...] = ("seg.nrrd", "confidence")  # the confidence map only while load_confidence
     python: str | None = None
     work_dir: Path | None = None
@@ -91,7 +92,7 @@ class SegmentationJob:
             return SegmentRequest((str(input_path),), self.output_dir if self.work_dir else Path("output"),
                                   str(self.model), device=self.device, formats=self.requested_formats(),
                                   progress="json", overwrite=True, allow_non_ct=self.allow_non_ct, mode=self.mode,
-                                  region=region)
+                                  region=region, precision=self.precision)
         except UsageError as exc:
             raise SceneLayerError(str(exc)) from None
 

@@ -58,6 +58,20 @@ class Speed(enum.Enum):
         return {"fast": _("fast"), "exact": _("exact")}[self.name]
 
 
+class Precision(enum.Enum):
+    """The network's number format (the keys of ``core.request.PRECISIONS``; a test compares them): auto (the
+    engine decides: fp32 on a CPU today, the bundle's AMP on a GPU), fp32, or bf16 (CPU fast path, faster where
+    the CPU has bf16 instructions, logits at the 1e-2 level; docs/PERFORMANCE.md "bf16 on the CPU")."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+    def label(self) -> str:
+        return {"auto": _("automatic"), "fp32": _("fp32 (exact arithmetic)"), "bf16": _("bf16 (CPU, faster)")}[
+            self.name]
+
+
 # Values stored by scenes saved before the keys: parameter name -> {old display text: key} (the region's from
 # core.request, which reads them the same way; "roi": this module's key for one release).
 LEGACY_VALUES: dict[str, dict[str, str]] = {
@@ -65,7 +79,7 @@ LEGACY_VALUES: dict[str, dict[str, str]] = {
     "runOn": {"this computer": "local", "server": "server"},
 }
 ENUM_FIELDS: dict[str, type[enum.Enum]] = {"region": Region, "runOn": RunPlace, "roiMode": RoiMode,
-                                            "mode": Speed}
+                                            "mode": Speed, "precision": Precision}
 
 
 def upgradeStoredValues(node: Any) -> list[str]:

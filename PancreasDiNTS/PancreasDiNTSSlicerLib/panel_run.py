@@ -49,7 +49,7 @@ class RunSection(Section):
         p = self.widget.parameterNode
         return {"allowNonCT": p.allowNonCT, "roiNode": p.roiNode if p.region == Region.box else None,
                 "roiMode": p.roiMode.value, "mode": p.mode.value, "confidence": p.computeConfidence,
-                "region": p.region.value}
+                "region": p.region.value, "precision": p.precision.value}
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
