@@ -6,7 +6,8 @@ wraps the model for DDP, and runs the epochs: after each it writes an atomic che
 TensorBoard scalars (rank 0 only), emits a progress event and prints a line. A subclass supplies one epoch
 (:meth:`EpochLoop.run_epoch`) and what its checkpoint holds beyond the common state.
 
-The shared steps: the DiceCE loss, fp16 autocast, one optimiser step with a grad scaler, the per-epoch reseeding
+The shared steps: the DiceCE loss, the step's precision (:func:`run_precision`: fp16 autocast on CUDA as the
+bundle; bf16 autocast on a CPU, refused by the settings: not within noise), one optimiser step with a grad scaler (fp16 only), the per-epoch reseeding
 that makes a resumed run replay exactly what an uninterrupted one would have run, and the sliding-window
 validation Dice (all-reduced across ranks).
 """
@@ -33,8 +34,10 @@ import torch
 from PancreasDiNTSLib.core.atomic import atomic_path, write_text_atomic
 from PancreasDiNTSLib.core.errors import PancreasDiNTSError
 from PancreasDiNTSLib.core.progress import Progress
+from PancreasDiNTSLib.core.request import PRECISIONS
 from PancreasDiNTSLib.core.terminology import METRIC_KEYS
 from PancreasDiNTSLib.inference.device import resolve_device
+from PancreasDiNTSLib.inference.precision import Precision, cpu_bf16_support
 from PancreasDiNTSLib.training.checkpoint import (
     CheckpointWarning,
     capture_rng_state,
@@ -73,11 +76,57 @@ def make_loss() -> torch.nn.Module:
                       smooth_nr=1e-5, smooth_dr=1e-5)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """fp16 autocast on CUDA when ``enabled`` (the bundle's AMP); nothing on the CPU."""
-    if enabled and device.type == "cuda":
+def run_precision(requested: str, device: torch.device, amp: bool) -> Precision:
+    """What a training or search step computes in (the ``precision`` setting on ``device``; the one decision).
+
+    ``auto``: the bundle's fp16 AMP on CUDA when ``amp``, else fp32 (on a CPU always fp32); ``fp32``: no
+    autocast; ``bf16``: bf16 autocast on a CPU (master weights fp32, no grad scaler, the loss in fp32), with the
+    hardware detected as for inference (:func:`cpu_bf16_support`); the settings refuse it unless
+    ``PANCREAS_DINTS_TRAIN_BF16=1`` (:data:`.settings.TRAIN_BF16_REFUSED`: not within noise). SettingsError
+    (exit 2) for bf16 on another device."""
+    req = str(requested or "auto").strip().lower()
+    if req not in PRECISIONS:
+        raise SettingsError(f"precision {requested!r}: use {', '.join(PRECISIONS)}")
+    if req == "bf16":
+        if device.type != "cpu":
+            raise SettingsError(f"precision bf16 is bf16 autocast on a CPU; on {device.type} use auto (the "
+                                "bundle's fp16 AMP on CUDA) or fp32")
+        has, how = cpu_bf16_support()
+        return Precision("bf16", req, f"asked for bf16 autocast ({how})" if has else
+                         f"asked for bf16 autocast, emulated: {how} (slower than fp32)")
+    if req == "fp32":
+        return Precision("fp32", req, "asked for fp32")
+    if device.type == "cuda" and amp:
+        return Precision("fp16-amp", req, "the bundle's AMP (fp16 autocast) on CUDA")
+    if device.type == "cuda":
+        return Precision("fp32", req, "amp is off")
+    return Precision("fp32", req, f"fp32 on {device.type}")
+
+
+def autocast(precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """The autocast a step of ``precision`` runs under: fp16 on CUDA (the bundle's AMP), bf16 on a CPU, or none."""
+    if precision.name == "fp16-amp":
         return torch.autocast("cuda", dtype=torch.float16)
+    if precision.bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def full_precision(precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """Inside a bf16 step: fp32 again (the loss, the search's architecture terms); elsewhere nothing."""
+    return torch.autocast("cpu", enabled=False) if precision.bf16 else contextlib.nullcontext()
+
+
+class Fp32Loss(torch.nn.Module):
+    """``loss`` on logits cast to fp32, outside autocast: a bf16 step's sums over a patch stay fp32."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return cast(torch.Tensor, self.loss(logits.float(), target))
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -112,11 +161,11 @@ def to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 
 def optimise(compute_loss: Callable[[], torch.Tensor], optimizers: Sequence[torch.optim.Optimizer],
-             scaler: torch.amp.GradScaler, device: torch.device, amp: bool) -> torch.Tensor:
-    """One step: zero the gradients, ``compute_loss()`` under autocast, scaled backward, step and update."""
+             scaler: torch.amp.GradScaler, precision: Precision) -> torch.Tensor:
+    """One step: zero the gradients, ``compute_loss()`` under autocast, (scaled) backward, step and update."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
-    with autocast(device, amp):
+    with autocast(precision):
         loss = compute_loss()
     scaler.scale(loss).backward()
     for optimizer in optimizers:
@@ -132,7 +181,7 @@ def check_finite(value: float, what: str, where: str) -> None:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: Iterable[Batch], settings: TrainSettings,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, precision: Precision | None = None) -> dict[str, Any]:
     """Sliding-window Dice on the validation grid (as the bundle's ValidationHandler, MeanDice without background).
 
     Returns ``{"mean": mean foreground Dice (MONAI MeanDice reduction), "per_class": [pancreas, tumour],
@@ -147,7 +196,7 @@ def validate(model: torch.nn.Module, loader: Iterable[Batch], settings: TrainSet
     sums = torch.zeros(2 * nfg + 2, dtype=torch.float64)  # class sums, class counts, case-mean sum, case count
     for batch in loader:
         x, y = batch["image"].to(device), batch["label"].to(device)
-        with autocast(device, settings.amp):
+        with autocast(precision or run_precision(settings.precision, device, settings.amp)):
             logits = cast(torch.Tensor, sliding_window_inference(
                 x, roi_size=tuple(settings.patch_size), sw_batch_size=settings.sw_batch_size, predictor=model,
                 overlap=settings.overlap, mode="constant"))
@@ -242,6 +291,7 @@ class EpochLoop(ABC):
         self.dev = torch.device("cpu")
         self.net = torch.nn.Module()  # the model (DDP-wrapped under torchrun), set by attach
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+        self.precision = Precision("fp32", "auto", "not decided yet")
         self.use_amp = False
         self.stateful: dict[str, Stateful] = {}
         self.start_epoch, self.best, self.best_epoch = 0, -1.0, 0
@@ -282,7 +332,8 @@ class EpochLoop(ABC):
         return state
 
     def setup_device(self, device: str | torch.device) -> torch.device:
-        """This process's device (``cuda:LOCAL_RANK`` under torchrun), deterministic kernels, seeded RNGs."""
+        """This process's device (``cuda:LOCAL_RANK`` under torchrun), its precision (:func:`run_precision`: a
+        refusal comes before the data are loaded), deterministic kernels, seeded RNGs."""
         if isinstance(device, torch.device):
             self.dev = device  # e.g. the DistContext device chosen by distributed.init_distributed
         elif self.world > 1:
@@ -290,14 +341,17 @@ class EpochLoop(ABC):
                         else torch.device("cpu"))
         else:
             self.dev = resolve_device(device)
+        self.precision = run_precision(self.settings.precision, self.dev, self.settings.amp)
+        if self.precision.bf16:
+            self.loss_fn = Fp32Loss(self.loss_fn)
+        self.say(f"precision {self.precision.name}: {self.precision.reason}")
         set_deterministic(self.settings.deterministic)
         reseed(self.settings, -1, self.rank)
         return self.dev
 
     def attach(self, model: torch.nn.Module, stateful: dict[str, Stateful], state: Mapping[str, Any] | None) -> None:
         """Grad scaler, the checkpoint's state restored into ``model`` and ``stateful``; ``net``: ``model`` for DDP."""
-        settings = self.settings
-        self.use_amp = settings.amp and self.dev.type == "cuda"
+        self.use_amp = self.precision.name == "fp16-amp"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.stateful = stateful
         if state is not None:
@@ -359,7 +413,7 @@ class EpochLoop(ABC):
             **{name: obj.state_dict() for name, obj in self.stateful.items()},
             "scaler": self.scaler.state_dict() if self.use_amp else {}, "best_metric": self.best,
             "best_epoch": self.best_epoch, "history": self.history, "rng": capture_rng_state(),
-            "settings": settings_dict(self.settings),
+            "settings": settings_dict(self.settings), "precision": self.precision.describe(),
         }
 
     def _write_epoch(self, epoch: int, row: Row, writer: SummaryWriter | None) -> None:
@@ -390,7 +444,7 @@ class EpochLoop(ABC):
     def validate(self, loader: Iterable[Batch], epoch: int, row: Row) -> float:
         """:func:`validate` of the network with a progress line; the Dice columns into ``row``; the mean Dice."""
         self.progress.update("validation", "validate", 1.0, f"epoch {epoch + 1}: validating", epoch=epoch + 1)
-        metrics = validate(unwrap(self.net), loader, self.settings, self.dev)
+        metrics = validate(unwrap(self.net), loader, self.settings, self.dev, self.precision)
         row.update(dice_columns(metrics))
         return float(metrics["mean"])
 
@@ -404,7 +458,7 @@ class EpochLoop(ABC):
             "best_val_mean_dice": self.best if self.best >= 0 else None, "best_epoch": self.best_epoch,
             "seconds": round(time.perf_counter() - self.t_start, 2),
             "mean_epoch_s": round(float(np.mean(self.epoch_times)), 3) if self.epoch_times else None,
-            "peak_ram_gib": peak_ram_gib(), "device": str(self.dev),
+            "peak_ram_gib": peak_ram_gib(), "device": str(self.dev), "precision": self.precision.describe(),
         }
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -382,8 +382,7 @@ class Search(EpochLoop):
         _set_trainable(self.w_params, True)
         _set_trainable(self.a_params, False)
         x, y = loop.to_device(batch, self.dev)
-        loss = loop.optimise(lambda: self.loss_fn(self.net(x), y), [self.optimizer], self.scaler, self.dev,
-                        self.settings.amp)
+        loss = loop.optimise(lambda: self.loss_fn(self.net(x), y), [self.optimizer], self.scaler, self.precision)
         value = float(loss.detach())
         loop.check_finite(value, "search", f"weight loss is {value} at epoch {epoch + 1}")
         return value
@@ -396,11 +395,12 @@ class Search(EpochLoop):
         reg: dict[str, torch.Tensor] = {}
 
         def arch_loss() -> torch.Tensor:
-            reg.update(arch_regularisation(self.space, tuple(x.shape), self.settings))
+            with loop.full_precision(self.precision):  # probabilities and RAM ratios in fp32
+                reg.update(arch_regularisation(self.space, tuple(x.shape), self.settings))
             return self.loss_fn(self.net(x), y) + weight_ramp * (
                 reg["entropy_a"] + reg["entropy_c"] + reg["ram_loss"] + TOPOLOGY_LOSS_WEIGHT * reg["topology"])
 
-        loss = loop.optimise(arch_loss, [self.opt_a, self.opt_c], self.scaler, self.dev, self.settings.amp)
+        loss = loop.optimise(arch_loss, [self.opt_a, self.opt_c], self.scaler, self.precision)
         values = [loss, reg["ram_ratio"], reg["entropy_a"], reg["entropy_c"]]
         return torch.tensor([float(v.detach()) for v in values], dtype=torch.float64)
 

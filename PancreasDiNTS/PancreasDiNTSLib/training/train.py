@@ -1,7 +1,7 @@
 """Training a DiNTS TopologyInstance as the released bundle's ``configs/train.yaml`` does, crash-safe.
 
 Same network (from an architecture file), transforms (see :mod:`.data`), DiceCE loss, SGD (lr 0.025, momentum 0.9,
-weight decay 4e-5) with StepLR (80 epochs, x0.5) stepped per epoch, fp16 autocast on CUDA, sliding-window
+weight decay 4e-5) with StepLR (80 epochs, x0.5) stepped per epoch, fp16 autocast on CUDA (``precision``: bf16 autocast on a CPU), sliding-window
 validation every ``val_interval`` epochs and the best model by mean foreground Dice. Differences: RAM-bounded
 cache, an atomic checkpoint every epoch with everything needed to resume (``--resume`` after ``kill -9`` gives
 the same final weights on CPU), a CSV and TensorBoard log, progress as a bar or JSON lines, and the run folder
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from PancreasDiNTSLib.core.errors import PancreasDiNTSError, printable
 from PancreasDiNTSLib.core.progress import Progress
+from PancreasDiNTSLib.inference.precision import Precision
 from PancreasDiNTSLib.model.bundle import load_arch_file, load_weights
 from PancreasDiNTSLib.model.bundle_writer import arch_file_name, write_bundle_configs
 from PancreasDiNTSLib.model.network import build_dints, random_arch
@@ -148,14 +149,14 @@ def _batch_loss(model: torch.nn.Module, loss_fn: torch.nn.Module, x: torch.Tenso
 
 def train_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, device: torch.device,
-                settings: TrainSettings, on_step: Callable[[int, int, float], None] | None = None) -> float:
+                precision: Precision, on_step: Callable[[int, int, float], None] | None = None) -> float:
     """One pass over ``loader``; returns the mean loss. ``on_step(step, steps, mean_loss)`` after each step."""
     model.train()
     total, count = 0.0, 0
     steps = len(loader)
     for step, batch in enumerate(loader):
         x, y = to_device(batch, device)
-        loss = optimise(partial(_batch_loss, model, loss_fn, x, y), [optimizer], scaler, device, settings.amp)
+        loss = optimise(partial(_batch_loss, model, loss_fn, x, y), [optimizer], scaler, precision)
         value = float(loss.detach().item())
         check_finite(value, "training", f"loss is {value} at step {step + 1}")
         total += value
@@ -200,7 +201,7 @@ class Training(EpochLoop):
         self.info: dict[str, Any] = {
             "datalist": str(self.datalist), "dataset_dir": str(self.base), "arch_source": self.arch_source,
             "settings": settings_dict(self.settings), "train_cases": len(self.train_items),
-            "val_cases": len(self.val_items)}
+            "val_cases": len(self.val_items), "precision": self.precision.describe()}
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_bundle()
@@ -261,7 +262,7 @@ class Training(EpochLoop):
             self.step_progress("train", epoch, total, step, steps, mean_loss)
 
         loss = train_epoch(self.net, self.train_loader, self.loss_fn, self.optimizer, self.scaler, self.dev,
-                           self.settings, on_step)
+                           self.precision, on_step)
         loss = all_reduce_mean(loss)
         self.scheduler.step()
         row: Row = {"epoch": epoch + 1, "loss": round(loss, 6), "lr": lr}
