@@ -12,7 +12,7 @@ them (``--phantoms``, first 4 validation cases kept) and fewer epochs with the s
 halved every 10, validation every 5 in the script; here ``--epochs`` E, halved every E/3, validation every E/3).
 ``num_workers=0`` (one process; the numbers do not depend on it). Runs, one after the other as subprocesses of
 the CLI with one thread: fp32 seed A, fp32 seed B (the noise: seed-to-seed spread), bf16 seed A
-(``--set precision=bf16``, which the settings refuse unless ``PANCREAS_DINTS_TRAIN_BF16=1``, set here), and with
+(``--set precision=bf16``), and with
 ``--bf16-seed-b`` bf16 seed B.
 
 The rule, fixed before any run was looked at: bf16 is **within noise** when at every epoch e
@@ -44,7 +44,6 @@ if str(ENGINE) not in sys.path:
     sys.path.insert(0, str(ENGINE))
 
 DEMO_ARCH = next((ENGINE / "PancreasDiNTSLib" / "resources" / "models" / "demo" / "models").glob("search_code_*.pt"))
-from PancreasDiNTSLib.training.settings import TRAIN_BF16_ENV  # noqa: E402
 
 CLI = [sys.executable, "-m", "PancreasDiNTSLib.cli"]
 # make_demo_model.sh's OVERRIDES, without the epoch schedule (set from --epochs)
@@ -55,7 +54,7 @@ VAL_CASES = 4
 
 
 def cli(args: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", TRAIN_BF16_ENV: "1", "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ENGINE), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(CLI + args, check=True, env=env, stdout=subprocess.DEVNULL)
 

@@ -7,7 +7,7 @@ TensorBoard scalars (rank 0 only), emits a progress event and prints a line. A s
 (:meth:`EpochLoop.run_epoch`) and what its checkpoint holds beyond the common state.
 
 The shared steps: the DiceCE loss, the step's precision (:func:`run_precision`: fp16 autocast on CUDA as the
-bundle; bf16 autocast on a CPU, refused by the settings: not within noise), one optimiser step with a grad scaler (fp16 only), the per-epoch reseeding
+bundle; bf16 autocast on a CPU when asked), one optimiser step with a grad scaler (fp16 only), the per-epoch reseeding
 that makes a resumed run replay exactly what an uninterrupted one would have run, and the sliding-window
 validation Dice (all-reduced across ranks).
 """
@@ -81,9 +81,8 @@ def run_precision(requested: str, device: torch.device, amp: bool) -> Precision:
 
     ``auto``: the bundle's fp16 AMP on CUDA when ``amp``, else fp32 (on a CPU always fp32); ``fp32``: no
     autocast; ``bf16``: bf16 autocast on a CPU (master weights fp32, no grad scaler, the loss in fp32), with the
-    hardware detected as for inference (:func:`cpu_bf16_support`); the settings refuse it unless
-    ``PANCREAS_DINTS_TRAIN_BF16=1`` (:data:`.settings.TRAIN_BF16_REFUSED`: not within noise). SettingsError
-    (exit 2) for bf16 on another device."""
+    hardware detected as for inference (:func:`cpu_bf16_support`); an explicit choice only (auto never picks it:
+    docs/PERFORMANCE.md, "Training and search"). SettingsError (exit 2) for bf16 on another device."""
     req = str(requested or "auto").strip().lower()
     if req not in PRECISIONS:
         raise SettingsError(f"precision {requested!r}: use {', '.join(PRECISIONS)}")
