@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,40 @@ def example_ct_sm() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ct_piece(tmp_path_factory, example_ct_sm) -> Path:
+    """A 40x40x30-voxel piece of the real CT (120x120x90 mm: 4 windows of 96^3 at the released overlap instead of
+    the whole CT's 63), for tests that run the engine on a real CT whose size is not the point."""
+    from image_files import crop_nifti
+
+    return crop_nifti(example_ct_sm, tmp_path_factory.mktemp("ct_piece") / "ct_piece.nii.gz",
+                      (slice(40, 80), slice(30, 70), slice(0, 30)))
+
+
+@pytest.fixture(scope="session")
 def reference_bundle() -> Path:
     return require(REFERENCE_BUNDLE)
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, reference_bundle) -> Path:
-    """A random-weight bundle from the released configs (channel_mul 0.0625, 4 blocks)."""
+    """A random-weight bundle from the released configs (channel_mul 0.0625, 4 blocks), made once per run and
+    shared by the pytest-xdist workers (read only): decoding its random architecture (MONAI's
+    ``TopologySearch.decode`` at 4 depths) takes about 10 s."""
+    from filelock import FileLock
     from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
-    dest = tmp_path_factory.mktemp("bundles") / "tiny"
-    return make_random_bundle(reference_bundle, dest, channel_mul=TINY_CHANNEL_MUL, num_blocks=TINY_NUM_BLOCKS, seed=3)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's
+    dest = root / "shared-bundles" / "tiny"
+    with FileLock(str(root / "shared-bundles.lock")):
+        if not dest.is_dir():
+            partial = dest.with_name("tiny.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            make_random_bundle(reference_bundle, partial, channel_mul=TINY_CHANNEL_MUL, num_blocks=TINY_NUM_BLOCKS,
+                               seed=3)
+            partial.rename(dest)
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,7 @@ def test_bf16_windows_sum_in_fp32(tiny_net) -> None:
 
 
 @pytest.mark.slow
-def test_segment_default_is_bf16_on_bf16_hardware_and_agrees_with_fp32_exact(tmp_path, monkeypatch) -> None:
+def test_segment_bf16_on_request_agrees_with_fp32_exact_and_auto_stays_fp32(tmp_path, monkeypatch) -> None:
     """`segment` on the demo phantom: --precision bf16 with bf16 hardware (detection forced on, so the test means
     the same on any CPU) says bf16 in report.json and its labels are >= 99.9 % those of the fp32 exact run; the
     default (auto) runs fp32 with or without the hardware (bf16 missed a target) and equals the exact run."""

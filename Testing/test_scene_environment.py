@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import test_scene_support as support
-from support import EXAMPLE_CT_SM, require
 
 slicer = support.import_slicer_core()
 
@@ -65,8 +64,7 @@ def run_job(volume, scene, bundle, work: Path, env: dict[str, str], python: str 
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_the_engine_in_a_second_environment_gives_the_labels_of_this_one(tmp_path, tiny_bundle, cli_env,
-                                                                          monkeypatch):
-    require(EXAMPLE_CT_SM)
+                                                                          ct_piece, monkeypatch):
     python = make_engine_environment(tmp_path / "engine-environment")
     prefix = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
                             check=True).stdout.strip()
@@ -76,7 +74,7 @@ def test_the_engine_in_a_second_environment_gives_the_labels_of_this_one(tmp_pat
     assert check.returncode == 0, f"the engine environment lacks: {check.stdout}"
 
     scene = slicer.vtkMRMLScene()
-    volume = support.load_volume(scene, EXAMPLE_CT_SM, "ct")
+    volume = support.load_volume(scene, ct_piece, "ct")
     env = {k: v for k, v in cli_env.items() if k != commands.ENGINE_PYTHON_VARIABLE}
     here_python, here, here_node = run_job(volume, scene, tiny_bundle, tmp_path / "here", env, sys.executable)
     monkeypatch.setenv(commands.ENGINE_PYTHON_VARIABLE, str(python))  # what environment.useEnvironment sets

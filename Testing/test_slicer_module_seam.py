@@ -166,13 +166,13 @@ def make_fake_slicer(loop: Loop, tmp_path: Path, source_image: Path | None, nonb
 
 
 @pytest.fixture
-def module_factory(monkeypatch, tmp_path, example_ct_sm):
+def module_factory(monkeypatch, tmp_path, ct_piece):
     """Import PancreasDiNTS.py against the fake Slicer (5.10-style or 5.12-style process launching)."""
     loop = Loop()
     monkeypatch.syspath_prepend(str(REPO / "PancreasDiNTS"))
 
     def load(nonblocking_launch: bool):
-        for name, mod in make_fake_slicer(loop, tmp_path, example_ct_sm, nonblocking_launch).items():
+        for name, mod in make_fake_slicer(loop, tmp_path, ct_piece, nonblocking_launch).items():
             monkeypatch.setitem(sys.modules, name, mod)
         for name in [n for n in sys.modules if n == "PancreasDiNTS" or n.startswith("PancreasDiNTSSlicerLib")]:
             monkeypatch.delitem(sys.modules, name)

@@ -83,6 +83,23 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def skip_unused_imports() -> None:
+    """For a process of its own (the console script, ``python -m PancreasDiNTSLib.cli``): keep ``import monai`` from
+    importing pytorch-ignite, which MONAI loads at import time when it is installed (monai.engines; about 1 s of
+    every command's start-up, a quarter of MONAI's) and which no command uses (only ``monai.bundle run``, the
+    ``reference`` extra, does, in its own process). MONAI treats ignite as absent. Not for a process that imports
+    the engine as a library: it may want ignite itself."""
+    if "monai" not in sys.modules and "ignite" not in sys.modules:
+        sys.modules["ignite"] = None  # type: ignore[assignment]  # import ignite -> ImportError
+
+
+def entry() -> int:
+    """The ``pancreas-dints`` console script and ``python -m PancreasDiNTSLib.cli``: :func:`main` in a process of
+    its own."""
+    skip_unused_imports()
+    return main()
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: temporary files are removed on the way out, exit 130."""
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from PancreasDiNTSLib.cli import main
+from PancreasDiNTSLib.cli import entry
 
-sys.exit(main())
+sys.exit(entry())
