@@ -1,6 +1,6 @@
 # PancreasDiNTS: the two commands of the README.
 #   make demo   create .venv, install CPU torch (unless one is importable) and the package, run the offline demo
-#   make test   the same set-up, then ruff, mypy and the whole pytest suite (what .ci/run calls)
+#   make test   the same set-up, then ruff, and mypy beside the whole pytest suite (what .ci/run calls)
 #   make test-fast  the edit loop: the quick tests of every sub-package (no set-up step; see Testing/README.md)
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,9 +21,13 @@ PIP_INSTALL = $(PY) -m pip install --quiet --no-compile
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# torch through pip, which finds the CPU wheel this machine keeps on disk (PIP_FIND_LINKS); then the package and
+# its extras through uv (installed into the venv by pip, about 2 s), which keeps that torch and installs the rest in
+# about 9 s where pip took 44 s (the same versions); --native-tls: the system's certificates, as pip uses them.
 setup: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null && echo "using the installed torch" || $(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(PIP_INSTALL) -e ".[test,slicer,review]"
+	$(PIP_INSTALL) uv
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --native-tls -e ".[test,slicer,review]"
 
 demo: setup
 	$(VENV)/bin/pancreas-dints demo -o $(DEMO_OUT)
@@ -39,8 +43,14 @@ lint: setup
 PYTEST_WORKERS ?= 3
 FAST_MARKERS ?= not slow and not subprocess and not server and not browser
 
-test: setup lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing
+# mypy (about 30 s of one core) runs beside the suite, niced, its report printed after the suite's.
+test: setup
+	$(VENV)/bin/ruff check .
+	@nice -n 10 $(VENV)/bin/mypy > $(VENV)/mypy.log 2>&1 & typing=$$!; \
+	echo "OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing"; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing; \
+	tests=$$?; wait $$typing; typed=$$?; echo "$(VENV)/bin/mypy"; cat $(VENV)/mypy.log; \
+	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 
 test-fast: $(PY)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "$(FAST_MARKERS)" Testing
