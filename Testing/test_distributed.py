@@ -109,11 +109,13 @@ def test_two_process_gloo_under_torchrun(tmp_path, cli_env):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**cli_env, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(TORCHRUN + [str(script)], env=env, capture_output=True, text=True, timeout=180)
-    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
-        # gloo on a loaded CPU can abort while the ranks tear down after all their work (seen once in CI with two
-        # xdist workers); one rerun must then exit cleanly, so a run that always aborts still fails here.
+    # gloo on a loaded CPU can abort while the ranks tear down after all their work (PyTorch's gloo worker threads
+    # at exit: pytorch/pytorch#179291; seen in CI with two xdist workers, once twice in a row with three, never in
+    # 8 runs beside 3 busy processes): up to two reruns on that abort alone, so a run that always aborts fails.
+    for _attempt in range(3):
         proc = subprocess.run(TORCHRUN + [str(script)], env=env, capture_output=True, text=True, timeout=180)
+        if proc.returncode == 0 or TEARDOWN_ABORT not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"worker.py.rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in results] == [0, 1]

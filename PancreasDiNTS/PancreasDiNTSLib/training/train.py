@@ -183,8 +183,11 @@ class Training(EpochLoop):
                  dataset_dir: str | Path | None, progress: Progress | None, overrides: list[str] | None) -> None:
         super().__init__(out_dir, progress)
         state = self.resume_state(resume)
-        self._choose_settings_and_arch(state, settings, arch, overrides)
+        chosen = self._choose_settings_and_arch(state, settings, arch, overrides)
         self._read_datalist(datalist, dataset_dir)
+        # `random` is decoded once the datalist is known to be good (MONAI's decode: about 10 s at 4 depths)
+        self.arch: Arch = chosen if chosen is not None else random_arch(
+            self.settings.num_blocks, self.settings.num_depths, seed=self.settings.seed)
         self.setup_device(device)
         model = build_model(self.settings, self.arch)
         if state is None and self.settings.init_weights:
@@ -208,20 +211,25 @@ class Training(EpochLoop):
         self._build_loaders()
 
     def _choose_settings_and_arch(self, state: dict[str, Any] | None, settings: TrainSettings | None,
-                                  arch: str | Path | None, overrides: list[str] | None) -> None:
-        """Settings and architecture: the checkpoint's (then ``overrides``), else the given ones."""
+                                  arch: str | Path | None, overrides: list[str] | None) -> Arch | None:
+        """Settings and architecture: the checkpoint's (then ``overrides``), else the given ones; None for a
+        ``random`` architecture, not decoded yet."""
+        chosen: Arch | None = None
         if state is not None:
             self.settings = make_settings(base=state["settings"], overrides=overrides)
             self.arch_name: str = state["arch_name"]
-            self.arch = load_arch_file(self.out / "models" / self.arch_name)
+            chosen = load_arch_file(self.out / "models" / self.arch_name)
             self.arch_source: str | None = state.get("arch_source")
         else:
             self.settings = settings or make_settings("bundle", overrides)
             if arch is None:
                 raise SettingsError("--arch is required: a search_code_*.pt architecture file, or `random`")
-            self.arch, self.arch_source = resolve_arch(arch, self.settings)
+            self.arch_source = None
+            if not str(arch).startswith("random"):
+                chosen, self.arch_source = resolve_arch(arch, self.settings)
             self.arch_name = arch_file_name(self.arch_source)
         check_settings(self.settings)
+        return chosen
 
     def _read_datalist(self, datalist: str | Path | None, dataset_dir: str | Path | None) -> None:
         """The checked cases of ``datalist`` (on resume, by default the run's copy) and its base folder."""
