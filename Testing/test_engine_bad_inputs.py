@@ -146,7 +146,9 @@ def test_model_folder_missing_or_not_a_bundle(tmp_path, tiny_ct, capsys):
 def test_mismatched_arch_and_weights(tmp_path, tiny_ct, tiny_bundle, reference_bundle, capsys):
     from PancreasDiNTSLib.model.random_bundle import make_random_bundle
 
-    other = make_random_bundle(reference_bundle, tmp_path / "other", channel_mul=0.0625, num_blocks=4, seed=11)
+    # another architecture: every path active (no random topology to decode: MONAI's decode takes ~10 s)
+    other = make_random_bundle(reference_bundle, tmp_path / "other", channel_mul=0.0625, num_blocks=4, seed=11,
+                               topology="dense")
     b = copy_bundle(tiny_bundle, tmp_path / "b")
     shutil.copy(other / "models" / "search_code_18590.pt", b / "models" / "search_code_18590.pt")
     code, err = run_cli(segment_args([tiny_ct], tmp_path / "out", b), capsys)
