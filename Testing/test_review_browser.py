@@ -133,13 +133,19 @@ def test_paint_save_and_next_in_the_browser(review, browser, tmp_path):
     first = page.evaluate("() => document.body.innerText").split("(1 of 3)")[0].split("·")[-1].strip()
     folder = rs.case_folder(review.out, first)
 
-    page.click("#effect-paint")
     frame = rs.wait_frame(page)
+    page.click("#effect-paint")
     x0, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
+    # The effect reaches the server as a state change, the mouse as view events: on a loaded machine a stroke sent
+    # at once can arrive first and navigate instead (seen in CI with three xdist workers). Hovering draws the
+    # brush outline only once the paint effect is active there: wait for that frame, then paint at a hand's pace.
+    page.mouse.move(x0 - 4, y)
     page.mouse.move(x0, y)
+    frame = rs.wait_frame(page, other_than=frame)
     page.mouse.down()
     for step in range(1, 16):
         page.mouse.move(x0 + step * box["width"] * 0.02, y + step * box["height"] * 0.01)
+        page.wait_for_timeout(20)
     page.mouse.up()
     rs.wait_frame(page, other_than=frame)  # the stroke was drawn
     page.click("#save")
