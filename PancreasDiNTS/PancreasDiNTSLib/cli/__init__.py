@@ -28,6 +28,7 @@ from PancreasDiNTSLib.core.errors import (
     is_disk_full,
     printable,
 )
+from PancreasDiNTSLib.core.startup import skip_unused_imports
 
 # sub-command name -> module under PancreasDiNTSLib.cli
 COMMANDS = {
@@ -81,16 +82,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in ("monai", "ignite", "torch", "highdicom", "pydicom", "nibabel", "PIL"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def skip_unused_imports() -> None:
-    """For a process of its own (the console script, ``python -m PancreasDiNTSLib.cli``): keep ``import monai`` from
-    importing pytorch-ignite, which MONAI loads at import time when it is installed (monai.engines; about 1 s of
-    every command's start-up, a quarter of MONAI's) and which no command uses (only ``monai.bundle run``, the
-    ``reference`` extra, does, in its own process). MONAI treats ignite as absent. Not for a process that imports
-    the engine as a library: it may want ignite itself."""
-    if "monai" not in sys.modules and "ignite" not in sys.modules:
-        sys.modules["ignite"] = None  # type: ignore[assignment]  # import ignite -> ImportError
 
 
 def entry() -> int:

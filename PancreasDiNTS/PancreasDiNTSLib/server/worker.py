@@ -26,6 +26,7 @@ from PancreasDiNTSLib.core.errors import EXIT_MODEL, PancreasDiNTSError, printab
 from PancreasDiNTSLib.core.ownership import file_digest
 from PancreasDiNTSLib.core.paths import OUTPUT_NAMES
 from PancreasDiNTSLib.core.request import SegmentRequest
+from PancreasDiNTSLib.core.startup import skip_unused_imports
 from PancreasDiNTSLib.inference.batch import SegmentSettings, run_segment
 from PancreasDiNTSLib.inference.device import resolve_device
 from PancreasDiNTSLib.inference.segmenter import Segmenter
@@ -165,4 +166,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    skip_unused_imports()
     sys.exit(main())
