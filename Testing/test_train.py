@@ -211,7 +211,8 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(dataset, tmp_path, cli_env):
-    """The same command under torchrun (gloo on CPU): data partitioned per rank, DDP, rank 0 writes the bundle."""
+    """The same command under torchrun (gloo on CPU): data partitioned per rank, DDP, rank 0 writes the bundle.
+    (Also the one check of training under torchrun: test_search trains its searched architecture in one process.)"""
     run = tmp_path / "DDP"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "PancreasDiNTSLib.cli", "train", "--datalist", str(dataset[0]), "--arch", "random", "-o", str(run),
@@ -220,6 +221,7 @@ def test_torchrun_two_cpu_processes(dataset, tmp_path, cli_env):
     assert r.returncode == 0, r.stderr[-3000:]
     epochs = [e for e in _events(r.stdout) if e.get("stage") == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]  # bundle rule: epochs x world size, only rank 0 reports
+    assert epochs[0]["lr"] == pytest.approx(2 * PRESETS["tiny"].get("lr", TrainSettings().lr))  # lr x world size
     assert epochs[-1]["dice"] is not None
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
