@@ -137,8 +137,9 @@ def test_paint_save_and_next_in_the_browser(review, browser, tmp_path):
     page.click("#effect-paint")
     x0, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
     # The effect reaches the server as a state change, the mouse as view events: on a loaded machine a stroke sent
-    # at once can arrive first and navigate instead (seen in CI with three xdist workers). Hovering draws the
-    # brush outline only once the paint effect is active there: wait for that frame, then paint at a hand's pace.
+    # at once can arrive first and navigate instead (seen in CI with three xdist workers). Wait until the server
+    # has drawn a new frame after the click (the effect's activation, or the brush outline under the hovering
+    # mouse), then paint at a hand's pace.
     page.mouse.move(x0 - 4, y)
     page.mouse.move(x0, y)
     frame = rs.wait_frame(page, other_than=frame)
