@@ -46,11 +46,11 @@ FAST_WORKERS ?= 2
 FAST_MARKERS ?= not slow and not subprocess and not server and not browser
 
 # mypy (about 30 s of one core) runs beside the suite, niced, its report printed after the suite's.
+SUITE = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing
 test: setup
 	$(VENV)/bin/ruff check .
 	@nice -n 10 $(VENV)/bin/mypy > $(VENV)/mypy.log 2>&1 & typing=$$!; \
-	echo "OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing"; \
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10 -rs Testing; \
+	echo "$(SUITE)"; $(SUITE); \
 	tests=$$?; wait $$typing; typed=$$?; echo "$(VENV)/bin/mypy"; cat $(VENV)/mypy.log; \
 	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 

@@ -75,9 +75,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings,
                                            gamma=settings.lr_gamma)
 
 
+def is_random_arch(arch: str | Path) -> bool:
+    """``--arch random``: an architecture decoded from a random search space (from the settings), not a file."""
+    return str(arch).startswith("random")
+
+
 def resolve_arch(arch: str | Path, settings: TrainSettings) -> tuple[Arch, str | None]:
     """An architecture dict and its source file: a released-format file, or ``random`` (from the settings)."""
-    if str(arch).startswith("random"):
+    if is_random_arch(arch):
         return random_arch(settings.num_blocks, settings.num_depths, seed=settings.seed), None
     path = Path(arch)
     arch_dict = load_arch_file(path)
@@ -225,7 +230,7 @@ class Training(EpochLoop):
             if arch is None:
                 raise SettingsError("--arch is required: a search_code_*.pt architecture file, or `random`")
             self.arch_source = None
-            if not str(arch).startswith("random"):
+            if not is_random_arch(arch):
                 chosen, self.arch_source = resolve_arch(arch, self.settings)
             self.arch_name = arch_file_name(self.arch_source)
         check_settings(self.settings)
