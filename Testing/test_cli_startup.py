@@ -1,6 +1,8 @@
 """Start-up of the engine's own processes: the console script, ``python -m PancreasDiNTSLib.cli`` and the server's
 workers keep MONAI from importing pytorch-ignite (installed here by the test extra, as in any environment that
-runs ``monai.bundle run``), which the engine never uses; a process that imports the engine as a library keeps it."""
+runs ``monai.bundle run``), which the engine never uses, and, while MONAI is imported, Matplotlib, scikit-learn,
+SciPy's signal and stats, TensorBoard and huggingface_hub, which the engine then imports itself where it uses them;
+a process that imports the engine as a library keeps MONAI as it is."""
 
 from __future__ import annotations
 
@@ -38,6 +40,28 @@ def test_an_engine_process_imports_monai_without_ignite(process: str) -> None:
     assert "monai.networks.nets.dints" in times  # the case: MONAI was imported
     # only MONAI's refused attempts (ignite, ignite.engine, ...): loading it brings its engine module and 120 more
     assert "ignite.engine.engine" not in times and "ignite.distributed" not in times
+    # nor, while MONAI was imported, the packages it loads only for code the engine never runs
+    for loaded_by_monai in ("matplotlib.figure", "sklearn.base", "scipy.signal._signaltools", "scipy.stats._stats_py",
+                            "tensorboard.lazy", "huggingface_hub.constants"):
+        assert loaded_by_monai not in times, loaded_by_monai
+
+
+@pytest.mark.subprocess
+def test_after_monai_the_engine_imports_what_it_uses() -> None:
+    """Refused only during ``import monai``: then the search's Matplotlib picture, prepare-datalist's scikit-learn
+    split and training's TensorBoard log import as usual, and MONAI's own imports of SciPy (DiNTS's decode) work."""
+    probe = ("import sys\n"
+             "from PancreasDiNTSLib.core.startup import skip_unused_imports\n"
+             "skip_unused_imports()\n"
+             "import monai.networks.nets\n"
+             "assert 'matplotlib' not in sys.modules and 'sklearn' not in sys.modules\n"
+             "import matplotlib.pyplot, sklearn.model_selection, scipy.signal, scipy.stats\n"
+             "from torch.utils.tensorboard import SummaryWriter\n"
+             "from monai.networks.nets.dints import csr_matrix, dijkstra\n"
+             "print(csr_matrix.__name__, dijkstra.__name__, sys.modules.get('ignite'))\n")
+    out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["csr_matrix", "dijkstra", "None"]
 
 
 @pytest.mark.subprocess
