@@ -7,9 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PancreasDiNTSLib.core.startup import skip_unused_imports
 from support import EXAMPLE_CT_SM, REFERENCE_BUNDLE, REPO, TINY_CHANNEL_MUL, TINY_NUM_BLOCKS, require
 
 HEAVY_MARKERS = ("slow", "subprocess", "server", "browser")
+
+# The suite's processes start as the engine's own do (core.startup): MONAI, imported by many test modules, leaves
+# out the packages it loads only for code nobody here runs (about 2 s of each pytest-xdist worker's collection).
+skip_unused_imports()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

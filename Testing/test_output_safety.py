@@ -356,6 +356,8 @@ def test_fifo_and_device_inputs_are_refused_without_reading(tmp_path, tiny_bundl
 
 
 SIGTERM_DRIVER = """
+from PancreasDiNTSLib.core.startup import skip_unused_imports  # first, as the console script starts
+skip_unused_imports()
 import sys, time
 import nibabel
 real_save = nibabel.save

@@ -1,7 +1,7 @@
 """Issue 33: `serve` as a hospital DICOM node, proved against a real Orthanc PACS (Debian's orthanc +
 orthanc-dicomweb, a subprocess on free loopback ports; orthanc_support.py).
 
-One server with the node runs for the module (demo model on the CPU, quiet period 1 s). Its destinations are the
+One server with the node runs for the module (demo model on the CPU, quiet period 2 s). Its destinations are the
 PACS by C-STORE and by STOW-RS (the same Orthanc: every result must be there once), and an archive (a second
 Orthanc) that is down at first and started later. Studies are synthetic abdomens (synthetic.phantom) sliced into DICOM by dicom_factory.
 Covered: C-STORE from Orthanc of a study with a localizer and a thick series (decisions recorded), SEG + SR +
@@ -106,7 +106,7 @@ class Site:
         self.archive: Orthanc | None = None
         self.token_file = make_token(base / "client")
         self.dicom_port = free_port()
-        cfg = {"ae_title": NODE_AE, "port": self.dicom_port, "allowed_aes": ["ORTHANC", "CT_SCANNER"], "quiet_s": 1,
+        cfg = {"ae_title": NODE_AE, "port": self.dicom_port, "allowed_aes": ["ORTHANC", "CT_SCANNER"], "quiet_s": 2,
                "outputs": ["dicom-seg", "dicom-sr", "rtstruct"], "retry_first_s": 0.5, "retry_max_s": 2,
                "rules": {"min_slices": 5},
                "sources": [{"name": "pacs", "url": self.pacs.dicomweb}],

@@ -274,6 +274,8 @@ def test_finding7_token_files_are_checked_the_same_way_by_server_and_client(tmp_
 # --------------------------------------------------------------------------- 4: the wheel without its extras
 
 HIDE_DRIVER = """
+from PancreasDiNTSLib.core.startup import skip_unused_imports  # first, as the console script starts
+skip_unused_imports()
 import importlib.abc, sys
 hidden = set(sys.argv[1].split(","))
 class Hide(importlib.abc.MetaPathFinder):  # as if the package were not installed

@@ -294,6 +294,10 @@ def _worker_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4:
+        if sys.argv[1] == "ours":  # our process starts as the CLI's does; the bundle's imports MONAI as it is
+            from PancreasDiNTSLib.core.startup import skip_unused_imports
+
+            skip_unused_imports()
         sys.exit(_worker_main(sys.argv[1:]))
     print("usage: python -m PancreasDiNTSLib.benchmark.workers bundle|ours CONFIG.json OUT.json (internal)",
           file=sys.stderr)
