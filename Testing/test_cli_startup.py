@@ -65,10 +65,13 @@ def test_after_monai_the_engine_imports_what_it_uses() -> None:
              "import matplotlib.pyplot, sklearn.model_selection, scipy.signal, scipy.stats\n"
              "from torch.utils.tensorboard import SummaryWriter\n"
              "from monai.networks.nets.dints import csr_matrix, dijkstra\n"
-             "print(csr_matrix.__name__, dijkstra.__name__, sys.modules.get('ignite'))\n")
+             "import monai, importlib.resources\n"
+             "print(csr_matrix.__name__, dijkstra.__name__, sys.modules.get('ignite'), type(monai.__loader__).__name__,\n"
+             "      importlib.resources.files('monai').name)\n")
     out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["csr_matrix", "dijkstra", "None"]
+    # and MONAI is a package as any other: its own loader, its resources
+    assert out.stdout.split() == ["csr_matrix", "dijkstra", "None", "SourceFileLoader", "monai"]
 
 
 @pytest.mark.subprocess

@@ -45,6 +45,12 @@ class _MonaiLoader(importlib.abc.Loader):
             for name in refused:
                 if name in sys.modules and sys.modules[name] is None:
                     del sys.modules[name]
+            module.__loader__ = self.real  # from now on MONAI is a package like any other
+            if module.__spec__ is not None:
+                module.__spec__.loader = self.real
+
+    def __getattr__(self, name: str) -> object:  # anything else a loader offers (resources, source), while loading
+        return getattr(self.real, name)
 
 
 class _MonaiFinder(importlib.abc.MetaPathFinder):
