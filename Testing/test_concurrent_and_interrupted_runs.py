@@ -35,8 +35,6 @@ AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
 
 # Runs the CLI with one writer function paused: it prints PAUSED and waits until $GO_FILE exists (or a signal).
 PAUSE_DRIVER = """
-from PancreasDiNTSLib.core.startup import skip_unused_imports  # first, as the console script starts
-skip_unused_imports()
 import faulthandler, importlib, os, signal, sys, time
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # exited_within: the stacks of a child that hangs
 # Ctrl-C as in a terminal: a test run started as a background job (bash without job control) ignores SIGINT, and
@@ -51,8 +49,8 @@ def paused(*args, **kwargs):
         time.sleep(0.02)
     return real(*args, **kwargs)
 setattr(module, attr, paused)
-from PancreasDiNTSLib.cli import main
-sys.exit(main(sys.argv[3:]))
+from PancreasDiNTSLib.cli import entry  # as the console script starts
+sys.exit(entry(sys.argv[3:]))
 """
 
 

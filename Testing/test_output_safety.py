@@ -356,8 +356,6 @@ def test_fifo_and_device_inputs_are_refused_without_reading(tmp_path, tiny_bundl
 
 
 SIGTERM_DRIVER = """
-from PancreasDiNTSLib.core.startup import skip_unused_imports  # first, as the console script starts
-skip_unused_imports()
 import sys, time
 import nibabel
 real_save = nibabel.save
@@ -366,8 +364,8 @@ def slow_save(img, path, *a, **k):
     print("WRITING", path, file=sys.stderr, flush=True)
     time.sleep(60)
 nibabel.save = slow_save
-from PancreasDiNTSLib.cli import main
-sys.exit(main(sys.argv[1:]))
+from PancreasDiNTSLib.cli import entry  # as the console script starts
+sys.exit(entry(sys.argv[1:]))
 """
 
 

@@ -36,8 +36,7 @@ LIB = REPO / "PancreasDiNTS" / "PancreasDiNTSLib"
 
 def run_cli(args: list[str], env: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess[str]:
     """``python -m PancreasDiNTSLib.cli ARGS`` (with optional Python run first in the same process)."""
-    code = ("from PancreasDiNTSLib.core.startup import skip_unused_imports\nskip_unused_imports()\n" + prelude
-            + "\nimport sys\nfrom PancreasDiNTSLib.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    code = prelude + "\nimport sys\nfrom PancreasDiNTSLib.cli import entry\nsys.exit(entry(sys.argv[1:]))\n"
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -274,8 +274,6 @@ def test_finding7_token_files_are_checked_the_same_way_by_server_and_client(tmp_
 # --------------------------------------------------------------------------- 4: the wheel without its extras
 
 HIDE_DRIVER = """
-from PancreasDiNTSLib.core.startup import skip_unused_imports  # first, as the console script starts
-skip_unused_imports()
 import importlib.abc, sys
 hidden = set(sys.argv[1].split(","))
 class Hide(importlib.abc.MetaPathFinder):  # as if the package were not installed
@@ -283,8 +281,8 @@ class Hide(importlib.abc.MetaPathFinder):  # as if the package were not installe
         if name.split(".")[0] in hidden:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Hide())
-from PancreasDiNTSLib.cli import main
-sys.exit(main(sys.argv[2:]))
+from PancreasDiNTSLib.cli import entry  # as the console script starts
+sys.exit(entry(sys.argv[2:]))
 """
 
 

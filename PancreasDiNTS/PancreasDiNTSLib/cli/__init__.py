@@ -84,11 +84,11 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def entry() -> int:
+def entry(argv: list[str] | None = None) -> int:
     """The ``pancreas-dints`` console script and ``python -m PancreasDiNTSLib.cli``: :func:`main` in a process of
-    its own."""
+    its own (``argv``: for a program that stands in for the console script)."""
     skip_unused_imports()
-    return main()
+    return main(argv)
 
 
 class Terminated(KeyboardInterrupt):
